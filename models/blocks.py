@@ -1,0 +1,134 @@
+"""Building blocks of the DDPM U-Net (Ho et al. 2020, Appendix B; the DDIM codebase's models/diffusion.py).
+
+Every block takes explicit keyword-only widths. No block looks at a channel count in ``forward``: the
+structure (is there a 1x1 shortcut? how many heads?) is decided in ``__init__`` and recorded as module
+presence or as a plain attribute that ``pruning/surgery.py`` keeps up to date.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, as in the DDPM/DDIM code.
+
+    emb[:, i] = sin(t * f_i) for i < half and cos(t * f_{i-half}) after, with
+    f_i = exp(-ln(10000) * i / (half - 1)); sin first, then cos (diffusers: flip_sin_to_cos=False,
+    freq_shift=1). An odd ``dim`` is zero-padded by one column.
+
+    t: (B,) timesteps. Returns (B, dim).
+    """
+    half = dim // 2
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - 1))
+    args = t.float()[:, None] * freqs[None, :]  # (B, half)
+    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, 2*half)
+    if dim % 2 == 1:
+        emb = F.pad(emb, (0, 1))
+    return emb
+
+
+class TimeEmbedding(nn.Module):
+    """Two-layer MLP on the sinusoidal embedding: Linear -> SiLU -> Linear (names as DDIM: temb.dense.{0,1})."""
+
+    def __init__(self, *, emb_ch: int, hidden_ch: int, out_ch: int):
+        super().__init__()
+        self.emb_ch = emb_ch
+        self.dense = nn.ModuleList([nn.Linear(emb_ch, hidden_ch), nn.Linear(hidden_ch, out_ch)])
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        emb = timestep_embedding(t, self.emb_ch)  # (B, emb_ch)
+        return self.dense[1](F.silu(self.dense[0](emb)))  # (B, out_ch)
+
+
+class ResBlock(nn.Module):
+    """GN -> SiLU -> conv3x3 (+ Linear(SiLU(temb)) over H,W) -> GN -> SiLU -> dropout -> conv3x3, plus skip.
+
+    in_ch -> mid_ch (conv1, temb_proj, norm2) -> out_ch (conv2). ``shortcut`` adds the 1x1 ``nin_shortcut``
+    that the dense network needs where in_ch != out_ch; after pruning it stays, whatever the widths.
+    """
+
+    def __init__(self, *, in_ch: int, mid_ch: int, out_ch: int, temb_ch: int, dropout: float,
+                 norm_groups: int, norm_eps: float, shortcut: bool):
+        super().__init__()
+        self.norm1 = nn.GroupNorm(norm_groups, in_ch, eps=norm_eps)
+        self.conv1 = nn.Conv2d(in_ch, mid_ch, 3, padding=1)
+        self.temb_proj = nn.Linear(temb_ch, mid_ch)
+        self.norm2 = nn.GroupNorm(norm_groups, mid_ch, eps=norm_eps)
+        self.dropout = nn.Dropout(dropout)
+        self.conv2 = nn.Conv2d(mid_ch, out_ch, 3, padding=1)
+        self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if shortcut else None
+
+    def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))  # (B, mid, H, W)
+        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]  # time conditioning, broadcast over H, W
+        h = self.conv2(self.dropout(F.silu(self.norm2(h))))  # (B, out, H, W)
+        skip = x if self.nin_shortcut is None else self.nin_shortcut(x)
+        return skip + h
+
+
+class AttnBlock(nn.Module):
+    """Self-attention over the H*W positions, with a residual add.
+
+    q, k: ch -> qk_ch; v: ch -> v_ch; proj_out: v_ch -> ch (1x1 convs, as the DDIM code).
+    Each head h attends with softmax(q_h^T k_h * scale) where scale = 1/sqrt(qk_ch / num_heads)
+    (Vaswani et al. 2017, eq. 1). Channels are head-major: head h owns channels [h*d, (h+1)*d).
+    """
+
+    def __init__(self, *, ch: int, qk_ch: int, v_ch: int, num_heads: int, norm_groups: int, norm_eps: float):
+        super().__init__()
+        if qk_ch % num_heads or v_ch % num_heads:
+            raise ValueError(f"attention widths q/k={qk_ch}, v={v_ch} are not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.qk_head_dim = qk_ch // num_heads
+        self.v_head_dim = v_ch // num_heads
+        self.scale = self.qk_head_dim ** -0.5
+        self.norm = nn.GroupNorm(norm_groups, ch, eps=norm_eps)
+        self.q = nn.Conv2d(ch, qk_ch, 1)
+        self.k = nn.Conv2d(ch, qk_ch, 1)
+        self.v = nn.Conv2d(ch, v_ch, 1)
+        self.proj_out = nn.Conv2d(v_ch, ch, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        B, _, H, W = x.shape
+        h = self.norm(x)
+        q = self.q(h).reshape(B, self.num_heads, self.qk_head_dim, H * W)  # (B, nh, dq, N)
+        k = self.k(h).reshape(B, self.num_heads, self.qk_head_dim, H * W)  # (B, nh, dq, N)
+        v = self.v(h).reshape(B, self.num_heads, self.v_head_dim, H * W)  # (B, nh, dv, N)
+        w = torch.matmul(q.transpose(-1, -2), k) * self.scale  # (B, nh, N, N): w[i, j] = q_i . k_j
+        w = torch.softmax(w, dim=-1)
+        out = torch.matmul(v, w.transpose(-1, -2))  # (B, nh, dv, N): out_i = sum_j w[i, j] v_j
+        out = out.reshape(B, self.num_heads * self.v_head_dim, H, W)
+        return x + self.proj_out(out)
+
+
+class Downsample(nn.Module):
+    """Halve H, W: pad (0, 1, 0, 1) then conv3x3 stride 2 (TF 'SAME' padding of the DDPM), or 2x2 avg-pool."""
+
+    def __init__(self, *, in_ch: int, out_ch: int, with_conv: bool):
+        super().__init__()
+        if not with_conv and in_ch != out_ch:
+            raise ValueError(f"average-pool downsampling keeps the width, got {in_ch} -> {out_ch}")
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, stride=2) if with_conv else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv is None:
+            return F.avg_pool2d(x, kernel_size=2, stride=2)
+        return self.conv(F.pad(x, (0, 1, 0, 1)))
+
+
+class Upsample(nn.Module):
+    """Double H, W by nearest-neighbour interpolation, then (optionally) conv3x3."""
+
+    def __init__(self, *, in_ch: int, out_ch: int, with_conv: bool):
+        super().__init__()
+        if not with_conv and in_ch != out_ch:
+            raise ValueError(f"upsampling without a conv keeps the width, got {in_ch} -> {out_ch}")
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, padding=1) if with_conv else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        return x if self.conv is None else self.conv(x)

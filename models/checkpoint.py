@@ -1,0 +1,127 @@
+"""diffprune's own checkpoint format: a plain dict of named entries, loadable with ``weights_only=True``.
+
+    {
+      "format": "diffprune",
+      "format_version": 1,
+      "model_config": ModelConfig.to_dict()   # architecture + the per-layer width table
+      "state_dict": {...},                    # raw (trained) weights
+      "ema_state_dict": {...},                # EMA weights, where the run kept them
+      "train_state": {...},                   # optimizer, step, RNG states: only in training checkpoints
+      "meta": {...},                          # free-form, JSON-like: run config, versions, pruning report
+    }
+
+A pruned model is exactly this with the pruned width table: no pickled module (STYLE.md practice 5).
+Writes are atomic (temp file + rename in the same folder), so an interrupted save never corrupts the
+previous checkpoint.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import tempfile
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+
+from models.config import ModelConfig
+
+FORMAT = "diffprune"
+FORMAT_VERSION = 1
+
+
+def environment() -> dict[str, str]:
+    """Versions saved next to every checkpoint and result, for reproducibility."""
+    return {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temp file in the target folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def save_checkpoint(path: str | os.PathLike, *, config: ModelConfig, state_dict: Mapping[str, torch.Tensor],
+                    ema_state_dict: Mapping[str, torch.Tensor] | None = None,
+                    train_state: Mapping[str, Any] | None = None, meta: Mapping[str, Any] | None = None) -> None:
+    """Write a diffprune checkpoint atomically (see the module docstring for the layout)."""
+    ckpt: dict[str, Any] = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model_config": config.to_dict(),
+        "state_dict": {k: v.detach().cpu().clone() for k, v in state_dict.items()},
+        "meta": {"environment": environment(), **dict(meta or {})},
+    }
+    if ema_state_dict is not None:
+        ckpt["ema_state_dict"] = {k: v.detach().cpu().clone() for k, v in ema_state_dict.items()}
+    if train_state is not None:
+        ckpt["train_state"] = dict(train_state)
+    atomic_torch_save(ckpt, path)
+
+
+def is_project_checkpoint(obj: Any) -> bool:
+    return isinstance(obj, Mapping) and obj.get("format") == FORMAT
+
+
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load and validate a diffprune checkpoint dict (``weights_only=True``); errors name the file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt file, or a pickle that is not plain tensors/containers
+        raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+    if not is_project_checkpoint(ckpt):
+        raise ValueError(f"{path} is not a diffprune checkpoint (no 'format': '{FORMAT}' key)")
+    if ckpt.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {ckpt.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+    for key in ("model_config", "state_dict"):
+        if key not in ckpt:
+            raise ValueError(f"{path}: missing key {key!r}")
+    return ckpt
+
+
+def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise one error listing every missing, unexpected and mis-shaped tensor (none are loaded then)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    misshaped = [f"{k}: checkpoint {tuple(state_dict[k].shape)} vs model {tuple(own[k].shape)}"
+                 for k in own if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or misshaped:
+        lines = [f"{source} does not fit the model:"]
+        for title, items in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if items:
+                shown = items[:10] + ([f"... and {len(items) - 10} more"] if len(items) > 10 else [])
+                lines.append(f"  {title} ({len(items)}): " + ", ".join(shown))
+        raise ValueError("\n".join(lines))
+
+
+def load_project_checkpoint(path: str | os.PathLike, *, ema: bool = True):
+    """Build the U-Net of a diffprune checkpoint and load its EMA weights (or raw ones when ``ema=False``
+    or when the checkpoint has no EMA). Returns (model, checkpoint dict)."""
+    from models.unet import UNet
+
+    ckpt = read_checkpoint(path)
+    try:
+        config = ModelConfig.from_dict(ckpt["model_config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: invalid model_config: {e}") from e
+    model = UNet(config)
+    key = "ema_state_dict" if ema and "ema_state_dict" in ckpt else "state_dict"
+    check_state_dict(model, ckpt[key], f"{path} [{key}]")
+    model.load_state_dict(ckpt[key])
+    return model, ckpt

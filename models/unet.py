@@ -1,0 +1,220 @@
+"""The DDPM U-Net (Ho et al. 2020), with module names of the DDIM codebase and explicit per-layer widths.
+
+Layout (L = len(ch_mult) levels, R = num_res_blocks)::
+
+    temb.dense.{0,1}                       sinusoid(ch) -> Linear -> SiLU -> Linear
+    conv_in                                3 -> ch
+    down.{i}.block.{j}, down.{i}.attn.{j}  R ResBlocks (+ attention at attn_resolutions) per level
+    down.{i}.downsample.conv               except at the last level
+    mid.block_1, mid.attn_1, mid.block_2
+    up.{i}.block.{j}, up.{i}.attn.{j}      R + 1 ResBlocks per level, each fed cat([h, skip])
+    up.{i}.upsample.conv                   except at level 0
+    norm_out, conv_out                     GN -> SiLU -> conv3x3 -> out_channels
+
+The skip tensors pushed by the encoder are popped by the decoder in reverse order; which encoder output
+feeds which decoder block is recorded in ``self.skip_sources`` at construction, so the wiring is
+readable and never recomputed from shapes.
+
+Widths: every conv/linear output width is looked up in ``config.widths`` (a pruned model) or falls
+back to the dense DDPM width (``dense_widths``). Input widths follow from the wiring. The keys are:
+``temb.dense.{0,1}``, ``conv_in``, ``<block>.conv1``, ``<block>.conv2``, ``<attn>.{q,k,v,proj_out}``,
+``<attn>.heads``, ``down.{i}.downsample.conv``, ``up.{i}.upsample.conv``.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.blocks import AttnBlock, Downsample, ResBlock, TimeEmbedding, Upsample
+from models.config import ModelConfig
+
+
+def _blocks(cfg: ModelConfig) -> list[tuple[str, str]]:
+    """The topology: an ordered list of (kind, path) for every block, in forward order."""
+    L, R = len(cfg.ch_mult), cfg.num_res_blocks
+    out, res = [], cfg.image_size
+    for i in range(L):
+        for j in range(R):
+            out.append(("res", f"down.{i}.block.{j}"))
+            if res in cfg.attn_resolutions:
+                out.append(("attn", f"down.{i}.attn.{j}"))
+        if i != L - 1:
+            out.append(("down", f"down.{i}.downsample"))
+            res //= 2
+    out += [("res", "mid.block_1"), ("attn", "mid.attn_1"), ("res", "mid.block_2")]
+    for i in reversed(range(L)):
+        for j in range(R + 1):
+            out.append(("upres", f"up.{i}.block.{j}"))
+            if res in cfg.attn_resolutions:
+                out.append(("attn", f"up.{i}.attn.{j}"))
+        if i != 0:
+            out.append(("up", f"up.{i}.upsample"))
+            res *= 2
+    return out
+
+
+def dense_widths(cfg: ModelConfig) -> dict[str, int]:
+    """Widths of the unpruned DDPM U-Net for ``cfg`` (the default for every key)."""
+    w = {"temb.dense.0": 4 * cfg.ch, "temb.dense.1": 4 * cfg.ch, "conv_in": cfg.ch}
+    for kind, path in _blocks(cfg):
+        level_ch = cfg.ch * cfg.ch_mult[-1 if path.startswith("mid") else int(path.split(".")[1])]
+        if kind in ("res", "upres"):
+            w[f"{path}.conv1"] = w[f"{path}.conv2"] = level_ch
+        elif kind == "attn":
+            for name in ("q", "k", "v", "proj_out"):
+                w[f"{path}.{name}"] = level_ch
+            w[f"{path}.heads"] = cfg.num_heads
+        elif cfg.resamp_with_conv:  # down / up sampling convs keep the level's width
+            w[f"{path}.conv"] = level_ch
+    return w
+
+
+def _wire(cfg: ModelConfig, width: Callable[[str], int]) -> dict[str, dict[str, int]]:
+    """Input/output widths of every block, following the forward pass with the given width lookup."""
+    plan: dict[str, dict[str, int]] = {}
+    cur = width("conv_in")
+    skips = [cur]  # widths of the tensors the encoder pushes for the decoder
+    for kind, path in _blocks(cfg):
+        if kind == "res":
+            plan[path] = {"in": cur, "mid": width(f"{path}.conv1"), "out": width(f"{path}.conv2")}
+        elif kind == "upres":
+            plan[path] = {"in": cur + skips.pop(), "mid": width(f"{path}.conv1"), "out": width(f"{path}.conv2")}
+        elif kind == "attn":
+            plan[path] = {"in": cur, "qk": width(f"{path}.q"), "k": width(f"{path}.k"), "v": width(f"{path}.v"),
+                          "out": width(f"{path}.proj_out"), "heads": width(f"{path}.heads")}
+        else:  # down / up sampling
+            out = width(f"{path}.conv") if cfg.resamp_with_conv else cur
+            plan[path] = {"in": cur, "out": out}
+        cur = plan[path]["out"]
+        if path.startswith("down.") and (kind != "res" or not _has_attn_after(cfg, path)):
+            skips.append(cur)
+    plan["out"] = {"in": cur}
+    return plan
+
+
+def _has_attn_after(cfg: ModelConfig, block_path: str) -> bool:
+    """True where an encoder ResBlock is followed by attention (then the attention output is the skip)."""
+    level = int(block_path.split(".")[1])
+    return cfg.image_size // 2 ** level in cfg.attn_resolutions
+
+
+class UNet(nn.Module):
+    """eps_theta(x_t, t): the DDPM noise-prediction U-Net. ``forward(x, t)`` -> eps of x's shape."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+        dense = dense_widths(config)
+        unknown = sorted(set(config.width_table) - set(dense))
+        if unknown:
+            raise ValueError(f"config.widths names layers this U-Net does not have: {unknown[:8]}"
+                             f"{' ...' if len(unknown) > 8 else ''}")
+        widths = {**dense, **config.width_table}
+        plan = _wire(config, widths.__getitem__)
+        dense_plan = _wire(config, dense.__getitem__)  # topology decisions come from the dense net
+        self._check_residuals(plan, dense_plan)
+
+        gn = dict(norm_groups=config.norm_groups, norm_eps=config.norm_eps)
+        temb_ch = widths["temb.dense.1"]
+        self.temb = TimeEmbedding(emb_ch=config.ch, hidden_ch=widths["temb.dense.0"], out_ch=temb_ch)
+        self.conv_in = nn.Conv2d(config.in_channels, widths["conv_in"], 3, padding=1)
+
+        L = len(config.ch_mult)
+        self.down = nn.ModuleList([_Level() for _ in range(L)])
+        self.mid = nn.Module()
+        self.up = nn.ModuleList([_Level() for _ in range(L)])
+        for kind, path in _blocks(config):
+            p = plan[path]
+            if kind in ("res", "upres"):
+                module = ResBlock(in_ch=p["in"], mid_ch=p["mid"], out_ch=p["out"], temb_ch=temb_ch,
+                                  dropout=config.dropout, shortcut=dense_plan[path]["in"] != dense_plan[path]["out"], **gn)
+            elif kind == "attn":
+                module = AttnBlock(ch=p["in"], qk_ch=p["qk"], v_ch=p["v"], num_heads=p["heads"], **gn)
+            elif kind == "down":
+                module = Downsample(in_ch=p["in"], out_ch=p["out"], with_conv=config.resamp_with_conv)
+            else:
+                module = Upsample(in_ch=p["in"], out_ch=p["out"], with_conv=config.resamp_with_conv)
+            self._place(path, module)
+        self.norm_out = nn.GroupNorm(config.norm_groups, plan["out"]["in"], eps=config.norm_eps)
+        self.conv_out = nn.Conv2d(plan["out"]["in"], config.out_channels, 3, padding=1)
+
+    # ------------------------------------------------------------------ construction helpers
+    def _place(self, path: str, module: nn.Module) -> None:
+        parts = path.split(".")
+        if parts[0] == "mid":
+            setattr(self.mid, parts[1], module)
+        elif parts[2] in ("block", "attn"):
+            getattr(getattr(self, parts[0])[int(parts[1])], parts[2]).append(module)
+        else:
+            setattr(getattr(self, parts[0])[int(parts[1])], parts[2], module)
+
+    @staticmethod
+    def _check_residuals(plan: dict, dense_plan: dict) -> None:
+        """Residual adds need equal widths on both sides; name the layer that breaks this."""
+        for path, p in plan.items():
+            if "qk" in p:
+                if p["qk"] != p["k"]:
+                    raise ValueError(f"{path}: q width {p['qk']} != k width {p['k']} (their dot product couples them)")
+                if p["out"] != p["in"]:
+                    raise ValueError(f"{path}.proj_out width {p['out']} != attention input width {p['in']} (residual add)")
+            elif "mid" in p and dense_plan[path]["in"] == dense_plan[path]["out"] and p["in"] != p["out"]:
+                raise ValueError(f"{path}.conv2 width {p['out']} != block input width {p['in']}; "
+                                 "this block has no 1x1 shortcut, so its residual add needs equal widths")
+
+    def widths(self) -> dict[str, int]:
+        """The width table read back from the weights; equals the config's table after correct surgery."""
+        w = {}
+        for name, m in self.named_modules():
+            # conv_out's width is the image's; temb_proj and nin_shortcut follow conv1 / conv2.
+            if isinstance(m, (nn.Conv2d, nn.Linear)) and name != "conv_out" and not name.endswith(("temb_proj", "nin_shortcut")):
+                w[name] = m.weight.shape[0]
+            elif isinstance(m, AttnBlock):
+                w[f"{name}.heads"] = m.num_heads
+        return w
+
+    # ------------------------------------------------------------------ forward
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """x: (B, C, H, W) noisy images x_t; t: (B,) or scalar timesteps (float allowed). Returns eps (B, C, H, W)."""
+        if t.dim() == 0:
+            t = t.expand(x.shape[0])
+        temb = self.temb(t)  # (B, temb_ch)
+        hs = [self.conv_in(x)]
+        for level in self.down:
+            for j, block in enumerate(level.block):
+                h = block(hs[-1], temb)
+                if len(level.attn):
+                    h = level.attn[j](h)
+                hs.append(h)
+            if level.downsample is not None:
+                hs.append(level.downsample(hs[-1]))
+        h = hs[-1]
+        h = self.mid.block_1(h, temb)
+        h = self.mid.attn_1(h)
+        h = self.mid.block_2(h, temb)
+        for level in reversed(self.up):
+            for j, block in enumerate(level.block):
+                h = block(torch.cat([h, hs.pop()], dim=1), temb)  # decoder skip connection
+                if len(level.attn):
+                    h = level.attn[j](h)
+            if level.upsample is not None:
+                h = level.upsample(h)
+        return self.conv_out(F.silu(self.norm_out(h)))
+
+
+class _Level(nn.Module):
+    """One resolution level: ``block`` and ``attn`` lists, and an optional down/upsampler."""
+
+    def __init__(self):
+        super().__init__()
+        self.block = nn.ModuleList()
+        self.attn = nn.ModuleList()
+        self.downsample = None
+        self.upsample = None
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameter elements (what the papers call #Params)."""
+    return sum(p.numel() for p in model.parameters())
