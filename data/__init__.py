@@ -1,0 +1,25 @@
+"""Datasets. Every dataset returns unaugmented float tensors (C, H, W) in [-1, 1]; the training loop
+applies the random horizontal flip with its own generator (``data.transforms.random_hflip``)."""
+from __future__ import annotations
+
+from torch.utils.data import Dataset
+
+DATASETS = ("shapes", "cifar10", "folder")
+
+
+def build_dataset(name: str, *, root: str | None = None, image_size: int = 32, split: str = "train",
+                  size: int = 50_000, seed: int = 0) -> Dataset:
+    """The dataset ``name``: "shapes" (procedural, no files), "cifar10" (python pickle batches under
+    ``root``) or "folder" (any image folder under ``root``, resized and center-cropped)."""
+    if name == "shapes":
+        from data.procedural import ProceduralShapes
+        return ProceduralShapes(image_size=image_size, size=size, seed=seed, split=split)
+    if name in ("cifar10", "folder") and not root:
+        raise ValueError(f"dataset {name!r} needs a folder: pass --data-root")
+    if name == "cifar10":
+        from data.cifar10 import CIFAR10
+        return CIFAR10(root, train=(split == "train"))
+    if name == "folder":
+        from data.image_folder import ImageFolder
+        return ImageFolder(root, image_size=image_size, crop="center")
+    raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")

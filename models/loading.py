@@ -1,0 +1,261 @@
+"""``load(source)``: any supported model source -> a ready ``UNet`` (in eval mode), in one call.
+
+    model = load("cifar10")                                   # preset: UNTRAINED (seeded default init)
+    model = load("runs/train/000-tiny/checkpoints/last.pt")   # diffprune checkpoint, EMA weights
+    model = load("ddim_cifar10.ckpt", preset="cifar10")       # DDIM-codebase checkpoint
+    model = load("ddpm-cifar10-32/")                          # diffusers UNet2DModel folder
+    model, info = load_with_info(source)                      # + what was loaded, for scripts to print
+
+``source`` is recognised in this order:
+  1. a ``str`` that is a preset name (models.config.PRESETS). A file named like a preset can be loaded
+     as ``Path("tiny")`` or ``"./tiny"``.
+  2. a folder: a diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.safetensors, else
+     .bin), or a diffusers pipeline folder (model_index.json) whose unet/ subfolder is one.
+  3. a ``diffusion_pytorch_model.*`` file next to a config.json: that diffusers folder, with this file.
+  4. any other file (torch.save or .safetensors): a diffprune checkpoint when it says so ('format':
+     'diffprune', models/checkpoint.py), else a DDIM-codebase checkpoint (plain state dict, maybe with
+     DataParallel's 'module.' prefix, or the list [model, optimizer, epoch, step, ema]) in DDIM or diffusers
+     tensor names, whose architecture is read from the weights (models/convert.py, infer_ddim_config).
+Every file is read with ``weights_only=True``: a pickled module (``torch.save(model)``) is refused.
+
+Weights: the EMA weights where the source has them and ``ema=True``, else the raw ones. ``info["ema"]``
+says which was loaded: True, False, or None where the source holds one set of weights of unrecorded kind.
+
+Keyword overrides, for what a source does not store:
+  preset       DDIM files: supplies image_size, norm_groups and dropout. Every format: the architecture
+               must match the preset's (channels, ch_mult, blocks, attention levels, heads) or this raises.
+  image_size   the same weights described for another resolution: attention stays at the same levels.
+  norm_groups  presets and DDIM files: sets it. diffprune and diffusers sources store it; a different
+               value is an error, because the number of GroupNorm groups changes the function.
+  dropout      sets it everywhere (it changes no weight; it only matters when training).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import torch
+
+from models.checkpoint import FORMAT_VERSION, check_state_dict, is_project_checkpoint
+from models.config import PRESETS, ModelConfig, preset as get_preset
+from models.convert import (config_from_diffusers, diffusers_to_ddim, infer_ddim_config, is_diffusers_naming,
+                            is_tensor_dict, topology_mismatches, unpack_ddim_checkpoint, with_image_size)
+from models.unet import UNet, count_parameters
+
+# In the order diffusers itself prefers them.
+DIFFUSERS_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
+EXPECTED = ("a preset name ({presets}), a diffprune checkpoint, a DDIM-codebase checkpoint (.ckpt/.pth/.pt), "
+            "or a diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.safetensors or .bin)")
+
+
+def load(source: str | os.PathLike, *, ema: bool = True, preset: str | None = None, image_size: int | None = None,
+         norm_groups: int | None = None, dropout: float | None = None, device: str | torch.device = "cpu",
+         seed: int = 0) -> UNet:
+    """The U-Net of ``source`` on ``device``, in eval mode (call ``.train()`` to fine-tune it).
+
+    See the module docstring for the accepted sources and the meaning of each override. ``seed`` seeds
+    the default init of a preset (the only source without weights); loading never moves the caller's RNG.
+    """
+    return load_with_info(source, ema=ema, preset=preset, image_size=image_size, norm_groups=norm_groups,
+                          dropout=dropout, device=device, seed=seed)[0]
+
+
+def load_with_info(source: str | os.PathLike, *, ema: bool = True, preset: str | None = None,
+                   image_size: int | None = None, norm_groups: int | None = None, dropout: float | None = None,
+                   device: str | torch.device = "cpu", seed: int = 0) -> tuple[UNet, dict[str, Any]]:
+    """``load`` plus a dict describing what was loaded:
+
+    format      "preset" | "diffprune" | "ddim" | "diffusers-state-dict" | "diffusers"
+    source      the preset name or the path that was read
+    ema         True (EMA weights), False (raw weights), None (one set of weights, kind not recorded)
+    weights     which entry or file the weights came from, in words
+    config      the ModelConfig the U-Net was built from
+    notes       how every field that the source does not store was decided
+    num_params  parameter count
+    meta        (diffprune checkpoints only) the checkpoint's meta dict
+    """
+    overrides = dict(preset_name=preset, image_size=image_size, norm_groups=norm_groups, dropout=dropout)
+    if isinstance(source, str) and source in PRESETS:
+        config, state_dict, info = _from_preset(source, seed=seed, **overrides)
+    else:
+        path = Path(source)
+        if path.is_dir():
+            config, state_dict, info = _from_diffusers(_diffusers_folder(path), None, **overrides)
+        elif path.is_file() and path.name.startswith("diffusion_pytorch_model.") and (path.parent / "config.json").is_file():
+            config, state_dict, info = _from_diffusers(path.parent, path, **overrides)
+        elif path.is_file():
+            obj = _read_file(path)
+            if is_project_checkpoint(obj):
+                config, state_dict, info = _from_project(obj, path, ema=ema, **overrides)
+            else:
+                config, state_dict, info = _from_state_dict_file(obj, path, ema=ema, **overrides)
+        else:
+            raise FileNotFoundError(f"model source {str(source)!r} is neither an existing file or folder nor a "
+                                    f"preset name; expected {EXPECTED.format(presets=', '.join(sorted(PRESETS)))}")
+    model = _build(config, state_dict, source=f"{info['source']} [{info['weights']}]", seed=seed, device=device)
+    info.update(config=config, num_params=count_parameters(model))
+    return model, info
+
+
+# ----------------------------------------------------------------------------------------------- building
+def _build(config: ModelConfig, state_dict: Mapping[str, torch.Tensor] | None, *, source: str, seed: int,
+           device: str | torch.device) -> UNet:
+    """UNet(config) with ``state_dict`` loaded (after one check that lists every misfit), eval mode."""
+    # Construction draws the default init from the global RNG. A loader must not shift the caller's random
+    # stream (loading a checkpoint would change the noise of a later sampling run), so it runs on a fork.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        try:
+            model = UNet(config)
+        except ValueError as e:
+            raise ValueError(f"{source}: cannot build the U-Net of {config}: {e}") from e
+    if state_dict is not None:
+        check_state_dict(model, state_dict, source)
+        model.load_state_dict(state_dict)
+    return model.to(device).eval()
+
+
+def _override(config: ModelConfig, *, source: str, image_size: int | None, norm_groups: int | None,
+              dropout: float | None, notes: list[str]) -> ModelConfig:
+    """Apply caller overrides to a config that the source STORES (diffprune, diffusers)."""
+    if image_size is not None and image_size != config.image_size:
+        config = with_image_size(config, image_size)
+        notes.append(f"image_size={image_size} from the caller (stored: a different value; attention levels kept)")
+    if norm_groups is not None and norm_groups != config.norm_groups:
+        raise ValueError(f"{source}: norm_groups={norm_groups} was asked for, but the source stores "
+                         f"norm_groups={config.norm_groups}; GroupNorm groups change the function")
+    if dropout is not None and dropout != config.dropout:
+        config = dataclasses.replace(config, dropout=dropout)
+        notes.append(f"dropout={dropout} from the caller")
+    return config
+
+
+def _check_preset(config: ModelConfig, preset_name: str | None, source: str) -> None:
+    """A preset named together with a self-describing source must describe the same architecture."""
+    if preset_name is None:
+        return
+    problems = topology_mismatches(config, get_preset(preset_name))
+    if problems:
+        raise ValueError(f"{source} does not match preset {preset_name!r} (source vs preset): " + "; ".join(problems))
+
+
+# ----------------------------------------------------------------------------------------------- one per format
+def _from_preset(name: str, *, seed: int, preset_name: str | None, image_size: int | None,
+                 norm_groups: int | None, dropout: float | None):
+    if preset_name not in (None, name):
+        raise ValueError(f"source is preset {name!r} but preset={preset_name!r} was also given")
+    config = get_preset(name)
+    if image_size is not None:
+        config = with_image_size(config, image_size)
+    if norm_groups is not None:
+        config = dataclasses.replace(config, norm_groups=norm_groups)
+    if dropout is not None:
+        config = dataclasses.replace(config, dropout=dropout)
+    info = {"format": "preset", "source": name, "ema": None,
+            "weights": f"UNTRAINED: PyTorch default init, seed {seed}", "notes": []}
+    return config, None, info
+
+
+def _from_project(obj: Mapping[str, Any], path: Path, *, ema: bool, preset_name: str | None,
+                  image_size: int | None, norm_groups: int | None, dropout: float | None):
+    # The same checks as checkpoint.read_checkpoint, on the object already in memory (a second torch.load
+    # of a training checkpoint would read weights, EMA and optimizer state twice).
+    if obj.get("format_version") != FORMAT_VERSION:
+        raise ValueError(f"{path}: format_version {obj.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
+    for key in ("model_config", "state_dict"):
+        if key not in obj:
+            raise ValueError(f"{path}: missing key {key!r}")
+    try:
+        config = ModelConfig.from_dict(obj["model_config"])
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{path}: invalid model_config: {e}") from e
+    notes: list[str] = []
+    config = _override(config, source=str(path), image_size=image_size, norm_groups=norm_groups, dropout=dropout,
+                       notes=notes)
+    _check_preset(config, preset_name, str(path))
+    key = "ema_state_dict" if ema and "ema_state_dict" in obj else "state_dict"
+    if ema and key == "state_dict":
+        notes.append("the checkpoint has no ema_state_dict: raw weights loaded")
+    info = {"format": "diffprune", "source": str(path), "ema": key == "ema_state_dict", "weights": key,
+            "notes": notes, "meta": dict(obj.get("meta", {}))}
+    return config, obj[key], info
+
+
+def _from_state_dict_file(obj: Any, path: Path, *, ema: bool, preset_name: str | None, image_size: int | None,
+                          norm_groups: int | None, dropout: float | None):
+    raw, ema_sd = unpack_ddim_checkpoint(obj, source=str(path))
+    if ema_sd is not None:
+        state_dict, used_ema = (ema_sd, True) if ema else (raw, False)
+        weights = "EMA (last list entry)" if ema else "raw model weights (first list entry)"
+    elif isinstance(obj, (list, tuple)):
+        state_dict, used_ema, weights = raw, False, "raw model weights (the list has no EMA entry)"
+    else:
+        state_dict, used_ema, weights = raw, None, "the file's single state dict"
+    fmt = "ddim"
+    if is_diffusers_naming(state_dict):
+        fmt = "diffusers-state-dict"
+        state_dict = diffusers_to_ddim(state_dict, source=str(path))
+    config, notes = infer_ddim_config(state_dict, source=str(path), preset_name=preset_name,
+                                      image_size=image_size, norm_groups=norm_groups, dropout=dropout)
+    info = {"format": fmt, "source": str(path), "ema": used_ema, "weights": weights, "notes": notes}
+    return config, state_dict, info
+
+
+def _diffusers_folder(folder: Path) -> Path:
+    """The folder holding the UNet2DModel config: ``folder`` itself, or a pipeline's ``unet/``."""
+    if (folder / "config.json").is_file():
+        return folder
+    if (folder / "model_index.json").is_file() and (folder / "unet" / "config.json").is_file():
+        return folder / "unet"
+    raise FileNotFoundError(f"{folder} is a folder without config.json; expected a diffusers UNet2DModel folder "
+                            f"(config.json + {' or '.join(DIFFUSERS_WEIGHT_FILES)}) or a pipeline folder with unet/")
+
+
+def _from_diffusers(folder: Path, weights: Path | None, *, preset_name: str | None, image_size: int | None,
+                    norm_groups: int | None, dropout: float | None):
+    config_path = folder / "config.json"
+    try:
+        cfg = json.loads(config_path.read_text())
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read {config_path}: {e}") from e
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{config_path}: expected a JSON object, found {type(cfg).__name__}")
+    if weights is None:
+        weights = next((folder / n for n in DIFFUSERS_WEIGHT_FILES if (folder / n).is_file()), None)
+        if weights is None:
+            raise FileNotFoundError(f"{folder} has config.json but no weights: expected "
+                                    f"{' or '.join(DIFFUSERS_WEIGHT_FILES)}")
+    config, notes = config_from_diffusers(cfg, source=str(config_path), image_size=image_size)
+    config = _override(config, source=str(config_path), image_size=None, norm_groups=norm_groups, dropout=dropout,
+                       notes=notes)
+    _check_preset(config, preset_name, str(folder))
+    state_dict = _read_file(weights)
+    if not is_tensor_dict(state_dict):
+        raise ValueError(f"{weights}: expected a state dict of tensors, found {type(state_dict).__name__}")
+    state_dict = diffusers_to_ddim(state_dict, source=str(weights), num_levels=len(config.ch_mult))
+    notes.append("a diffusers folder holds one set of weights; whether they are EMA is not recorded")
+    info = {"format": "diffusers", "source": str(folder), "ema": None, "weights": weights.name, "notes": notes}
+    return config, state_dict, info
+
+
+# ----------------------------------------------------------------------------------------------- file reading
+def _read_file(path: Path) -> Any:
+    """The object in a torch.save or safetensors file, read without executing pickled code."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file  # lazy: only diffusers-style files need it
+
+        try:
+            return load_file(str(path), device="cpu")
+        except Exception as e:  # safetensors raises its own error types; name the file whatever they are
+            raise ValueError(f"cannot read {path} as a safetensors file: {e}") from e
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a torch file, or a pickle of Python objects beyond tensors and containers
+        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(
+            f"cannot read {path} with torch.load(weights_only=True): {first_line}. Expected "
+            f"{EXPECTED.format(presets=', '.join(sorted(PRESETS)))}. A whole pickled module (torch.save(model)) "
+            "is not loaded: re-save its state_dict() where its code lives.") from e
