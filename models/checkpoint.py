@@ -33,7 +33,7 @@ FORMAT_VERSION = 1
 
 def environment() -> dict[str, str]:
     """Versions saved next to every checkpoint and result, for reproducibility."""
-    return {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()}
+    return {"torch": str(torch.__version__), "numpy": str(np.__version__), "python": platform.python_version()}
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:

@@ -288,7 +288,7 @@ def _find_or_download_weights(weights_path: str | os.PathLike | None, *, downloa
     if cached.is_file():
         return cached
     how = (f"Download {FID_WEIGHTS_URL} on a machine with network access and either pass its path "
-           f"(weights_path=... / the --inception-weights flag) or copy it to {cached}")
+           f"as weights_path or copy it to {cached}")
     if not download:
         raise InceptionWeightsUnavailable(f"models/inception.py: no FID Inception weights at {cached} and "
                                           f"download=False. {how}")

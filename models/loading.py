@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import torch
+from torch.torch_version import TorchVersion
 
 from models.checkpoint import FORMAT_VERSION, check_state_dict, is_project_checkpoint
 from models.config import PRESETS, ModelConfig, preset as get_preset
@@ -252,10 +253,14 @@ def _read_file(path: Path) -> Any:
         except Exception as e:  # safetensors raises its own error types; name the file whatever they are
             raise ValueError(f"cannot read {path} as a safetensors file: {e}") from e
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        # torch.__version__ is a TorchVersion (a str subclass) that weights_only refuses by default; checkpoints
+        # that stored it unconverted in their meta are still plain data, so that one class is allowed.
+        with torch.serialization.safe_globals([TorchVersion]):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # not a torch file, or a pickle of Python objects beyond tensors and containers
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        reason = next((line for line in lines if "WeightsUnpickler error" in line), lines[0])
         raise ValueError(
-            f"cannot read {path} with torch.load(weights_only=True): {first_line}. Expected "
+            f"cannot read {path} with torch.load(weights_only=True): {reason} Expected "
             f"{EXPECTED.format(presets=', '.join(sorted(PRESETS)))}. A whole pickled module (torch.save(model)) "
             "is not loaded: re-save its state_dict() where its code lives.") from e

@@ -110,6 +110,21 @@ def test_ddim_with_preset_and_image_size_override(golden, tmp_path):
     assert_golden(model, golden)
 
 
+def test_ddim_file_of_a_preset_takes_what_the_weights_lack_from_it(tmp_path):
+    # The tiny preset's 8 GroupNorm groups are not in the weights: without the preset the loader would
+    # assume the DDPM's 32 and build a different function.
+    torch.manual_seed(0)
+    original = UNet(models.preset("tiny")).eval()
+    path = tmp_path / "tiny_ddim.ckpt"
+    torch.save(original.state_dict(), path)
+    model = models.load(path, preset="tiny")
+    assert model.config == models.preset("tiny")
+    x, t = torch.randn(1, 3, 32, 32), torch.tensor([250.0])
+    with torch.no_grad():
+        assert torch.equal(model(x, t), original(x, t))
+    assert models.load(path).config.norm_groups == 32
+
+
 # ----------------------------------------------------------------------------------------------- diffusers
 @pytest.mark.parametrize("layout", ["state_dict_diffusers_layout", "state_dict_diffusers_legacy_layout"])
 @pytest.mark.parametrize("weights", ["safetensors", "bin"])
