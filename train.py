@@ -36,7 +36,8 @@ from data import build_dataset
 from diffusion.ddpm import HeldOutLoss, eps_loss, sample_timesteps
 from diffusion.schedule import DiffusionConfig, Schedule
 from models.checkpoint import environment, read_checkpoint, save_checkpoint
-from models.config import PRESETS, ModelConfig
+from models.config import ModelConfig
+from models.loading import load_with_info
 from models.unet import UNet, count_parameters
 
 
@@ -70,20 +71,11 @@ class TrainConfig:
 
 # ----------------------------------------------------------------------------------------------- helpers
 def build_model(cfg: TrainConfig) -> tuple[UNet, str]:
-    """A fresh preset (seeded init) or the EMA weights of a checkpoint in any format the loader knows."""
-    if cfg.model in PRESETS:
-        config = PRESETS[cfg.model]
-        origin = f"preset {cfg.model} (random init, seed {cfg.seed})"
-        model = UNet(config if cfg.dropout is None else dataclasses.replace(config, dropout=cfg.dropout))
-        return model, origin
-    from models.loading import load_with_info
-
-    model, info = load_with_info(cfg.model, ema=True)
-    if cfg.dropout is not None and cfg.dropout != model.config.dropout:
-        state = model.state_dict()
-        model = UNet(dataclasses.replace(model.config, dropout=cfg.dropout))
-        model.load_state_dict(state)
-    return model, f"{info['format']} checkpoint {cfg.model}"
+    """A preset (seeded default init: training from scratch) or the EMA weights of any checkpoint the
+    loader knows (diffprune, pruned ones included; DDIM codebase; diffusers), in train mode."""
+    model, info = load_with_info(cfg.model, ema=True, dropout=cfg.dropout, seed=cfg.seed)
+    origin = f"{info['format']} {cfg.model}" + (" (random init: training from scratch)" if info["format"] == "preset" else "")
+    return model.train(), origin
 
 
 class BatchOrder:
@@ -115,6 +107,18 @@ def setup_distributed(device: str) -> tuple[int, int]:
         return 0, 1
     dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
     return dist.get_rank(), dist.get_world_size()
+
+
+def check_ranks_in_sync(model: torch.nn.Module, step: int) -> None:
+    """Every rank must hold identical weights; compare a per-tensor checksum across processes."""
+    sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
+    gathered = [torch.empty_like(sums) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, sums)
+    worst = max((g - gathered[0]).abs().max().item() for g in gathered)
+    if worst > 1e-6 * (1 + gathered[0].abs().max().item()):
+        raise RuntimeError(f"data-parallel ranks diverged at step {step}: max checksum difference {worst:.3g}")
+    if dist.get_rank() == 0:
+        print(f"[train] step {step}: {dist.get_world_size()} ranks in sync (max checksum difference {worst:.1e})")
 
 
 def sample_grid(model: UNet, schedule: Schedule, n: int, steps: int, seed: int, device: str) -> torch.Tensor:
@@ -232,6 +236,8 @@ def main(cfg: TrainConfig, resume: str | None = None) -> Path:
             writer.add_scalar("train/lr", lr_at(step, cfg), done)
             bar.set_postfix(loss=f"{stats[0].item():.4g}", gnorm=f"{stats[1].item():.3g}")
         if done % cfg.ckpt_every == 0 or done == cfg.steps:
+            if world > 1:
+                check_ranks_in_sync(model, done)
             save(done, ckpt_dir / "latest.pt")
             if cfg.keep_every and done % cfg.keep_every == 0:
                 save(done, ckpt_dir / f"step_{done:07d}.pt")

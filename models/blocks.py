@@ -74,18 +74,19 @@ class AttnBlock(nn.Module):
     """Self-attention over the H*W positions, with a residual add.
 
     q, k: ch -> qk_ch; v: ch -> v_ch; proj_out: v_ch -> ch (1x1 convs, as the DDIM code).
-    Each head h attends with softmax(q_h^T k_h * scale) where scale = 1/sqrt(qk_ch / num_heads)
-    (Vaswani et al. 2017, eq. 1). Channels are head-major: head h owns channels [h*d, (h+1)*d).
+    Each head h attends with softmax(q_h^T k_h * scale), scale = 1/sqrt(d_k) in a dense network
+    (Vaswani et al. 2017, eq. 1); the U-Net passes it explicitly because after pruning it may follow the
+    pruned head width or keep the dense one (``ModelConfig.attn_scale``). Channels are head-major:
+    head h owns channels [h*d, (h+1)*d).
     """
 
-    def __init__(self, *, ch: int, qk_ch: int, v_ch: int, num_heads: int, norm_groups: int, norm_eps: float):
+    def __init__(self, *, ch: int, qk_ch: int, v_ch: int, num_heads: int, scale: float, norm_groups: int, norm_eps: float):
         super().__init__()
         if qk_ch % num_heads or v_ch % num_heads:
             raise ValueError(f"attention widths q/k={qk_ch}, v={v_ch} are not divisible by num_heads={num_heads}")
+        # num_heads and scale are the only structure forward reads; pruning/surgery.py keeps them current.
         self.num_heads = num_heads
-        self.qk_head_dim = qk_ch // num_heads
-        self.v_head_dim = v_ch // num_heads
-        self.scale = self.qk_head_dim ** -0.5
+        self.scale = scale
         self.norm = nn.GroupNorm(norm_groups, ch, eps=norm_eps)
         self.q = nn.Conv2d(ch, qk_ch, 1)
         self.k = nn.Conv2d(ch, qk_ch, 1)
@@ -95,13 +96,14 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x.shape
         h = self.norm(x)
-        q = self.q(h).reshape(B, self.num_heads, self.qk_head_dim, H * W)  # (B, nh, dq, N)
-        k = self.k(h).reshape(B, self.num_heads, self.qk_head_dim, H * W)  # (B, nh, dq, N)
-        v = self.v(h).reshape(B, self.num_heads, self.v_head_dim, H * W)  # (B, nh, dv, N)
+        # Split channels head-major into (num_heads, head_dim); -1 is the per-head width.
+        q = self.q(h).reshape(B, self.num_heads, -1, H * W)  # (B, nh, dq, N)
+        k = self.k(h).reshape(B, self.num_heads, -1, H * W)  # (B, nh, dq, N)
+        v = self.v(h).reshape(B, self.num_heads, -1, H * W)  # (B, nh, dv, N)
         w = torch.matmul(q.transpose(-1, -2), k) * self.scale  # (B, nh, N, N): w[i, j] = q_i . k_j
         w = torch.softmax(w, dim=-1)
         out = torch.matmul(v, w.transpose(-1, -2))  # (B, nh, dv, N): out_i = sum_j w[i, j] v_j
-        out = out.reshape(B, self.num_heads * self.v_head_dim, H, W)
+        out = out.reshape(B, -1, H, W)  # (B, nh * dv, H, W)
         return x + self.proj_out(out)
 
 

@@ -36,6 +36,10 @@ class ModelConfig:
     num_heads:         attention heads (1 = the DDPM's single-head attention).
     norm_groups:       GroupNorm groups; norm_eps its epsilon (1e-6 in the DDPM code).
     resamp_with_conv:  strided conv downsampling / conv after nearest upsampling (else avg-pool / none).
+    attn_scale:        softmax scale 1/sqrt(d) with d the head width "pruned" (the current width: the DDPM
+                       code's int(c)**-0.5, and what Diff-Pruning's pruned models do) or "dense" (the width
+                       of the unpruned network, so pruning leaves the attention temperature unchanged).
+                       Identical for an unpruned network.
     widths:            sorted (layer name, width) pairs overriding the dense widths (pruned models).
     """
 
@@ -51,6 +55,7 @@ class ModelConfig:
     norm_groups: int = 32
     norm_eps: float = 1e-6
     resamp_with_conv: bool = True
+    attn_scale: str = "pruned"
     widths: tuple[tuple[str, int], ...] = field(default=())
 
     def __post_init__(self) -> None:
@@ -65,6 +70,8 @@ class ModelConfig:
                 problems.append(f"{name}={getattr(self, name)} must be >= 1")
         if not self.ch_mult:
             problems.append("ch_mult must name at least one level")
+        if self.attn_scale not in ("pruned", "dense"):
+            problems.append(f"attn_scale={self.attn_scale!r} must be 'pruned' or 'dense'")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout={self.dropout} must be in [0, 1)")
         if self.image_size % (2 ** (len(self.ch_mult) - 1)) != 0:

@@ -117,7 +117,6 @@ class UNet(nn.Module):
         dense_plan = _wire(config, dense.__getitem__)  # topology decisions come from the dense net
         self._check_residuals(plan, dense_plan)
 
-        gn = dict(norm_groups=config.norm_groups, norm_eps=config.norm_eps)
         temb_ch = widths["temb.dense.1"]
         self.temb = TimeEmbedding(emb_ch=config.ch, hidden_ch=widths["temb.dense.0"], out_ch=temb_ch)
         self.conv_in = nn.Conv2d(config.in_channels, widths["conv_in"], 3, padding=1)
@@ -127,21 +126,28 @@ class UNet(nn.Module):
         self.mid = nn.Module()
         self.up = nn.ModuleList([_Level() for _ in range(L)])
         for kind, path in _blocks(config):
-            p = plan[path]
-            if kind in ("res", "upres"):
-                module = ResBlock(in_ch=p["in"], mid_ch=p["mid"], out_ch=p["out"], temb_ch=temb_ch,
-                                  dropout=config.dropout, shortcut=dense_plan[path]["in"] != dense_plan[path]["out"], **gn)
-            elif kind == "attn":
-                module = AttnBlock(ch=p["in"], qk_ch=p["qk"], v_ch=p["v"], num_heads=p["heads"], **gn)
-            elif kind == "down":
-                module = Downsample(in_ch=p["in"], out_ch=p["out"], with_conv=config.resamp_with_conv)
-            else:
-                module = Upsample(in_ch=p["in"], out_ch=p["out"], with_conv=config.resamp_with_conv)
-            self._place(path, module)
+            try:
+                self._place(path, self._make_block(kind, plan[path], dense_plan[path], config, temb_ch))
+            except ValueError as e:  # e.g. a width not divisible by the GroupNorm groups: name the block
+                raise ValueError(f"{path}: {e}") from e
         self.norm_out = nn.GroupNorm(config.norm_groups, plan["out"]["in"], eps=config.norm_eps)
         self.conv_out = nn.Conv2d(plan["out"]["in"], config.out_channels, 3, padding=1)
 
     # ------------------------------------------------------------------ construction helpers
+    @staticmethod
+    def _make_block(kind: str, p: dict, dense_p: dict, config: ModelConfig, temb_ch: int) -> nn.Module:
+        gn = dict(norm_groups=config.norm_groups, norm_eps=config.norm_eps)
+        if kind in ("res", "upres"):
+            return ResBlock(in_ch=p["in"], mid_ch=p["mid"], out_ch=p["out"], temb_ch=temb_ch, dropout=config.dropout,
+                            shortcut=dense_p["in"] != dense_p["out"], **gn)
+        if kind == "attn":
+            d = dense_p if config.attn_scale == "dense" else p
+            return AttnBlock(ch=p["in"], qk_ch=p["qk"], v_ch=p["v"], num_heads=p["heads"],
+                             scale=(d["qk"] // d["heads"]) ** -0.5, **gn)
+        if kind == "down":
+            return Downsample(in_ch=p["in"], out_ch=p["out"], with_conv=config.resamp_with_conv)
+        return Upsample(in_ch=p["in"], out_ch=p["out"], with_conv=config.resamp_with_conv)
+
     def _place(self, path: str, module: nn.Module) -> None:
         parts = path.split(".")
         if parts[0] == "mid":
