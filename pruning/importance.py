@@ -109,9 +109,10 @@ def taylor_importance(model: nn.Module, group: Group, *, generator: torch.Genera
     """First-order Taylor: I_c = sum_{conv/linear W in group} |sum_{k in slice_c(W)} w_k g_k|  +  sum_{GN} |gamma_c g_c|.
 
     Molchanov et al. 2019 ("Importance Estimation for Neural Network Pruning", CVPR) estimate the loss change
-    of removing a parameter set S by sum_{s in S} g_s w_s (their eq. 4 squares it; the absolute value gives the
-    same per-layer ranking and is STYLE.md 9c's |sum w dL/dw|). The sum over k runs inside one layer's slice;
-    layers are then added. Every slice counts (both slices of a doubled concat).
+    of zeroing a parameter set S by its first-order term sum_{s in S} g_s w_s (their group criterion squares it;
+    the absolute value ranks one layer's channels identically and is STYLE.md 9c's |sum w dL/dw|). The sum
+    over k runs inside one layer's slice; layers are then added. Every slice counts (both slices of a
+    doubled concat).
 
     This is the codebase's "taylor" baseline with G accumulated over ALL timesteps (``thr=0``). Note that the
     paper repo's ``--pruner taylor`` is in fact the Diff-Pruning criterion with thr=0 (diffpruning.md 2.1):

@@ -30,7 +30,8 @@ HEAD_MODES = ("channels", "heads")
 
 
 def n_pruned(size: int, ratio: float) -> int:
-    """C - int(C * (1 - ratio)): the paper code's channel count to remove (metapruner.py L227-230)."""
+    """C - int(C * (1 - ratio)): the paper code's channel count to remove (metapruner.py L227-230). The code
+    writes current_C - int(initial_C * (1 - ratio)); in one-shot pruning both are C."""
     return size - int(size * (1 - ratio))
 
 
@@ -131,7 +132,8 @@ def _head_clusters(groups: Sequence[Group], indices: Sequence[int]) -> list[list
 def _cluster_heads(groups: Sequence[Group], cluster: Sequence[int], num_heads: Mapping[str, int]) -> int:
     counts = {num_heads[path] for i in cluster for path, _ in groups[i].heads}
     if len(counts) != 1:
-        raise ValueError(f"groups {[groups[i].name for i in cluster]} share attention modules with different head counts {counts}")
+        raise ValueError(f"groups {[groups[i].name for i in cluster]} share attention modules "
+                         f"with different head counts {counts}")
     H = counts.pop()
     for i in cluster:
         if groups[i].blocks % H:

@@ -24,7 +24,7 @@ from typing import Callable, Iterable, Mapping, Sequence
 import torch
 from torch import nn
 
-from pruning.groups import Group, Member
+from pruning.groups import Group
 from pruning.select import _head_clusters, select_groups, select_local
 
 _WIDTH_ATTR = {  # (type, role) -> (weight dim, attribute holding the width)
@@ -84,6 +84,8 @@ def _check_blocks(group: Group, keep: torch.Tensor) -> None:
     """Every block keeps the same number of channels (>= 1); with heads, whole blocks may go (heads removed)."""
     if group.blocks == 1:
         return
+    if group.size % group.blocks:
+        raise ValueError(f"group {group.name}: size {group.size} is not divisible by its {group.blocks} blocks")
     counts = torch.bincount(keep // (group.size // group.blocks), minlength=group.blocks)
     nonzero = counts[counts > 0]
     if bool((nonzero == nonzero[0]).all()) and (group.heads or bool((counts > 0).all())):
@@ -125,7 +127,8 @@ def prune_group(model: nn.Module, group: Group, keep: torch.Tensor, *, keep_grad
         dim, attr = _dim_info(module, path, role)
         width = getattr(module, attr)
         if max(positions) >= width:
-            raise ValueError(f"{path} ({role}): group {group.name} indexes channel {max(positions)} of a width-{width} dimension")
+            raise ValueError(f"{path} ({role}): group {group.name} indexes channel {max(positions)} "
+                             f"of a width-{width} dimension")
         kept_idx = torch.tensor(sorted(set(range(width)) - set(positions)), dtype=torch.long)
         if isinstance(module, nn.GroupNorm) and kept_idx.numel() % module.num_groups:
             raise ValueError(f"{path}: GroupNorm would have {kept_idx.numel()} channels, not divisible by its "
@@ -216,7 +219,8 @@ def prune_sequential(model: nn.Module, groups: Sequence[Group], importance: Call
     (diffpruning.md 2.3). With head_mode "heads", groups sharing an attention module are scored, selected
     and pruned together when the first of them comes up. Ends with ``finalize``. Returns the keep sets."""
     heads_before = attention_heads(model)
-    clusters = _head_clusters(groups, [i for i, g in enumerate(groups) if g.prunable and g.heads]) if head_mode == "heads" else []
+    head_groups = [i for i, g in enumerate(groups) if g.prunable and g.heads]
+    clusters = _head_clusters(groups, head_groups) if head_mode == "heads" else []
     cluster_of = {i: c for c in clusters for i in c}
     keeps: dict[int, torch.Tensor] = {}
     for i, g in enumerate(groups):

@@ -1,0 +1,169 @@
+"""Prune a pre-trained DDPM U-Net: Diff-Pruning (Fang, Ma & Wang 2023) and the baselines.
+
+    python prune.py                                   # the embedded default: the shipped tiny teacher, shapes data
+    python prune.py --model ddim_cifar10.ckpt --data cifar10 --data-root data/ --batch-size 128 --thr 0.05
+    python prune.py --method magnitude --ratio 0.5
+
+Writes a new numbered folder under runs/prune/ with the pruned checkpoint (config + per-layer widths +
+plain state dict), report.json, the coupling groups (groups.txt), sample grids of the model before and
+after pruning (deterministic DDIM from the same fixed noise) and, for the gradient methods, the plot of
+L_t against t with the threshold marked.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from common.defaults import RUNS_DIR, TEACHER_CHECKPOINT
+from common.images import save_grid
+from common.runs import new_run_dir, seed_everything, write_json
+from data import DATASETS, build_dataset
+from diffusion.samplers import sample
+from diffusion.schedule import DiffusionConfig, Schedule
+from metrics.macs import count_macs, format_count
+from models.checkpoint import environment, save_checkpoint
+from models.loading import load_with_info
+from pruning.api import METHODS, check_arguments, prune
+from pruning.importance import plot_timestep_losses
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    model: str = str(TEACHER_CHECKPOINT)  # preset, diffprune / DDIM-codebase checkpoint or diffusers folder
+    method: str = "diff-pruning"
+    ratio: float = 0.3                    # per-group channel sparsity (the paper's ch_sparsity)
+    thr: float = 0.05                     # stop at the first t with L_t < thr * L_max (paper: 0.05 CIFAR-10)
+    scope: str = "local"                  # local (the paper) | global ranking
+    head_mode: str = "channels"           # channels | heads (remove whole attention heads)
+    attn_scale: str | None = None         # pruned | dense softmax scale after pruning (None: the model's own)
+    ignored: tuple[str, ...] = ()
+    data: str = "shapes"
+    data_root: str | None = None
+    batch_size: int = 16                  # images of the ONE gradient batch (paper: 128 CIFAR-10, 64 CelebA)
+    micro_batch: int = 16
+    max_timesteps: int | None = None
+    num_samples: int = 16
+    sample_steps: int = 50
+    seed: int = 0
+    out: str = str(RUNS_DIR / "prune")
+    device: str = "cpu"
+
+
+def gradient_batch(cfg: PruneConfig, image_size: int) -> torch.Tensor:
+    """One shuffled, randomly flipped batch of training images in [-1, 1] (the paper's x0)."""
+    dataset = build_dataset(cfg.data, root=cfg.data_root, image_size=image_size, split="train")
+    if len(dataset) < cfg.batch_size:
+        raise ValueError(f"--batch-size {cfg.batch_size} exceeds the {len(dataset)} images of dataset {cfg.data!r}")
+    g = torch.Generator().manual_seed(cfg.seed)
+    idx = torch.randperm(len(dataset), generator=g)[:cfg.batch_size].tolist()
+    x0 = torch.stack([dataset[i] for i in idx])
+    flip = torch.rand(len(idx), generator=g) < 0.5
+    return torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+
+
+def print_widths(before: dict[str, int], after: dict[str, int]) -> None:
+    """Every prunable layer's output width before -> after (GroupNorm: its channels)."""
+    print(f"{'layer':<44} {'before':>7}    {'after':>7}")
+    for name, w in before.items():
+        mark = "" if after.get(name) == w else "  *"
+        print(f"{name:<44} {w:>7} -> {after.get(name, 0):>7}{mark}")
+
+
+def main(cfg: PruneConfig) -> Path:
+    """Prune ``cfg.model``; returns the run folder."""
+    check_arguments(cfg.method, cfg.ratio, cfg.thr, cfg.scope)  # fail before loading anything
+    seed_everything(cfg.seed)
+    start = time.perf_counter()
+    model, info = load_with_info(cfg.model, ema=True, device=cfg.device)
+    if cfg.attn_scale is not None and hasattr(model, "config"):
+        model.config = dataclasses.replace(model.config, attn_scale=cfg.attn_scale)
+    c = model.config
+    example = (torch.zeros(1, c.in_channels, c.image_size, c.image_size, device=cfg.device),
+               torch.ones(1, device=cfg.device))
+    macs_before = count_macs(model, example)
+    schedule = Schedule(DiffusionConfig(loss_reduction="sum"))  # the paper's L_t sums over pixels
+    fixed_noise = dict(indices=list(range(cfg.num_samples)), seed=cfg.seed, image_shape=(c.in_channels, c.image_size, c.image_size),
+                       steps=cfg.sample_steps, batch_size=cfg.num_samples, device=cfg.device)
+    samples_before = sample(model.eval(), schedule, **fixed_noise)
+
+    x0 = gradient_batch(cfg, c.image_size).to(cfg.device) if cfg.method in ("taylor", "diff-pruning") else None
+    model, report = prune(model, example, method=cfg.method, ratio=cfg.ratio, ignored=cfg.ignored, data=x0,
+                          schedule=schedule, thr=cfg.thr, scope=cfg.scope, head_mode=cfg.head_mode,
+                          micro_batch=cfg.micro_batch, max_timesteps=cfg.max_timesteps, seed=cfg.seed)
+    macs_after = count_macs(model, example)
+    samples_after = sample(model.eval(), schedule, **fixed_noise)
+    seconds = time.perf_counter() - start
+
+    run = new_run_dir(cfg.out, f"{Path(cfg.model).stem}-{cfg.method}")
+    summary = {**report.summary(), "config": dataclasses.asdict(cfg), "source": info, "environment": environment(),
+               "macs_paper_before": macs_before.macs_paper, "macs_paper_after": macs_after.macs_paper,
+               "macs_full_before": macs_before.macs_full, "macs_full_after": macs_after.macs_full,
+               "seconds_total": seconds}
+    save_checkpoint(run / "pruned.pt", config=model.config, state_dict=model.state_dict(),
+                    meta={"prune_config": dataclasses.asdict(cfg), "source_model": cfg.model,
+                          "method": cfg.method, "ratio": cfg.ratio})
+    write_json(run / "report.json", {k: v for k, v in summary.items() if k != "source"} | {"source": {k: str(v) for k, v in info.items()}})
+    (run / "groups.txt").write_text(report.groups_text + "\n")
+    save_grid(samples_before, run / "samples_before.png", nrow=8, scale=2)
+    save_grid(samples_after, run / "samples_after.png", nrow=8, scale=2)
+    if report.timesteps is not None:
+        plot_timestep_losses(report.timesteps, run / "timestep_losses.png")
+
+    print_widths(report.widths_before, report.widths_after)
+    print(f"\n#params {format_count(report.params_before)} -> {format_count(report.params_after)}   "
+          f"MACs (paper convention) {format_count(macs_before.macs_paper)} -> {format_count(macs_after.macs_paper)}   "
+          f"MACs (+attention matmuls) {format_count(macs_before.macs_full)} -> {format_count(macs_after.macs_full)}")
+    if report.timesteps is not None:
+        ts = report.timesteps
+        stop = f"stopped at t={ts.stopped_at}" if ts.stopped_at is not None else "no t below the threshold"
+        print(f"gradient over {len(ts.kept)} timesteps (t = 0..{ts.kept[-1] if ts.kept else '-'}; thr {ts.thr}, {stop})")
+    timing = ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items())
+    print(f"time: {seconds:.1f}s in all ({timing})")
+    print(f"\nwrote {run}/: pruned.pt, report.json, groups.txt, samples_before.png, samples_after.png"
+          + (", timestep_losses.png" if report.timesteps is not None else ""))
+    print("\nnext:")
+    print(f"  python train.py --model {run / 'pruned.pt'} --steps 1000 --lr 5e-4 --loss-reduction mean "
+          f"--ema-decay 0.999 --batch-size 32     # fine-tune (the teacher's recipe, ~1/8 of its steps)")
+    print(f"  python evaluate.py {cfg.model} {run / 'pruned.pt'} --reference {cfg.model}     # compare with the original")
+    return run
+
+
+def parse_args(argv: list[str] | None = None) -> PruneConfig:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    d = PruneConfig()
+    p.add_argument("--model", default=d.model, help="preset, checkpoint or diffusers folder (default: the shipped tiny teacher)")
+    p.add_argument("--method", choices=METHODS, default=d.method)
+    p.add_argument("--ratio", type=float, default=d.ratio, help="channel sparsity per group, in [0, 1)")
+    p.add_argument("--thr", type=float, default=d.thr, help="Diff-Pruning's timestep threshold, >= 0")
+    p.add_argument("--scope", choices=("local", "global"), default=d.scope)
+    p.add_argument("--head-mode", choices=("channels", "heads"), default=d.head_mode)
+    p.add_argument("--attn-scale", choices=("pruned", "dense"), default=None)
+    p.add_argument("--ignored", nargs="*", default=[], help="module paths whose output channels are kept")
+    p.add_argument("--data", choices=DATASETS, default=d.data)
+    p.add_argument("--data-root", default=None)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--micro-batch", type=int, default=d.micro_batch)
+    p.add_argument("--max-timesteps", type=int, default=None)
+    p.add_argument("--num-samples", type=int, default=d.num_samples)
+    p.add_argument("--sample-steps", type=int, default=d.sample_steps)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--out", default=d.out)
+    p.add_argument("--device", default=d.device)
+    a = p.parse_args(argv)
+    for name in ("batch_size", "micro_batch", "num_samples", "sample_steps"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    try:
+        check_arguments(a.method, a.ratio, a.thr, a.scope)
+    except ValueError as e:
+        p.error(str(e))
+    return PruneConfig(**{**vars(a), "ignored": tuple(a.ignored)})
+
+
+if __name__ == "__main__":
+    main(parse_args())

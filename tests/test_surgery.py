@@ -1,0 +1,395 @@
+"""Tests of pruning/select.py and pruning/surgery.py: the selection rules' known answers, exact function
+preservation when dead channels are removed (STYLE.md 9a), offsets after pruning one part of a concat,
+attention heads, and the pruned U-Net's config + widths + state-dict round trip (STYLE.md 9f).
+
+Groups are built by hand (no tracer).
+"""
+from __future__ import annotations
+
+import copy
+import functools
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusion.schedule import DiffusionConfig, Schedule
+from models.blocks import AttnBlock
+from models.config import ModelConfig
+from models.unet import UNet
+from pruning.groups import Group, Member
+from pruning.importance import accumulate_gradients, diff_pruning_importance, magnitude_importance
+from pruning.select import n_pruned, select_global, select_groups, select_local
+from pruning.surgery import (check_consistency, finalize, prune, prune_group, prune_sequential, rebuild_check,
+                             reinitialize)
+
+# ---------------------------------------------------------------------------------------------------
+# Selection
+
+
+@pytest.mark.parametrize("size, blocks, keep", [(128, 32, 96), (256, 32, 192), (512, 1, 358), (256, 1, 179), (384, 32, 288)])
+def test_local_rule_widths_match_the_paper(size, blocks, keep):
+    """diffpruning.md 2.5 / Appendix A at ratio 0.3: GN-coupled 128 -> 96, 256 -> 192, 384 -> 288;
+    temb 512 -> 358, q/k/v 256 -> 179."""
+    scores = torch.rand(size, generator=torch.Generator().manual_seed(size))
+    kept = select_local(scores, Group(size=size, members=[], blocks=blocks), 0.3)
+    assert kept.numel() == keep
+    assert torch.equal(kept, kept.sort().values)
+    if blocks > 1:  # every block loses the same number: its lowest-scored channels
+        B = size // blocks
+        for b in range(blocks):
+            block = scores[b * B:(b + 1) * B]
+            mine = kept[(kept >= b * B) & (kept < (b + 1) * B)] - b * B
+            assert mine.numel() == keep // blocks
+            assert set(mine.tolist()) == set(torch.argsort(block, descending=True)[:keep // blocks].tolist())
+    else:
+        assert set(kept.tolist()) == set(torch.argsort(scores, descending=True)[:keep].tolist())
+
+
+def test_local_rule_errors():
+    group = Group(size=8, members=[Member("conv", "out")], blocks=4)
+    assert n_pruned(8, 0.9) == 8
+    with pytest.raises(ValueError, match=r"group conv.*ratio 0.9"):
+        select_local(torch.rand(8), group, 0.9)  # 8 // 4 = 2 per block of 2: a block would be empty
+    for bad in (1.0, -0.1):
+        with pytest.raises(ValueError, match="ratio"):
+            select_local(torch.rand(8), group, bad)
+    # ratio 0 keeps everything
+    assert torch.equal(select_local(torch.rand(8), group, 0.0), torch.arange(8))
+
+
+def test_global_rule_known_answer_and_blocks():
+    g1 = Group(size=8, members=[Member("a", "out")], blocks=2)
+    g2 = Group(size=4, members=[Member("b", "out")])
+    g3 = Group(size=4, members=[Member("c", "out")], blocks=4)  # one channel per block: can lose none
+    scores = {0: torch.tensor([1.0, 9, 9, 9, 2, 9, 9, 9]), 1: torch.tensor([3.0, 9, 9, 9]), 2: torch.tensor([0.0, 0, 0, 0])}
+    # N = 16, ratio 0.25 -> target 4. Ranked: g3's zeros (unremovable), 1 (g1 takes 1: 0 removable), 2 (g1: 2, one
+    # per block), 3 (g2: 1) -> total 3, then the 9s: g1 c1 (3 taken, still 2 removable), g1 c2 -> 4 removable.
+    keep = select_global([g1, g2, g3], scores, 0.25, normalize="none")
+    assert keep[2].tolist() == [0, 1, 2, 3]
+    assert keep[1].tolist() == [1, 2, 3]
+    assert keep[0].numel() == 4  # two per block of 4, the two lowest of each block gone
+    assert {0, 4}.isdisjoint(keep[0].tolist())
+    for i, g in enumerate([g1, g2, g3]):
+        per_block = torch.bincount(keep[i] // (g.size // g.blocks), minlength=g.blocks)
+        assert bool((per_block == per_block[0]).all()) and per_block.min() >= 1
+
+
+def test_global_rule_normalises_each_group_by_its_mean():
+    g1, g2 = Group(size=4, members=[Member("a", "out")]), Group(size=4, members=[Member("b", "out")])
+    s = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    scores = {0: s, 1: 1000 * s.flip(0)}  # same relative profile, 1000x the scale
+    keep = select_global([g1, g2], scores, 0.25)  # target 2: one per group after normalisation
+    assert keep[0].tolist() == [1, 2, 3] and keep[1].tolist() == [0, 1, 2]
+    raw = select_global([g1, g2], scores, 0.25, normalize="none")  # raw scale: g1 loses both
+    assert raw[0].tolist() == [2, 3] and raw[1].tolist() == [0, 1, 2, 3]
+
+
+def test_head_mode_removes_whole_heads_jointly():
+    qk = Group(size=8, members=[Member("attn.q", "out"), Member("attn.k", "out")], blocks=4, heads=[("attn", "qk")])
+    v = Group(size=8, members=[Member("attn.v", "out"), Member("attn.proj_out", "in")], blocks=4, heads=[("attn", "v")])
+    scores = {0: torch.tensor([5.0, 5, 1, 1, 5, 5, 0, 9]), 1: torch.tensor([5.0, 5, 1, 1, 5, 5, 0, 0])}
+    # head sums over both groups: [20, 4, 20, 9] -> ratio 0.5 removes heads 1 and 3 in both groups
+    keep = select_groups([qk, v], scores, 0.5, head_mode="heads", num_heads={"attn": 4})
+    assert keep[0].tolist() == keep[1].tolist() == [0, 1, 4, 5]
+    chan = select_groups([qk, v], scores, 0.5, head_mode="channels")  # per-head channel removal instead
+    assert chan[0].numel() == 4 and torch.bincount(chan[0] // 2, minlength=4).tolist() == [1, 1, 1, 1]
+
+
+def test_global_head_mode_ranks_whole_heads_against_channels():
+    qk = Group(size=8, members=[Member("attn.q", "out"), Member("attn.k", "out")], blocks=4, heads=[("attn", "qk")])
+    v = Group(size=8, members=[Member("attn.v", "out"), Member("attn.proj_out", "in")], blocks=4, heads=[("attn", "v")])
+    plain = Group(size=8, members=[Member("conv", "out")])
+    head = torch.tensor([0.1, 0.1, 5, 5, 5, 5, 5, 5])  # head 0 low, the others high
+    scores = {0: head, 1: head, 2: torch.tensor([0.5, 0.6, 9, 9, 9, 9, 9, 9])}
+    # N = 24, ratio 0.25 -> target 6: head 0 (4 channels over both groups), then two plain channels.
+    keep = select_groups([qk, v, plain], scores, 0.25, scope="global", head_mode="heads", num_heads={"attn": 4},
+                         normalize="none")
+    assert keep[0].tolist() == keep[1].tolist() == list(range(2, 8))
+    assert keep[2].tolist() == list(range(2, 8))
+
+
+# ---------------------------------------------------------------------------------------------------
+# Surgery: exact function preservation
+
+
+class TwoConv(nn.Module):
+    """conv1 (3 -> 6) -> ReLU -> conv2 (6 -> 4): no normalisation between, so a dead channel contributes nothing."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 4, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv2(F.relu(self.conv1(x)))
+
+
+def _kill(conv: nn.Conv2d, channels: list[int]) -> None:
+    """Make output channels dead: zero weight rows and biases (their activations are exactly 0)."""
+    with torch.no_grad():
+        conv.weight[channels] = 0
+        conv.bias[channels] = 0
+
+
+def test_removing_dead_channels_preserves_the_function():
+    torch.manual_seed(0)
+    net = TwoConv()
+    _kill(net.conv1, [1, 4])
+    x = torch.randn(2, 3, 5, 5)
+    before = net(x)
+    group = Group(size=6, members=[Member("conv1", "out"), Member("conv2", "in")])
+    for p in net.parameters():
+        p.grad = torch.randn_like(p)
+    grad_before = net.conv2.weight.grad.clone()
+    net.conv2.bias.requires_grad_(False)
+    old_params = {id(p) for p in net.parameters()}
+    prune_group(net, group, torch.tensor([0, 2, 3, 5]))
+    finalize(net)
+    torch.testing.assert_close(net(x), before, rtol=0, atol=1e-6)
+    assert (net.conv1.out_channels, net.conv2.in_channels) == (4, 4)
+    assert tuple(net.conv1.weight.shape) == (4, 3, 3, 3) and tuple(net.conv2.weight.shape) == (4, 4, 3, 3)
+    assert group.size == 4
+    # New Parameter objects with the right requires_grad, and grads sliced along with the weights.
+    assert not ({id(net.conv1.weight), id(net.conv1.bias), id(net.conv2.weight)} & old_params)
+    assert net.conv2.bias.requires_grad is False and net.conv2.weight.requires_grad
+    torch.testing.assert_close(net.conv2.weight.grad, grad_before[:, [0, 2, 3, 5]])
+
+
+def test_ratio_zero_changes_nothing():
+    torch.manual_seed(1)
+    net = TwoConv()
+    state = copy.deepcopy(net.state_dict())
+    params = [id(p) for p in net.parameters()]
+    group = Group(size=6, members=[Member("conv1", "out"), Member("conv2", "in")])
+    prune(net, [group], {0: select_local(torch.rand(6), group, 0.0)})
+    assert [id(p) for p in net.parameters()] == params
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())
+
+
+class ConcatNet(nn.Module):
+    """y = conv_c(ReLU(cat([conv_a(x), conv_b(x)]))): two groups share conv_c's input dimension."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv_a = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv_b = nn.Conv2d(3, 4, 3, padding=1)
+        self.conv_c = nn.Conv2d(8, 2, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv_c(F.relu(torch.cat([self.conv_a(x), self.conv_b(x)], dim=1)))
+
+
+DEAD_A, DEAD_B = [0, 2], [1, 3]
+
+
+def _dead_concat_net() -> tuple[ConcatNet, list[Group]]:
+    """ConcatNet with dead channels DEAD_A in conv_a and DEAD_B in conv_b (also zero columns in conv_c, so
+    magnitude ranks them lowest), and its two hand-built groups."""
+    torch.manual_seed(2)
+    net = ConcatNet()
+    _kill(net.conv_a, DEAD_A)
+    _kill(net.conv_b, DEAD_B)
+    with torch.no_grad():
+        net.conv_c.weight[:, DEAD_A] = 0
+        net.conv_c.weight[:, [4 + c for c in DEAD_B]] = 0
+    groups = [Group(size=4, members=[Member("conv_a", "out"), Member("conv_c", "in", 0)]),
+              Group(size=4, members=[Member("conv_b", "out"), Member("conv_c", "in", 4)])]
+    return net, groups
+
+
+def test_offsets_follow_when_the_first_concat_part_is_pruned():
+    net, groups = _dead_concat_net()
+    x = torch.randn(2, 3, 6, 6)
+    before, w_c = net(x), net.conv_c.weight.detach().clone()
+    scores_b = magnitude_importance(net, groups[1])
+
+    prune_group(net, groups[0], torch.tensor([1, 3]), others=groups)
+    assert groups[1].members[1] == Member("conv_c", "in", 2)  # b's part of conv_c's input now starts at 2
+    torch.testing.assert_close(magnitude_importance(net, groups[1]), scores_b)  # lazy re-scoring reads b's slice
+
+    prune_group(net, groups[1], torch.tensor([0, 2]), others=groups)
+    finalize(net)
+    torch.testing.assert_close(net(x), before, rtol=0, atol=1e-6)
+    torch.testing.assert_close(net.conv_c.weight, w_c[:, [1, 3, 4, 6]])
+
+
+def test_sequential_mode_rescoring_on_the_partially_pruned_net():
+    net, groups = _dead_concat_net()
+    x = torch.randn(2, 3, 6, 6)
+    before, w_c = net(x), net.conv_c.weight.detach().clone()
+    keeps = prune_sequential(net, groups, magnitude_importance, 0.5)
+    assert keeps[0].tolist() == [1, 3] and keeps[1].tolist() == [0, 2]
+    assert [m.offset for m in groups[1].members] == [0, 2]
+    torch.testing.assert_close(net(x), before, rtol=0, atol=1e-6)
+    torch.testing.assert_close(net.conv_c.weight, w_c[:, [1, 3, 4, 6]])
+
+
+def test_doubled_concat_is_pruned_at_both_offsets():
+    class Doubled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv_a = nn.Conv2d(3, 4, 1)
+            self.conv_b = nn.Conv2d(8, 2, 3, padding=1)
+
+        def forward(self, x):
+            a = F.relu(self.conv_a(x))
+            return self.conv_b(torch.cat([a, a], dim=1))
+
+    torch.manual_seed(3)
+    net = Doubled()
+    _kill(net.conv_a, [2])
+    x = torch.randn(1, 3, 4, 4)
+    before, w_b = net(x), net.conv_b.weight.detach().clone()
+    group = Group(size=4, members=[Member("conv_a", "out"), Member("conv_b", "in", 0), Member("conv_b", "in", 4)])
+    prune(net, [group], {0: torch.tensor([0, 1, 3])})
+    torch.testing.assert_close(net(x), before, rtol=0, atol=1e-6)
+    torch.testing.assert_close(net.conv_b.weight, w_b[:, [0, 1, 3, 4, 5, 7]])
+    assert net.conv_b.in_channels == 6 and [m.offset for m in group.members] == [0, 0, 3]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Surgery: errors and checks
+
+
+class ConvGN(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1)
+        self.norm = nn.GroupNorm(2, 4)
+
+    def forward(self, x):
+        return self.norm(self.conv(x))
+
+
+def test_groupnorm_width_not_divisible_is_an_error_and_nothing_changes():
+    net = ConvGN()
+    group = Group(size=4, members=[Member("conv", "out"), Member("norm", "norm")])  # blocks deliberately 1
+    with pytest.raises(ValueError, match=r"norm: GroupNorm would have 3 channels"):
+        prune_group(net, group, torch.tensor([0, 1, 3]))
+    assert net.conv.weight.shape[0] == 4 and net.norm.num_channels == 4 and group.size == 4
+
+
+def test_unequal_block_removal_is_an_error():
+    net = ConvGN()
+    group = Group(size=4, members=[Member("conv", "out"), Member("norm", "norm")], blocks=2)
+    with pytest.raises(ValueError, match="same number"):
+        prune_group(net, group, torch.tensor([0, 1]))  # block 0 keeps 2, block 1 keeps 0
+
+
+def test_check_consistency_names_the_broken_module():
+    net = ConvGN()
+    check_consistency(net)
+    net.conv.out_channels = 5
+    with pytest.raises(ValueError, match=r"conv: weight"):
+        check_consistency(net)
+
+
+def test_reinitialize_is_deterministic_under_a_seed():
+    a, b = TwoConv(), TwoConv()
+    b.load_state_dict(a.state_dict())
+    original = a.conv1.weight.detach().clone()
+    rng = torch.get_rng_state()
+    reinitialize(a, seed=5)
+    reinitialize(b, seed=5)
+    assert torch.equal(torch.get_rng_state(), rng)  # the global RNG is untouched
+    assert all(torch.equal(p, q) for p, q in zip(a.parameters(), b.parameters()))
+    assert not torch.equal(a.conv1.weight, original)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Attention heads
+
+
+class AttnNet(nn.Module):
+    def __init__(self, num_heads: int = 4):
+        super().__init__()
+        self.attn = AttnBlock(ch=8, qk_ch=8, v_ch=8, num_heads=num_heads, scale=(8 // num_heads) ** -0.5,
+                              norm_groups=2, norm_eps=1e-6)
+
+    def forward(self, x):
+        return self.attn(x)
+
+
+def _attn_groups(blocks: int = 4) -> list[Group]:
+    return [Group(size=8, members=[Member("attn.v", "out"), Member("attn.proj_out", "in")], blocks=blocks, heads=[("attn", "v")]),
+            Group(size=8, members=[Member("attn.q", "out"), Member("attn.k", "out")], blocks=blocks, heads=[("attn", "qk")])]
+
+
+def test_removing_dead_heads_preserves_the_function():
+    torch.manual_seed(4)
+    net = AttnNet()
+    dead = [2, 3, 6, 7]  # heads 1 and 3 (head width 2)
+    with torch.no_grad():
+        for conv in (net.attn.v,):
+            conv.weight[dead] = 0
+            conv.bias[dead] = 0
+        net.attn.proj_out.weight[:, dead] = 0
+        for conv in (net.attn.q, net.attn.k):  # small q/k so these heads also rank lowest on magnitude
+            conv.weight[dead] *= 0.01
+    x = torch.randn(2, 8, 3, 3)
+    before = net(x)
+    groups = _attn_groups()
+    keeps = prune_sequential(net, groups, magnitude_importance, 0.5, head_mode="heads", attn_scale="pruned")
+    assert keeps[0].tolist() == keeps[1].tolist() == [0, 1, 4, 5]
+    assert net.attn.num_heads == 2 and net.attn.scale == 2 ** -0.5  # head width unchanged
+    assert [g.blocks for g in groups] == [2, 2] and [g.size for g in groups] == [4, 4]
+    torch.testing.assert_close(net(x), before, rtol=0, atol=1e-6)
+
+
+def test_channel_mode_updates_the_attention_scale():
+    torch.manual_seed(5)
+    for mode, expected in (("pruned", (4 // 4) ** -0.5), ("dense", 2 ** -0.5)):
+        net = AttnNet()
+        groups = _attn_groups()
+        keep = {i: select_local(torch.rand(8), g, 0.5) for i, g in enumerate(groups)}
+        prune(net, groups, keep, attn_scale=mode)
+        assert net.attn.num_heads == 4 and net.attn.q.out_channels == 4
+        assert net.attn.scale == pytest.approx(expected)
+        net(torch.randn(1, 8, 2, 2))  # still runs
+
+
+# ---------------------------------------------------------------------------------------------------
+# The U-Net: pruned model = config + widths + state dict
+
+TINY = dict(image_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), norm_groups=2, dropout=0.0)
+
+
+def _unet_groups() -> list[Group]:
+    b = "down.0.block.0"
+    return [
+        Group(size=8, members=[Member(f"{b}.conv1", "out"), Member(f"{b}.temb_proj", "out"), Member(f"{b}.norm2", "norm"),
+                               Member(f"{b}.conv2", "in")], blocks=2, block_reasons=[f"{b}.norm2"]),
+        Group(size=16, members=[Member("mid.attn_1.q", "out"), Member("mid.attn_1.k", "out")], heads=[("mid.attn_1", "qk")]),
+    ]
+
+
+@pytest.mark.parametrize("attn_scale", ["pruned", "dense"])
+def test_pruned_unet_round_trips_through_config_and_state_dict(tmp_path, attn_scale):
+    torch.manual_seed(6)
+    model = UNet(ModelConfig(**TINY, attn_scale=attn_scale))
+    schedule = Schedule(DiffusionConfig(num_timesteps=20))
+    report = accumulate_gradients(model, schedule, torch.randn(2, 3, 8, 8), thr=0.05, micro_batch=1, max_timesteps=2)
+    assert report.kept == [0, 1]
+    groups = _unet_groups()
+    keeps = prune_sequential(model, groups, functools.partial(diff_pruning_importance), 0.3)
+    assert keeps[0].numel() == 6  # 8 - int(8 * 0.7) = 3 -> 3 // 2 = 1 per GN block
+    assert keeps[1].numel() == 11  # 16 - int(16 * 0.7) = 5
+    widths = model.config.width_table
+    assert widths["down.0.block.0.conv1"] == 6 and widths["mid.attn_1.q"] == widths["mid.attn_1.k"] == 11
+    assert model.down[0].block[0].norm2.num_channels == 6 and model.down[0].block[0].temb_proj.out_features == 6
+    expected_scale = 11 ** -0.5 if attn_scale == "pruned" else 16 ** -0.5
+    assert model.mid.attn_1.scale == pytest.approx(expected_scale)
+    assert model.down[0].block[0].conv1.weight.grad.shape[0] == 6  # grads sliced for sequential scoring
+
+    x, t = torch.randn(2, 3, 8, 8), torch.tensor([3.0, 17.0])
+    rebuild_check(model, (x, t))
+    path = tmp_path / "pruned.pt"
+    torch.save({"config": model.config.to_dict(), "state_dict": model.state_dict()}, path)
+    ckpt = torch.load(path, weights_only=True)
+    reloaded = UNet(ModelConfig.from_dict(ckpt["config"]))
+    reloaded.load_state_dict(ckpt["state_dict"])
+    model.eval(), reloaded.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(x, t), model(x, t), rtol=0, atol=1e-6)
