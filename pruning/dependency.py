@@ -120,7 +120,8 @@ class RegroupedNorm:
 
     def __str__(self) -> str:
         cuts = " + ".join(str(size) for _, size in self.parts)
-        return f"{self.module}: {self.channels} = {cuts} channels in {self.num_groups} groups of {self.channels // self.num_groups}"
+        size = self.channels // self.num_groups
+        return f"{self.module}: {self.channels} = {cuts} channels in {self.num_groups} groups of {size}"
 
 
 @dataclass
@@ -229,7 +230,8 @@ class _Runs:
 # Step 3: members, constraints, protection
 
 
-def group_trace(trace: Trace, *, ignored: tuple[str, ...] = (), root_types: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> Analysis:
+def group_trace(trace: Trace, *, ignored: tuple[str, ...] = (),
+                root_types: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> Analysis:
     """Coupling groups of ``trace`` (see the module docstring). ``ignored``: module paths (and their
     sub-modules) whose output channels are never pruned. ``root_types``: a group needs an "out" member of
     one of these types to be prunable."""
@@ -260,8 +262,9 @@ def group_trace(trace: Trace, *, ignored: tuple[str, ...] = (), root_types: tupl
             return
         if group.size % math.lcm(group.blocks, b):
             if strict:
-                raise ValueError(f"group {group.name} (C={group.size}): constraints "
-                                 f"{'; '.join(group.block_reasons + [reason])} need a block count that does not divide C")
+                raise ValueError(f"group {group.name} (C={group.size}): the constraints "
+                                 f"{'; '.join(group.block_reasons + [reason])} need a block count that does not "
+                                 f"divide C")
             protect(g, f"{reason}: {b} blocks do not divide {group.size} channels")
             return
         group.blocks = math.lcm(group.blocks, b)
@@ -324,7 +327,8 @@ def group_trace(trace: Trace, *, ignored: tuple[str, ...] = (), root_types: tupl
             protect_labels(labels, f"ignored layer {src.where}")
     protect_labels(trace.outputs, "network output")
     for g, group in enumerate(groups):
-        if not reasons[g] and not any(m.role == "out" and isinstance(trace.layers[m.module], root_types) for m in group.members):
+        produced = any(m.role == "out" and isinstance(trace.layers[m.module], root_types) for m in group.members)
+        if not reasons[g] and not produced:
             protect(g, "no producer among root types (" + ", ".join(t.__name__ for t in root_types) + ")")
         group.protected = "; ".join(reasons[g])
     _check_widths(groups, trace.layers)

@@ -40,8 +40,8 @@ from torch.overrides import TorchFunctionMode
 
 from pruning.dependency import Analysis, BlockConstraint, FixedConstraint, PartsConstraint, Source, Trace, group_trace
 from pruning.groups import Group
-from pruning.ops import (OPS, RULES, Call, Labels, UnsupportedOpError, layer_rule, lookup, on_dim, op_name,  # noqa: F401
-                         opaque, tensors)
+from pruning.ops import OPS, UnsupportedOpError  # noqa: F401  (re-exported: the op table, the error)
+from pruning.ops import RULES, Call, Labels, layer_rule, lookup, on_dim, op_name, opaque, tensors
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -82,7 +82,8 @@ class Tracer:
         """Fresh labels for a tensor no prunable layer produced, which meets labelled channels."""
         name = self.param_names.get(id(t))
         what = f"parameter {name}" if name else "a tensor"
-        return self.new(math.prod(shape), "constant", f"{what} used by {op} in {self.where or '<model>'}").reshape(shape)
+        where = f"{what} used by {op} in {self.where or '<model>'}"
+        return self.new(math.prod(shape), "constant", where).reshape(shape)
 
     def get(self, t: Any) -> Labels | None:
         return self.labels.get(id(t)) if isinstance(t, torch.Tensor) else None
@@ -123,7 +124,8 @@ class Tracer:
         if self.suppress:
             return
         rule = layer_rule(module)
-        if rule is None and type(module).__module__.startswith("torch.nn") and next(module.parameters(recurse=False), None) is not None:
+        own_params = next(module.parameters(recurse=False), None) is not None
+        if rule is None and own_params and type(module).__module__.startswith("torch.nn"):
             if any(self.get(t) for t in tensors((args, kwargs))):
                 raise UnsupportedOpError(type(module).__name__, name, "a torch.nn layer with parameters that cannot be "
                                          "pruned (supported: Conv2d with groups=1, Linear, GroupNorm)")

@@ -130,7 +130,9 @@ def _group_norm(tr: Tracer, path: str, m: nn.GroupNorm, x: torch.Tensor, y: torc
     if m.affine:
         tr.layers[path] = m
         tr.member(path, "norm", v)
-    tr.blocks.append(BlockConstraint("norm", path, v, m.num_groups))
+    # One channel per group is a per-channel norm: no removal constraint, and surgery keeps it per-channel.
+    if m.num_groups != m.num_channels:
+        tr.blocks.append(BlockConstraint("norm", path, v, m.num_groups))
     tr.set(y, on_dim(v, y.dim(), 1))
 
 
@@ -222,6 +224,8 @@ def _reshape(tr: Tracer, c: Call) -> None:
     L = tr.get(x)
     if L is None:
         return
+    if x.numel() == 0:
+        raise c.fail("reshapes an empty channel-labelled tensor")
     ins = [d for d, s in enumerate(x.shape) if s != 1]
     outs = [d for d, s in enumerate(y.shape) if s != 1]
     mask, split, i, j = [False] * y.dim(), False, 0, 0
@@ -256,7 +260,8 @@ def _permute(tr: Tracer, c: Call) -> None:
         dims = c.args[1:] or c.kwargs["dims"]
         perm = list(dims[0] if len(dims) == 1 and isinstance(dims[0], (list, tuple)) else dims)
     elif name in ("transpose", "swapaxes", "swapdims"):
-        a, b = c.args[1] % nd, c.args[2] % nd
+        a = c.arg(1, "dim0", c.kwargs.get("axis0")) % nd
+        b = c.arg(2, "dim1", c.kwargs.get("axis1")) % nd
         perm = list(range(nd))
         perm[a], perm[b] = b, a
     elif name in ("movedim", "moveaxis"):
@@ -299,7 +304,9 @@ def _index(tr: Tracer, c: Call) -> None:
     x, idx = c.args[0], c.args[1]
     L = tr.get(x)
     items = idx if isinstance(idx, tuple) else (idx,)
-    if L is None or any(isinstance(it, (torch.Tensor, list, bool, np.ndarray)) for it in items):
+    if L is None:
+        raise c.fail("indexing with a channel-labelled tensor")
+    if any(isinstance(it, (torch.Tensor, list, bool, np.ndarray)) for it in items):
         raise c.fail("advanced (tensor/list/bool) indexing of channel-labelled tensors is not supported")
     used = sum(1 for it in items if it is not None and it is not Ellipsis)
     full = []
@@ -326,11 +333,11 @@ def _index(tr: Tracer, c: Call) -> None:
     tr.set(c.out, Labels(L.array[tuple(np_idx)], tuple(mask)))
 
 
-def _tie(tr: Tracer, c: Call, tensors: list[torch.Tensor]) -> Labels:
+def _tie(tr: Tracer, c: Call, seq: list[torch.Tensor]) -> Labels:
     """Tie equal-shape tensors channel by channel (cat along a non-channel dim, stack)."""
-    Ls = [tr.get(t) for t in tensors]
+    Ls = [tr.get(t) for t in seq]
     ref = next(L for L in Ls if L is not None)
-    for t, L in zip(tensors, Ls):
+    for t, L in zip(seq, Ls):
         if L is None:
             tr.union(ref.array, tr.constant(list(ref.array.shape), t, c.name))
         elif L.mask != ref.mask:
@@ -344,7 +351,7 @@ def _concat(tr: Tracer, c: Call) -> None:
     """torch.cat. Along a channel dim the labels concatenate, so every consumer sees each part at its
     real runtime offset (the decoder's cat([h, skip], dim=1)); along any other dim the parts' channels
     are tied."""
-    seq = [t for t in c.arg(0, "tensors") if t.dim() > 1 or t.numel() > 0]
+    seq = [t for t in c.arg(0, "tensors") if t.dim() > 1 or t.numel() > 0]  # cat skips legacy empty (0,) tensors
     dim = c.arg(1, "dim", c.kwargs.get("axis", 0)) % c.out.dim()
     ref = next(tr.get(t) for t in seq if tr.get(t) is not None)
     if not ref.mask[dim]:
@@ -398,7 +405,8 @@ def _reduce(tr: Tracer, c: Call) -> None:
     if L is None:
         return
     dim = c.arg(2 if c.name == "norm" else 1, "dim")
-    dims = set(range(x.dim())) if dim is None else {d % x.dim() for d in (dim if isinstance(dim, (list, tuple)) else [dim])}
+    dim = range(x.dim()) if dim is None else dim if isinstance(dim, (list, tuple)) else [dim]
+    dims = {d % x.dim() for d in dim}
     if set(L.dims) <= dims:
         return
     if set(L.dims) & dims:
@@ -534,6 +542,9 @@ def _no_channels(tr: Tracer, c: Call) -> None:
     """Metadata (x.shape, x.size()) and new_* factories: nothing channel-indexed comes out."""
 
 
+# The op table. Names are torch function / Tensor method names ("__iadd__" and "add_" find "add"; properties
+# are ".T"-style). An op missing here that touches labelled channels is an UnsupportedOpError: add its name
+# to the category whose rule describes it (one line), or write a rule.
 CATEGORIES: dict[str, tuple[str, ...]] = {
     "elementwise": ("add", "sub", "rsub", "mul", "div", "truediv", "true_divide", "floordiv", "floor_divide", "mod",
                     "remainder", "fmod", "pow", "where", "maximum", "minimum", "fmax", "fmin", "lerp", "addcmul",

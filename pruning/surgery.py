@@ -101,7 +101,8 @@ def prune_group(model: nn.Module, group: Group, keep: torch.Tensor, *, keep_grad
 
     Conv2d/Linear "out": weight dim 0 and bias; "in": weight dim 1 (only [offset, offset + C) of the input
     dimension is touched: a concat consumer keeps the other parts); GroupNorm "norm": weight, bias,
-    num_channels (num_groups unchanged; a width not divisible by it is an error naming the norm).
+    num_channels (num_groups unchanged; a width not divisible by it is an error naming the norm; a
+    per-channel norm, num_groups == num_channels, stays per-channel).
     ``.grad`` is sliced too when ``keep_grads``. Updates ``group`` in place (size, member offsets, blocks)
     and the offsets of members of ``others`` on the shortened dimensions (see the module docstring).
     ``heads_before``: head counts before this round of pruning ({path: heads}); needed when two groups of
@@ -130,7 +131,8 @@ def prune_group(model: nn.Module, group: Group, keep: torch.Tensor, *, keep_grad
             raise ValueError(f"{path} ({role}): group {group.name} indexes channel {max(positions)} "
                              f"of a width-{width} dimension")
         kept_idx = torch.tensor(sorted(set(range(width)) - set(positions)), dtype=torch.long)
-        if isinstance(module, nn.GroupNorm) and kept_idx.numel() % module.num_groups:
+        per_channel = isinstance(module, nn.GroupNorm) and module.num_groups == module.num_channels
+        if isinstance(module, nn.GroupNorm) and not per_channel and kept_idx.numel() % module.num_groups:
             raise ValueError(f"{path}: GroupNorm would have {kept_idx.numel()} channels, not divisible by its "
                              f"num_groups={module.num_groups} (group {group.name})")
         plans.append((path, role, module, dim, attr, kept_idx, sorted(set(positions))))
@@ -156,6 +158,8 @@ def prune_group(model: nn.Module, group: Group, keep: torch.Tensor, *, keep_grad
         _slice_parameter(module, "weight", dim, kept_idx, keep_grads)
         if dim == 0:  # out rows and GroupNorm channels carry a bias; an input dimension does not
             _slice_parameter(module, "bias", 0, kept_idx, keep_grads)
+        if isinstance(module, nn.GroupNorm) and module.num_groups == module.num_channels:
+            module.num_groups = kept_idx.numel()  # a per-channel norm (one channel per group) stays per-channel
         setattr(module, attr, kept_idx.numel())
 
     # 4. Offsets: every member on a shortened dimension moves left by the removed positions below it.

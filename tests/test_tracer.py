@@ -130,6 +130,29 @@ def test_small_unet_groups_equal_hand_written_expectation(small_analysis):
     assert (regrouped.num_groups, regrouped.channels, regrouped.parts) == (2, 24, ((0, 16), (16, 8)))
 
 
+def test_block_constraints_keep_every_groupnorm_valid(small_analysis):
+    """Any removal the groups allow (the same count from each block) leaves every GroupNorm's channel
+    count divisible by its num_groups, including the regrouped and the concatenated ones."""
+    groups, layers = small_analysis.groups, small_analysis.trace.layers
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(50):
+        widths: dict[str, int] = {}
+        for g in groups:
+            per_block = int(torch.randint(0, g.size // g.blocks, (), generator=generator)) if g.prunable else 0
+            for x in g.members:
+                if x.role == "norm":
+                    widths[x.module] = widths.get(x.module, 0) + g.size - per_block * g.blocks
+        assert len(widths) == 21  # 8 ResBlocks x 2 + 4 attention blocks + norm_out
+        for name, width in widths.items():
+            assert width % layers[name].num_groups == 0, (name, width)
+
+
+def test_groups_do_not_depend_on_batch_size_or_timestep_shape(small_analysis):
+    torch.manual_seed(0)
+    groups = build_groups(UNet(SMALL), (torch.randn(3, 3, 16, 16), torch.tensor(7.5)))
+    assert describe(groups) == describe(small_analysis.groups)
+
+
 def test_describe_lists_every_group_with_member_ranges(small_analysis):
     groups = small_analysis.groups
     text = describe(groups)
@@ -325,7 +348,8 @@ def test_unsupported_op_is_an_error_naming_op_and_module(fn, op):
     assert (info.value.op, info.value.module) == (op, "body")
 
 
-@pytest.mark.parametrize("layer, name", [(nn.BatchNorm2d(8), "BatchNorm2d"), (nn.Conv2d(8, 8, 3, padding=1, groups=4), "Conv2d")])
+@pytest.mark.parametrize("layer, name", [(nn.BatchNorm2d(8), "BatchNorm2d"),
+                                         (nn.Conv2d(8, 8, 3, padding=1, groups=4), "Conv2d")])
 def test_unsupported_layers_are_errors(layer, name):
     with pytest.raises(UnsupportedOpError, match=rf"op '{name}' in module 'body'"):
         build_groups(Wrap(None, mid=layer), (torch.randn(1, 3, 8, 8),))
@@ -363,7 +387,8 @@ def test_constraints_that_protect_groups():
     assert "no prunable producer (parameter gamma used by mul" in by_name["d"].protected
     # shared reads e's and f's outputs through the same weight columns: e and f are one group.
     assert by_name["e"].prunable
-    assert {(x.module, x.role, x.offset) for x in by_name["e"].members} == {("e", "out", 0), ("f", "out", 0), ("shared", "in", 0)}
+    assert {(x.module, x.role, x.offset) for x in by_name["e"].members} == {
+        ("e", "out", 0), ("f", "out", 0), ("shared", "in", 0)}
     assert by_name["shared"].prunable
     assert {(x.module, x.role, x.offset) for x in by_name["shared"].members} == {
         ("shared", "out", 0), ("out", "in", 28), ("out", "in", 32)}
