@@ -44,8 +44,8 @@ class PruneConfig:
     ignored: tuple[str, ...] = ()
     data: str = "shapes"
     data_root: str | None = None
-    batch_size: int = 16                  # images of the ONE gradient batch (paper: 128 CIFAR-10, 64 CelebA)
-    micro_batch: int = 16
+    batch_size: int = 8                   # images of the ONE gradient batch (paper: 128 CIFAR-10, 64 CelebA)
+    micro_batch: int = 8
     max_timesteps: int | None = None
     num_samples: int = 16
     sample_steps: int = 50

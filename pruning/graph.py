@@ -172,13 +172,40 @@ class _Mode(TorchFunctionMode):
 # Entry points
 
 
+_FAILED = object()
+
+
+def _run_meta(model: nn.Module, example_inputs: tuple, tr: "Tracer"):
+    """One forward pass. The tracer reads shapes, never values, so it runs on the meta device (no
+    arithmetic: about 10x faster on a 36M-parameter U-Net) with the weights swapped in by
+    ``functional_call`` (the module hooks still fire). A forward that builds tensors on a fixed device
+    cannot mix with meta tensors; it is then run once more on its real tensors."""
+    meta = {name: torch.empty_like(t, device="meta")
+            for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    tr.param_names.update({id(t): name for name, t in meta.items()})  # name parameters used in functional ops
+    try:
+        return torch.func.functional_call(model, meta, example_inputs)
+    except UnsupportedOpError:
+        raise
+    except (RuntimeError, NotImplementedError):
+        return _FAILED  # the caller re-traces on real tensors
+
+
 def trace(model: nn.Module, example_inputs: tuple) -> Trace:
     """Run ``model(*example_inputs)`` once (no grad) and record its channel flow.
 
     Input tensors of 2, 4 or 5 dims get "input" labels on dim 1 (channels of (B, C), (B, C, H, W)); a 3-dim
     input is ambiguous ((B, C, L) or (B, N, C)) and gets none, so the layer reading it is protected anyway.
     """
+    result = _trace(model, example_inputs, meta=True)
+    return result if result is not None else _trace(model, example_inputs, meta=False)
+
+
+def _trace(model: nn.Module, example_inputs: tuple, *, meta: bool) -> Trace | None:
     tr = Tracer(model)
+    if meta:
+        example_inputs = tuple(torch.empty_like(x, device="meta") if isinstance(x, torch.Tensor) else x
+                               for x in example_inputs)
     for x in tensors(example_inputs):
         if x.is_floating_point() and x.dim() in (2, 4, 5):
             tr.set(x, on_dim(tr.new(x.shape[1], "input", "network input"), x.dim(), 1))
@@ -190,10 +217,12 @@ def trace(model: nn.Module, example_inputs: tuple) -> Trace:
             handles.append(module.register_forward_hook(
                 lambda m, a, k, o, name=name: tr.exit(name, m, a, k, o), with_kwargs=True))
         with torch.no_grad(), _Mode(tr):
-            out = model(*example_inputs)
+            out = _run_meta(model, example_inputs, tr) if meta else model(*example_inputs)
     finally:
         for h in handles:
             h.remove()
+    if out is _FAILED:
+        return None
     outputs = [tr.get(y).joint().ravel() for y in tensors(out) if tr.get(y) is not None]
     return Trace(num_labels=tr.num_labels, sources=tr.sources, unions=tr.unions, members=tr.members, blocks=tr.blocks,
                  parts=tr.parts, fixed=tr.fixed, outputs=np.concatenate(outputs) if outputs else np.zeros(0, dtype=int),

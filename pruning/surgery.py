@@ -52,9 +52,10 @@ def _slice_parameter(module: nn.Module, name: str, dim: int, index: torch.Tensor
     if old is None:
         return
     idx = index.to(old.device)
-    new = nn.Parameter(old.detach().index_select(dim, idx).clone(), requires_grad=old.requires_grad)
+    # index_select already returns fresh storage: no clone needed (a second copy doubles surgery time).
+    new = nn.Parameter(old.detach().index_select(dim, idx), requires_grad=old.requires_grad)
     if keep_grads and old.grad is not None:
-        new.grad = old.grad.detach().index_select(dim, idx).clone()  # consistent grads for lazy re-scoring
+        new.grad = old.grad.detach().index_select(dim, idx)  # consistent grads for lazy re-scoring
     setattr(module, name, new)
 
 
