@@ -91,6 +91,8 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
         dist.init_process_group(backend="nccl" if cfg.device.startswith("cuda") else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     seed_everything(cfg.sampler.seed)
+    sources = list(dict.fromkeys((*cfg.models, *([cfg.reference] if cfg.reference else []))))
+    loaded = {src: load_with_info(src, ema=True, device=cfg.device) for src in sources}  # fail before writing
     if resume:
         run_dir = Path(resume)
         if not run_dir.is_dir():
@@ -101,13 +103,12 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
             dist.broadcast_object_list(box, src=0)
         run_dir = Path(box[0])
     schedule = Schedule()
-    names = {src: f"{i}-{Path(src).stem}" for i, src in enumerate(dict.fromkeys((*cfg.models, *([cfg.reference] if cfg.reference else []))))}
+    names = {src: f"{i}-{Path(src).stem}" for i, src in enumerate(sources)}
 
     # 1. Sampling: every rank fills its share of every model's sample folder.
-    loaded, timing = {}, {}
+    timing = {}
     for src, name in names.items():
-        model, info = load_with_info(src, ema=True, device=cfg.device)
-        loaded[src] = (model, info)
+        model, _ = loaded[src]
         timing[src] = generate_samples(model, schedule, run_dir / name / "samples", num_samples=cfg.num_samples,
                                        cfg=cfg.sampler, batch_size=cfg.batch_size, device=cfg.device, rank=rank,
                                        world=world, progress=rank == 0)

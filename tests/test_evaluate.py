@@ -115,6 +115,9 @@ def test_missing_inception_weights_skip_fid_with_a_reason(tmp_path, monkeypatch)
 def test_bad_arguments(tmp_path):
     with pytest.raises(SystemExit):
         evaluate.parse_args(["m.pt", "--num-samples", "1"])
+    with pytest.raises(FileNotFoundError, match="missing.pt"):
+        evaluate.main(config(tmp_path, [str(tmp_path / "missing.pt")]))
+    assert not (tmp_path / "eval").exists()  # nothing written for a model that does not load
     with pytest.raises(FileNotFoundError, match="nope"):
         evaluate.main(config(tmp_path, [small_model(tmp_path / "m.pt", 0)]), resume=str(tmp_path / "nope"))
 

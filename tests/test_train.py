@@ -67,9 +67,11 @@ def test_resume_is_exact(tmp_path):
 
 def test_run_folders_are_numbered_and_config_saved(tmp_path):
     model = small_checkpoint(tmp_path / "init.pt")
-    a = train.main(base_config(tmp_path, model, steps=1, ckpt_every=1))
+    a = train.main(base_config(tmp_path, model, steps=1, ckpt_every=1, sample_every=1, sample_steps=2))
     b = train.main(base_config(tmp_path, model, steps=1, ckpt_every=1))
     assert a != b and a.name.startswith("00001-") and b.name.startswith("00002-")
+    assert (a / "samples" / "step_0000001.png").is_file()  # DDIM grid from fixed noise
+    assert any((a / "tb").iterdir())  # TensorBoard event file
     import json
     saved = json.loads((a / "config.json").read_text())
     assert saved["train"]["steps"] == 1 and saved["model"]["ch"] == 8 and "torch" in saved["environment"]
