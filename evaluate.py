@@ -197,6 +197,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, str | None]:
     p.add_argument("--skip-type", choices=("uniform", "quad"), default="uniform")
     p.add_argument("--eta", type=float, default=0.0)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
+                   help="clamp x0 predictions to [-1, 1] at every step (default: off, as the paper; on for the "
+                        "embedded default, whose small teacher needs it)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--fid-stats", default=None)
     p.add_argument("--fid-data", default=None)
@@ -217,7 +220,9 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, str | None]:
         reference = reference or str(TEACHER_CHECKPOINT)
         if pruned is None:
             print("[evaluate] no runs/prune/*/pruned.pt yet: evaluating the teacher only (run `python prune.py` first)")
-    sampler = SamplerConfig(sampler=a.sampler, steps=a.steps, skip_type=a.skip_type, eta=a.eta, seed=a.seed)
+    clip_x0 = a.clip_x0 if a.clip_x0 is not None else not a.models
+    sampler = SamplerConfig(sampler=a.sampler, steps=a.steps, skip_type=a.skip_type, eta=a.eta, seed=a.seed,
+                            clip_x0=clip_x0)
     cfg = EvalConfig(models=models, reference=reference, num_samples=a.num_samples, sampler=sampler,
                      batch_size=a.batch_size, fid_stats=a.fid_stats, fid_data=a.fid_data,
                      inception_weights=a.inception_weights, data=a.data, data_root=a.data_root,

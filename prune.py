@@ -49,6 +49,7 @@ class PruneConfig:
     max_timesteps: int | None = None
     num_samples: int = 16
     sample_steps: int = 50
+    clip_x0: bool = True                  # sample grids: clamp x0 predictions to [-1, 1] (Ho et al.)
     seed: int = 0
     out: str = str(RUNS_DIR / "prune")
     device: str = "cpu"
@@ -88,7 +89,7 @@ def main(cfg: PruneConfig) -> Path:
     macs_before = count_macs(model, example)
     schedule = Schedule(DiffusionConfig(loss_reduction="sum"))  # the paper's L_t sums over pixels
     fixed_noise = dict(indices=list(range(cfg.num_samples)), seed=cfg.seed, image_shape=(c.in_channels, c.image_size, c.image_size),
-                       steps=cfg.sample_steps, batch_size=cfg.num_samples, device=cfg.device)
+                       steps=cfg.sample_steps, batch_size=cfg.num_samples, device=cfg.device, clip_x0=cfg.clip_x0)
     samples_before = sample(model.eval(), schedule, **fixed_noise)
 
     x0 = gradient_batch(cfg, c.image_size).to(cfg.device) if cfg.method in ("taylor", "diff-pruning") else None
@@ -151,6 +152,8 @@ def parse_args(argv: list[str] | None = None) -> PruneConfig:
     p.add_argument("--max-timesteps", type=int, default=None)
     p.add_argument("--num-samples", type=int, default=d.num_samples)
     p.add_argument("--sample-steps", type=int, default=d.sample_steps)
+    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=d.clip_x0,
+                   help="clamp x0 predictions to [-1, 1] in the sample grids")
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--out", default=d.out)
     p.add_argument("--device", default=d.device)

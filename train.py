@@ -122,13 +122,14 @@ def check_ranks_in_sync(model: torch.nn.Module, step: int) -> None:
 
 
 def sample_grid(model: UNet, schedule: Schedule, n: int, steps: int, seed: int, device: str) -> torch.Tensor:
-    """n samples by deterministic DDIM (eta = 0, uniform skip) from noise fixed by ``seed``."""
+    """n samples by deterministic DDIM (eta = 0, uniform skip, x0 clipped) from noise fixed by ``seed``."""
     from diffusion.samplers import ddim_sample, ddim_timesteps
 
     c = model.config
     x_T = torch.randn((n, c.in_channels, c.image_size, c.image_size), generator=torch.Generator().manual_seed(seed))
     with torch.no_grad():
-        x0 = ddim_sample(model, schedule, x_T.to(device), ddim_timesteps(steps, schedule.num_timesteps, "uniform"), eta=0.0)
+        x0 = ddim_sample(model, schedule, x_T.to(device), ddim_timesteps(steps, schedule.num_timesteps, "uniform"),
+                         eta=0.0, clip_x0=True)
     return x0.clamp(-1, 1).cpu()
 
 

@@ -5,8 +5,8 @@
 For each method (random, magnitude, taylor, diff-pruning, scratch) the teacher is pruned at the same ratio
 (so every pruned model has the same widths), optionally fine-tuned with train.py, and measured:
 #params, MACs (paper convention), the held-out denoising loss (eps-MSE on fixed (x0, t, eps) triples from
-the shapes test split) and SSIM consistency to the teacher (deterministic DDIM, 50 steps, same initial
-noise), as the paper's Table 1 does with FID and SSIM. Without fine-tuning this is the paper's
+the shapes test split) and SSIM consistency to the teacher (deterministic DDIM, 50 steps, x0 clipped to
+[-1, 1], same initial noise), as the paper's Table 1 does with FID and SSIM. Without fine-tuning this is the paper's
 "prune, then compare with the dense model" ablation (diffpruning.md 6.4). FID is not measured: the FID
 Inception weights cannot be downloaded on the machine this ran on.
 
@@ -43,7 +43,7 @@ def measure(model, teacher_images, heldout, cfg) -> dict:
     c = model.config
     macs = count_macs(model, (torch.zeros(1, 3, c.image_size, c.image_size), torch.ones(1)))
     images = sample(model.eval(), Schedule(), indices=list(range(cfg.num_samples)), seed=0,
-                    image_shape=(3, c.image_size, c.image_size), steps=50, batch_size=cfg.num_samples)
+                    image_shape=(3, c.image_size, c.image_size), steps=50, batch_size=cfg.num_samples, clip_x0=True)
     return {"params": macs.params, "macs_paper": macs.macs_paper, "heldout_loss": heldout(model.eval()),
             "ssim_to_teacher": None if teacher_images is None else consistency((images + 1) / 2, (teacher_images + 1) / 2),
             "images": images}
@@ -61,7 +61,7 @@ def main(cfg: argparse.Namespace) -> dict:
     dense = measure(teacher, None, heldout, cfg)
     teacher_images = dense.pop("images")
     rows = [{"method": "teacher (dense)", **dense, "ssim_to_teacher": 1.0, "seconds": 0.0}]
-    for method in METHODS:
+    for method in cfg.methods:
         model = load(cfg.teacher)
         start = time.perf_counter()
         model, report = prune(model, (torch.zeros(1, 3, 32, 32), torch.ones(1)), method=method, ratio=cfg.ratio,
@@ -87,7 +87,8 @@ def main(cfg: argparse.Namespace) -> dict:
               "gradient_batch": cfg.batch_size, "finetune_steps": cfg.finetune_steps, "num_samples": cfg.num_samples,
               "torch": str(torch.__version__), "rows": rows,
               "command": f"python benchmarks/methods_tiny.py --ratio {cfg.ratio} --thr {cfg.thr} --batch-size "
-                         f"{cfg.batch_size} --finetune-steps {cfg.finetune_steps} --num-samples {cfg.num_samples}"}
+                         f"{cfg.batch_size} --finetune-steps {cfg.finetune_steps} --num-samples {cfg.num_samples}"
+                         f" --methods {' '.join(cfg.methods)}"}
     RESULTS.mkdir(exist_ok=True)
     stem = f"methods_tiny_ft{cfg.finetune_steps}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -110,5 +111,6 @@ if __name__ == "__main__":
     p.add_argument("--finetune-steps", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=64)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--work", default="/tmp/methods_tiny")
     main(p.parse_args())

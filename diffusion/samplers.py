@@ -110,7 +110,7 @@ def _check_timesteps(timesteps: Sequence[int], num_timesteps: int) -> list[int]:
 
 def ddim_sample(model: nn.Module, schedule: Schedule, x_T: torch.Tensor, timesteps: Sequence[int], *,
                 eta: float = 0.0, noise_fn: NoiseFn | None = None, return_trajectory: bool = False,
-                progress: bool = False):
+                clip_x0: bool = False, progress: bool = False):
     """DDIM sampling (Song et al. 2021, eq. 12) from x_T down the ascending ``timesteps`` tau.
 
     Step tau_i -> tau_{i-1} (the previous entry, and -1 after tau_1, where alpha_bar_{-1} = 1):
@@ -118,6 +118,11 @@ def ddim_sample(model: nn.Module, schedule: Schedule, x_T: torch.Tensor, timeste
         x0_pred  = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)                  "predicted x0", not clipped
         sigma_t  = eta sqrt((1 - alpha_bar_next) / (1 - alpha_bar_t)) sqrt(1 - alpha_bar_t / alpha_bar_next)   (eq. 16)
         x_next   = sqrt(alpha_bar_next) x0_pred + sqrt(1 - alpha_bar_next - sigma_t^2) eps + sigma_t z
+
+    clip_x0 clamps x0_pred to the data range [-1, 1] and re-derives eps from it (Ho et al.'s
+    "clip_denoised"; the DDIM codebase does not clip, so the default is off). An under-trained model's small
+    eps error at large t is multiplied by sqrt((1 - alpha_bar_t) / alpha_bar_t) (~150 at t = 999) in x0_pred;
+    clipping keeps the chain in range.
 
     eta = 0 is the deterministic DDIM (noise_fn is then never called); eta = 1 is DDPM-like. A repeated
     timestep (t == t_next, "quad" skip) is computed with the same arithmetic, which returns x_t up to rounding.
@@ -145,6 +150,8 @@ def ddim_sample(model: nn.Module, schedule: Schedule, x_T: torch.Tensor, timeste
         alpha_bar_next = float(schedule.alpha_bar(torch.tensor(t_next)))
         eps = model(x_t, torch.full((B,), float(t), device=x_t.device))  # (B, C, H, W)
         x0_pred = (x_t - math.sqrt(1.0 - alpha_bar_t) * eps) / math.sqrt(alpha_bar_t)
+        if clip_x0:
+            x0_pred, eps = _clip(x_t, x0_pred, alpha_bar_t)
         # Eq. 16; t == t_next gives 1 - alpha_bar_t / alpha_bar_next = 0 exactly, so no noise is added.
         sigma_t = eta * math.sqrt((1.0 - alpha_bar_next) / (1.0 - alpha_bar_t)) \
             * math.sqrt(1.0 - alpha_bar_t / alpha_bar_next)
@@ -159,15 +166,22 @@ def ddim_sample(model: nn.Module, schedule: Schedule, x_T: torch.Tensor, timeste
     return (x_t, xs, x0_preds) if return_trajectory else x_t
 
 
+def _clip(x_t: torch.Tensor, x0_pred: torch.Tensor, alpha_bar_t: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Clamp x0_pred to [-1, 1] and return it with the eps that, with x_t, implies it (inverse of eq. 4)."""
+    x0_pred = x0_pred.clamp(-1.0, 1.0)
+    return x0_pred, (x_t - math.sqrt(alpha_bar_t) * x0_pred) / math.sqrt(1.0 - alpha_bar_t)
+
+
 def ddpm_sample(model: nn.Module, schedule: Schedule, x_T: torch.Tensor, *, variance: str = "beta",
-                noise_fn: NoiseFn | None = None, progress: bool = False) -> torch.Tensor:
+                noise_fn: NoiseFn | None = None, clip_x0: bool = False, progress: bool = False) -> torch.Tensor:
     """Ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2):
 
         x_{t-1} = 1/sqrt(alpha_t) (x_t - beta_t / sqrt(1 - alpha_bar_t) eps_theta(x_t, t)) + sigma_t z,
 
     with z = 0 at the last step (code t = 0, paper t = 1) and sigma_t^2 = beta_t ("beta") or the posterior
     variance beta_tilde_t = (1 - alpha_bar_{t-1}) / (1 - alpha_bar_t) beta_t ("beta_tilde"); Ho et al. Sec. 3.2
-    report similar results for both. No clipping of x0.
+    report similar results for both. ``clip_x0`` clamps the implied x0 to [-1, 1] first (their
+    "clip_denoised"); the mean is then the posterior mean mu_tilde(x_t, x0) of eq. 7.
 
     model:    eps_theta, called with (B,) float timesteps; caller sets eval mode / no_grad.
     x_T:      (B, C, H, W) initial noise.
@@ -184,6 +198,9 @@ def ddpm_sample(model: nn.Module, schedule: Schedule, x_T: torch.Tensor, *, vari
         alpha_t, beta_t = float(schedule.alphas[t]), float(schedule.betas[t])
         alpha_bar_t = float(schedule.alpha_bars[t])
         eps = model(x_t, torch.full((B,), float(t), device=x_t.device))  # (B, C, H, W)
+        if clip_x0:
+            x0 = (x_t - math.sqrt(1.0 - alpha_bar_t) * eps) / math.sqrt(alpha_bar_t)
+            _, eps = _clip(x_t, x0, alpha_bar_t)
         mean = (x_t - beta_t / math.sqrt(1.0 - alpha_bar_t) * eps) / math.sqrt(alpha_t)  # Algorithm 2, line 4
         x_t = mean + math.sqrt(float(sigma2[t])) * noise_fn(x_t) if t > 0 else mean
     return x_t
@@ -193,7 +210,7 @@ def ddpm_sample(model: nn.Module, schedule: Schedule, x_T: torch.Tensor, *, vari
 def sample(model: nn.Module, schedule: Schedule, *, indices: Sequence[int], seed: int,
            image_shape: Sequence[int], sampler: str = "ddim", steps: int | None = None,
            skip_type: str = "uniform", eta: float = 0.0, variance: str = "beta", batch_size: int = 64,
-           device: torch.device | str = "cpu", progress: bool = False) -> torch.Tensor:
+           device: torch.device | str = "cpu", clip_x0: bool = False, progress: bool = False) -> torch.Tensor:
     """Generate the samples with global ``indices`` of run ``seed``, batch by batch, without gradients.
 
     Sample i depends only on (model, seed, i, sampler settings): its x_T and step noise come from
@@ -221,8 +238,8 @@ def sample(model: nn.Module, schedule: Schedule, *, indices: Sequence[int], seed
         noise = IndexedNoise(seed, indices[start:start + batch_size])
         x_T = noise.randn(image_shape, device=device)  # (b, C, H, W), the first draw of each stream
         if sampler == "ddim":
-            x_0 = ddim_sample(model, schedule, x_T, timesteps, eta=eta, noise_fn=noise)
+            x_0 = ddim_sample(model, schedule, x_T, timesteps, eta=eta, noise_fn=noise, clip_x0=clip_x0)
         else:
-            x_0 = ddpm_sample(model, schedule, x_T, variance=variance, noise_fn=noise)
+            x_0 = ddpm_sample(model, schedule, x_T, variance=variance, noise_fn=noise, clip_x0=clip_x0)
         out.append(x_0.clamp(-1.0, 1.0).float().cpu())
     return torch.cat(out)

@@ -36,6 +36,7 @@ class SamplerConfig:
     skip_type: str = "uniform"
     eta: float = 0.0
     seed: int = 0
+    clip_x0: bool = False  # clamp each step's x0 prediction to [-1, 1] (off in the DDIM codebase / the paper)
 
     def num_model_calls(self, num_timesteps: int) -> int:
         """Network evaluations per image (the 'steps' of latency per step)."""
@@ -61,7 +62,7 @@ def generate_samples(model: nn.Module, schedule: Schedule, folder: Path, *, num_
     for idx in tqdm(batches, desc=f"sampling {folder.parent.name}", disable=not progress or not batches):
         x0 = sample(model, schedule, indices=idx, seed=cfg.seed, image_shape=shape, sampler=cfg.sampler,
                     steps=cfg.steps if cfg.sampler == "ddim" else None, skip_type=cfg.skip_type, eta=cfg.eta,
-                    batch_size=len(idx), device=device)
+                    batch_size=len(idx), device=device, clip_x0=cfg.clip_x0)
         for i, img in zip(idx, to_uint8_hwc(x0)):
             tmp = png_path(folder, i).with_suffix(".tmp.png")
             Image.fromarray(img).save(tmp)
@@ -90,7 +91,7 @@ def measure_latency(model: nn.Module, schedule: Schedule, *, cfg: SamplerConfig,
     start = time.perf_counter()
     sample(model, schedule, indices=list(range(batch)), seed=cfg.seed, image_shape=(c.in_channels, c.image_size, c.image_size),
            sampler=cfg.sampler, steps=cfg.steps if cfg.sampler == "ddim" else None, skip_type=cfg.skip_type,
-           eta=cfg.eta, batch_size=batch, device=device)
+           eta=cfg.eta, batch_size=batch, device=device, clip_x0=cfg.clip_x0)
     per_image = (time.perf_counter() - start) / batch
     calls = cfg.num_model_calls(schedule.num_timesteps)
     return {"seconds_per_image": per_image, "seconds_per_step": per_image / calls, "model_calls_per_image": calls,

@@ -251,3 +251,23 @@ def test_sample_rejects_bad_arguments():
         sample(model, schedule, sampler="ddpm", steps=10, **kw)
     with pytest.raises(ValueError, match="eta"):
         sample(model, schedule, eta=1.5, steps=5, **kw)
+
+
+def test_clip_x0_keeps_the_chain_in_the_data_range():
+    """A model whose eps is off by a constant bias sends unclipped DDIM far outside [-1, 1]; with clip_x0
+    every x0 prediction is clamped (Ho et al.'s clip_denoised) and the sample stays in range."""
+    from diffusion.samplers import ddim_sample, ddim_timesteps, ddpm_sample
+
+    class Biased(torch.nn.Module):
+        def forward(self, x, t):
+            return x + 0.05  # x_t itself is a good eps guess at large t; the bias is the "error"
+
+    schedule = Schedule()
+    x_T = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    seq = ddim_timesteps(20, 1000, "uniform")
+    _, _, preds = ddim_sample(Biased(), schedule, x_T, seq, return_trajectory=True)
+    assert max(p.abs().max() for p in preds) > 2.0
+    out, _, preds = ddim_sample(Biased(), schedule, x_T, seq, return_trajectory=True, clip_x0=True)
+    assert max(p.abs().max() for p in preds) <= 1.0 and out.abs().max() <= 1.0 + 1e-5
+    assert ddpm_sample(Biased(), Schedule(DiffusionConfig(num_timesteps=50)), x_T, clip_x0=True,
+                       noise_fn=torch.zeros_like).abs().max() <= 1.0 + 1e-5
