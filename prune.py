@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,10 +128,11 @@ def main(cfg: PruneConfig) -> Path:
     print(f"time: {seconds:.1f}s in all ({timing})")
     print(f"\nwrote {run}/: pruned.pt, report.json, groups.txt, samples_before.png, samples_after.png"
           + (", timestep_losses.png" if report.timesteps is not None else ""))
+    model_arg = os.path.relpath(cfg.model) if Path(cfg.model).exists() else cfg.model  # short, copy-pasteable
     print("\nnext:")
     print(f"  python train.py --model {run / 'pruned.pt'} --steps 1000 --lr 5e-4 --loss-reduction mean "
           f"--ema-decay 0.999 --batch-size 32     # fine-tune (the teacher's recipe, ~1/8 of its steps)")
-    print(f"  python evaluate.py {cfg.model} {run / 'pruned.pt'} --reference {cfg.model}     # compare with the original")
+    print(f"  python evaluate.py {model_arg} {run / 'pruned.pt'} --reference {model_arg}     # compare with the original")
     return run
 
 
