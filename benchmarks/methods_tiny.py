@@ -71,7 +71,7 @@ def main(cfg: argparse.Namespace) -> dict:
             path = Path(cfg.work) / f"{method}.pt"
             save_checkpoint(path, config=model.config, state_dict=model.state_dict())
             run = train.main(train.TrainConfig(model=str(path), steps=cfg.finetune_steps, batch_size=32, lr=5e-4,
-                                               loss_reduction="mean", ema_decay=0.999, ckpt_every=cfg.finetune_steps,
+                                               loss_reduction="mean", ema_decay=cfg.ema_decay, ckpt_every=cfg.finetune_steps,
                                                heldout_images=0, out=str(Path(cfg.work) / "runs")))
             model = load(run / "model.pt")
         seconds = time.perf_counter() - start
@@ -84,11 +84,12 @@ def main(cfg: argparse.Namespace) -> dict:
               f"({seconds:.0f} s)", flush=True)
 
     result = {"benchmark": "methods_tiny", "teacher": str(cfg.teacher), "ratio": cfg.ratio, "thr": cfg.thr,
+              "ema_decay": cfg.ema_decay,
               "gradient_batch": cfg.batch_size, "finetune_steps": cfg.finetune_steps, "num_samples": cfg.num_samples,
               "torch": str(torch.__version__), "rows": rows,
               "command": f"python benchmarks/methods_tiny.py --ratio {cfg.ratio} --thr {cfg.thr} --batch-size "
                          f"{cfg.batch_size} --finetune-steps {cfg.finetune_steps} --num-samples {cfg.num_samples}"
-                         f" --methods {' '.join(cfg.methods)}"}
+                         f" --ema-decay {cfg.ema_decay} --methods {' '.join(cfg.methods)}"}
     RESULTS.mkdir(exist_ok=True)
     stem = f"methods_tiny_ft{cfg.finetune_steps}"
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -110,6 +111,9 @@ if __name__ == "__main__":
     p.add_argument("--batch-size", type=int, default=8, help="the one gradient batch of taylor / diff-pruning")
     p.add_argument("--finetune-steps", type=int, default=0)
     p.add_argument("--num-samples", type=int, default=64)
+    p.add_argument("--ema-decay", type=float, default=0.99,
+                   help="EMA of the fine-tune; a short fine-tune needs a short EMA horizon (0.999^300 = 0.74 of "
+                        "the weights would still be the un-fine-tuned ones)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
     p.add_argument("--work", default="/tmp/methods_tiny")
