@@ -121,7 +121,7 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
     # 2. Metrics, on rank 0, from the PNGs on disk (so resumed and sharded runs measure the same images).
     inception, fid_ref = fid_reference(cfg, run_dir)
     reference_images = load_samples(run_dir / names[cfg.reference] / "samples", cfg.num_samples) if cfg.reference else None
-    rows = []
+    rows, heldout_by_size = [], {}
     for src in cfg.models:
         model, info = loaded[src]
         name, folder = names[src], run_dir / names[src] / "samples"
@@ -149,7 +149,9 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
         else:
             from metrics.ssim import consistency
             row.update(ssim_consistency=consistency(images, reference_images), ssim_skipped=None)
-        heldout, why = heldout_loss_fn(cfg, c.image_size, schedule)
+        if c.image_size not in heldout_by_size:  # one fixed set of triples shared by every model of a size
+            heldout_by_size[c.image_size] = heldout_loss_fn(cfg, c.image_size, schedule)
+        heldout, why = heldout_by_size[c.image_size]
         row.update(heldout_loss=heldout(model.eval(), batch_size=cfg.batch_size) if heldout else None, heldout_skipped=why)
         rows.append(row)
 

@@ -84,6 +84,12 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, or a pickle that is not plain tensors/containers
         raise ValueError(f"cannot read checkpoint {path}: {e}") from e
+    validate_checkpoint(ckpt, path)
+    return ckpt
+
+
+def validate_checkpoint(ckpt: Any, path: str | os.PathLike) -> None:
+    """Check a loaded object is a diffprune checkpoint of this format version with its required keys."""
     if not is_project_checkpoint(ckpt):
         raise ValueError(f"{path} is not a diffprune checkpoint (no 'format': '{FORMAT}' key)")
     if ckpt.get("format_version") != FORMAT_VERSION:
@@ -91,7 +97,6 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("model_config", "state_dict"):
         if key not in ckpt:
             raise ValueError(f"{path}: missing key {key!r}")
-    return ckpt
 
 
 def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str) -> None:
@@ -108,20 +113,3 @@ def check_state_dict(model: torch.nn.Module, state_dict: Mapping[str, torch.Tens
                 shown = items[:10] + ([f"... and {len(items) - 10} more"] if len(items) > 10 else [])
                 lines.append(f"  {title} ({len(items)}): " + ", ".join(shown))
         raise ValueError("\n".join(lines))
-
-
-def load_project_checkpoint(path: str | os.PathLike, *, ema: bool = True):
-    """Build the U-Net of a diffprune checkpoint and load its EMA weights (or raw ones when ``ema=False``
-    or when the checkpoint has no EMA). Returns (model, checkpoint dict)."""
-    from models.unet import UNet
-
-    ckpt = read_checkpoint(path)
-    try:
-        config = ModelConfig.from_dict(ckpt["model_config"])
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"{path}: invalid model_config: {e}") from e
-    model = UNet(config)
-    key = "ema_state_dict" if ema and "ema_state_dict" in ckpt else "state_dict"
-    check_state_dict(model, ckpt[key], f"{path} [{key}]")
-    model.load_state_dict(ckpt[key])
-    return model, ckpt

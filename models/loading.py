@@ -40,7 +40,7 @@ from typing import Any, Mapping
 import torch
 from torch.torch_version import TorchVersion
 
-from models.checkpoint import FORMAT_VERSION, check_state_dict, is_project_checkpoint
+from models.checkpoint import check_state_dict, is_project_checkpoint, validate_checkpoint
 from models.config import PRESETS, ModelConfig, preset as get_preset
 from models.convert import (config_from_diffusers, diffusers_to_ddim, infer_ddim_config, is_diffusers_naming,
                             is_tensor_dict, topology_mismatches, unpack_ddim_checkpoint, with_image_size)
@@ -162,13 +162,9 @@ def _from_preset(name: str, *, seed: int, preset_name: str | None, image_size: i
 
 def _from_project(obj: Mapping[str, Any], path: Path, *, ema: bool, preset_name: str | None,
                   image_size: int | None, norm_groups: int | None, dropout: float | None):
-    # The same checks as checkpoint.read_checkpoint, on the object already in memory (a second torch.load
+    # The checks of checkpoint.read_checkpoint, on the object already in memory (a second torch.load
     # of a training checkpoint would read weights, EMA and optimizer state twice).
-    if obj.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{path}: format_version {obj.get('format_version')!r} is not supported (expected {FORMAT_VERSION})")
-    for key in ("model_config", "state_dict"):
-        if key not in obj:
-            raise ValueError(f"{path}: missing key {key!r}")
+    validate_checkpoint(obj, path)
     try:
         config = ModelConfig.from_dict(obj["model_config"])
     except (TypeError, ValueError) as e:

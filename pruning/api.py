@@ -27,7 +27,7 @@ from pruning.graph import build_groups
 from pruning.groups import Group, describe
 from pruning.importance import IMPORTANCE, TimestepReport, accumulate_gradients
 from pruning.select import select_groups
-from pruning.surgery import attention_heads, finalize, prune as apply_keeps, prune_sequential, reinitialize
+from pruning.surgery import attention_heads, prune as apply_keeps, prune_sequential, reinitialize
 
 METHODS = ("random", "magnitude", "taylor", "diff-pruning", "scratch")
 GRADIENT_METHODS = ("taylor", "diff-pruning")
@@ -129,9 +129,8 @@ def prune(model: nn.Module, example_inputs: tuple, *, method: str = "diff-prunin
         keeps = select_groups(groups, scores, ratio, scope="global", head_mode=head_mode,
                               num_heads=attention_heads(model))
         apply_keeps(model, groups, keeps)
-    if method == "scratch":
+    if method == "scratch":  # widths are final already: prune_sequential / apply_keeps ran finalize
         reinitialize(model, seed=seed)
-    finalize(model)
     for p in model.parameters():  # the accumulated gradients served the ranking only
         p.grad = None
     seconds["select_and_surgery"] = time.perf_counter() - start
