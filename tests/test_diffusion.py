@@ -18,7 +18,7 @@ from diffusion.ddpm import HeldOutLoss, eps_loss, predict_x0, q_posterior, q_sam
 from diffusion.samplers import IndexedNoise, ddim_sample, ddim_timesteps, ddpm_sample, sample
 from diffusion.schedule import DiffusionConfig, Schedule
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden"
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden"
 GOLDEN_CONFIG = dict(ch=32, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(16,), image_size=32, dropout=0.0)
 
 

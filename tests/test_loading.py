@@ -1,6 +1,6 @@
 """models.load on every supported on-disk format, checked against the golden eps of the reference U-Nets.
 
-The golden file (../shared/golden/unet_tiny.pt, see its README) holds ONE network in three tensor layouts
+The golden file (tests/data/golden/unet_tiny.pt, see its README) holds ONE network in three tensor layouts
 (DDIM codebase, current diffusers, legacy diffusers) and its output eps for fixed (x, t). Each test writes
 the layout to a temporary file or folder in the real format (.ckpt, DataParallel prefix, DDIM training
 list, diffusers folder with .safetensors or .bin) and checks that ``models.load`` reproduces eps.
@@ -19,7 +19,7 @@ from models.config import ModelConfig
 from models.convert import config_from_diffusers
 from models.unet import UNet
 
-GOLDEN = Path(__file__).resolve().parents[2] / "shared" / "golden" / "unet_tiny.pt"
+GOLDEN = Path(__file__).resolve().parent / "data" / "golden" / "unet_tiny.pt"
 
 # The golden network (README: ch=32, ch_mult=(1,2), one ResBlock per level, attention at 16 px, GN(32, 1e-6)).
 GOLDEN_CONFIG = ModelConfig(image_size=32, in_channels=3, out_channels=3, ch=32, ch_mult=(1, 2), num_res_blocks=1,
@@ -39,7 +39,7 @@ DIFFUSERS_CONFIG = {
 @pytest.fixture(scope="module")
 def golden():
     if not GOLDEN.is_file():
-        pytest.skip(f"golden data not found at {GOLDEN} (the shared folder is absent)")
+        pytest.skip(f"golden data not found at {GOLDEN} (tests/data/golden is part of the repository)")
     return torch.load(GOLDEN, map_location="cpu", weights_only=True)
 
 

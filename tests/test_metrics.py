@@ -1,6 +1,6 @@
 """Known answers and invariants for the FID Inception, the Frechet distance, stats files and SSIM.
 
-Golden data (``../shared/golden``, see its README) come from pytorch-fid and pytorch_msssim; tests that need
+Golden data (``tests/data/golden``, see its README) come from pytorch-fid and pytorch_msssim; tests that need
 them skip where the folder is absent. The Inception is checked with the README's RECIPE weights because
 the real weights file cannot be fetched here; no test touches the network.
 """
@@ -21,15 +21,15 @@ from metrics.ssim import consistency, ssim
 from models.inception import (FIDInceptionV3, InceptionWeightsMismatch, InceptionWeightsUnavailable,
                               fid_weights_cache_path, load_fid_inception)
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-GOLDEN = SHARED / "golden"
-LAYOUT = SHARED / "reference" / "fid_inception_layout.txt"
+DATA = Path(__file__).resolve().parent / "data"
+GOLDEN = DATA / "golden"
+LAYOUT = DATA / "reference" / "fid_inception_layout.txt"
 
 
 def golden(name: str) -> np.lib.npyio.NpzFile:
     path = GOLDEN / name
     if not path.is_file():
-        pytest.skip(f"golden file {path} is absent (the shared/golden folder is not next to this checkout)")
+        pytest.skip(f"golden file {path} is absent (tests/data/golden is part of the repository)")
     return np.load(path)
 
 
