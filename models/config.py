@@ -10,6 +10,11 @@ widths of Ho et al. 2020; a pruned model carries the complete table, so that
 
 rebuilds any pruned network without pickling a module (STYLE.md practice 5).
 
+Next to the width table, ``removed`` lists the *removed units* of a layer-pruned network (LAPTOP-Diff,
+arXiv 2404.11098, Sec. 3): block paths such as ``down.1.block.0`` or ``mid.attn_1``. A removed ResBlock keeps
+only its shortcut (identity, or its 1x1 ``nin_shortcut`` where the dense block has one); a removed attention
+block is the identity. See ``models/skipped.py`` and ``pruning/layers/units.py``.
+
 Width names are module paths in the DDIM-codebase naming (``down.1.block.0.conv1``); see
 ``models/unet.py`` for the full list. Attention head counts use the key ``<attn path>.heads``.
 """
@@ -41,6 +46,7 @@ class ModelConfig:
                        of the unpruned network, so pruning leaves the attention temperature unchanged).
                        Identical for an unpruned network.
     widths:            sorted (layer name, width) pairs overriding the dense widths (pruned models).
+    removed:           sorted block paths whose residual branch is removed (layer-pruned models).
     """
 
     image_size: int = 32
@@ -57,6 +63,7 @@ class ModelConfig:
     resamp_with_conv: bool = True
     attn_scale: str = "pruned"
     widths: tuple[tuple[str, int], ...] = field(default=())
+    removed: tuple[str, ...] = field(default=())
 
     def __post_init__(self) -> None:
         # Normalise list inputs (from JSON or a checkpoint) to tuples so the config stays hashable.
@@ -64,6 +71,9 @@ class ModelConfig:
         object.__setattr__(self, "attn_resolutions", tuple(int(r) for r in self.attn_resolutions))
         pairs = self.widths.items() if isinstance(self.widths, Mapping) else self.widths
         object.__setattr__(self, "widths", tuple(sorted((str(k), int(v)) for k, v in pairs)))
+        if isinstance(self.removed, str):  # a lone path would otherwise become a tuple of characters
+            raise ValueError(f"invalid ModelConfig: removed={self.removed!r} must be a list of block paths")
+        object.__setattr__(self, "removed", tuple(sorted({str(p) for p in self.removed})))
         problems = []
         for name in ("image_size", "in_channels", "out_channels", "ch", "num_res_blocks", "num_heads", "norm_groups"):
             if int(getattr(self, name)) < 1:
@@ -91,12 +101,17 @@ class ModelConfig:
         """A copy whose width table is ``widths`` (used by pruning surgery)."""
         return dataclasses.replace(self, widths=tuple(sorted(widths.items())))
 
+    def with_removed(self, removed) -> "ModelConfig":
+        """A copy whose set of removed units is ``removed`` (used by layer pruning)."""
+        return dataclasses.replace(self, removed=tuple(sorted(set(removed))))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain, JSON- and ``weights_only``-safe dict (tuples become lists)."""
         d = dataclasses.asdict(self)
         d["ch_mult"] = list(self.ch_mult)
         d["attn_resolutions"] = list(self.attn_resolutions)
         d["widths"] = [[k, v] for k, v in self.widths]
+        d["removed"] = list(self.removed)
         return d
 
     @classmethod

@@ -15,6 +15,9 @@ The skip tensors pushed by the encoder are popped by the decoder in reverse orde
 feeds which decoder block is recorded in ``self.skip_sources`` at construction, so the wiring is
 readable and never recomputed from shapes.
 
+Removed units (layer pruning, ``config.removed``): a listed ResBlock is built as ``ResShortcut`` and a listed
+attention block as ``RemovedAttn`` (models/skipped.py); the wiring is unchanged, so ``forward`` is too.
+
 Widths: every conv/linear output width is looked up in ``config.widths`` (a pruned model) or falls
 back to the dense DDPM width (``dense_widths``). Input widths follow from the wiring. The keys are:
 ``temb.dense.{0,1}``, ``conv_in``, ``<block>.conv1``, ``<block>.conv2``, ``<attn>.{q,k,v,proj_out}``,
@@ -30,6 +33,7 @@ from torch import nn
 
 from models.blocks import AttnBlock, Downsample, ResBlock, TimeEmbedding, Upsample
 from models.config import ModelConfig
+from models.skipped import RemovedAttn, ResShortcut
 
 
 def _blocks(cfg: ModelConfig) -> list[tuple[str, str]]:
@@ -72,13 +76,23 @@ def dense_widths(cfg: ModelConfig) -> dict[str, int]:
     return w
 
 
-def _wire(cfg: ModelConfig, width: Callable[[str], int]) -> dict[str, dict[str, int]]:
-    """Input/output widths of every block, following the forward pass with the given width lookup."""
+def removable_units(cfg: ModelConfig) -> list[str]:
+    """Paths of the blocks a layer-pruned network may remove (every ResBlock and attention block), in forward order."""
+    return [path for kind, path in _blocks(cfg) if kind in ("res", "upres", "attn")]
+
+
+def _wire(cfg: ModelConfig, width: Callable[[str], int],
+          passthrough: frozenset[str] = frozenset()) -> dict[str, dict[str, int]]:
+    """Input/output widths of every block, following the forward pass with the given width lookup.
+    ``passthrough``: removed blocks whose output is their input (no 1x1 shortcut)."""
     plan: dict[str, dict[str, int]] = {}
     cur = width("conv_in")
     skips = [cur]  # widths of the tensors the encoder pushes for the decoder
     for kind, path in _blocks(cfg):
-        if kind == "res":
+        if path in passthrough:
+            plan[path] = {"in": cur + (skips.pop() if kind == "upres" else 0)}
+            plan[path]["out"] = plan[path]["in"]
+        elif kind == "res":
             plan[path] = {"in": cur, "mid": width(f"{path}.conv1"), "out": width(f"{path}.conv2")}
         elif kind == "upres":
             plan[path] = {"in": cur + skips.pop(), "mid": width(f"{path}.conv1"), "out": width(f"{path}.conv2")}
@@ -113,8 +127,16 @@ class UNet(nn.Module):
             raise ValueError(f"config.widths names layers this U-Net does not have: {unknown[:8]}"
                              f"{' ...' if len(unknown) > 8 else ''}")
         widths = {**dense, **config.width_table}
-        plan = _wire(config, widths.__getitem__)
+        units = removable_units(config)
+        unknown = sorted(set(config.removed) - set(units))
+        if unknown:
+            raise ValueError(f"config.removed names units this U-Net does not have: {unknown[:8]}"
+                             f"{' ...' if len(unknown) > 8 else ''}; its removable units are {units}")
         dense_plan = _wire(config, dense.__getitem__)  # topology decisions come from the dense net
+        # A removed attention block, or a removed ResBlock without a 1x1 shortcut, passes its input on.
+        passthrough = frozenset(p for p in config.removed
+                                if "mid" not in dense_plan[p] or dense_plan[p]["in"] == dense_plan[p]["out"])
+        plan = _wire(config, widths.__getitem__, passthrough)
         self._check_residuals(plan, dense_plan)
 
         temb_ch = widths["temb.dense.1"]
@@ -127,7 +149,12 @@ class UNet(nn.Module):
         self.up = nn.ModuleList([_Level() for _ in range(L)])
         for kind, path in _blocks(config):
             try:
-                self._place(path, self._make_block(kind, plan[path], dense_plan[path], config, temb_ch))
+                if path in config.removed:
+                    block = (RemovedAttn() if kind == "attn" else
+                             ResShortcut(in_ch=plan[path]["in"], out_ch=plan[path]["out"], shortcut=path not in passthrough))
+                else:
+                    block = self._make_block(kind, plan[path], dense_plan[path], config, temb_ch)
+                self._place(path, block)
             except ValueError as e:  # e.g. a width not divisible by the GroupNorm groups: name the block
                 raise ValueError(f"{path}: {e}") from e
         self.norm_out = nn.GroupNorm(config.norm_groups, plan["out"]["in"], eps=config.norm_eps)
@@ -179,6 +206,8 @@ class UNet(nn.Module):
                 w[name] = m.weight.shape[0]
             elif isinstance(m, AttnBlock):
                 w[f"{name}.heads"] = m.num_heads
+            elif isinstance(m, ResShortcut) and m.nin_shortcut is not None:  # a removed block's output width
+                w[f"{name}.conv2"] = m.nin_shortcut.weight.shape[0]
         return w
 
     # ------------------------------------------------------------------ forward

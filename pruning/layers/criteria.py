@@ -1,0 +1,200 @@
+"""Layer-pruning criteria: one score per removable unit; the lowest scores are removed first.
+
+Registry ``LAYER_CRITERIA`` (keys double as ``prune.py --criterion`` choices):
+
+``output-loss``  LAPTOP-Diff's one-shot criterion (Zhang et al. 2024, arXiv 2404.11098, Sec. 3.2): the output
+                 distortion of removing unit i alone,
+
+                     s_i = L({i}),   L(S) = E_{x0, t, eps} || eps_theta^(-S)(x_t, t) - eps_theta(x_t, t) ||^2,
+
+                 over a fixed calibration set of (x0, t, eps) (``make_calibration``). Reported as a per-pixel
+                 mean (the paper's squared norm divided by C*H*W), so values read like the held-out eps-MSE.
+                 All units' scores come from batched forward passes of the one model: replica r of the
+                 calibration batch runs with unit r removed (``pruning/layers/units.py``, ``mask_units``).
+``random``       uniform random scores (seeded): the baseline any criterion must beat.
+``handcrafted``  a fixed rule in the spirit of BK-SDM (Kim et al. 2023, arXiv 2305.15798, Sec. 3.1: fewer
+                 blocks per stage, then no mid block): ranks, lowest removed first, in this order:
+                 (1) the last ResBlock, then its attention, of every stage that has more than one ResBlock,
+                 decoder stages innermost first, then encoder stages innermost first; (2) the mid block
+                 (attention, block_2, block_1); (3) every other unit, innermost resolution first, encoder
+                 before decoder. Meant for ``solver="ranked"`` (remove in this order until the target is met).
+``taylor``       the Diff-Pruning channel score (Fang et al. 2023, arXiv 2305.10924, Sec. 3; ``pruning/importance.py``
+                 ``diff_pruning_importance``) summed over the unit's branch parameters: sum (W * G)^2 over its
+                 conv/linear weights plus sum |gamma * G| over its GroupNorm weights, with G the gradient
+                 accumulated over t = 0 .. T' (threshold ``thr``, the paper's 0.05 by default).
+
+Every criterion is ``fn(model, units, inputs) -> {path: score}`` with ``inputs`` a ``CriterionInputs``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Sequence
+
+import torch
+from torch import nn
+
+from diffusion.ddpm import q_sample
+from diffusion.schedule import Schedule
+from models.unet import UNet, _blocks
+from pruning.importance import accumulate_gradients
+from pruning.layers.units import Unit, branch_parameters, mask_units
+
+DEFAULT_CALIB_SIZE = 64        # (x0, t, eps) triples; tested stable enough on the tiny teacher (README)
+DEFAULT_CALIB_TIMESTEPS = "stratified"
+
+
+@dataclass
+class Calibration:
+    """A fixed set of noisy inputs: x_t = sqrt(alpha_bar_t) x0 + sqrt(1 - alpha_bar_t) eps (Ho et al. eq. 4)."""
+
+    x_t: torch.Tensor    # (N, C, H, W)
+    t: torch.Tensor      # (N,) integer timesteps
+    seed: int
+    timesteps: str
+
+
+def make_calibration(images: torch.Tensor, schedule: Schedule, *, size: int = DEFAULT_CALIB_SIZE,
+                     timesteps: str = DEFAULT_CALIB_TIMESTEPS, seed: int = 0) -> Calibration:
+    """``size`` triples from clean ``images`` (N, C, H, W) in [-1, 1], used in turn (image i % N).
+
+    timesteps: "stratified" (default: one uniform draw in each of ``size`` equal bins of [0, T), shuffled,
+    so every part of the chain is represented) or "uniform" (i.i.d. on {0..T-1}). eps ~ N(0, I). All of it
+    is drawn from a generator seeded with ``seed``: the same set for every unit and every criterion.
+    """
+    if images.dim() != 4 or images.shape[0] == 0:
+        raise ValueError(f"calibration images must be a non-empty (N, C, H, W) batch, got {tuple(images.shape)}")
+    if size < 1:
+        raise ValueError(f"calibration size must be >= 1, got {size}")
+    if timesteps not in ("stratified", "uniform"):
+        raise ValueError(f"calibration timesteps must be 'stratified' or 'uniform', got {timesteps!r}")
+    g = torch.Generator().manual_seed(seed)
+    T = schedule.num_timesteps
+    if timesteps == "stratified":
+        u = (torch.arange(size, dtype=torch.float64) + torch.rand(size, generator=g, dtype=torch.float64)) / size
+        t = (u * T).long().clamp_(0, T - 1)[torch.randperm(size, generator=g)]
+    else:
+        t = torch.randint(0, T, (size,), generator=g)
+    x0 = images[torch.arange(size) % images.shape[0]].float().cpu()
+    eps = torch.randn(x0.shape, generator=g)
+    return Calibration(x_t=q_sample(schedule, x0, t, eps), t=t, seed=seed, timesteps=timesteps)
+
+
+@torch.no_grad()
+def output_losses(model: UNet, calib: Calibration, subsets: Sequence[frozenset[str] | set[str]],
+                  batch_size: int = 256) -> torch.Tensor:
+    """L(S) for every S in ``subsets`` (float64, (len(subsets),)), in batched forward passes.
+
+    Each pass stacks k = max(1, batch_size // N) replicas of the N calibration inputs; replica r runs with
+    subset S_r removed (``mask_units``). The dense reference eps_theta(x_t, t) is computed once. The model
+    runs in eval mode (dropout off) and is returned to its previous mode.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    try:
+        N = calib.x_t.shape[0]
+        x_t, t = calib.x_t.to(device), calib.t.to(device).float()
+        ref = torch.cat([model(x_t[i:i + batch_size], t[i:i + batch_size]) for i in range(0, N, batch_size)])
+        k = max(1, batch_size // N)
+        out = []
+        for start in range(0, len(subsets), k):
+            chunk = [frozenset(s) for s in subsets[start:start + k]]
+            paths = sorted(set().union(*chunk))
+            masks = {p: torch.tensor([p in s for s in chunk], device=device).repeat_interleave(N) for p in paths}
+            with mask_units(model, masks):
+                eps_pruned = model(x_t.repeat(len(chunk), 1, 1, 1), t.repeat(len(chunk)))
+            err = (eps_pruned - ref.repeat(len(chunk), 1, 1, 1)).double().pow(2)
+            out.append(err.reshape(len(chunk), N, -1).mean(dim=(1, 2)).cpu())  # per-pixel mean, then over N
+        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+    finally:
+        model.train(was_training)
+
+
+@dataclass
+class CriterionInputs:
+    """What the criteria may need. ``calib``: output-loss. ``x0``, ``schedule``, ``thr``, ``micro_batch``,
+    ``max_timesteps``: taylor (its ONE gradient batch, as Diff-Pruning). ``seed``: random (and taylor's noise)."""
+
+    calib: Calibration | None = None
+    x0: torch.Tensor | None = None
+    schedule: Schedule | None = None
+    thr: float = 0.05
+    micro_batch: int = 8
+    max_timesteps: int | None = None
+    seed: int = 0
+    batch_size: int = 256
+
+
+def output_loss_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInputs) -> dict[str, float]:
+    if inputs.calib is None:
+        raise ValueError("criterion 'output-loss' needs a calibration set (make_calibration)")
+    losses = output_losses(model, inputs.calib, [frozenset([u.path]) for u in units], inputs.batch_size)
+    return {u.path: float(v) for u, v in zip(units, losses)}
+
+
+def random_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInputs) -> dict[str, float]:
+    g = torch.Generator().manual_seed(inputs.seed)
+    return {u.path: float(v) for u, v in zip(units, torch.rand(len(units), generator=g, dtype=torch.float64))}
+
+
+def handcrafted_order(model: UNet) -> list[str]:
+    """Every removable unit of the dense topology in the handcrafted rule's order (module docstring)."""
+    c = model.config
+    order: list[str] = []
+    levels = range(len(c.ch_mult) - 1, -1, -1)  # innermost (lowest resolution) first
+    for side, n in (("up", c.num_res_blocks + 1), ("down", c.num_res_blocks)):
+        for i in levels:
+            if n > 1:
+                order += [f"{side}.{i}.block.{n - 1}", f"{side}.{i}.attn.{n - 1}"]
+    order += ["mid.attn_1", "mid.block_2", "mid.block_1"]
+    for i in levels:
+        for side, n in (("down", c.num_res_blocks), ("up", c.num_res_blocks + 1)):
+            for j in range(n):
+                order += [f"{side}.{i}.block.{j}", f"{side}.{i}.attn.{j}"]
+    existing = {path for _, path in _blocks(c)}
+    seen: list[str] = []
+    for p in order:
+        if p in existing and p not in seen:
+            seen.append(p)
+    return seen
+
+
+def handcrafted_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInputs) -> dict[str, float]:
+    rank = {p: i for i, p in enumerate(handcrafted_order(model))}
+    return {u.path: float(rank[u.path]) for u in units}
+
+
+def taylor_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInputs) -> dict[str, float]:
+    if inputs.x0 is None:
+        raise ValueError("criterion 'taylor' needs data: a batch of clean training images (x0)")
+    params = [p for p in model.parameters()]
+    saved = [None if p.grad is None else p.grad.clone() for p in params]  # leave the caller's grads as they were
+    try:
+        accumulate_gradients(model, inputs.schedule or Schedule(), inputs.x0, thr=inputs.thr,
+                             micro_batch=inputs.micro_batch, generator=torch.Generator().manual_seed(inputs.seed),
+                             max_timesteps=inputs.max_timesteps, progress=False)
+        scores = {}
+        for u in units:
+            total = 0.0
+            for name, p in branch_parameters(model.get_submodule(u.path)).items():
+                if not name.endswith("weight") or p.grad is None:
+                    continue  # biases are not scored (as pruning/importance.py)
+                wg = (p.detach() * p.grad.detach()).double()
+                is_norm = isinstance(model.get_submodule(f"{u.path}.{name.rsplit('.', 1)[0]}"), nn.GroupNorm)
+                total += float(wg.abs().sum() if is_norm else wg.pow(2).sum())  # |gamma G| / (W G)^2, as diff_pruning_importance
+            scores[u.path] = total
+        return scores
+    finally:
+        for p, g in zip(params, saved):
+            p.grad = g
+
+
+LayerCriterion = Callable[[UNet, Sequence[Unit], CriterionInputs], dict]
+LAYER_CRITERIA: dict[str, LayerCriterion] = {
+    "output-loss": output_loss_scores,
+    "random": random_scores,
+    "handcrafted": handcrafted_scores,
+    "taylor": taylor_scores,
+}
+# The selection each criterion is meant for (pruning/layers/knapsack.py); a caller may choose another.
+DEFAULT_SOLVER = {"output-loss": "knapsack", "random": "knapsack", "handcrafted": "ranked", "taylor": "knapsack"}
