@@ -1,0 +1,164 @@
+"""Knowledge distillation from the dense teacher while fine-tuning a pruned student.
+
+    L = lambda_task * L_task + lambda_out * L_out + lambda_feat * L_feat
+
+L_task   ||eps - eps_S(x_t, t)||^2, the DDPM loss (Ho et al. 2020, eq. 14; ``diffusion/ddpm.py``).
+L_out    ||eps_T(x_t, t) - eps_S(x_t, t)||^2, output KD, with the same reduction over pixels as L_task.
+         Diff-Pruning's ``--kd`` fine-tuning (Fang et al. 2023, arXiv 2305.10924; its code's loss is
+         0.7 L_out + 0.3 L_task): mode "output", lambda_task = 0.3, lambda_out = 0.7 by default.
+L_feat   feature KD over the stage taps l (``stage_taps``):
+         "feature" (BK-SDM, Kim et al. 2023, arXiv 2305.15798, Sec. 3.2):
+             sum_l MSE(P_l(F_S^l), F_T^l)                     (mean over elements)
+         "feature-normalized" (LAPTOP-Diff, Zhang et al. 2024, arXiv 2404.11098, Sec. 3.3):
+             sum_l ||P_l(F_S^l) - F_T^l||^2 / ||F_T^l||^2     (squared norms over the whole batch)
+         The raw MSE of a stage grows with the square of its feature scale, so a few large stages dominate
+         the unnormalised sum; dividing by the teacher feature's (detached) squared norm makes every term a
+         relative error of order one, whatever its stage's scale. Defaults for both feature modes:
+         lambda_task = lambda_out = lambda_feat = 1 (BK-SDM's).
+
+Stage taps are the outputs of each encoder level (after its downsampler), of the mid block, and of each
+decoder level (after its upsampler). They exist in teacher and student whatever was pruned: a removed
+unit is still a module (``models/skipped.py``), and channel pruning changes widths only. Where a tap's
+widths differ (channel pruning), the student feature goes through P_l, a 1x1 conv (student width ->
+teacher width, PyTorch default init, seeded), trained with the student by the same optimizer; elsewhere
+P_l is the identity. The teacher runs frozen, in eval mode, without gradients.
+"""
+from __future__ import annotations
+
+import contextlib
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffusion.ddpm import q_sample
+from diffusion.schedule import Schedule
+from models.config import ModelConfig
+
+MODES = ("none", "output", "feature", "feature-normalized")
+DEFAULT_LAMBDAS = {"output": {"task": 0.3, "out": 0.7, "feat": 0.0},
+                   "feature": {"task": 1.0, "out": 1.0, "feat": 1.0},
+                   "feature-normalized": {"task": 1.0, "out": 1.0, "feat": 1.0}}
+NORM_EPS = 1e-12  # guards a teacher feature that is exactly zero
+
+
+def stage_taps(config: ModelConfig) -> dict[str, str]:
+    """Tap name -> module path whose output is the stage feature: "down.{i}", "mid", "up.{i}"."""
+    L, R = len(config.ch_mult), config.num_res_blocks
+    attn = lambda i: config.image_size // 2 ** i in config.attn_resolutions  # noqa: E731
+    taps = {}
+    for i in range(L):
+        taps[f"down.{i}"] = f"down.{i}.downsample" if i != L - 1 else f"down.{i}.{'attn' if attn(i) else 'block'}.{R - 1}"
+    taps["mid"] = "mid.block_2"
+    for i in reversed(range(L)):
+        taps[f"up.{i}"] = f"up.{i}.upsample" if i != 0 else f"up.{i}.{'attn' if attn(i) else 'block'}.{R}"
+    return taps
+
+
+@contextlib.contextmanager
+def capture(model: nn.Module, taps: dict[str, str]) -> Iterator[dict[str, torch.Tensor]]:
+    """Within the context, ``feats[name]`` is the latest output of the tapped module."""
+    feats: dict[str, torch.Tensor] = {}
+    handles = []
+    try:
+        for name, path in taps.items():
+            def hook(module, args, out, name=name):
+                feats[name] = out
+            handles.append(model.get_submodule(path).register_forward_hook(hook))
+        yield feats
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def feature_kd_terms(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], *,
+                     normalized: bool) -> dict[str, torch.Tensor]:
+    """One KD term per tap (module docstring): MSE, or ||F_S - F_T||^2 / ||F_T||^2 with the teacher detached."""
+    terms = {}
+    for name, f_t in teacher.items():
+        f_s, f_t = student[name], f_t.detach()
+        if f_s.shape != f_t.shape:
+            raise ValueError(f"stage {name}: student feature {tuple(f_s.shape)} vs teacher {tuple(f_t.shape)}")
+        if normalized:
+            terms[name] = (f_s - f_t).pow(2).sum() / f_t.pow(2).sum().clamp_min(NORM_EPS)
+        else:
+            terms[name] = F.mse_loss(f_s, f_t)
+    return terms
+
+
+def check_teacher(student: ModelConfig, teacher: ModelConfig, source: str) -> None:
+    """The teacher must share the student's topology (the student is a pruned copy of it); widths and removed
+    units may differ. The error names every field that does not match."""
+    from models.convert import topology_mismatches
+
+    problems = topology_mismatches(student, teacher)
+    if student.image_size != teacher.image_size:
+        problems.append(f"image_size: {student.image_size} vs {teacher.image_size}")
+    if problems:
+        raise ValueError(f"teacher {source} has another architecture than the student (student vs teacher): "
+                         + "; ".join(problems))
+
+
+class Distiller(nn.Module):
+    """The distillation loss of one mode. Its parameters are the trainable 1x1 projections (may be none)."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, *, mode: str, lambda_task: float | None = None,
+                 lambda_out: float | None = None, lambda_feat: float | None = None, seed: int = 0,
+                 teacher_source: str = "the teacher"):
+        super().__init__()
+        if mode not in MODES or mode == "none":
+            raise ValueError(f"distillation mode must be one of {MODES[1:]}, got {mode!r}")
+        check_teacher(student.config, teacher.config, teacher_source)
+        given = {"task": lambda_task, "out": lambda_out, "feat": lambda_feat}
+        self.lambdas = {k: float(DEFAULT_LAMBDAS[mode][k] if v is None else v) for k, v in given.items()}
+        for k, v in self.lambdas.items():
+            if v < 0:
+                raise ValueError(f"lambda_{k} must be >= 0, got {v}")
+        self.mode = mode
+        self.teacher = [teacher.eval().requires_grad_(False)]  # a list: not a submodule, never saved or trained
+        self.taps = stage_taps(student.config) if mode.startswith("feature") else {}
+        self.proj = nn.ModuleDict()
+        if self.taps:
+            widths_s, widths_t = self._tap_widths(student), self._tap_widths(teacher)
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                for name in self.taps:
+                    if widths_s[name] != widths_t[name]:
+                        self.proj[name.replace(".", "_")] = nn.Conv2d(widths_s[name], widths_t[name], 1)
+        self.to(next(student.parameters()).device)
+
+    def _tap_widths(self, model: nn.Module) -> dict[str, int]:
+        c = model.config
+        device = next(model.parameters()).device
+        with torch.no_grad(), capture(model, self.taps) as feats:
+            model(torch.zeros(1, c.in_channels, c.image_size, c.image_size, device=device), torch.ones(1, device=device))
+        return {k: v.shape[1] for k, v in feats.items()}
+
+    def forward(self, student_fn: nn.Module, student: nn.Module, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor,
+                eps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+        """The total loss (a scalar with grad) and every term as a float, for logging.
+
+        student_fn: what to call (the student, or its DistributedDataParallel wrapper); student: the module
+        the taps are read from.
+        """
+        x_t = q_sample(schedule, x0, t, eps)
+        with capture(student, self.taps) as feats_s:
+            eps_s = student_fn(x_t, t.float())
+        with torch.no_grad(), capture(self.teacher[0], self.taps) as feats_t:
+            eps_t = self.teacher[0](x_t, t.float())
+        reduce = (lambda e: e.sum(dim=(1, 2, 3)).mean()) if schedule.config.loss_reduction == "sum" else \
+            (lambda e: e.mean(dim=(1, 2, 3)).mean())
+        task = reduce((eps - eps_s) ** 2)
+        out = reduce((eps_t - eps_s) ** 2)
+        total = self.lambdas["task"] * task + self.lambdas["out"] * out
+        logs = {"loss_task": task.item(), "kd_out": out.item()}
+        if self.taps:
+            projected = {k: (self.proj[k.replace(".", "_")](f) if k.replace(".", "_") in self.proj else f)
+                         for k, f in feats_s.items()}
+            terms = feature_kd_terms(projected, feats_t, normalized=self.mode == "feature-normalized")
+            feat = sum(terms.values())
+            total = total + self.lambdas["feat"] * feat
+            logs["kd_feat"] = feat.item()
+            logs.update({f"kd_feat/{k}": v.item() for k, v in terms.items()})
+        return total, logs
