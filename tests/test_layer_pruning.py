@@ -216,3 +216,35 @@ def test_additivity_report(tmp_path):
     assert "output-loss" in format_report(report)
     plot_report(report, tmp_path / "additivity.png")
     assert (tmp_path / "additivity.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("order", ["channel-then-layer", "layer-then-channel"])
+def test_channel_and_layer_pruning_compose(tmp_path, order):
+    """Channel pruning followed by layer pruning (and the reverse) saves, reloads through models.load and
+    fine-tunes a step with train.py."""
+    import train
+    from pruning import prune
+
+    model = small_model()
+    example = (torch.zeros(1, 3, 16, 16), torch.ones(1))
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+    x, t = inputs()
+    if order == "channel-then-layer":
+        model, _ = prune(model, example, method="magnitude", ratio=0.5, progress=False)
+        model, report = prune_layers(model, criterion="output-loss", target_params=0.3, images=images, calib_size=4)
+        assert report.units[0].params < find_units(small_model())[0].params  # measured at the pruned widths
+    else:
+        model, report = prune_layers(model, criterion="output-loss", target_params=0.3, images=images, calib_size=4)
+        model, _ = prune(model, example, method="magnitude", ratio=0.5, progress=False)
+    assert model.config.removed == tuple(sorted(report.removed)) and model.config.widths
+    path = tmp_path / "pruned.pt"
+    save_checkpoint(path, config=model.config, state_dict=model.state_dict())
+    again = load(path)
+    with torch.no_grad():
+        torch.testing.assert_close(again(x, t), model.eval()(x, t), rtol=0, atol=1e-6)
+    run = train.main(train.TrainConfig(model=str(path), steps=1, batch_size=2, heldout_images=0, ckpt_every=1,
+                                       out=str(tmp_path / "runs")))
+    tuned = load(run / "model.pt")
+    assert tuned.config.removed == model.config.removed and tuned.config.widths == model.config.widths
