@@ -14,16 +14,18 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from common import cli
 from common.defaults import RUNS_DIR, TEACHER_CHECKPOINT
 from common.images import save_grid
 from common.runs import new_run_dir, seed_everything, write_json
-from data import DATASETS, build_dataset
+from data import build_dataset
 from diffusion.samplers import sample
 from diffusion.schedule import DiffusionConfig, Schedule
 from metrics.macs import count_macs, format_count
@@ -35,7 +37,9 @@ from pruning.importance import plot_timestep_losses
 
 @dataclass(frozen=True)
 class PruneConfig:
-    model: str = str(TEACHER_CHECKPOINT)  # preset, diffprune / DDIM-codebase checkpoint or diffusers folder
+    model: str = str(TEACHER_CHECKPOINT)  # preset, diffprune / DDIM-codebase checkpoint, diffusers folder, hub name
+    preset: str | None = None             # DDIM-codebase state dicts: the preset they are read against
+    norm_groups: int | None = None        # DDIM-codebase state dicts: GroupNorm groups (not in the weights)
     method: str = "diff-pruning"
     ratio: float = 0.3                    # per-group channel sparsity (the paper's ch_sparsity)
     thr: float = 0.05                     # stop at the first t with L_t < thr * L_max (paper: 0.05 CIFAR-10)
@@ -48,7 +52,7 @@ class PruneConfig:
     batch_size: int = 8                   # images of the ONE gradient batch (paper: 128 CIFAR-10, 64 CelebA)
     micro_batch: int = 8
     max_timesteps: int | None = None
-    num_samples: int = 16
+    num_samples: int = 16                 # before/after sample grids; 0 skips them
     sample_steps: int = 50
     clip_x0: bool = True                  # sample grids: clamp x0 predictions to [-1, 1] (Ho et al.)
     seed: int = 0
@@ -79,9 +83,17 @@ def print_widths(before: dict[str, int], after: dict[str, int]) -> None:
 def main(cfg: PruneConfig) -> Path:
     """Prune ``cfg.model``; returns the run folder."""
     check_arguments(cfg.method, cfg.ratio, cfg.thr, cfg.scope)  # fail before loading anything
+    for name in ("batch_size", "micro_batch", "sample_steps"):
+        if getattr(cfg, name) < 1:
+            raise cli.UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.num_samples < 0:
+        raise cli.UserError(f"--num-samples must be >= 0 (0 skips the sample grids), got {cfg.num_samples}")
+    cli.check_writable_dir(cfg.out, "--out")
     seed_everything(cfg.seed)
     start = time.perf_counter()
-    model, info = load_with_info(cfg.model, ema=True, device=cfg.device)
+    model, info = load_with_info(cfg.model, ema=True, device=cfg.device, preset=cfg.preset,
+                                 norm_groups=cfg.norm_groups)
+    cli.print_load_notes(cfg.model, info, "prune")
     if cfg.attn_scale is not None and hasattr(model, "config"):
         model.config = dataclasses.replace(model.config, attn_scale=cfg.attn_scale)
     c = model.config
@@ -91,14 +103,14 @@ def main(cfg: PruneConfig) -> Path:
     schedule = Schedule(DiffusionConfig(loss_reduction="sum"))  # the paper's L_t sums over pixels
     fixed_noise = dict(indices=list(range(cfg.num_samples)), seed=cfg.seed, image_shape=(c.in_channels, c.image_size, c.image_size),
                        steps=cfg.sample_steps, batch_size=cfg.num_samples, device=cfg.device, clip_x0=cfg.clip_x0)
-    samples_before = sample(model.eval(), schedule, **fixed_noise)
+    samples_before = sample(model.eval(), schedule, **fixed_noise) if cfg.num_samples else None
 
     x0 = gradient_batch(cfg, c.image_size).to(cfg.device) if cfg.method in ("taylor", "diff-pruning") else None
     model, report = prune(model, example, method=cfg.method, ratio=cfg.ratio, ignored=cfg.ignored, data=x0,
                           schedule=schedule, thr=cfg.thr, scope=cfg.scope, head_mode=cfg.head_mode,
                           micro_batch=cfg.micro_batch, max_timesteps=cfg.max_timesteps, seed=cfg.seed)
     macs_after = count_macs(model, example)
-    samples_after = sample(model.eval(), schedule, **fixed_noise)
+    samples_after = sample(model.eval(), schedule, **fixed_noise) if cfg.num_samples else None
     seconds = time.perf_counter() - start
 
     run = new_run_dir(cfg.out, f"{Path(cfg.model).stem}-{cfg.method}")
@@ -111,8 +123,11 @@ def main(cfg: PruneConfig) -> Path:
                           "method": cfg.method, "ratio": cfg.ratio})
     write_json(run / "report.json", {k: v for k, v in summary.items() if k != "source"} | {"source": {k: str(v) for k, v in info.items()}})
     (run / "groups.txt").write_text(report.groups_text + "\n")
-    save_grid(samples_before, run / "samples_before.png", nrow=8, scale=2)
-    save_grid(samples_after, run / "samples_after.png", nrow=8, scale=2)
+    written = ["pruned.pt", "report.json", "groups.txt"]
+    if cfg.num_samples:
+        save_grid(samples_before, run / "samples_before.png", nrow=8, scale=2)
+        save_grid(samples_after, run / "samples_after.png", nrow=8, scale=2)
+        written += ["samples_before.png", "samples_after.png"]
     if report.timesteps is not None:
         plot_timestep_losses(report.timesteps, run / "timestep_losses.png")
 
@@ -126,8 +141,7 @@ def main(cfg: PruneConfig) -> Path:
         print(f"gradient over {len(ts.kept)} timesteps (t = 0..{ts.kept[-1] if ts.kept else '-'}; thr {ts.thr}, {stop})")
     timing = ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items())
     print(f"time: {seconds:.1f}s in all ({timing})")
-    print(f"\nwrote {run}/: pruned.pt, report.json, groups.txt, samples_before.png, samples_after.png"
-          + (", timestep_losses.png" if report.timesteps is not None else ""))
+    print(f"\nwrote {run}/: {', '.join(written)}" + (", timestep_losses.png" if report.timesteps is not None else ""))
     model_arg = os.path.relpath(cfg.model) if Path(cfg.model).exists() else cfg.model  # short, copy-pasteable
     print("\nnext:")
     print(f"  python train.py --model {run / 'pruned.pt'} --steps 1000 --lr 5e-4 --loss-reduction mean "
@@ -137,38 +151,50 @@ def main(cfg: PruneConfig) -> Path:
 
 
 def parse_args(argv: list[str] | None = None) -> PruneConfig:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     d = PruneConfig()
-    p.add_argument("--model", default=d.model, help="preset, checkpoint or diffusers folder (default: the shipped tiny teacher)")
-    p.add_argument("--method", choices=METHODS, default=d.method)
-    p.add_argument("--ratio", type=float, default=d.ratio, help="channel sparsity per group, in [0, 1)")
-    p.add_argument("--thr", type=float, default=d.thr, help="Diff-Pruning's timestep threshold, >= 0")
-    p.add_argument("--scope", choices=("local", "global"), default=d.scope)
-    p.add_argument("--head-mode", choices=("channels", "heads"), default=d.head_mode)
-    p.add_argument("--attn-scale", choices=("pruned", "dense"), default=None)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    cli.add_model_flags(p, default=d.model, help="model to prune: a preset, a diffprune / DDIM-codebase checkpoint, "
+                        "a diffusers folder or a hub name such as google/ddpm-cifar10-32 (default: the shipped "
+                        "tiny teacher)")
+    p.add_argument("--method", choices=METHODS, default=d.method, help=f"importance criterion [default: {d.method}]")
+    p.add_argument("--ratio", type=float, default=d.ratio,
+                   help=f"channel sparsity per group, in [0, 1) (the paper's ch_sparsity) [default: {d.ratio}]")
+    p.add_argument("--thr", type=float, default=d.thr,
+                   help=f"Diff-Pruning's timestep threshold: gradients over t up to the first L_t < thr * L_max, "
+                        f">= 0 [default: {d.thr}]")
+    p.add_argument("--scope", choices=("local", "global"), default=d.scope,
+                   help=f"remove the ratio from every group (local, the paper) or rank all channels together "
+                        f"[default: {d.scope}]")
+    p.add_argument("--head-mode", choices=("channels", "heads"), default=d.head_mode,
+                   help=f"attention: remove channels from every head, or whole heads [default: {d.head_mode}]")
+    p.add_argument("--attn-scale", choices=("pruned", "dense"), default=None,
+                   help="softmax scale after pruning: from the pruned head width, or the dense one "
+                        "[default: the model's own setting]")
     p.add_argument("--ignored", nargs="*", default=[], help="module paths whose output channels are kept")
-    p.add_argument("--data", choices=DATASETS, default=d.data)
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--batch-size", type=int, default=d.batch_size)
-    p.add_argument("--micro-batch", type=int, default=d.micro_batch)
-    p.add_argument("--max-timesteps", type=int, default=None)
-    p.add_argument("--num-samples", type=int, default=d.num_samples)
-    p.add_argument("--sample-steps", type=int, default=d.sample_steps)
+    cli.add_data_flags(p, default=d.data, help="the gradient batch's data")
+    p.add_argument("--batch-size", type=cli.positive_int, default=d.batch_size,
+                   help=f"images of the one gradient batch (paper: 128 CIFAR-10) [default: {d.batch_size}]")
+    p.add_argument("--micro-batch", type=cli.positive_int, default=d.micro_batch,
+                   help=f"images per forward/backward of the gradient pass (same result, less memory) "
+                        f"[default: {d.micro_batch}]")
+    p.add_argument("--max-timesteps", type=int, default=None,
+                   help="cap on the timesteps of the gradient pass [default: no cap]")
+    p.add_argument("--num-samples", type=cli.nonnegative_int, default=d.num_samples,
+                   help=f"images in the before/after sample grids; 0 skips the grids [default: {d.num_samples}]")
+    p.add_argument("--sample-steps", type=cli.positive_int, default=d.sample_steps,
+                   help=f"DDIM steps of the sample grids [default: {d.sample_steps}]")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=d.clip_x0,
                    help="clamp x0 predictions to [-1, 1] in the sample grids")
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--out", default=d.out)
-    p.add_argument("--device", default=d.device)
+    cli.add_run_flags(p, out=d.out, seed_help="seed of the gradient batch, the random criteria and the grids' noise")
     a = p.parse_args(argv)
-    for name in ("batch_size", "micro_batch", "num_samples", "sample_steps"):
-        if getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
     try:
         check_arguments(a.method, a.ratio, a.thr, a.scope)
     except ValueError as e:
         p.error(str(e))
-    return PruneConfig(**{**vars(a), "ignored": tuple(a.ignored)})
+    args = vars(a)
+    args.pop("debug")
+    return PruneConfig(**{**args, "ignored": tuple(a.ignored)})
 
 
 if __name__ == "__main__":
-    main(parse_args())
+    sys.exit(cli.run(main, parse_args))

@@ -5,6 +5,7 @@ import json
 import os
 import random
 import re
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -36,3 +37,77 @@ def seed_everything(seed: int) -> None:
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+
+
+# ----------------------------------------------------------------------------------------------- run identity
+RUN_MARKER = "run.json"  # written by the run into its own folder; identifies it (never path arithmetic)
+
+
+def mark_run(run_dir: str | os.PathLike, kind: str) -> str:
+    """Write ``run_dir/run.json`` with a fresh run id; checkpoints of the run carry the same id."""
+    run_id = uuid.uuid4().hex
+    write_json(Path(run_dir) / RUN_MARKER, {"kind": kind, "run_id": run_id})
+    return run_id
+
+
+def read_run_marker(run_dir: str | os.PathLike) -> dict | None:
+    """The marker of a run folder, or None where the folder has none (or an unreadable one)."""
+    path = Path(run_dir) / RUN_MARKER
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) and "run_id" in marker else None
+
+
+class RunLock:
+    """An exclusive lock on a run folder, held while a process writes into it.
+
+    ``flock`` on ``run_dir/.lock``: the kernel releases it when the process ends, however it ends (kill -9
+    included), so a stale lock never blocks a resume, and a second live process is refused at once.
+    """
+
+    def __init__(self, run_dir: str | os.PathLike, what: str):
+        self.path, self.what, self._fd = Path(run_dir) / ".lock", what, None
+
+    def acquire(self) -> "RunLock":
+        import fcntl
+
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 64).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise RunLocked(f"{self.path.parent} is in use by another process (pid {holder}) {self.what}; "
+                            "wait for it to finish or stop it first") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor drops the flock
+            self._fd = None
+
+    def __enter__(self) -> "RunLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+class RunLocked(OSError):
+    """Another live process holds the run folder's lock."""
+
+
+def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
+    """Delete the ``*.tmp*`` files an interrupted atomic write left in ``folder`` (call with the lock held)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if p.is_file() and ".tmp" in p.name]
+    for p in stale:
+        p.unlink()
+    return stale

@@ -1,0 +1,185 @@
+"""The command-line convention shared by train.py, prune.py and evaluate.py.
+
+Every script is ``main(config)`` plus a short ``parse_args(argv)``; the flags the scripts share are added
+here, spelled, documented and validated once:
+
+    add_model_flags(p)      --model / --preset / --norm-groups    what to load and how (models/loading.py)
+    add_data_flags(p)       --data / --data-root                  registry data.DATASETS as choices
+    add_run_flags(p)        --seed / --out / --device / --debug
+
+``run(main, parse_args)`` is the script entry point. A user mistake raises one of the project's error
+types (``UserError``, ``ValueError``, ``OSError``, ``FloatingPointError``, the tracer's
+``UnsupportedOpError``); it is printed as ONE line ``error: ...`` and the script exits with status 2, the
+status argparse uses for a bad flag. ``--debug`` prints the whole traceback instead.
+
+Checks that cost nothing (a folder is writable, a number is >= 1, a file name ends in .npz) live here
+too, so that every script runs them before it loads a model or draws a sample.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import traceback
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from data import DATASETS
+from models.config import PRESETS
+
+EXIT_USER_ERROR = 2  # as argparse's own "error: ..." for a bad flag
+
+
+class UserError(ValueError):
+    """A mistake in what the user asked for (a flag, a file, a run folder); printed as one line."""
+
+
+def user_error_types() -> tuple[type[BaseException], ...]:
+    """The exceptions a script reports as ``error: ...`` (everything else is a bug: full traceback)."""
+    from pruning.trace.record import UnsupportedOpError  # the tracer met an op it does not know: the user's model
+
+    return UserError, ValueError, OSError, FloatingPointError, UnsupportedOpError
+
+
+def one_line(err: BaseException) -> str:
+    """The exception's message on one line (multi-line messages, e.g. lists of misfit tensors, joined)."""
+    text = str(err)
+    if isinstance(err, KeyError) and err.args:
+        text = str(err.args[0])
+    parts = [line.strip() for line in text.splitlines() if line.strip()]
+    return " ".join(parts) or type(err).__name__
+
+
+def run(main: Callable[..., Any], parse_args: Callable[[Sequence[str] | None], Any],
+        argv: Sequence[str] | None = None) -> int:
+    """Parse ``argv``, call ``main`` with what ``parse_args`` returned (a tuple is spread), and turn a user
+    error into ``error: ...`` on stderr and exit status 2. Returns the exit status (0 on success)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    try:
+        parsed = parse_args(argv)
+        if parsed is None:  # parse_args handled the request itself (nothing left to run)
+            return 0
+        main(*parsed) if isinstance(parsed, tuple) else main(parsed)
+    except user_error_types() as err:
+        if debug:
+            traceback.print_exc()
+        print(f"error: {one_line(err)}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    return 0
+
+
+# ----------------------------------------------------------------------------------------------- argument types
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def nonnegative_int(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
+def finite_float(text: str) -> float:
+    """argparse type: a finite float (no nan / inf)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if value != value or value in (float("inf"), float("-inf")):
+        raise argparse.ArgumentTypeError(f"must be a finite number, got {text}")
+    return value
+
+
+def npz_path(text: str) -> str:
+    """argparse type: a file name ending in .npz (np.savez would silently append the suffix otherwise)."""
+    if not text.endswith(".npz"):
+        raise argparse.ArgumentTypeError(f"must be a .npz file name, got {text!r}")
+    return text
+
+
+# ----------------------------------------------------------------------------------------------- shared flags
+def _default(p: argparse.ArgumentParser, value: Any) -> Any:
+    # A parser built with argument_default=SUPPRESS (train.py) wants to know which flags were GIVEN; its
+    # defaults then come from the config dataclass instead.
+    return argparse.SUPPRESS if p.argument_default == argparse.SUPPRESS else value
+
+
+def add_model_flags(p: argparse.ArgumentParser, *, default: str | None, help: str) -> None:
+    """--model plus the loader's overrides for what a DDIM-codebase state dict does not store."""
+    p.add_argument("--model", default=default, help=help)
+    add_loader_overrides(p)
+
+
+def add_loader_overrides(p: argparse.ArgumentParser) -> None:
+    """--preset / --norm-groups: what a plain DDIM-codebase state dict cannot tell (models/loading.py)."""
+    p.add_argument("--preset", choices=sorted(PRESETS), default=_default(p, None),
+                   help="architecture preset a DDIM-codebase state dict is read against: supplies image size, "
+                        "GroupNorm groups and dropout, and must match the weights")
+    p.add_argument("--norm-groups", type=positive_int, default=_default(p, None),
+                   help="GroupNorm groups of a DDIM-codebase state dict (the weights cannot tell; default 32, "
+                        "the DDPM's). A source that stores it must agree")
+
+
+def add_data_flags(p: argparse.ArgumentParser, *, default: str = "shapes", help: str = "dataset") -> None:
+    p.add_argument("--data", choices=DATASETS, default=_default(p, default),
+                   help=f"{help}: shapes (procedural, no files), cifar10 (python pickle batches) or folder "
+                        f"(any image folder) [default: {default}]")
+    p.add_argument("--data-root", default=_default(p, None), help="the folder of --data cifar10 / folder")
+
+
+def add_run_flags(p: argparse.ArgumentParser, *, out: str, seed_help: str = "random seed") -> None:
+    p.add_argument("--seed", type=int, default=_default(p, 0), help=f"{seed_help} [default: 0]")
+    p.add_argument("--out", default=_default(p, out), help=f"parent folder of the numbered run folders [default: {out}]")
+    p.add_argument("--device", default=_default(p, "cpu"), help="torch device: cpu, cuda, cuda:1, ... [default: cpu]")
+    add_debug_flag(p)
+
+
+def add_debug_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+
+
+def loader_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The keyword overrides for models.loading.load_with_info from the parsed flags."""
+    return {"preset": getattr(args, "preset", None), "norm_groups": getattr(args, "norm_groups", None)}
+
+
+# ----------------------------------------------------------------------------------------------- cheap checks
+def check_writable_dir(folder: str | os.PathLike, flag: str) -> None:
+    """``folder`` is a writable folder, or could be created as one (its nearest existing ancestor is a
+    writable folder); else a UserError naming ``flag``. Creates nothing."""
+    folder = Path(folder)
+    probe = folder
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise UserError(f"{flag} {folder}: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {folder}: {probe} is not writable")
+
+
+def check_readable_file(path: str | os.PathLike, flag: str) -> Path:
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{flag} {path}: no such file")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{flag} {path}: file is not readable")
+    return path
+
+
+def print_load_notes(source: str, info: dict, prefix: str) -> None:
+    """Say which fields of the architecture the loader had to assume (a DDIM file stores no norm_groups)."""
+    for note in info.get("notes", []):
+        print(f"[{prefix}] {source}: {note}")
