@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from models.config import PRESETS  # noqa: E402
 from models.unet import UNet  # noqa: E402
-from pruning.graph import build_groups  # noqa: E402
+from pruning.trace.grouping import build_groups  # noqa: E402
 from pruning.importance import IMPORTANCE  # noqa: E402
 from pruning.surgery import prune_sequential  # noqa: E402
 

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 from diffusion.schedule import Schedule
-from pruning.graph import build_groups
+from pruning.trace.grouping import build_groups
 from pruning.groups import Group, describe
 from pruning.importance import IMPORTANCE, TimestepReport, accumulate_gradients
 from pruning.select import select_groups

@@ -16,7 +16,7 @@ from models.config import PRESETS, ModelConfig
 from models.loading import load
 from models.unet import UNet
 from pruning import METHODS, prune
-from pruning.graph import build_groups
+from pruning.trace.grouping import build_groups
 from pruning.surgery import prune as apply_keeps
 
 

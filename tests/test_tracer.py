@@ -14,7 +14,9 @@ from torch import nn
 
 from models.config import ModelConfig, preset
 from models.unet import UNet
-from pruning.graph import OPS, UnsupportedOpError, analyze, build_groups
+from pruning.trace.grouping import analyze, build_groups
+from pruning.trace.ops import OPS
+from pruning.trace.record import UnsupportedOpError
 from pruning.groups import describe
 
 

@@ -38,74 +38,18 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Iterable
 
 import numpy as np
 from torch import nn
 
 from pruning.groups import Group, Member
+from pruning.trace.record import BlockConstraint, Trace
+from pruning.trace.tracer import trace
 
 
 # ---------------------------------------------------------------------------------------------------
 # What the tracer hands over
-
-
-@dataclass(frozen=True)
-class Source:
-    """Labels [start, start + size) were created by ``kind`` ("layer": a prunable layer's output,
-    "input": the network input, "constant": a tensor no prunable layer produced) at ``where``."""
-
-    start: int
-    size: int
-    kind: str
-    where: str
-
-
-@dataclass(frozen=True)
-class BlockConstraint:
-    """``labels`` (a channel vector) must lose the same number of channels in each of ``blocks``
-    contiguous blocks. kind: "norm" (GroupNorm groups), "heads" (attention; role "qk" or "v"),
-    "reshape" (a reshape that splits the channel dim)."""
-
-    kind: str
-    where: str
-    labels: np.ndarray
-    blocks: int
-    role: str = ""
-
-
-@dataclass(frozen=True)
-class PartsConstraint:
-    """A split/chunk/unbind of the channel dim into ``parts``: they must stay equal, which holds only if
-    every part is the same sequence of groups."""
-
-    where: str
-    parts: tuple[np.ndarray, ...]
-    what: str
-
-
-@dataclass(frozen=True)
-class FixedConstraint:
-    """Channels read with bounds fixed in the code (``x[:, :4]``): the groups in ``labels`` stay whole."""
-
-    where: str
-    labels: np.ndarray
-    what: str
-
-
-@dataclass
-class Trace:
-    """One forward pass seen as channel flow (built by ``pruning.graph.trace``)."""
-
-    num_labels: int
-    sources: list[Source]
-    unions: list[tuple[np.ndarray, np.ndarray]]
-    members: list[tuple[str, str, np.ndarray]]  # (module path, role, labels) in call order
-    blocks: list[BlockConstraint]
-    parts: list[PartsConstraint]
-    fixed: list[FixedConstraint]
-    outputs: np.ndarray  # labels of the network output's channels
-    layers: dict[str, nn.Module]  # prunable layers that ran, by path
-    num_ops: int = 0
 
 
 @dataclass(frozen=True)
@@ -366,3 +310,26 @@ def _check_widths(groups: list[Group], layers: dict[str, nn.Module]) -> None:
             width = layer.num_channels if m.role == "norm" else layer.weight.shape[0 if m.role == "out" else 1]
             if m.offset + group.size > width:
                 raise RuntimeError(f"tracer bug: {m} of group {group.name} (C={group.size}) exceeds width {width}")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def analyze(model: nn.Module, example_inputs: tuple, *, ignored: Iterable[str] = (),
+            root_types: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> Analysis:
+    """``build_groups`` with its report: the regrouped GroupNorms and the trace."""
+    ignored = tuple(ignored)
+    names = dict(model.named_modules())
+    unknown = [i for i in ignored if i not in names]
+    if unknown:
+        raise ValueError(f"ignored names modules the model does not have: {unknown}")
+    return group_trace(trace(model, example_inputs), ignored=ignored, root_types=tuple(root_types))
+
+
+def build_groups(model: nn.Module, example_inputs: tuple, *, ignored: Iterable[str] = (),
+                 root_types: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> list[Group]:
+    """The coupling groups of ``model`` (pruning/groups.py), traced from one forward pass on
+    ``example_inputs``, in order of first appearance. Groups touching the network input or output, channels
+    no prunable layer produced, or the output channels of an ``ignored`` module path are ``protected``."""
+    return analyze(model, example_inputs, ignored=ignored, root_types=root_types).groups

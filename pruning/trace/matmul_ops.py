@@ -8,20 +8,15 @@ rule protocol as ``pruning/ops.py``; ``MATMUL_RULES`` maps the three categories 
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
-from pruning.dependency import BlockConstraint
-from pruning.shape_ops import Labels
-
-if TYPE_CHECKING:
-    from pruning.graph import Tracer
-    from pruning.ops import Call
+from pruning.trace.record import BlockConstraint, Call, Labels, Recorder
 
 
-def _contract(tr: Tracer, c: Call, ops: list[tuple[tuple[int, ...], Labels | None]], letters: list[str],
+def _contract(tr: Recorder, c: Call, ops: list[tuple[tuple[int, ...], Labels | None]], letters: list[str],
               out_letters: str) -> Labels | None:
     """Tensor contraction in einsum letters (matmul, einsum, attention).
 
@@ -84,7 +79,7 @@ def _batch_letters(*ndims: int) -> str:
     return "ABCDEFGH"[:max(0, *ndims)]
 
 
-def _matmul(tr: Tracer, c: Call) -> None:
+def _matmul(tr: Recorder, c: Call) -> None:
     a, b = (c.args[1], c.args[0]) if c.name == "rmatmul" else (c.args[0], c.args[1])
     core_a, core_b = ("k" if a.dim() == 1 else "nk"), ("k" if b.dim() == 1 else "km")
     batch = _batch_letters(a.dim() - len(core_a), b.dim() - len(core_b))
@@ -94,7 +89,7 @@ def _matmul(tr: Tracer, c: Call) -> None:
     tr.set(c.out, _contract(tr, c, [(tuple(a.shape), tr.get(a)), (tuple(b.shape), tr.get(b))], [la, lb], lo))
 
 
-def _einsum(tr: Tracer, c: Call) -> None:
+def _einsum(tr: Recorder, c: Call) -> None:
     eq, ops = c.args[0].replace(" ", ""), list(c.args[1:])
     if len(ops) == 1 and isinstance(ops[0], (list, tuple)):
         ops = list(ops[0])
@@ -107,7 +102,7 @@ def _einsum(tr: Tracer, c: Call) -> None:
     tr.set(c.out, _contract(tr, c, [(tuple(t.shape), tr.get(t)) for t in ops], letters, rhs))
 
 
-def _attention(tr: Tracer, c: Call) -> None:
+def _attention(tr: Recorder, c: Call) -> None:
     """F.scaled_dot_product_attention(q, k, v) = softmax(q k^T * scale) v, as two contractions."""
     q, k, v = c.arg(0, "query"), c.arg(1, "key"), c.arg(2, "value")
     if tr.get(c.arg(3, "attn_mask")) is not None:
@@ -122,6 +117,6 @@ def _attention(tr: Tracer, c: Call) -> None:
                             batch + "lf"))
 
 
-MATMUL_RULES: dict[str, Callable[[Tracer, Call], None]] = {
+MATMUL_RULES: dict[str, Callable[[Recorder, Call], None]] = {
     "matmul": _matmul, "einsum": _einsum, "attention": _attention,
 }

@@ -13,44 +13,15 @@ einsum, attention). ``Labels``, ``on_dim`` and ``tensors`` are re-exported here.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 
-from pruning.dependency import BlockConstraint
-from pruning.matmul_ops import MATMUL_RULES
-from pruning.shape_ops import SHAPE_RULES, Labels, on_dim, tensors
-
-if TYPE_CHECKING:
-    from pruning.graph import Tracer
-
-
-class UnsupportedOpError(RuntimeError):
-    """An op read channel-labelled tensors and the tracer does not know how channels flow through it."""
-
-    def __init__(self, op: str, module: str, detail: str):
-        self.op, self.module, self.detail = op, module, detail
-        super().__init__(f"channel tracer: op {op!r} in module {module or '<model>'!r}: {detail}")
-
-
-@dataclass
-class Call:
-    """One op as the rules see it."""
-
-    name: str
-    args: tuple
-    kwargs: dict
-    out: Any
-    where: str
-
-    def arg(self, pos: int, name: str, default: Any = None) -> Any:
-        return self.args[pos] if len(self.args) > pos else self.kwargs.get(name, default)
-
-    def fail(self, detail: str) -> UnsupportedOpError:
-        return UnsupportedOpError(self.name, self.where, detail)
+from pruning.trace.matmul_ops import MATMUL_RULES
+from pruning.trace.record import BlockConstraint, Call, Labels, Recorder, UnsupportedOpError, on_dim, tensors
+from pruning.trace.shape_ops import SHAPE_RULES
 
 
 def op_name(func: Callable) -> str:
@@ -76,17 +47,17 @@ def lookup(name: str) -> tuple[str, str | None]:
 # Layers (single ops)
 
 
-def _conv2d(tr: Tracer, path: str, m: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> None:
+def _conv2d(tr: Recorder, path: str, m: nn.Conv2d, x: torch.Tensor, y: torch.Tensor) -> None:
     if m.groups != 1:
         raise UnsupportedOpError("Conv2d", path, f"groups={m.groups}: grouped/depthwise convolutions are not supported")
     _weighted(tr, path, m, x, y, dim=1 if x.dim() == 4 else 0)
 
 
-def _linear(tr: Tracer, path: str, m: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> None:
+def _linear(tr: Recorder, path: str, m: nn.Linear, x: torch.Tensor, y: torch.Tensor) -> None:
     _weighted(tr, path, m, x, y, dim=x.dim() - 1)
 
 
-def _weighted(tr: Tracer, path: str, m: nn.Module, x: torch.Tensor, y: torch.Tensor, dim: int) -> None:
+def _weighted(tr: Recorder, path: str, m: nn.Module, x: torch.Tensor, y: torch.Tensor, dim: int) -> None:
     """Conv2d / Linear: input channels are role "in", output channels a fresh space, role "out"."""
     tr.member(path, "in", tr.channel_vector(x, dim, path, type(m).__name__))
     if path not in tr.layer_out:
@@ -96,7 +67,7 @@ def _weighted(tr: Tracer, path: str, m: nn.Module, x: torch.Tensor, y: torch.Ten
     tr.set(y, on_dim(tr.layer_out[path], y.dim(), dim))
 
 
-def _group_norm(tr: Tracer, path: str, m: nn.GroupNorm, x: torch.Tensor, y: torch.Tensor) -> None:
+def _group_norm(tr: Recorder, path: str, m: nn.GroupNorm, x: torch.Tensor, y: torch.Tensor) -> None:
     """Channel-wise (output channel c is input channel c); its groups are equal-removal blocks."""
     v = tr.channel_vector(x, 1, path, "GroupNorm")
     if m.affine:
@@ -108,7 +79,7 @@ def _group_norm(tr: Tracer, path: str, m: nn.GroupNorm, x: torch.Tensor, y: torc
     tr.set(y, on_dim(v, y.dim(), 1))
 
 
-def opaque(tr: Tracer, path: str, m: nn.Module, x: torch.Tensor, y: Any) -> None:
+def opaque(tr: Recorder, path: str, m: nn.Module, x: torch.Tensor, y: Any) -> None:
     """A layer whose inputs carry no labels: its outputs have no prunable producer either."""
 
 
@@ -126,7 +97,7 @@ def layer_rule(module: nn.Module) -> Callable | None:
 # Op rules, by category: the ones that keep channels on their dims (the rest: shape_ops.py, matmul_ops.py)
 
 
-def _elementwise(tr: Tracer, c: Call) -> None:
+def _elementwise(tr: Recorder, c: Call) -> None:
     """Broadcasting elementwise ops tie their operands channel by channel: a residual add, and the time
     embedding temb_proj(temb)[:, :, None, None] (B, C, 1, 1) added to conv features (B, C, H, W)."""
     out = tensors(c.out)[0]
@@ -159,7 +130,7 @@ def _elementwise(tr: Tracer, c: Call) -> None:
     tr.set(out, Labels(ref.array, ref.mask))
 
 
-def _passthrough(tr: Tracer, c: Call) -> None:
+def _passthrough(tr: Recorder, c: Call) -> None:
     """Shape-preserving ops where output channel c is input channel c (activations, dropout, casts,
     softmax; ``*_like`` factories, whose shape follows their input)."""
     x = tensors((c.args, c.kwargs))[0]
@@ -169,7 +140,7 @@ def _passthrough(tr: Tracer, c: Call) -> None:
         tr.set(y, tr.get(x))
 
 
-def _spatial(tr: Tracer, c: Call) -> None:
+def _spatial(tr: Recorder, c: Call) -> None:
     """Resampling of dims >= 2 (interpolate, pooling): batch and channel dims pass through."""
     x = c.args[0]
     L = tr.get(x)
@@ -179,7 +150,7 @@ def _spatial(tr: Tracer, c: Call) -> None:
         tr.set(y, L)
 
 
-def _pad(tr: Tracer, c: Call) -> None:
+def _pad(tr: Recorder, c: Call) -> None:
     x, pad = c.args[0], c.arg(1, "pad")
     L = tr.get(x)
     for i in range(len(pad) // 2):  # pad pairs run from the last dim backwards
@@ -188,7 +159,7 @@ def _pad(tr: Tracer, c: Call) -> None:
     tr.set(c.out, L)
 
 
-def _reduce(tr: Tracer, c: Call) -> None:
+def _reduce(tr: Recorder, c: Call) -> None:
     """sum/mean/amax/var...: over non-channel dims the labels stay; over all channel dims they vanish
     (the result no longer has channels); over part of a split channel space it is an error."""
     x = c.args[0]
@@ -211,7 +182,7 @@ def _reduce(tr: Tracer, c: Call) -> None:
         tr.set(y, Labels(array, mask))
 
 
-def _group_norm_fn(tr: Tracer, c: Call) -> None:
+def _group_norm_fn(tr: Recorder, c: Call) -> None:
     """F.group_norm called directly: like nn.GroupNorm, its weight and bias are per-channel operands."""
     x = c.args[0]
     v = tr.channel_vector(x, 1, c.where, c.name)
@@ -222,7 +193,7 @@ def _group_norm_fn(tr: Tracer, c: Call) -> None:
     tr.set(c.out, on_dim(v, x.dim(), 1))
 
 
-def _layer_norm_fn(tr: Tracer, c: Call) -> None:
+def _layer_norm_fn(tr: Recorder, c: Call) -> None:
     x, shape = c.args[0], c.arg(1, "normalized_shape")
     L = tr.get(x)
     if L is None or any(d >= x.dim() - len(shape) for d in L.dims):
@@ -230,7 +201,7 @@ def _layer_norm_fn(tr: Tracer, c: Call) -> None:
     tr.set(c.out, L)
 
 
-def _no_channels(tr: Tracer, c: Call) -> None:
+def _no_channels(tr: Recorder, c: Call) -> None:
     """Metadata (x.shape, x.size()) and new_* factories: nothing channel-indexed comes out."""
 
 
@@ -280,7 +251,7 @@ CATEGORIES: dict[str, tuple[str, ...]] = {
                     ".names", "new_zeros", "new_ones", "new_empty", "new_full", "new_tensor"),
 }
 OPS: dict[str, str] = {name: category for category, names in CATEGORIES.items() for name in names}
-RULES: dict[str, Callable[[Tracer, Call], None]] = {
+RULES: dict[str, Callable[[Recorder, Call], None]] = {
     "elementwise": _elementwise, "passthrough": _passthrough, "spatial": _spatial, "pad": _pad, **SHAPE_RULES,
     "reduction": _reduce, **MATMUL_RULES, "group_norm": _group_norm_fn, "layer_norm": _layer_norm_fn,
     "no_channels": _no_channels,

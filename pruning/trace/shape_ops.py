@@ -9,54 +9,15 @@ split/chunk. ``SHAPE_RULES`` maps their categories to rules; the op names are in
 from __future__ import annotations
 
 import operator
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Callable
 
 import numpy as np
 import torch
 
-from pruning.dependency import BlockConstraint, FixedConstraint, PartsConstraint
-
-if TYPE_CHECKING:
-    from pruning.graph import Tracer
-    from pruning.ops import Call
+from pruning.trace.record import BlockConstraint, Call, FixedConstraint, Labels, PartsConstraint, Recorder, tensors
 
 
-@dataclass(frozen=True)
-class Labels:
-    """The channel labels of one tensor: ``array`` has the tensor's ndim, the full size on the labelled
-    dims (``mask``) and size 1 elsewhere. Conv output (B, C, H, W): array (1, C, 1, 1). After the head
-    split ``reshape(B, nh, -1, N)``: array (1, nh, d, 1), one channel space over two dims."""
-
-    array: np.ndarray
-    mask: tuple[bool, ...]
-
-    @property
-    def dims(self) -> tuple[int, ...]:
-        return tuple(d for d, m in enumerate(self.mask) if m)
-
-    def joint(self) -> np.ndarray:
-        """The labels over the labelled dims only, e.g. (nh, d)."""
-        return self.array.reshape([self.array.shape[d] for d in self.dims])
-
-
-def on_dim(v: np.ndarray, ndim: int, dim: int) -> Labels:
-    shape = [1] * ndim
-    shape[dim] = len(v)
-    return Labels(v.reshape(shape), tuple(d == dim for d in range(ndim)))
-
-
-def tensors(obj: Any) -> list[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        return [obj]
-    if isinstance(obj, (list, tuple)):
-        return [t for o in obj for t in tensors(o)]
-    if isinstance(obj, dict):
-        return [t for o in obj.values() for t in tensors(o)]
-    return []
-
-
-def _reshape(tr: Tracer, c: Call) -> None:
+def _reshape(tr: Recorder, c: Call) -> None:
     """reshape/view/flatten/(un)squeeze, from the real in/out shapes. The channel dim may be split
     (C -> (nh, d): an equal-removal constraint of nh blocks) or merged back, but never merged with
     non-channel dims (flattening (C, H, W) before a Linear)."""
@@ -93,7 +54,7 @@ def _reshape(tr: Tracer, c: Call) -> None:
     tr.set(y, new)
 
 
-def _permute(tr: Tracer, c: Call) -> None:
+def _permute(tr: Recorder, c: Call) -> None:
     x, name = c.args[0], c.name
     L, nd = tr.get(x), x.dim()
     if name == "permute":
@@ -123,7 +84,7 @@ def _permute(tr: Tracer, c: Call) -> None:
     tr.set(c.out, Labels(L.array.transpose(perm), tuple(L.mask[p] for p in perm)))
 
 
-def _expand(tr: Tracer, c: Call) -> None:
+def _expand(tr: Recorder, c: Call) -> None:
     """expand/broadcast_to/repeat: new leading dims and size-1 dims may grow; channels may not repeat."""
     x, y = c.args[0], c.out
     L = tr.get(x)
@@ -138,7 +99,7 @@ def _expand(tr: Tracer, c: Call) -> None:
     tr.set(y, Labels(array, tuple(mask)))
 
 
-def _index(tr: Tracer, c: Call) -> None:
+def _index(tr: Recorder, c: Call) -> None:
     """x[...]: None adds a dim, full slices keep channels, ints and slices of non-channel dims are free.
     A partial slice or an int on a channel dim reads channels at fixed positions: those groups stay whole."""
     x, idx = c.args[0], c.args[1]
@@ -173,7 +134,7 @@ def _index(tr: Tracer, c: Call) -> None:
     tr.set(c.out, Labels(L.array[tuple(np_idx)], tuple(mask)))
 
 
-def _tie(tr: Tracer, c: Call, seq: list[torch.Tensor]) -> Labels:
+def _tie(tr: Recorder, c: Call, seq: list[torch.Tensor]) -> Labels:
     """Tie equal-shape tensors channel by channel (cat along a non-channel dim, stack)."""
     Ls = [tr.get(t) for t in seq]
     ref = next(L for L in Ls if L is not None)
@@ -187,7 +148,7 @@ def _tie(tr: Tracer, c: Call, seq: list[torch.Tensor]) -> Labels:
     return ref
 
 
-def _concat(tr: Tracer, c: Call) -> None:
+def _concat(tr: Recorder, c: Call) -> None:
     """torch.cat. Along a channel dim the labels concatenate, so every consumer sees each part at its
     real runtime offset (the decoder's cat([h, skip], dim=1)); along any other dim the parts' channels
     are tied."""
@@ -207,14 +168,14 @@ def _concat(tr: Tracer, c: Call) -> None:
     tr.set(c.out, Labels(np.concatenate(arrays, axis=dim), ref.mask))
 
 
-def _stack(tr: Tracer, c: Call) -> None:
+def _stack(tr: Recorder, c: Call) -> None:
     """torch.stack: equal shapes are required, so the stacked tensors' channels are tied."""
     dim = c.arg(1, "dim", 0) % c.out.dim()
     ref = _tie(tr, c, list(c.arg(0, "tensors")))
     tr.set(c.out, Labels(np.expand_dims(ref.array, dim), ref.mask[:dim] + (False,) + ref.mask[dim:]))
 
 
-def _split(tr: Tracer, c: Call) -> None:
+def _split(tr: Recorder, c: Call) -> None:
     """split/chunk/unbind. Along a channel dim each output gets its slice of the labels (scale, shift =
     emb.chunk(2, dim=1)); the parts must stay equal, which holds when they are the same groups."""
     x, outs = c.args[0], list(c.out)
@@ -235,7 +196,7 @@ def _split(tr: Tracer, c: Call) -> None:
         tr.parts.append(PartsConstraint(c.where, tuple(parts), c.name))
 
 
-SHAPE_RULES: dict[str, Callable[[Tracer, Call], None]] = {
+SHAPE_RULES: dict[str, Callable[[Recorder, Call], None]] = {
     "reshape": _reshape, "permute": _permute, "expand": _expand, "index": _index, "concat": _concat,
     "stack": _stack, "split": _split,
 }

@@ -1,6 +1,6 @@
 """The channel tracer: run ONE real forward pass and record how channels flow through it.
 
-    from pruning.graph import build_groups
+    from pruning.trace.grouping import build_groups
     groups = build_groups(model, (x, t))      # x (1, 3, H, W), t (1,)
     print(describe(groups))                   # pruning/groups.py
 
@@ -30,93 +30,23 @@ channels it touches are protected. A custom autograd Function is traced through 
 """
 from __future__ import annotations
 
-import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
-from pruning.dependency import Analysis, BlockConstraint, FixedConstraint, PartsConstraint, Source, Trace, group_trace
-from pruning.groups import Group
-from pruning.ops import OPS, UnsupportedOpError  # noqa: F401  (re-exported: the op table, the error)
-from pruning.ops import RULES, Call, Labels, layer_rule, lookup, on_dim, op_name, opaque, tensors
+from pruning.trace.ops import RULES, layer_rule, lookup, op_name, opaque
+from pruning.trace.record import Call, Recorder, Trace, UnsupportedOpError, on_dim, tensors
 
 
 # ---------------------------------------------------------------------------------------------------
 # The tracer state
 
 
-class Tracer:
-    """The state of one trace: labels of live tensors, ties, member vectors, constraints, module stack."""
-
-    def __init__(self, model: nn.Module):
-        self.param_names = {id(p): n for n, p in model.named_parameters()}
-        self.labels: dict[int, Labels] = {}
-        self.alive: list[torch.Tensor] = []  # labelled tensors stay alive so their ids stay unique
-        self.num_labels, self.num_ops = 0, 0
-        self.sources: list[Source] = []
-        self.unions: list[tuple[np.ndarray, np.ndarray]] = []
-        self.members: list[tuple[str, str, np.ndarray]] = []
-        self.first_vector: dict[tuple[str, str], np.ndarray] = {}
-        self.blocks: list[BlockConstraint] = []
-        self.parts: list[PartsConstraint] = []
-        self.fixed: list[FixedConstraint] = []
-        self.layers: dict[str, nn.Module] = {}
-        self.layer_out: dict[str, np.ndarray] = {}
-        self.stack: list[str] = []
-        self.pending: list[tuple[str, int, Callable]] = []  # layers running as single ops
-        self.suppress = 0
-
-    @property
-    def where(self) -> str:
-        return self.stack[-1] if self.stack else ""
-
-    def new(self, size: int, kind: str, where: str) -> np.ndarray:
-        self.sources.append(Source(self.num_labels, size, kind, where))
-        self.num_labels += size
-        return np.arange(self.num_labels - size, self.num_labels)
-
-    def constant(self, shape: list[int], t: torch.Tensor, op: str) -> np.ndarray:
-        """Fresh labels for a tensor no prunable layer produced, which meets labelled channels."""
-        name = self.param_names.get(id(t))
-        what = f"parameter {name}" if name else "a tensor"
-        where = f"{what} used by {op} in {self.where or '<model>'}"
-        return self.new(math.prod(shape), "constant", where).reshape(shape)
-
-    def get(self, t: Any) -> Labels | None:
-        return self.labels.get(id(t)) if isinstance(t, torch.Tensor) else None
-
-    def set(self, t: torch.Tensor, labels: Labels | None) -> None:
-        if labels is None or not any(labels.mask):
-            self.labels.pop(id(t), None)
-            return
-        assert all(labels.array.shape[d] == t.shape[d] for d in labels.dims), "tracer bug: labels/shape mismatch"
-        self.labels[id(t)] = labels
-        self.alive.append(t)
-
-    def union(self, a: np.ndarray, b: np.ndarray) -> None:
-        assert a.shape == b.shape, f"tracer bug: tying {a.shape} to {b.shape}"
-        self.unions.append((a.ravel().copy(), b.ravel().copy()))
-
-    def member(self, path: str, role: str, v: np.ndarray) -> None:
-        """A weight slice indexed by channel vector ``v``; a layer called twice reads the same slice."""
-        if (path, role) in self.first_vector:
-            self.union(self.first_vector[path, role], v)
-        else:
-            self.first_vector[path, role] = v
-            self.members.append((path, role, v))
-
-    def channel_vector(self, x: torch.Tensor, dim: int, path: str, op: str) -> np.ndarray:
-        """Labels of x along ``dim`` (fresh "constant" labels when no prunable layer produced them)."""
-        L = self.get(x)
-        if L is None:
-            return self.new(x.shape[dim], "constant", f"input of {path}")
-        if L.dims != (dim,):
-            raise UnsupportedOpError(op, path, f"reads channels on dim {dim} of a {tuple(x.shape)} tensor whose "
-                                               f"channel labels are on dims {L.dims}")
-        return L.joint()
+class Tracer(Recorder):
+    """A ``Recorder`` driven by module hooks and a ``TorchFunctionMode``: each op it sees goes to its rule."""
 
     # --- forward hooks: the module path stack, and layers run as single ops
     def enter(self, name: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
@@ -227,22 +157,3 @@ def _trace(model: nn.Module, example_inputs: tuple, *, meta: bool) -> Trace | No
     return Trace(num_labels=tr.num_labels, sources=tr.sources, unions=tr.unions, members=tr.members, blocks=tr.blocks,
                  parts=tr.parts, fixed=tr.fixed, outputs=np.concatenate(outputs) if outputs else np.zeros(0, dtype=int),
                  layers=tr.layers, num_ops=tr.num_ops)
-
-
-def analyze(model: nn.Module, example_inputs: tuple, *, ignored: Iterable[str] = (),
-            root_types: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> Analysis:
-    """``build_groups`` with its report: the regrouped GroupNorms and the trace."""
-    ignored = tuple(ignored)
-    names = dict(model.named_modules())
-    unknown = [i for i in ignored if i not in names]
-    if unknown:
-        raise ValueError(f"ignored names modules the model does not have: {unknown}")
-    return group_trace(trace(model, example_inputs), ignored=ignored, root_types=tuple(root_types))
-
-
-def build_groups(model: nn.Module, example_inputs: tuple, *, ignored: Iterable[str] = (),
-                 root_types: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> list[Group]:
-    """The coupling groups of ``model`` (pruning/groups.py), traced from one forward pass on
-    ``example_inputs``, in order of first appearance. Groups touching the network input or output, channels
-    no prunable layer produced, or the output channels of an ``ignored`` module path are ``protected``."""
-    return analyze(model, example_inputs, ignored=ignored, root_types=root_types).groups
