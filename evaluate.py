@@ -6,9 +6,11 @@
     python evaluate.py fid-stats IMAGE_DIR --out stats.npz [--inception-weights PATH]
     torchrun --nproc_per_node 4 evaluate.py ...            # sampling sharded by sample index, then gathered
 
-Every sample is reproducible by its index (seeded per index), so sharded, resumed (``--resume DIR``) and
-single-process runs write identical images, and SSIM pairs a model's sample i with the reference's
-sample i: the same initial noise x_T.
+Two subcommands: ``models`` (the default, so ``evaluate.py A.pt`` is ``evaluate.py models A.pt``) and
+``fid-stats``. Every sample is reproducible by its index (seeded per index), so sharded, resumed
+(``--resume DIR``) and single-process runs write identical images, and SSIM pairs a model's sample i with
+the reference's sample i: the same initial noise x_T. A resumed folder is only completed by the same
+weights with the same sampling settings (metrics/evaluation.py, ``claim_sample_folder``).
 """
 from __future__ import annotations
 
@@ -16,23 +18,28 @@ import argparse
 import dataclasses
 import json
 import os
+import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
+from common import cli
+from common.cli import UserError
 from common.defaults import RUNS_DIR, TEACHER_CHECKPOINT, latest_pruned_checkpoint
 from common.images import save_grid
-from common.runs import new_run_dir, seed_everything, write_json
+from common.runs import RunLock, new_run_dir, seed_everything, write_json
 from data import build_dataset
 from diffusion.ddpm import HeldOutLoss
 from diffusion.schedule import Schedule
-from metrics.evaluation import SamplerConfig, format_table, generate_samples, load_samples, measure_latency
+from metrics.evaluation import (SamplerConfig, claim_sample_folder, format_table, generate_samples, load_samples,
+                                measure_latency, remove_partial_samples, sampling_key)
 from metrics.macs import count_macs
 from models.checkpoint import environment
+from models.inception import FID_FEATURE_DIM, FID_WEIGHTS_HASH_PREFIX
 from models.loading import load_with_info
-
 
 @dataclass(frozen=True)
 class EvalConfig:
@@ -47,27 +54,92 @@ class EvalConfig:
     data: str = "shapes"              # held-out denoising loss data: shapes | cifar10 | folder
     data_root: str | None = None
     heldout_images: int = 256
+    preset: str | None = None         # DDIM-codebase state dicts: the preset they are read against
+    norm_groups: int | None = None    # DDIM-codebase state dicts: GroupNorm groups (not in the weights)
     out: str = str(RUNS_DIR / "eval")
     device: str = "cpu"
 
 
-def fid_reference(cfg: EvalConfig, run_dir: Path):
-    """(inception, (mu, sigma)) or (None, reason) when FID cannot be computed."""
-    if not (cfg.fid_stats or cfg.fid_data):
-        return None, "no --fid-stats or --fid-data given"
-    from metrics.fid import load_stats, save_stats, stats_for_folder
-    from models.inception import InceptionWeightsUnavailable, load_fid_inception
+@dataclass(frozen=True)
+class FidStatsConfig:
+    """``evaluate.py fid-stats``: Inception statistics of an image folder, written to an .npz."""
+    image_dir: str
+    out: str
+    inception_weights: str | None = None
+    batch_size: int = 50
+    device: str = "cpu"
 
-    try:
-        inception = load_fid_inception(cfg.inception_weights, device=cfg.device)
-    except InceptionWeightsUnavailable as e:
-        return None, f"FID Inception weights unavailable: {e}"
-    if cfg.fid_stats:
-        return inception, load_stats(cfg.fid_stats)
-    cached = run_dir / "fid_reference_stats.npz"
-    if not cached.exists():
-        save_stats(cached, *stats_for_folder(cfg.fid_data, inception, device=cfg.device))
-    return inception, load_stats(cached)
+
+# ----------------------------------------------------------------------------------------------- checks
+def validate(cfg: EvalConfig) -> None:
+    """The cheap checks, before any model is loaded or any sample drawn."""
+    if not cfg.models:
+        raise UserError("no model to evaluate: pass checkpoints (or run prune.py first for the default)")
+    if cfg.num_samples < 2:
+        raise UserError(f"--num-samples must be >= 2 (SSIM and FID need two), got {cfg.num_samples}")
+    for name in ("batch_size",):
+        if getattr(cfg, name) < 1:
+            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.heldout_images < 0:
+        raise UserError(f"--heldout-images must be >= 0, got {cfg.heldout_images}")
+    if cfg.sampler.sampler not in ("ddim", "ddpm"):
+        raise UserError(f"--sampler must be ddim or ddpm, got {cfg.sampler.sampler!r}")
+    if cfg.sampler.steps < 1:
+        raise UserError(f"--steps must be >= 1, got {cfg.sampler.steps}")
+    if not cfg.sampler.eta >= 0:
+        raise UserError(f"--eta must be >= 0, got {cfg.sampler.eta}")
+    if cfg.fid_stats and cfg.fid_data:
+        raise UserError("pass --fid-stats or --fid-data, not both")
+    if cfg.fid_stats and not cfg.fid_stats.endswith(".npz"):
+        raise UserError(f"--fid-stats must be an .npz file (keys mu, sigma), got {cfg.fid_stats!r}")
+    if cfg.fid_data and not Path(cfg.fid_data).is_dir():
+        raise UserError(f"--fid-data {cfg.fid_data}: no such image folder")
+    if cfg.inception_weights and not Path(cfg.inception_weights).is_file():
+        raise UserError(f"--inception-weights {cfg.inception_weights}: no such file")
+
+
+def fid_setup(cfg: EvalConfig):
+    """(inception, (mu, sigma) or None, metric name, reason) for the FID asked for, all checked before any
+    sampling. No FID asked for: (None, None, None, reason)."""
+    if not (cfg.fid_stats or cfg.fid_data):
+        return None, None, None, "no --fid-stats or --fid-data given"
+    from metrics.fid import load_stats
+    from models.inception import load_fid_inception
+
+    stats = None
+    if cfg.fid_stats:  # readable and the right shape before the Inception is even built
+        stats = load_stats(cfg.fid_stats)
+        if stats[0].shape != (FID_FEATURE_DIM,):
+            raise UserError(f"--fid-stats {cfg.fid_stats}: mu has shape {stats[0].shape}, but FID statistics are "
+                            f"{FID_FEATURE_DIM}-dimensional Inception pool3 features")
+    # Asked for FID: weights that are missing or cannot be downloaded are an error now, not after sampling.
+    inception = load_fid_inception(cfg.inception_weights, device=cfg.device)
+    if inception.is_fid_release:
+        return inception, stats, "fid", None
+    message = (f"{inception.weights_path} is not the FID Inception release (sha256 {inception.weights_sha256[:12]}..., "
+               f"the release's starts {FID_WEIGHTS_HASH_PREFIX}): the distance is reported as 'FD with custom Inception weights' "
+               f"(fd_custom_inception), not as FID")
+    warnings.warn(message, stacklevel=2)
+    print(f"[evaluate] warning: {message}")
+    return inception, stats, "fd_custom_inception", message
+
+
+def fid_reference_from_folder(cfg: EvalConfig, run_dir: Path, inception):
+    """(mu, sigma) of --fid-data, cached in the run folder and keyed by the folder and the weights."""
+    from metrics.fid import load_stats, save_stats, stats_for_folder
+
+    cached, key_file = run_dir / "fid_reference_stats.npz", run_dir / "fid_reference_stats.json"
+    key = {"fid_data": str(Path(cfg.fid_data).resolve()), "inception_sha256": inception.weights_sha256}
+    if cached.exists():
+        saved = json.loads(key_file.read_text()) if key_file.is_file() else None
+        if saved != key:
+            raise UserError(f"{cached} was computed from other data or Inception weights ({saved} vs {key}); "
+                            "evaluate into a new folder")
+        return load_stats(cached)
+    stats = stats_for_folder(cfg.fid_data, inception, device=cfg.device)
+    save_stats(cached, *stats)
+    write_json(key_file, key)
+    return stats
 
 
 def heldout_loss_fn(cfg: EvalConfig, image_size: int, schedule: Schedule):
@@ -82,30 +154,61 @@ def heldout_loss_fn(cfg: EvalConfig, image_size: int, schedule: Schedule):
     return HeldOutLoss(torch.stack([test[i] for i in range(n)]), schedule, draws=4, seed=1234), None
 
 
+# ----------------------------------------------------------------------------------------------- main
 def main(cfg: EvalConfig, resume: str | None = None) -> Path:
     """Evaluate ``cfg.models``; returns the run folder holding report.json, samples/ and grids."""
-    if not cfg.models:
-        raise ValueError("no model to evaluate: pass checkpoints (or run prune.py first for the default)")
+    validate(cfg)
+    if resume and not Path(resume).is_dir():
+        raise FileNotFoundError(f"--resume {resume}: no such evaluation folder")
+    if not resume:
+        cli.check_writable_dir(cfg.out, "--out")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
     if distributed:
         dist.init_process_group(backend="nccl" if cfg.device.startswith("cuda") else "gloo")
     rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
     seed_everything(cfg.sampler.seed)
     sources = list(dict.fromkeys((*cfg.models, *([cfg.reference] if cfg.reference else []))))
-    loaded = {src: load_with_info(src, ema=True, device=cfg.device) for src in sources}  # fail before writing
+    loaded = {}
+    for src in sources:  # every model loads before anything is written
+        loaded[src] = load_with_info(src, ema=True, device=cfg.device, preset=cfg.preset, norm_groups=cfg.norm_groups)
+        if rank == 0:
+            cli.print_load_notes(src, loaded[src][1], "evaluate")
+    inception, fid_stats, fid_name, fid_why = fid_setup(cfg) if rank == 0 else (None, None, None, None)
+    schedule = Schedule()
+    names = {src: f"{i}-{Path(src).stem}" for i, src in enumerate(sources)}
+    keys = {src: sampling_key(loaded[src][0], schedule, cfg.sampler) for src in sources}
+    lock = None
     if resume:
         run_dir = Path(resume)
-        if not run_dir.is_dir():
-            raise FileNotFoundError(f"--resume {run_dir}: no such evaluation folder")
+        if rank == 0:
+            lock = RunLock(run_dir, "evaluating into this folder").acquire()
+            for src in sources:  # before any sampling: same weights, same settings, or an error
+                claim_sample_folder(run_dir / names[src] / "samples", keys[src], write=False)
     else:
         box = [str(new_run_dir(cfg.out, "eval")) if rank == 0 else None]
         if distributed:
             dist.broadcast_object_list(box, src=0)
         run_dir = Path(box[0])
-    schedule = Schedule()
-    names = {src: f"{i}-{Path(src).stem}" for i, src in enumerate(sources)}
+        if rank == 0:
+            lock = RunLock(run_dir, "evaluating into this folder").acquire()
+    try:
+        return _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats, fid_name, fid_why,
+                         rank, world, distributed)
+    finally:
+        if lock is not None:
+            lock.release()
 
+
+def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats, fid_name, fid_why,
+              rank, world, distributed) -> Path:
     # 1. Sampling: every rank fills its share of every model's sample folder.
+    if rank == 0:
+        for src, name in names.items():
+            folder = run_dir / name / "samples"
+            claim_sample_folder(folder, keys[src])
+            remove_partial_samples(folder)
+    if distributed:
+        dist.barrier()
     timing = {}
     for src, name in names.items():
         model, _ = loaded[src]
@@ -119,7 +222,8 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
         return run_dir
 
     # 2. Metrics, on rank 0, from the PNGs on disk (so resumed and sharded runs measure the same images).
-    inception, fid_ref = fid_reference(cfg, run_dir)
+    if inception is not None and fid_stats is None:
+        fid_stats = fid_reference_from_folder(cfg, run_dir, inception)
     reference_images = load_samples(run_dir / names[cfg.reference] / "samples", cfg.num_samples) if cfg.reference else None
     rows, heldout_by_size = [], {}
     for src in cfg.models:
@@ -133,17 +237,19 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
         t = timing[src] if timing[src]["generated"] else measure_latency(model, schedule, cfg=cfg.sampler,
                                                                           batch=min(cfg.batch_size, 8), device=cfg.device)
         row = {"name": name, "source": src, "format": info["format"], "ema": info["ema"],
+               "weights_sha256": keys[src]["weights_sha256"],
                "params": macs.params, "params_M": macs.params / 1e6, "macs_paper": macs.macs_paper,
                "macs_paper_G": macs.macs_paper / 1e9, "macs_full": macs.macs_full, "macs_full_G": macs.macs_full / 1e9,
                "seconds_per_image": t["seconds_per_image"], "seconds_per_step": t["seconds_per_step"],
                "model_calls_per_image": t["model_calls_per_image"], "num_samples": cfg.num_samples,
-               "samples": str(folder), "grid": str(run_dir / name / "grid.png")}
+               "samples": str(folder), "grid": str(run_dir / name / "grid.png"), "fid": None}
         if inception is None:
-            row.update(fid=None, fid_skipped=fid_ref)
+            row.update(fid_skipped=fid_why)
         else:
             from metrics.fid import compute_stats, frechet_distance
             mu, sigma = compute_stats(images, inception, batch_size=50, device=cfg.device)
-            row.update(fid=frechet_distance(mu, sigma, *fid_ref), fid_skipped=None)
+            row.update({fid_name: frechet_distance(mu, sigma, *fid_stats), "fid_skipped": fid_why,
+                        "inception_weights_sha256": inception.weights_sha256})
         if reference_images is None:
             row.update(ssim_consistency=None, ssim_skipped="no --reference given")
         else:
@@ -162,59 +268,101 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
     for r in rows:
         for key in ("fid_skipped", "ssim_skipped", "heldout_skipped"):
             if r.get(key):
-                print(f"[evaluate] {r['name']}: {key.replace('_skipped', '')} skipped: {r[key]}")
+                print(f"[evaluate] {r['name']}: {key.replace('_skipped', '')}: {r[key]}")
     print(f"[evaluate] report: {run_dir / 'report.json'}")
     if distributed:
         dist.destroy_process_group()
     return run_dir
 
 
-def fid_stats_main(argv: list[str]) -> None:
+def fid_stats(cfg: FidStatsConfig) -> Path:
     """``evaluate.py fid-stats IMAGE_DIR --out stats.npz``: Inception statistics of an image folder."""
-    p = argparse.ArgumentParser(prog="evaluate.py fid-stats", description=fid_stats_main.__doc__)
-    p.add_argument("image_dir")
-    p.add_argument("--out", required=True, help="the .npz to write (keys mu, sigma; pytorch-fid compatible)")
-    p.add_argument("--inception-weights", default=None, help="pt_inception-2015-12-05-6726825d.pth (else cache/download)")
-    p.add_argument("--batch-size", type=int, default=50)
-    p.add_argument("--device", default="cpu")
-    a = p.parse_args(argv)
-    from metrics.fid import save_stats, stats_for_folder
+    from metrics.fid import list_images, save_stats, stats_for_folder
     from models.inception import load_fid_inception
 
-    inception = load_fid_inception(a.inception_weights, device=a.device)
-    mu, sigma = stats_for_folder(a.image_dir, inception, batch_size=a.batch_size, device=a.device)
-    save_stats(a.out, mu, sigma)
-    print(f"[evaluate] wrote {a.out}: mu {mu.shape}, sigma {sigma.shape}")
+    if not Path(cfg.image_dir).is_dir():
+        raise UserError(f"fid-stats {cfg.image_dir}: no such image folder")
+    if len(list_images(cfg.image_dir)) < 2:
+        raise UserError(f"fid-stats {cfg.image_dir}: fewer than 2 PNG/JPEG images (a covariance needs two)")
+    if cfg.inception_weights and not Path(cfg.inception_weights).is_file():
+        raise UserError(f"--inception-weights {cfg.inception_weights}: no such file")
+    cli.check_writable_dir(Path(cfg.out).parent, "--out")
+    inception = load_fid_inception(cfg.inception_weights, device=cfg.device)
+    if not inception.is_fid_release:
+        print(f"[evaluate] warning: {inception.weights_path} is not the FID Inception release; these statistics "
+              "only compare with others computed with the same weights")
+    mu, sigma = stats_for_folder(cfg.image_dir, inception, batch_size=cfg.batch_size, device=cfg.device)
+    save_stats(cfg.out, mu, sigma)
+    print(f"[evaluate] wrote {cfg.out}: mu {mu.shape}, sigma {sigma.shape}")
+    return Path(cfg.out)
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, str | None]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("models", nargs="*", help="checkpoints / diffusers folders / presets (default: the shipped "
-                                             "teacher and the latest runs/prune result)")
-    p.add_argument("--reference", default=None, help="model whose samples SSIM compares against (default: the teacher "
-                                                      "when evaluating the default)")
-    p.add_argument("--num-samples", type=int, default=64)
-    p.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim")
-    p.add_argument("--steps", type=int, default=100, help="DDIM steps")
-    p.add_argument("--skip-type", choices=("uniform", "quad"), default="uniform")
-    p.add_argument("--eta", type=float, default=0.0)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
+def run_command(cfg: EvalConfig | FidStatsConfig, resume: str | None = None):
+    """What ``python evaluate.py ...`` runs: one of the two subcommands."""
+    return fid_stats(cfg) if isinstance(cfg, FidStatsConfig) else main(cfg, resume)
+
+
+# ----------------------------------------------------------------------------------------------- command line
+COMMANDS = ("models", "fid-stats")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="evaluate.py", description=__doc__.split("\n")[0],
+                                epilog="`evaluate.py A.pt B.pt ...` is short for `evaluate.py models A.pt B.pt ...`")
+    sub = p.add_subparsers(dest="command", metavar="{models,fid-stats}")
+    m = sub.add_parser("models", help="evaluate models (the default subcommand)",
+                       description="Evaluate models: params, MACs, latency, FID, SSIM consistency, held-out loss.")
+    m.add_argument("models", nargs="*", help="checkpoints / diffusers folders / presets / hub names (default: the "
+                                             "shipped teacher and the latest runs/prune result)")
+    cli.add_loader_overrides(m)
+    m.add_argument("--reference", default=None, help="model whose samples SSIM compares against (default: the "
+                                                      "teacher when evaluating the default)")
+    m.add_argument("--num-samples", type=cli.positive_int, default=64, help="samples per model, >= 2 [default: 64]")
+    m.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="DDIM, or ancestral DDPM over all T steps")
+    m.add_argument("--steps", type=cli.positive_int, default=100, help="DDIM steps [default: 100]")
+    m.add_argument("--skip-type", choices=("uniform", "quad"), default="uniform",
+                   help="DDIM timestep spacing [default: uniform]")
+    m.add_argument("--eta", type=cli.finite_float, default=0.0, help="DDIM eta, >= 0; 0 is deterministic [default: 0]")
+    m.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
                    help="clamp x0 predictions to [-1, 1] at every step (default: off, as the paper; on for the "
                         "embedded default, whose small teacher needs it)")
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--fid-stats", default=None)
-    p.add_argument("--fid-data", default=None)
-    p.add_argument("--inception-weights", default=None)
-    p.add_argument("--data", choices=("shapes", "cifar10", "folder"), default="shapes")
-    p.add_argument("--data-root", default=None)
-    p.add_argument("--heldout-images", type=int, default=256)
-    p.add_argument("--out", default=str(RUNS_DIR / "eval"))
-    p.add_argument("--resume", default=None, help="an evaluation folder to complete (existing samples are kept)")
-    p.add_argument("--device", default="cpu")
-    a = p.parse_args(argv)
+    m.add_argument("--batch-size", type=cli.positive_int, default=64, help="sampling batch [default: 64]")
+    m.add_argument("--fid-stats", type=cli.npz_path, default=None,
+                   help="reference FID statistics (.npz with mu, sigma; e.g. from `evaluate.py fid-stats`)")
+    m.add_argument("--fid-data", default=None, help="... or an image folder to compute them from")
+    m.add_argument("--inception-weights", default=None,
+                   help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache, else downloaded). "
+                        "Other weights give 'FD with custom Inception weights', not FID")
+    cli.add_data_flags(m, help="held-out loss data")
+    m.add_argument("--heldout-images", type=cli.nonnegative_int, default=256,
+                   help="held-out images of the eps-MSE, 0 disables [default: 256]")
+    m.add_argument("--resume", default=None, help="an evaluation folder to complete: existing samples are kept when "
+                                                  "they were drawn by the same weights with the same settings")
+    cli.add_run_flags(m, out=str(RUNS_DIR / "eval"), seed_help="seed of every sample's noise (by index)")
+
+    f = sub.add_parser("fid-stats", help="Inception statistics (mu, sigma) of an image folder",
+                       description="Inception statistics of an image folder, pytorch-fid compatible .npz.")
+    f.add_argument("image_dir", help="folder of PNG/JPEG images (searched recursively)")
+    f.add_argument("--out", type=cli.npz_path, required=True, help="the .npz to write (keys mu, sigma)")
+    f.add_argument("--inception-weights", default=None,
+                   help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache, else downloaded)")
+    f.add_argument("--batch-size", type=cli.positive_int, default=50, help="Inception batch [default: 50]")
+    f.add_argument("--device", default="cpu", help="torch device [default: cpu]")
+    cli.add_debug_flag(f)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig | FidStatsConfig, str | None]:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
+        argv = ["models", *argv]  # the default subcommand
+    parser = build_parser()
+    a = parser.parse_args(argv)
+    if a.command == "fid-stats":
+        return FidStatsConfig(image_dir=a.image_dir, out=a.out, inception_weights=a.inception_weights,
+                              batch_size=a.batch_size, device=a.device), None
     if a.num_samples < 2:
-        p.error(f"--num-samples must be >= 2, got {a.num_samples}")
+        parser.error(f"--num-samples must be >= 2 (SSIM and FID need two), got {a.num_samples}")
     models, reference = tuple(a.models), a.reference
     if not models:  # the embedded default: the shipped teacher and the most recent pruned model
         pruned = latest_pruned_checkpoint()
@@ -228,14 +376,10 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig, str | None]:
     cfg = EvalConfig(models=models, reference=reference, num_samples=a.num_samples, sampler=sampler,
                      batch_size=a.batch_size, fid_stats=a.fid_stats, fid_data=a.fid_data,
                      inception_weights=a.inception_weights, data=a.data, data_root=a.data_root,
-                     heldout_images=a.heldout_images, out=a.out, device=a.device)
+                     heldout_images=a.heldout_images, preset=a.preset, norm_groups=a.norm_groups, out=a.out,
+                     device=a.device)
     return cfg, a.resume
 
 
 if __name__ == "__main__":
-    import sys
-
-    if len(sys.argv) > 1 and sys.argv[1] == "fid-stats":
-        fid_stats_main(sys.argv[2:])
-    else:
-        main(*parse_args())
+    sys.exit(cli.run(run_command, parse_args))

@@ -24,6 +24,7 @@ Every convolution is a ``BasicConv2d``: conv (no bias) -> BatchNorm(eps=0.001) -
 """
 from __future__ import annotations
 
+import hashlib
 import os
 from pathlib import Path
 from typing import Literal, Mapping
@@ -206,7 +207,7 @@ class FIDInceptionV3(nn.Module):
     """Images in [0, 1] -> 2048-d pool3 features, exactly as FID defines them.
 
     Attribute names and registration order equal the state-dict layout of the pytorch-fid weights file
-    (``shared/reference/fid_inception_layout.txt``), so ``load_state_dict(..., strict=True)`` works.
+    (``tests/data/reference/fid_inception_layout.txt``), so ``load_state_dict(..., strict=True)`` works.
     Build with ``load_fid_inception`` to get the real weights and eval mode.
     """
 
@@ -301,6 +302,20 @@ def _find_or_download_weights(weights_path: str | os.PathLike | None, *, downloa
     return cached
 
 
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def is_fid_release(sha256: str) -> bool:
+    """Whether a weights file's SHA-256 is the FID release's (its file name carries the hash prefix)."""
+    return sha256.startswith(FID_WEIGHTS_HASH_PREFIX)
+
+
 def load_fid_inception(weights_path: str | os.PathLike | None = None, *, device: str | torch.device = "cpu",
                        download: bool = True) -> FIDInceptionV3:
     """Build the FID Inception-v3 with the pytorch-fid weights, in eval mode, on ``device``.
@@ -309,6 +324,9 @@ def load_fid_inception(weights_path: str | os.PathLike | None = None, *, device:
     (``fid_weights_cache_path()``), else downloads them there (``download=True``). Raises
     InceptionWeightsUnavailable with instructions when none of these works, and InceptionWeightsMismatch
     naming the offending tensors when the file is not this network's state dict.
+
+    The model carries ``weights_path``, ``weights_sha256`` and ``is_fid_release``: a distance computed with
+    weights that are not the release file is not FID (callers name it "FD with custom Inception weights").
     """
     path = _find_or_download_weights(weights_path, download=download)
     try:
@@ -322,4 +340,7 @@ def load_fid_inception(weights_path: str | os.PathLike | None = None, *, device:
     model = FIDInceptionV3()
     check_state_dict(model, state_dict, source=str(path))
     model.load_state_dict(state_dict, strict=True)
+    model.weights_path = str(path)
+    model.weights_sha256 = file_sha256(path)
+    model.is_fid_release = is_fid_release(model.weights_sha256)
     return model.to(device).eval()

@@ -86,16 +86,19 @@ def test_fid_with_a_supplied_inception_file_and_fid_stats_command(tmp_path):
     for i in range(5):
         Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(images / f"{i}.png")
     stats = tmp_path / "stats.npz"
-    evaluate.fid_stats_main([str(images), "--out", str(stats), "--inception-weights", str(weights)])
+    evaluate.run_command(*evaluate.parse_args(["fid-stats", str(images), "--out", str(stats),
+                                               "--inception-weights", str(weights)]))
     with np.load(stats) as f:
         assert f["mu"].shape == (2048,) and f["sigma"].shape == (2048, 2048)
     model = small_model(tmp_path / "m.pt", 0)
     run = evaluate.main(config(tmp_path, [model], fid_stats=str(stats), inception_weights=str(weights)))
     row = json.loads((run / "report.json").read_text())["models"][0]
-    assert row["fid_skipped"] is None and np.isfinite(row["fid"]) and row["fid"] > 0
+    # Random weights are not the FID release: the number is a Frechet distance under another name.
+    assert row["fid"] is None and np.isfinite(row["fd_custom_inception"]) and row["fd_custom_inception"] > 0
+    assert "not the FID Inception release" in row["fid_skipped"]
 
 
-def test_missing_inception_weights_skip_fid_with_a_reason(tmp_path, monkeypatch):
+def test_missing_inception_weights_are_an_error_before_sampling(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
     import models.inception as inception
 
@@ -106,10 +109,9 @@ def test_missing_inception_weights_skip_fid_with_a_reason(tmp_path, monkeypatch)
     model = small_model(tmp_path / "m.pt", 0)
     stats = tmp_path / "s.npz"
     np.savez(stats, mu=np.zeros(2048), sigma=np.eye(2048))
-    run = evaluate.main(config(tmp_path, [model], fid_stats=str(stats)))
-    row = json.loads((run / "report.json").read_text())["models"][0]
-    assert row["fid"] is None and "unavailable" in row["fid_skipped"]
-    assert inception.FID_WEIGHTS_FILENAME in row["fid_skipped"] or "weights" in row["fid_skipped"]
+    with pytest.raises(inception.InceptionWeightsUnavailable, match=inception.FID_WEIGHTS_URL):
+        evaluate.main(config(tmp_path, [model], fid_stats=str(stats)))
+    assert not (tmp_path / "eval").exists()  # nothing sampled or written
 
 
 def test_bad_arguments(tmp_path):
