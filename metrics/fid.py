@@ -197,8 +197,11 @@ class ImageFolder(Dataset):
         return len(self.paths)
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        with Image.open(self.paths[index]) as img:
-            pixels = np.asarray(img.convert("RGB"), dtype=np.float32)  # (H, W, 3), 0..255
+        try:
+            with Image.open(self.paths[index]) as img:
+                pixels = np.asarray(img.convert("RGB"), dtype=np.float32)  # (H, W, 3), 0..255
+        except (OSError, SyntaxError, ValueError) as e:  # PIL's errors for truncated / corrupt files
+            raise OSError(f"metrics/fid.py: cannot read image {self.paths[index]}: {e}") from None
         return torch.from_numpy(pixels).permute(2, 0, 1) / 255.0  # (3, H, W)
 
 

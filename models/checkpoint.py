@@ -10,7 +10,8 @@
       "meta": {...},                          # free-form, JSON-like: run config, versions, pruning report
     }
 
-A pruned model is exactly this with the pruned width table: no pickled module (STYLE.md practice 5).
+A pruned model is exactly this with the pruned width table: no pickled module, so loading needs no code
+from the run that wrote it and ``weights_only=True`` can refuse anything else.
 Writes are atomic (temp file + rename in the same folder), so an interrupted save never corrupts the
 previous checkpoint.
 """
@@ -71,6 +72,27 @@ def save_checkpoint(path: str | os.PathLike, *, config: ModelConfig, state_dict:
     atomic_torch_save(ckpt, path)
 
 
+def sniff_not_torch_file(path: str | os.PathLike) -> str | None:
+    """Why ``path`` cannot be a torch.save file, judged from its first bytes, or None when it may be one.
+
+    torch.save writes a zip archive (``PK\x03\x04``) or, in the legacy format, a pickle (``\x80``); an
+    empty file, a text file or any other header is named here so the error says what the file is.
+    """
+    with open(path, "rb") as f:
+        head = f.read(64)
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04") or head[:1] == b"\x80":
+        return None
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"it is not a torch.save file (it starts with bytes {head[:8]!r})"
+    if all(c.isprintable() or c in "\r\n\t" for c in text):
+        return f"it is a text file, not a torch.save file (it starts with {text.strip()[:40]!r})"
+    return f"it is not a torch.save file (it starts with bytes {head[:8]!r})"
+
+
 def is_project_checkpoint(obj: Any) -> bool:
     return isinstance(obj, Mapping) and obj.get("format") == FORMAT
 
@@ -80,6 +102,9 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    why = sniff_not_torch_file(path)
+    if why:
+        raise ValueError(f"cannot read checkpoint {path}: {why}")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # corrupt file, or a pickle that is not plain tensors/containers

@@ -9,10 +9,12 @@
 ``source`` is recognised in this order:
   1. a ``str`` that is a preset name (models.config.PRESETS). A file named like a preset can be loaded
      as ``Path("tiny")`` or ``"./tiny"``.
-  2. a folder: a diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.safetensors, else
+  2. a Hugging Face repository id ("owner/name", e.g. google/ddpm-cifar10-32) that is not a local path:
+     downloaded once into the standard cache (models/hub.py), then read as the diffusers folder it is.
+  3. a folder: a diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.safetensors, else
      .bin), or a diffusers pipeline folder (model_index.json) whose unet/ subfolder is one.
-  3. a ``diffusion_pytorch_model.*`` file next to a config.json: that diffusers folder, with this file.
-  4. any other file (torch.save or .safetensors): a diffprune checkpoint when it says so ('format':
+  4. a ``diffusion_pytorch_model.*`` file next to a config.json: that diffusers folder, with this file.
+  5. any other file (torch.save or .safetensors): a diffprune checkpoint when it says so ('format':
      'diffprune', models/checkpoint.py), else a DDIM-codebase checkpoint (plain state dict, maybe with
      DataParallel's 'module.' prefix, or the list [model, optimizer, epoch, step, ema]) in DDIM or diffusers
      tensor names, whose architecture is read from the weights (models/convert.py, infer_ddim_config).
@@ -40,16 +42,18 @@ from typing import Any, Mapping
 import torch
 from torch.torch_version import TorchVersion
 
-from models.checkpoint import check_state_dict, is_project_checkpoint, validate_checkpoint
+from models.checkpoint import check_state_dict, is_project_checkpoint, sniff_not_torch_file, validate_checkpoint
 from models.config import PRESETS, ModelConfig, preset as get_preset
 from models.convert import (config_from_diffusers, diffusers_to_ddim, infer_ddim_config, is_diffusers_naming,
                             is_tensor_dict, topology_mismatches, unpack_ddim_checkpoint, with_image_size)
+from models.hub import HUB_URL, fetch, looks_like_hub_name
 from models.unet import UNet, count_parameters
 
 # In the order diffusers itself prefers them.
 DIFFUSERS_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")
 EXPECTED = ("a preset name ({presets}), a diffprune checkpoint, a DDIM-codebase checkpoint (.ckpt/.pth/.pt), "
-            "or a diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.safetensors or .bin)")
+            "a diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.safetensors or .bin) "
+            "or a Hugging Face repository id such as google/ddpm-cifar10-32")
 
 
 def load(source: str | os.PathLike, *, ema: bool = True, preset: str | None = None, image_size: int | None = None,
@@ -69,7 +73,7 @@ def load_with_info(source: str | os.PathLike, *, ema: bool = True, preset: str |
                    device: str | torch.device = "cpu", seed: int = 0) -> tuple[UNet, dict[str, Any]]:
     """``load`` plus a dict describing what was loaded:
 
-    format      "preset" | "diffprune" | "ddim" | "diffusers-state-dict" | "diffusers"
+    format      "preset" | "diffprune" | "ddim" | "diffusers-state-dict" | "diffusers" | "diffusers-hub"
     source      the preset name or the path that was read
     ema         True (EMA weights), False (raw weights), None (one set of weights, kind not recorded)
     weights     which entry or file the weights came from, in words
@@ -81,6 +85,11 @@ def load_with_info(source: str | os.PathLike, *, ema: bool = True, preset: str |
     overrides = dict(preset_name=preset, image_size=image_size, norm_groups=norm_groups, dropout=dropout)
     if isinstance(source, str) and source in PRESETS:
         config, state_dict, info = _from_preset(source, seed=seed, **overrides)
+    elif looks_like_hub_name(source):
+        folder = fetch(source)
+        config, state_dict, info = _from_diffusers(_diffusers_folder(folder), None, **overrides)
+        info.update(format="diffusers-hub", source=str(source), weights=f"{info['weights']} of {HUB_URL}/{source}",
+                    local_folder=str(folder))
     else:
         path = Path(source)
         if path.is_dir():
@@ -165,6 +174,14 @@ def _from_project(obj: Mapping[str, Any], path: Path, *, ema: bool, preset_name:
     # The checks of checkpoint.read_checkpoint, on the object already in memory (a second torch.load
     # of a training checkpoint would read weights, EMA and optimizer state twice).
     validate_checkpoint(obj, path)
+    if not isinstance(obj["model_config"], Mapping):
+        raise ValueError(f"{path}: model_config must be a dict, found {type(obj['model_config']).__name__}")
+    _check_types(obj["model_config"], f"{path}: model_config", PROJECT_INTS, PROJECT_INT_LISTS, PROJECT_NUMBERS)
+    widths = obj["model_config"].get("widths", {})
+    widths = widths.items() if isinstance(widths, Mapping) else widths
+    for item in widths:
+        if not (isinstance(item, (list, tuple)) and len(item) == 2 and _is_int(item[1])):
+            raise ValueError(f"{path}: model_config widths entry {item!r} must be a layer name and an integer width")
     try:
         config = ModelConfig.from_dict(obj["model_config"])
     except (TypeError, ValueError) as e:
@@ -220,6 +237,7 @@ def _from_diffusers(folder: Path, weights: Path | None, *, preset_name: str | No
         raise ValueError(f"cannot read {config_path}: {e}") from e
     if not isinstance(cfg, dict):
         raise ValueError(f"{config_path}: expected a JSON object, found {type(cfg).__name__}")
+    _check_types(cfg, str(config_path), DIFFUSERS_INTS, DIFFUSERS_INT_LISTS, DIFFUSERS_NUMBERS)
     if weights is None:
         weights = next((folder / n for n in DIFFUSERS_WEIGHT_FILES if (folder / n).is_file()), None)
         if weights is None:
@@ -238,6 +256,41 @@ def _from_diffusers(folder: Path, weights: Path | None, *, preset_name: str | No
     return config, state_dict, info
 
 
+# ----------------------------------------------------------------------------------------------- field types
+# Fields that must be JSON integers (a string, a fraction or null is an error naming the file and key,
+# not an int() traceback or a silently truncated 2.5).
+PROJECT_INTS = ("image_size", "in_channels", "out_channels", "ch", "num_res_blocks", "num_heads", "norm_groups")
+PROJECT_INT_LISTS = ("ch_mult", "attn_resolutions")
+PROJECT_NUMBERS = ("dropout", "norm_eps")
+DIFFUSERS_INTS = ("in_channels", "out_channels", "layers_per_block", "norm_num_groups", "sample_size",
+                  "attention_head_dim?", "time_embedding_dim?", "attn_norm_num_groups?")
+DIFFUSERS_INT_LISTS = ("block_out_channels",)
+DIFFUSERS_NUMBERS = ("norm_eps", "dropout")
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _check_types(d: Mapping[str, Any], source: str, ints, int_lists, numbers) -> None:
+    """Every present key of ``ints`` (``?``: null allowed) holds an integer, of ``int_lists`` a list of
+    integers, of ``numbers`` a number; else a ValueError naming the source and the key."""
+    for spec in ints:
+        key, nullable = spec.rstrip("?"), spec.endswith("?")
+        if key not in d or (nullable and d[key] is None):
+            continue
+        v = d[key]
+        ok = _is_int(v) or (key == "sample_size" and isinstance(v, list) and all(_is_int(x) for x in v))
+        if not ok:
+            raise ValueError(f"{source}: key {key!r} must be an integer, found {v!r}")
+    for key in int_lists:
+        if key in d and not (isinstance(d[key], (list, tuple)) and all(_is_int(x) for x in d[key])):
+            raise ValueError(f"{source}: key {key!r} must be a list of integers, found {d[key]!r}")
+    for key in numbers:
+        if key in d and not (isinstance(d[key], (int, float)) and not isinstance(d[key], bool)):
+            raise ValueError(f"{source}: key {key!r} must be a number, found {d[key]!r}")
+
+
 # ----------------------------------------------------------------------------------------------- file reading
 def _read_file(path: Path) -> Any:
     """The object in a torch.save or safetensors file, read without executing pickled code."""
@@ -248,6 +301,9 @@ def _read_file(path: Path) -> Any:
             return load_file(str(path), device="cpu")
         except Exception as e:  # safetensors raises its own error types; name the file whatever they are
             raise ValueError(f"cannot read {path} as a safetensors file: {e}") from e
+    why = sniff_not_torch_file(path)
+    if why:
+        raise ValueError(f"cannot read model {path}: {why}. Expected {EXPECTED.format(presets=', '.join(sorted(PRESETS)))}")
     try:
         # torch.__version__ is a TorchVersion (a str subclass) that weights_only refuses by default; checkpoints
         # that stored it unconverted in their meta are still plain data, so that one class is allowed.
