@@ -150,7 +150,7 @@ def main(cfg: PruneConfig) -> Path:
     return run
 
 
-def parse_args(argv: list[str] | None = None) -> PruneConfig:
+def build_parser() -> argparse.ArgumentParser:
     d = PruneConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     cli.add_model_flags(p, default=d.model, help="model to prune: a preset, a diffprune / DDIM-codebase checkpoint, "
@@ -186,6 +186,11 @@ def parse_args(argv: list[str] | None = None) -> PruneConfig:
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=d.clip_x0,
                    help="clamp x0 predictions to [-1, 1] in the sample grids")
     cli.add_run_flags(p, out=d.out, seed_help="seed of the gradient batch, the random criteria and the grids' noise")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> PruneConfig:
+    p = build_parser()
     a = p.parse_args(argv)
     try:
         check_arguments(a.method, a.ratio, a.thr, a.scope)

@@ -399,9 +399,7 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
     return run_dir
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
-    """(config, resume) from the command line. With --resume only --steps and --device may be given: the
-    run continues with the config it saved."""
+def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], argument_default=argparse.SUPPRESS)
     p.add_argument("--model", help="preset name (train from scratch) or any checkpoint / diffusers folder / hub "
@@ -438,6 +436,14 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
     cli.add_run_flags(p, out=d.out)
     p.add_argument("--resume", help="a run folder (or its checkpoints/latest.pt) to continue exactly, with its "
                                     "saved config; only --steps (the total) and --device may be given")
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
+    """(config, resume) from the command line. With --resume only --steps and --device may be given: the
+    run continues with the config it saved."""
+    d = TrainConfig()
+    p = build_parser()
     args = vars(p.parse_args(argv))
     args.pop("debug", None)
     resume = args.pop("resume", None)
