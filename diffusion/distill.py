@@ -116,7 +116,9 @@ class Distiller(nn.Module):
             if v < 0:
                 raise ValueError(f"lambda_{k} must be >= 0, got {v}")
         self.mode = mode
-        self.teacher = [teacher.eval().requires_grad_(False)]  # a list: not a submodule, never saved or trained
+        # A list: not a submodule, so never saved, moved or trained with the projections. It runs in eval mode
+        # under no_grad (forward), so no gradient reaches it; its requires_grad flags are left as the caller set them.
+        self.teacher = [teacher.eval()]
         self.taps = stage_taps(student.config) if mode.startswith("feature") else {}
         self.proj = nn.ModuleDict()
         if self.taps:

@@ -81,7 +81,7 @@ def test_pruned_student_gets_taps_and_projections():
     assert set(logs) >= {"loss_task", "kd_out", "kd_feat", "kd_feat/down.0", "kd_feat/mid", "kd_feat/up.0"}
     total.backward()
     assert d.proj["up_0"].weight.grad is not None
-    assert all(p.grad is None for p in teacher.parameters())
+    assert all(p.grad is None for p in teacher.parameters())  # no_grad: nothing flows into the teacher
 
 
 def test_teacher_of_another_architecture_is_an_error():

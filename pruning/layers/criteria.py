@@ -169,7 +169,10 @@ def taylor_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInputs) -
         raise ValueError("criterion 'taylor' needs data: a batch of clean training images (x0)")
     params = [p for p in model.parameters()]
     saved = [None if p.grad is None else p.grad.clone() for p in params]  # leave the caller's grads as they were
+    flags = [p.requires_grad for p in params]  # a frozen model (a teacher) is scored too, then frozen again
     try:
+        for p in params:
+            p.requires_grad_(True)
         accumulate_gradients(model, inputs.schedule or Schedule(), inputs.x0, thr=inputs.thr,
                              micro_batch=inputs.micro_batch, generator=torch.Generator().manual_seed(inputs.seed),
                              max_timesteps=inputs.max_timesteps, progress=False)
@@ -185,8 +188,9 @@ def taylor_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInputs) -
             scores[u.path] = total
         return scores
     finally:
-        for p, g in zip(params, saved):
+        for p, g, flag in zip(params, saved, flags):
             p.grad = g
+            p.requires_grad_(flag)
 
 
 LayerCriterion = Callable[[UNet, Sequence[Unit], CriterionInputs], dict]
