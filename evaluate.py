@@ -177,21 +177,18 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
     schedule = Schedule()
     names = {src: f"{i}-{Path(src).stem}" for i, src in enumerate(sources)}
     keys = {src: sampling_key(loaded[src][0], schedule, cfg.sampler) for src in sources}
-    lock = None
     if resume:
         run_dir = Path(resume)
-        if rank == 0:
-            lock = RunLock(run_dir, "evaluating into this folder").acquire()
-            for src in sources:  # before any sampling: same weights, same settings, or an error
-                claim_sample_folder(run_dir / names[src] / "samples", keys[src], write=False)
     else:
         box = [str(new_run_dir(cfg.out, "eval")) if rank == 0 else None]
         if distributed:
             dist.broadcast_object_list(box, src=0)
         run_dir = Path(box[0])
-        if rank == 0:
-            lock = RunLock(run_dir, "evaluating into this folder").acquire()
+    lock = RunLock(run_dir, "evaluating into this folder").acquire() if rank == 0 else None
     try:
+        if resume and rank == 0:
+            for src in sources:  # before any sampling: same weights, same settings, or an error
+                claim_sample_folder(run_dir / names[src] / "samples", keys[src], write=False)
         return _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats, fid_name, fid_why,
                          rank, world, distributed)
     finally:
