@@ -206,17 +206,18 @@ def ddpm_sample(model: nn.Module, schedule: Schedule, x_T: torch.Tensor, *, vari
     return x_t
 
 
-@torch.no_grad()
 def sample(model: nn.Module, schedule: Schedule, *, indices: Sequence[int], seed: int,
            image_shape: Sequence[int], sampler: str = "ddim", steps: int | None = None,
            skip_type: str = "uniform", eta: float = 0.0, variance: str = "beta", batch_size: int = 64,
            device: torch.device | str = "cpu", clip_x0: bool = False, progress: bool = False) -> torch.Tensor:
-    """Generate the samples with global ``indices`` of run ``seed``, batch by batch, without gradients.
+    """Generate the samples with global ``indices`` of run ``seed``, batch by batch, under
+    ``torch.inference_mode`` (no autograd bookkeeping at all; the returned tensor is an ordinary one).
 
     Sample i depends only on (model, seed, i, sampler settings): its x_T and step noise come from
     ``IndexedNoise(seed, [i])``, so any split of ``indices`` into batches, shards or resumed runs gives the
     same images, and two models given the same seed start from the same x_T. The caller puts the model on
-    ``device`` and in eval mode.
+    ``device`` and in eval mode. ``model`` may be a ``models.runtime.Runner`` (channels-last, compiled or
+    bf16 forward).
 
     image_shape: (C, H, W).
     sampler:     "ddim" (``steps`` DDIM steps, default 100, with ``skip_type`` and ``eta``) or "ddpm" (all T
@@ -236,10 +237,12 @@ def sample(model: nn.Module, schedule: Schedule, *, indices: Sequence[int], seed
     out = [torch.empty((0, *image_shape))]
     for start in tqdm(range(0, len(indices), batch_size), desc="sampling", disable=not progress):
         noise = IndexedNoise(seed, indices[start:start + batch_size])
-        x_T = noise.randn(image_shape, device=device)  # (b, C, H, W), the first draw of each stream
-        if sampler == "ddim":
-            x_0 = ddim_sample(model, schedule, x_T, timesteps, eta=eta, noise_fn=noise, clip_x0=clip_x0)
-        else:
-            x_0 = ddpm_sample(model, schedule, x_T, variance=variance, noise_fn=noise, clip_x0=clip_x0)
-        out.append(x_0.clamp(-1.0, 1.0).float().cpu())
+        with torch.inference_mode():
+            x_T = noise.randn(image_shape, device=device)  # (b, C, H, W), the first draw of each stream
+            if sampler == "ddim":
+                x_0 = ddim_sample(model, schedule, x_T, timesteps, eta=eta, noise_fn=noise, clip_x0=clip_x0)
+            else:
+                x_0 = ddpm_sample(model, schedule, x_T, variance=variance, noise_fn=noise, clip_x0=clip_x0)
+            out.append(x_0.clamp(-1.0, 1.0).float().cpu())
+    # Outside inference mode: cat makes an ordinary tensor, which callers may modify in place or use in autograd.
     return torch.cat(out)

@@ -168,7 +168,7 @@ def read_png(path: Path) -> np.ndarray:
                          "to draw it again)") from None
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def measure_latency(model: nn.Module, schedule: Schedule, *, cfg: SamplerConfig, batch: int, device: str) -> dict:
     """Time one batch of sampling (used when every sample was already on disk). Returns seconds per image/step."""
     c = model.config

@@ -63,11 +63,14 @@ class ResBlock(nn.Module):
         self.nin_shortcut = nn.Conv2d(in_ch, out_ch, 1) if shortcut else None
 
     def forward(self, x: torch.Tensor, temb: torch.Tensor) -> torch.Tensor:
-        h = self.conv1(F.silu(self.norm1(x)))  # (B, mid, H, W)
-        h = h + self.temb_proj(F.silu(temb))[:, :, None, None]  # time conditioning, broadcast over H, W
-        h = self.conv2(self.dropout(F.silu(self.norm2(h))))  # (B, out, H, W)
-        skip = x if self.nin_shortcut is None else self.nin_shortcut(x)
-        return skip + h
+        # The in-place ops only overwrite tensors created just above (GroupNorm and conv outputs, whose
+        # backward does not read them), never x: each saves allocating and first touching a fresh
+        # activation, which on a CPU costs about as much as the SiLU itself (docs/PERFORMANCE.md).
+        h = self.conv1(F.silu(self.norm1(x), inplace=True))  # (B, mid, H, W)
+        h += self.temb_proj(F.silu(temb))[:, :, None, None]  # time conditioning, broadcast over H, W
+        h = self.conv2(self.dropout(F.silu(self.norm2(h), inplace=True)))  # (B, out, H, W)
+        h += x if self.nin_shortcut is None else self.nin_shortcut(x)  # the residual add
+        return h
 
 
 class AttnBlock(nn.Module):
@@ -96,14 +99,19 @@ class AttnBlock(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, _, H, W = x.shape
         h = self.norm(x)
-        # Split channels head-major into (num_heads, head_dim); -1 is the per-head width.
-        q = self.q(h).reshape(B, self.num_heads, -1, H * W)  # (B, nh, dq, N)
-        k = self.k(h).reshape(B, self.num_heads, -1, H * W)  # (B, nh, dq, N)
-        v = self.v(h).reshape(B, self.num_heads, -1, H * W)  # (B, nh, dv, N)
-        w = torch.matmul(q.transpose(-1, -2), k) * self.scale  # (B, nh, N, N): w[i, j] = q_i . k_j
-        w = torch.softmax(w, dim=-1)
-        out = torch.matmul(v, w.transpose(-1, -2))  # (B, nh, dv, N): out_i = sum_j w[i, j] v_j
-        out = out.reshape(B, -1, H, W)  # (B, nh * dv, H, W)
+        # Split channels head-major into (num_heads, head_dim) (-1 is the per-head width), then view the
+        # positions as rows: (B, nh, N, d). Views only; the attention kernel reads the strides.
+        q = self.q(h).reshape(B, self.num_heads, -1, H * W).transpose(-1, -2)  # (B, nh, N, dq)
+        k = self.k(h).reshape(B, self.num_heads, -1, H * W).transpose(-1, -2)  # (B, nh, N, dq)
+        v = self.v(h).reshape(B, self.num_heads, -1, H * W).transpose(-1, -2)  # (B, nh, N, dv)
+        # out_i = sum_j softmax_j(q_i . k_j * scale) v_j (Vaswani et al. eq. 1), fused: the (N, N) weights
+        # are never written out. The scale is passed explicitly: SDPA's default 1/sqrt(dq) is the
+        # "pruned" temperature, wrong for attn_scale="dense".
+        out = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # (B, nh, N, dv)
+        # Back to (B, nh * dv, H, W): a view for one head (then in channels-last memory order), a copy for several.
+        out = out.transpose(-1, -2).reshape(B, -1, H, W)
+        # Residual add out of place and x first, so the result keeps x's memory format whatever the SDPA
+        # output's layout was.
         return x + self.proj_out(out)
 
 

@@ -236,7 +236,7 @@ class UNet(nn.Module):
                     h = level.attn[j](h)
             if level.upsample is not None:
                 h = level.upsample(h)
-        return self.conv_out(F.silu(self.norm_out(h)))
+        return self.conv_out(F.silu(self.norm_out(h), inplace=True))  # in place on the fresh GroupNorm output
 
 
 class _Level(nn.Module):
