@@ -38,8 +38,8 @@ DIFFUSERS_CONFIG = {
 
 @pytest.fixture(scope="module")
 def golden():
-    if not GOLDEN.is_file():
-        pytest.skip(f"golden data not found at {GOLDEN} (tests/data/golden is part of the repository)")
+    # Part of the repository (tests/data/golden/README.md): a missing file is a failure, never a skip.
+    assert GOLDEN.is_file(), f"golden data not found at {GOLDEN} (tests/data/golden is part of the repository)"
     return torch.load(GOLDEN, map_location="cpu", weights_only=True)
 
 

@@ -1,7 +1,7 @@
 """Known answers and invariants for the FID Inception, the Frechet distance, stats files and SSIM.
 
-Golden data (``tests/data/golden``, see its README) come from pytorch-fid and pytorch_msssim; tests that need
-them skip where the folder is absent. The Inception is checked with the README's RECIPE weights because
+Golden data (``tests/data/golden``, see its README) come from pytorch-fid and pytorch_msssim; they ship with
+the repository, so a missing file fails the test instead of skipping it. The Inception is checked with the README's RECIPE weights because
 the real weights file cannot be fetched here; no test touches the network.
 """
 from __future__ import annotations
@@ -28,15 +28,14 @@ LAYOUT = DATA / "reference" / "fid_inception_layout.txt"
 
 def golden(name: str) -> np.lib.npyio.NpzFile:
     path = GOLDEN / name
-    if not path.is_file():
-        pytest.skip(f"golden file {path} is absent (tests/data/golden is part of the repository)")
+    # Part of the repository (tests/data/golden/README.md): a missing file is a failure, never a skip.
+    assert path.is_file(), f"golden file {path} is absent (tests/data/golden is part of the repository)"
     return np.load(path)
 
 
 def read_layout() -> list[tuple[str, tuple[int, ...]]]:
     """(name, shape) per line of the reference layout, in file order."""
-    if not LAYOUT.is_file():
-        pytest.skip(f"reference layout {LAYOUT} is absent")
+    assert LAYOUT.is_file(), f"reference layout {LAYOUT} is absent (tests/data/reference is part of the repository)"
     layout = []
     for line in LAYOUT.read_text().splitlines():
         if not line.strip() or line.startswith("#"):
