@@ -5,9 +5,9 @@
     python train.py --resume runs/train/00001-.../checkpoints/latest.pt            # continue exactly
     torchrun --nproc_per_node 2 train.py ...          # data parallel (gloo on CPU, nccl on GPU)
 
-The recipe follows the DDIM codebase / Diff-Pruning (diffpruning.md section 4): Adam, constant lr after
-an optional linear warm-up, grad-norm clipping, EMA from step 0, antithetic timesteps, random flips,
-eps-prediction loss summed over pixels.
+The recipe follows the DDIM codebase and Diff-Pruning (ermongroup/ddim and VainF/Diff-Pruning's ddpm_exp,
+configs/cifar10.yml and runners/diffusion.py): Adam, constant lr after an optional linear warm-up, grad-norm
+clipping, EMA from step 0, antithetic timesteps, random flips, eps-prediction loss summed over pixels.
 
 Determinism: the data order, timesteps, noise and flips of step s are pure functions of (seed, s) and
 of generator states saved in every checkpoint, and the GLOBAL batch is drawn identically on every rank

@@ -7,7 +7,8 @@ For each method (random, magnitude, taylor, diff-pruning, scratch) the teacher i
 #params, MACs (paper convention), the held-out denoising loss (eps-MSE on fixed (x0, t, eps) triples from
 the shapes test split) and SSIM consistency to the teacher (deterministic DDIM, 50 steps, x0 clipped to
 [-1, 1], same initial noise), as the paper's Table 1 does with FID and SSIM. Without fine-tuning this is the paper's
-"prune, then compare with the dense model" ablation (diffpruning.md 6.4). FID is not measured: the FID
+"prune, then compare with the dense model" ablation (the SSIM-of-the-unfine-tuned-model curves of
+VainF/Diff-Pruning's draw_ssim_pruned_curve.py). FID is not measured: the FID
 Inception weights cannot be downloaded on the machine this ran on.
 
 Prints a table and writes benchmarks/results/methods_tiny.json and .md.

@@ -1,5 +1,6 @@
-"""Datasets. Every dataset returns unaugmented float tensors (C, H, W) in [-1, 1]; the training loop
-applies the random horizontal flip with its own generator (``data.transforms.random_hflip``)."""
+"""Datasets. Every dataset returns unaugmented float tensors (C, H, W) in [-1, 1]; train.py applies the
+random horizontal flip itself: one mask per GLOBAL batch from its saved generator, sliced by rank like
+the batch, so resumed and data-parallel runs draw exactly the same flips."""
 from __future__ import annotations
 
 from torch.utils.data import Dataset

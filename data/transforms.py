@@ -1,13 +1,13 @@
-"""Pixel conversions, PIL crops/resizes and the batch-level random flip shared by every dataset.
+"""Pixel conversions and PIL crops/resizes shared by every dataset.
 
 Conventions (fixed for the whole project):
 
 * A dataset item is ONE float32 tensor (C, H, W) in [-1, 1]:  x = 2 * (u / 255) - 1  for uint8 pixels u.
   This equals torchvision's ``ToTensor()`` + ``Normalize(0.5, 0.5)`` bit for bit: (u/255 - 0.5) / 0.5 rounds
   once, like 2 * (u/255) - 1, because multiplying by 2 is exact in floating point.
-* Datasets never augment. The training loop calls :func:`random_hflip` on whole batches with its own
-  ``torch.Generator``, so a resumed run draws exactly the flips the uninterrupted run would have drawn
-  (a DataLoader worker's private RNG would not be saved in the checkpoint).
+* Datasets never augment. train.py flips whole batches itself with its own ``torch.Generator``, so a
+  resumed run draws exactly the flips the uninterrupted run would have drawn (a DataLoader worker's
+  private RNG would not be saved in the checkpoint).
 
 Resizing follows torchvision's ``Resize(size)`` default on PIL images, i.e. ``PIL.Image.resize`` with
 ``BILINEAR``, because that is what the pipelines we compare against use (the DDIM codebase's CelebA and
@@ -122,23 +122,3 @@ def celeba_crop(img: Image.Image) -> Image.Image:
         raise ValueError(f"celeba_crop: image of size {w}x{h} (WxH) does not contain the box {CELEBA_CROP_BOX} "
                          f"(left, top, right, bottom); expected an aligned CelebA image (178x218)")
     return img.crop(CELEBA_CROP_BOX)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Batch augmentation (training loop only)
-# ----------------------------------------------------------------------------------------------------
-
-def random_hflip(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Flip each sample of a batch left-right independently with probability 0.5.
-
-    :param x: (B, C, H, W) batch.
-    :param generator: the training loop's generator; exactly one ``torch.rand(B)`` draw is consumed per
-        call, so the flip pattern depends only on the generator state (saved in checkpoints).
-    :return: a new (B, C, H, W) tensor; flipped rows equal ``x[i].flip(-1)``.
-    """
-    if x.ndim != 4:
-        raise ValueError(f"random_hflip: expected a (B, C, H, W) batch, got shape {tuple(x.shape)}")
-    # Draw on the generator's device (a CPU generator cannot fill a CUDA tensor), then move the mask.
-    flip = torch.rand(x.shape[0], generator=generator, device=generator.device) < 0.5  # (B,)
-    flip = flip.to(x.device).view(-1, 1, 1, 1)  # (B, 1, 1, 1)
-    return torch.where(flip, x.flip(-1), x)  # (B, C, H, W)

@@ -1,6 +1,5 @@
-"""Evaluation of a diffusion model the way the Diff-Pruning paper judges it (Fang et al. 2023, arXiv
-2305.10924, section 5.1 "Experimental settings": FID of 50K DDIM samples, SSIM to the dense model's samples
-from the same noise, #params and MACs).
+"""Evaluation of a diffusion model the way the Diff-Pruning paper judges it (Fang et al. 2023, arXiv 2305.10924,
+Table 1: FID of 50K DDIM samples, SSIM to the dense model's samples from the same noise, #params and MACs).
 
 For each model: #params and MACs (both conventions), sampling latency, FID of its samples against
 dataset statistics, SSIM "consistency" to a reference model's samples from the same initial noise, and

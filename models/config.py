@@ -8,7 +8,7 @@ widths of Ho et al. 2020; a pruned model carries the complete table, so that
 
     UNet(config).load_state_dict(state_dict)
 
-rebuilds any pruned network without pickling a module (STYLE.md practice 5).
+rebuilds any pruned network without pickling a module (models/checkpoint.py).
 
 Next to the width table, ``removed`` lists the *removed units* of a layer-pruned network (LAPTOP-Diff,
 arXiv 2404.11098, Sec. 3): block paths such as ``down.1.block.0`` or ``mid.attn_1``. A removed ResBlock keeps

@@ -24,7 +24,7 @@ Two foreign layouts hold the U-Net of Ho et al. 2020:
       mid_block.resnets.{0,1} / .attentions.0   mid.block_{1,2} / mid.attn_1
 
 Both layouts describe the same function once renamed (tests/test_loading.py checks this against the
-golden eps of ../shared/golden/unet_tiny.pt). Exporting needs no converter: ``model.state_dict()`` is
+golden eps of tests/data/golden/unet_tiny.pt). Exporting needs no converter: ``model.state_dict()`` is
 already a DDIM-codebase state dict.
 """
 from __future__ import annotations

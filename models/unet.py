@@ -11,9 +11,9 @@ Layout (L = len(ch_mult) levels, R = num_res_blocks)::
     up.{i}.upsample.conv                   except at level 0
     norm_out, conv_out                     GN -> SiLU -> conv3x3 -> out_channels
 
-The skip tensors pushed by the encoder are popped by the decoder in reverse order; which encoder output
-feeds which decoder block is recorded in ``self.skip_sources`` at construction, so the wiring is
-readable and never recomputed from shapes.
+The skip tensors pushed by the encoder are popped by the decoder in reverse order; ``_wire`` follows that
+push/pop order once, at construction, to give every block its input width, so the wiring is written down
+in one place and never recomputed from shapes in ``forward``.
 
 Removed units (layer pruning, ``config.removed``): a listed ResBlock is built as ``ResShortcut`` and a listed
 attention block as ``RemovedAttn`` (models/skipped.py); the wiring is unchanged, so ``forward`` is too.

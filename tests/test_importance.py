@@ -91,7 +91,8 @@ def test_magnitude_matches_hand_computation_and_excludes_groupnorm():
 
 
 def test_taylor_matches_hand_computation_with_real_gradients():
-    """STYLE.md 9c: |sum_k w_k dL/dw_k| per layer slice, summed over the layers, on a two-layer net."""
+    """First-order Taylor (Molchanov et al. 2019): |sum_k w_k dL/dw_k| per layer slice, summed over the layers,
+    on a two-layer net."""
     torch.manual_seed(0)
     net = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), nn.Linear(4, 2)).double()
     x = torch.randn(5, 3, dtype=torch.float64)

@@ -16,7 +16,7 @@ from models.blocks import AttnBlock
 from models.config import PRESETS
 from models.unet import UNet
 
-# (params, macs_paper) as Torch-Pruning's counter reports them for the DDIM U-Net (research/diffpruning.md §3.1).
+# (params, macs_paper) as Torch-Pruning's counter reports them for the DDIM U-Net (the author's log, VainF/Diff-Pruning issue #4).
 REFERENCE = {
     "cifar10": (35_746_307, 6_065_456_000),  # 35.7463M, 6.0655G
     "celeba64": (78_700_803, 23_922_959_232),  # 78.701M, 23.923G

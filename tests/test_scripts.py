@@ -380,3 +380,23 @@ def test_prune_num_samples_zero_skips_the_grids(tmp_path):
     run = prune.main(prune.parse_args(["--model", str(teacher), "--method", "magnitude", "--num-samples", "0",
                                        "--out", str(tmp_path / "p")]))
     assert (run / "pruned.pt").is_file() and not list(run.glob("samples_*.png"))
+
+
+def test_train_flips_half_the_batch_when_asked(tmp_path, monkeypatch):
+    """data/__init__.py's promise: datasets do not augment, train.py flips (one mask per global batch)."""
+    model = small_checkpoint(tmp_path / "init.pt")
+    batches = []
+    real = train.eps_loss
+
+    def spy(net, schedule, x0, *args, **kwargs):
+        batches.append(x0.clone())
+        return real(net, schedule, x0, *args, **kwargs)
+
+    monkeypatch.setattr(train, "eps_loss", spy)
+    for flip in (False, True):
+        train.main(train_config(tmp_path, model, steps=1, batch_size=16, heldout_images=0, random_flip=flip))
+    plain, flipped = batches
+    same = [torch.equal(a, b) for a, b in zip(plain, flipped)]
+    mirrored = [torch.equal(a.flip(-1), b) for a, b in zip(plain, flipped)]
+    assert all(s or m for s, m in zip(same, mirrored))  # each image is itself or its mirror image
+    assert 0 < sum(not s for s in same) < 16  # and some, not all, were flipped
