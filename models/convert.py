@@ -245,7 +245,9 @@ def infer_ddim_config(state_dict: Mapping[str, torch.Tensor], *, source: str, pr
     image_size = resolve("image_size", image_size, guess,
                          f"not stored; guessed so that the first attention level ({attn[0] if attn else None}) "
                          f"sits at {DDPM_FIRST_ATTN_RESOLUTION}x{DDPM_FIRST_ATTN_RESOLUTION} px as in the DDPM")
-    norm_groups = resolve("norm_groups", norm_groups, DDPM_NORM_GROUPS, "not stored; the DDPM's GroupNorm(32)")
+    norm_groups = resolve("norm_groups", norm_groups, DDPM_NORM_GROUPS,
+                          "not stored, the DDPM's GroupNorm(32) assumed; pass --norm-groups (norm_groups=) "
+                          "if the model used another count")
     dropout = resolve("dropout", dropout, 0.0, "not stored; it changes no weight")
     notes.append("num_heads=1: the DDIM codebase's attention is single-head")
     try:
