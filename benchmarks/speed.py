@@ -341,18 +341,19 @@ def render(results: dict) -> str:
     u = results.get("unet")
     if u:
         lines += ["**U-Net** forward (eval, inference_mode) and train step (forward + backward), images/s; "
-                  "GFLOP/s = 2 x MACs with attention x images/s; \"vs eager\" measured interleaved in the same run.", "",
+                  "GFLOP/s = 2 x MACs with attention x images/s; \"vs eager\" compares rows of the same run only (interleaved).", "",
                   "| preset | batch | mode | forward img/s | GFLOP/s | vs eager | train img/s | vs eager | load avg | run |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
         commands = []
         for row in u["result"].values():
-            meta = row.get("meta", u)
-            if meta["command"] not in commands:
-                commands.append(meta["command"])
-            run = f"{commands.index(meta['command']) + 1}"
             eager = row["modes"].get("eager")
             for mode, r in row["modes"].items():
-                rel = (lambda k: f"{r[k] / eager[k]:.2f}x" if eager else "-")
+                meta = r.get("meta", u)
+                if meta["command"] not in commands:
+                    commands.append(meta["command"])
+                run = f"{commands.index(meta['command']) + 1}"
+                same_run = eager is not None and eager.get("meta", u)["command"] == meta["command"]
+                rel = (lambda k: f"{r[k] / eager[k]:.2f}x" if same_run else "-")
                 lines.append(f"| {row['preset']} | {row['batch']} | {mode} | {r['forward_images_per_s']:.1f} | "
                              f"{r['forward_gflops']:.0f} | {rel('forward_images_per_s')} | {r['train_images_per_s']:.2f} | "
                              f"{rel('train_images_per_s')} | {meta['load_before']} | {run} |")
@@ -440,14 +441,23 @@ def main(args: argparse.Namespace) -> dict:
         result = RUNNERS[name](args)
         meta = {"load_before": before, "load_after": loadavg(), "threads": torch.get_num_threads(),
                 "nproc": os.cpu_count(), "torch": str(torch.__version__), "command": command}
+        if name == "unet":  # each mode row carries the load and command of the run that measured it
+            for entry in result.values():
+                for row in entry["modes"].values():
+                    row["meta"] = meta
+        elif name == "pruned":
+            for key in fresh_keys(name, result, args):
+                result[key]["meta"] = meta
         if name in MERGED and name in results:
-            # unet / pruned are built up over several runs (one preset or batch size at a time): each entry
-            # carries its own load and command, and entries from earlier runs are kept unless measured again.
-            result = {**results[name]["result"], **result}
-        if name in MERGED:
-            for key, entry in result.items():
-                if isinstance(entry, dict) and key in fresh_keys(name, result, args):
-                    entry["meta"] = meta
+            # unet / pruned are built up over several runs (one preset, batch size or mode at a time): results
+            # of earlier runs are kept unless measured again. Compare rows of the same run only.
+            old = results[name]["result"]
+            if name == "unet":
+                for key, entry in result.items():
+                    if key in old:
+                        entry["modes"] = {**old[key]["modes"], **entry["modes"]}
+                        entry["notes"] = {**old[key]["notes"], **entry["notes"]}
+            result = {**old, **result}
         results[name] = {"result": result, "seconds": time.perf_counter() - start, **meta,
                          "settings": {k: v for k, v in vars(args).items() if k not in ("out", "doc", "command")}}
         out.parent.mkdir(parents=True, exist_ok=True)
