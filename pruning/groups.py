@@ -56,8 +56,11 @@ class Group:
     members:      every weight slice indexed by these channels.
     blocks:       equal-removal blocks (1 = unconstrained); C % blocks == 0.
     block_reasons: which modules impose ``blocks`` (readable, for describe()).
-    heads:        attention modules whose heads split this space head-major ((module path, role)
-                  pairs such as ("down.1.attn.0", "qk")); surgery keeps their head bookkeeping in step.
+    heads:        attention contractions that split this space head-major into several heads, as the
+                  trace saw them: (module path, role, head count) such as ("down.1.attn.0", "qk", 4). The
+                  count is read from the reshape the forward ran, not from any attribute (one head, or a
+                  plain spatial matmul, has count 1 and adds no constraint). Surgery keeps it current when
+                  whole heads go.
     protected:    non-empty when the group must keep all channels, saying why (network input/output,
                   channels produced by no prunable layer, an ignored layer).
     """
@@ -66,7 +69,7 @@ class Group:
     members: list[Member]
     blocks: int = 1
     block_reasons: list[str] = field(default_factory=list)
-    heads: list[tuple[str, str]] = field(default_factory=list)
+    heads: list[tuple[str, str, int]] = field(default_factory=list)
     protected: str = ""
 
     @property
@@ -88,7 +91,7 @@ def describe(groups: list[Group], *, max_members: int | None = None) -> str:
         if g.blocks > 1:
             flags.append(f"{g.blocks} blocks of {g.size // g.blocks} ({'; '.join(g.block_reasons)})")
         if g.heads:
-            flags.append("heads: " + ", ".join(f"{m}.{r}" for m, r in g.heads))
+            flags.append("heads: " + ", ".join(f"{m}.{r} x{h}" for m, r, h in g.heads))
         if g.protected:
             flags.append(f"PROTECTED: {g.protected}")
         lines.append(f"group {i}: {g.name}  [{', '.join(flags)}]")

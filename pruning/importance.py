@@ -19,6 +19,7 @@ one noise draw eps for all t, and T' the first t with L_t < thr * max_{s<=t} L_s
 """
 from __future__ import annotations
 
+import math
 from collections import Counter
 from dataclasses import dataclass, field
 from typing import Callable
@@ -92,7 +93,7 @@ def magnitude_importance(model: nn.Module, group: Group, *, generator: torch.Gen
 
     GroupNorm members are excluded (as the paper repo's MagnitudeImportance, which only scores BatchNorm).
     Deviation: the paper repo takes the *mean* over layers and then divides by the mean over channels
-    (diffpruning.md 2.3/2.6); we *sum* over layers, as the issue specifies. Within one group both give the
+    (VainF/Diff-Pruning, ddpm_exp/torch_pruning/importance.py, MagnitudeImportance); we *sum* over layers. Within one group both give the
     same ranking except where layers are dropped by the repo's length filter; every slice counts here,
     including both slices of a doubled concat.
     """
@@ -110,12 +111,12 @@ def taylor_importance(model: nn.Module, group: Group, *, generator: torch.Genera
 
     Molchanov et al. 2019 ("Importance Estimation for Neural Network Pruning", CVPR) estimate the loss change
     of zeroing a parameter set S by its first-order term sum_{s in S} g_s w_s (their group criterion squares it;
-    the absolute value ranks one layer's channels identically and is STYLE.md 9c's |sum w dL/dw|). The sum
+    the absolute value ranks one layer's channels identically and is |sum w dL/dw| per slice). The sum
     over k runs inside one layer's slice; layers are then added. Every slice counts (both slices of a
     doubled concat).
 
     This is the codebase's "taylor" baseline with G accumulated over ALL timesteps (``thr=0``). Note that the
-    paper repo's ``--pruner taylor`` is in fact the Diff-Pruning criterion with thr=0 (diffpruning.md 2.1):
+    paper repo's ``--pruner taylor`` is in fact the Diff-Pruning criterion with thr=0 (VainF/Diff-Pruning, ddpm_exp/prune.py):
     use ``diff_pruning_importance`` with thr=0 for that.
     """
     scores = torch.zeros(group.size, dtype=torch.float64)
@@ -130,7 +131,7 @@ def taylor_importance(model: nn.Module, group: Group, *, generator: torch.Genera
 
 def diff_pruning_importance(model: nn.Module, group: Group, *, generator: torch.Generator | None = None,
                             concat_duplicates: str = "drop", norm_term: str = "abs") -> torch.Tensor:
-    """Diff-Pruning (Fang et al. 2023; the vendored TaylorImportance of ``ddpm_exp``, diffpruning.md 0.1 / 2.3):
+    """Diff-Pruning (Fang et al. 2023; the vendored TaylorImportance of VainF/Diff-Pruning, ddpm_exp/torch_pruning/importance.py):
 
         I_c = sum_{conv/linear W in group} sum_{k in slice_c(W)} (W_k G_k)^2  +  sum_{GN in group} |gamma_c G_{gamma,c}|
 
@@ -166,7 +167,7 @@ def diff_pruning_importance(model: nn.Module, group: Group, *, generator: torch.
     return scores
 
 
-# A plain registry (STYLE.md 10); keys double as CLI choices.
+# A plain registry (a dict of functions); keys double as CLI choices.
 IMPORTANCE: dict[str, ImportanceFn] = {
     "random": random_importance,
     "magnitude": magnitude_importance,
@@ -217,8 +218,10 @@ def accumulate_gradients(model: nn.Module, schedule: Schedule, x0: torch.Tensor,
     x0: (B, C, H, W) one batch in [-1, 1]. micro_batch: samples per forward; the result does not depend on it.
     max_timesteps: compute at most this many t (speed); the loop then ends without a rejected t.
     """
-    if thr < 0:
-        raise ValueError(f"thr must be >= 0, got {thr}")
+    if not math.isfinite(thr) or not 0 <= thr <= 1:
+        raise ValueError(f"thr must be a finite number in [0, 1], got {thr}")
+    if max_timesteps is not None and max_timesteps < 1:
+        raise ValueError(f"max_timesteps must be >= 1, got {max_timesteps}")
     if micro_batch < 1:
         raise ValueError(f"micro_batch must be >= 1, got {micro_batch}")
     B = x0.shape[0]
@@ -227,6 +230,7 @@ def accumulate_gradients(model: nn.Module, schedule: Schedule, x0: torch.Tensor,
     if eps.shape != x0.shape:
         raise ValueError(f"eps shape {tuple(eps.shape)} != x0 shape {tuple(x0.shape)}")
     T = schedule.num_timesteps if max_timesteps is None else min(schedule.num_timesteps, max_timesteps)
+    names = {id(p): n for n, p in model.named_parameters()}
     params = [p for p in model.parameters() if p.requires_grad]
     was_training = model.training
     model.eval()
@@ -240,12 +244,14 @@ def accumulate_gradients(model: nn.Module, schedule: Schedule, x0: torch.Tensor,
                 tt = torch.full((B,), t, dtype=torch.long, device=x0.device)
                 loss = eps_loss_per_sample(model, schedule, x0, tt, eps, reduction="sum").mean()  # L_t
                 L_t = loss.item()
+                _check_finite_loss(L_t, t)
                 report.losses.append(L_t)
                 report.loss_max = max(report.loss_max, L_t)
                 if L_t < thr * report.loss_max:
                     report.stopped_at = t
                     break
                 loss.backward()
+                _check_finite_grads(params, names, t)
             else:
                 # L_t needs the whole batch, but we do not hold B samples' graphs at once. Snapshot the grads,
                 # backward each micro-batch as it comes, and if the completed L_t falls below the threshold
@@ -261,6 +267,8 @@ def accumulate_gradients(model: nn.Module, schedule: Schedule, x0: torch.Tensor,
                     part = per.sum() / B  # = (mb / B) * mean over the micro-batch
                     part.backward()
                     L_t += part.item()
+                _check_finite_loss(L_t, t)
+                _check_finite_grads(params, names, t)
                 report.losses.append(L_t)
                 report.loss_max = max(report.loss_max, L_t)
                 if L_t < thr * report.loss_max:
@@ -272,6 +280,20 @@ def accumulate_gradients(model: nn.Module, schedule: Schedule, x0: torch.Tensor,
     finally:
         model.train(was_training)
     return report
+
+
+def _check_finite_loss(L_t: float, t: int) -> None:
+    if not math.isfinite(L_t):
+        raise FloatingPointError(f"the diffusion loss L_t is {L_t} at timestep t={t}: the model (or data) gives "
+                                 "non-finite outputs, so no importance can be computed; nothing was pruned")
+
+
+def _check_finite_grads(params: list[torch.Tensor], names: dict[int, str], t: int) -> None:
+    """One reduction per timestep: a nan or inf anywhere in the accumulated gradient makes the sum non-finite."""
+    grads = [p.grad.sum() for p in params if p.grad is not None]
+    if grads and not bool(torch.isfinite(torch.stack(grads).sum())):
+        bad = next(names.get(id(p), "?") for p in params if p.grad is not None and not bool(torch.isfinite(p.grad).all()))
+        raise FloatingPointError(f"the gradient of {bad} became non-finite at timestep t={t}; nothing was pruned")
 
 
 def plot_timestep_losses(report: TimestepReport, path) -> str:

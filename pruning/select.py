@@ -1,6 +1,6 @@
 """Channel selection: from importance scores to the sorted indices each group KEEPS.
 
-Rules (diffpruning.md 2.5; ``ratio`` is the pruning ratio, the paper code's ``ch_sparsity``):
+Rules (VainF/Diff-Pruning's vendored Torch-Pruning, ddpm_exp/torch_pruning/pruner/algorithms/metapruner.py; ``ratio`` is the pruning ratio, the paper code's ``ch_sparsity``):
 
     local   each group on its own: n_pruned = C - int(C * (1 - ratio)) (truncation, as the paper code);
             with blocks > 1 (GroupNorm groups, attention heads) every contiguous block of C / blocks
@@ -113,7 +113,7 @@ def _head_clusters(groups: Sequence[Group], indices: Sequence[int]) -> list[list
     clusters: list[list[int]] = []
     owner: dict[str, int] = {}
     for i in indices:
-        hits = sorted({owner[path] for path, _ in groups[i].heads if path in owner})
+        hits = sorted({owner[path] for path, *_ in groups[i].heads if path in owner})
         if not hits:
             clusters.append([i])
             target = len(clusters) - 1
@@ -124,13 +124,14 @@ def _head_clusters(groups: Sequence[Group], indices: Sequence[int]) -> list[list
                 clusters[other] = []
                 owner.update({p: target for p, o in owner.items() if o == other})
             clusters[target].append(i)
-        for path, _ in groups[i].heads:
+        for path, *_ in groups[i].heads:
             owner[path] = target
     return [sorted(c) for c in clusters if c]
 
 
-def _cluster_heads(groups: Sequence[Group], cluster: Sequence[int], num_heads: Mapping[str, int]) -> int:
-    counts = {num_heads[path] for i in cluster for path, _ in groups[i].heads}
+def _cluster_heads(groups: Sequence[Group], cluster: Sequence[int]) -> int:
+    """The head count the groups of one cluster share (as traced, kept current by surgery)."""
+    counts = {heads for i in cluster for _, _, heads in groups[i].heads}
     if len(counts) != 1:
         raise ValueError(f"groups {[groups[i].name for i in cluster]} share attention modules "
                          f"with different head counts {counts}")
@@ -142,14 +143,13 @@ def _cluster_heads(groups: Sequence[Group], cluster: Sequence[int], num_heads: M
 
 
 def select_groups(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], ratio: float, *,
-                  scope: str = "local", head_mode: str = "channels", num_heads: Mapping[str, int] | None = None,
+                  scope: str = "local", head_mode: str = "channels",
                   normalize: str = "mean") -> dict[int, torch.Tensor]:
     """Keep indices for every scored, prunable group: {group index: sorted LongTensor}.
 
     scores:    {group index: (C,) scores}; groups without scores (or protected ones) are not pruned.
     scope:     "local" (the paper) or "global" (``select_global``).
-    head_mode: "channels" or "heads" (see the module docstring); "heads" needs ``num_heads``
-               {attention module path: its current head count} (``surgery.attention_heads(model)``).
+    head_mode: "channels" or "heads" (see the module docstring); head counts come from ``group.heads``.
     """
     _check_ratio(ratio)
     if scope not in ("local", "global"):
@@ -157,24 +157,23 @@ def select_groups(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], r
     if head_mode not in HEAD_MODES:
         raise ValueError(f"head_mode must be one of {HEAD_MODES}, got {head_mode!r}")
     todo = [i for i in sorted(scores) if groups[i].prunable]
-    head_groups = [i for i in todo if groups[i].heads] if head_mode == "heads" else []
-    if head_groups and num_heads is None:
-        raise ValueError("head_mode='heads' needs num_heads {attention module path: heads}")
+    # Whole-head removal needs several heads; single-head attention is pruned channel by channel.
+    head_groups = [i for i in todo if any(h > 1 for *_, h in groups[i].heads)] if head_mode == "heads" else []
     if scope == "global":
         return select_global(groups, scores, ratio, normalize=normalize,
-                             head_clusters=_head_clusters(groups, head_groups), num_heads=num_heads)
+                             head_clusters=_head_clusters(groups, head_groups))
     keep = {i: select_local(scores[i], groups[i], ratio) for i in todo if i not in head_groups}
     for cluster in _head_clusters(groups, head_groups):
-        H = _cluster_heads(groups, cluster, num_heads)
+        H = _cluster_heads(groups, cluster)
         total = sum(head_scores(_check_scores(scores[i], groups[i]), H) for i in cluster)
-        kept = select_heads(total, ratio, "attention " + ", ".join(sorted({p for i in cluster for p, _ in groups[i].heads})))
+        where = ", ".join(sorted({p for i in cluster for p, *_ in groups[i].heads}))
+        kept = select_heads(total, ratio, f"attention {where}")
         keep.update({i: heads_to_channels(kept, groups[i].size, H) for i in cluster})
     return keep
 
 
 def select_global(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], ratio: float, *,
-                  normalize: str = "mean", head_clusters: Sequence[Sequence[int]] = (),
-                  num_heads: Mapping[str, int] | None = None) -> dict[int, torch.Tensor]:
+                  normalize: str = "mean", head_clusters: Sequence[Sequence[int]] = ()) -> dict[int, torch.Tensor]:
     """Global ranking over all channels of all scored, prunable groups.
 
     Normalisation ("mean", default): each group's scores are divided by their mean, as Torch-Pruning's
@@ -208,7 +207,7 @@ def select_global(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], r
             units.append((v, len(owner), 1))
             owner.append(("channel", i, c))
     for k, cluster in enumerate(head_clusters):
-        H = _cluster_heads(groups, cluster, num_heads)
+        H = _cluster_heads(groups, cluster)
         per_head = sum(norm[i].reshape(H, -1).sum(1) for i in cluster)
         width = sum(groups[i].size // H for i in cluster)
         for h, v in enumerate((per_head / width).tolist()):
@@ -225,7 +224,7 @@ def select_global(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], r
         return min(len(taken[i]) // b * b, (size // b - 1) * b)
 
     def head_removable(k: int) -> int:
-        H = _cluster_heads(groups, head_clusters[k], num_heads)
+        H = _cluster_heads(groups, head_clusters[k])
         per = sum(groups[i].size // H for i in head_clusters[k])
         return min(len(heads_taken[k]), H - 1) * per
 
@@ -245,7 +244,7 @@ def select_global(groups: Sequence[Group], scores: Mapping[int, torch.Tensor], r
 
     keep = {i: select_by_block(norm[i], groups[i], removable(i)) for i in taken}
     for k, cluster in enumerate(head_clusters):
-        H = _cluster_heads(groups, cluster, num_heads)
+        H = _cluster_heads(groups, cluster)
         removed = torch.tensor(heads_taken[k][:H - 1], dtype=torch.long)
         kept = _keep_from_removed(H, removed)
         keep.update({i: heads_to_channels(kept, groups[i].size, H) for i in cluster})

@@ -1,31 +1,42 @@
 """Physical channel removal, and every piece of bookkeeping that goes with it.
 
-``prune_group`` slices each member of a group (weights, biases, ``.grad``) and updates the module
-attributes that describe widths; this file owns ALL such updates (STYLE.md practice 6). Afterwards
-``finalize`` writes the new width table into ``model.config`` and ``check_consistency`` re-reads every module.
+``prune_group`` slices each member of a group (weights, biases, ``.grad``) and the width attributes of the
+sliced layers themselves (``out_channels``, ``in_features``, ``num_channels`` ...). ``update_attributes`` then
+brings every other module attribute that states a width or a head count in line with the pruned weights,
+``finalize`` writes the new width table into ``model.config``. This file owns ALL such updates: no other
+code changes a module attribute, and ``forward`` never infers structure from channel counts.
 
 Offsets move. If a consumer reads cat([a, b]) and a's group is pruned first, b's slice of the consumer's
 input now starts earlier. ``prune_group`` therefore also rewrites the offsets of every member (in the
 pruned group and in ``others``) that indexes a dimension it shortened: new offset = old offset minus the
-number of removed positions below it. Groups are updated IN PLACE (size, offsets, blocks) so that they
-keep describing the current model, and a later group can be scored and pruned lazily, as the paper code
-does (diffpruning.md 2.3, last bullet).
+number of removed positions below it. Groups are updated IN PLACE (size, offsets, blocks, head counts) so
+that they keep describing the current model, and a later group can be scored and pruned lazily, as the
+paper's code does (each group is scored on the network the groups before it have pruned).
 
-Attention: for a group with ``heads`` the channels are head-major. If whole heads lose all their channels
-the module's ``num_heads`` drops; ``scale`` becomes 1/sqrt(new head width) when ``attn_scale`` (argument,
-else ``model.config.attn_scale``) is "pruned", and stays when it is "dense" (or when the model has no config).
+Attributes of other modules (``update_attributes``), by a fixed rule against what the trace recorded, and
+only where the attribute still holds the traced value (anything else is left alone and the re-trace of
+``pruning/checks.py`` catches it if the forward reads it):
+
+    HEAD_ATTRS  ("num_heads", "heads", "n_heads", "num_attention_heads")  the module's traced head count
+                 -> the number of heads that keep at least one channel (changes only when whole heads go)
+    WIDTH_ATTRS "in_channels", "channels" -> the module's traced input width; "out_channels" -> its output
+                 width; "inner_dim" -> the width of its traced q/k space
+    scale        (modules with a float ``scale`` and a traced q.k contraction, when ``attn_scale`` or
+                 ``model.config.attn_scale`` is "pruned") 1/sqrt(pruned q/k width per head), the DDPM code's
+                 ``int(c) ** -0.5`` after pruning; "dense" keeps the dense temperature.
 """
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
+from pruning.checks import check_consistency
 from pruning.groups import Group
-from pruning.select import _head_clusters, select_groups, select_local
+from pruning.trace.grouping import Analysis
 
 _WIDTH_ATTR = {  # (type, role) -> (weight dim, attribute holding the width)
     (nn.Conv2d, "out"): (0, "out_channels"),
@@ -59,16 +70,8 @@ def _slice_parameter(module: nn.Module, name: str, dim: int, index: torch.Tensor
     setattr(module, name, new)
 
 
-def attention_heads(model: nn.Module) -> dict[str, int]:
-    """{module path: num_heads} for every module that has a ``num_heads`` attribute (attention blocks)."""
-    return {name: int(m.num_heads) for name, m in model.named_modules() if hasattr(m, "num_heads")}
-
-
-def _resolve_attn_scale(model: nn.Module, attn_scale: str | None) -> str | None:
-    mode = attn_scale if attn_scale is not None else getattr(getattr(model, "config", None), "attn_scale", None)
-    if mode not in (None, "pruned", "dense"):
-        raise ValueError(f"attn_scale must be 'pruned' or 'dense', got {mode!r}")
-    return mode
+def _several_heads(group: Group) -> bool:
+    return any(h > 1 for *_, h in group.heads)
 
 
 def _check_keep(group: Group, keep: torch.Tensor) -> torch.Tensor:
@@ -89,25 +92,24 @@ def _check_blocks(group: Group, keep: torch.Tensor) -> None:
         raise ValueError(f"group {group.name}: size {group.size} is not divisible by its {group.blocks} blocks")
     counts = torch.bincount(keep // (group.size // group.blocks), minlength=group.blocks)
     nonzero = counts[counts > 0]
-    if bool((nonzero == nonzero[0]).all()) and (group.heads or bool((counts > 0).all())):
+    if bool((nonzero == nonzero[0]).all()) and (_several_heads(group) or bool((counts > 0).all())):
         return
     raise ValueError(f"group {group.name}: keep takes {counts.tolist()} channels from its {group.blocks} blocks; "
                      f"every block ({'; '.join(group.block_reasons) or 'GroupNorm groups / heads'}) must keep the same number")
 
 
+
 def prune_group(model: nn.Module, group: Group, keep: torch.Tensor, *, keep_grads: bool = True,
-                others: Iterable[Group] = (), attn_scale: str | None = None,
-                heads_before: Mapping[str, int] | None = None) -> None:
+                others: Iterable[Group] = ()) -> None:
     """Remove every channel of ``group`` not in ``keep`` (indices in [0, group.size)) from all members.
 
     Conv2d/Linear "out": weight dim 0 and bias; "in": weight dim 1 (only [offset, offset + C) of the input
     dimension is touched: a concat consumer keeps the other parts); GroupNorm "norm": weight, bias,
     num_channels (num_groups unchanged; a width not divisible by it is an error naming the norm; a
     per-channel norm, num_groups == num_channels, stays per-channel).
-    ``.grad`` is sliced too when ``keep_grads``. Updates ``group`` in place (size, member offsets, blocks)
-    and the offsets of members of ``others`` on the shortened dimensions (see the module docstring).
-    ``heads_before``: head counts before this round of pruning ({path: heads}); needed when two groups of
-    one attention module lose whole heads one after the other (``prune`` passes it).
+    ``.grad`` is sliced too when ``keep_grads``. Updates ``group`` in place (size, member offsets, blocks,
+    head counts) and the offsets of members of ``others`` on the shortened dimensions (module docstring).
+    Everything is validated before the first parameter is replaced.
     """
     keep = _check_keep(group, keep)
     C = group.size
@@ -138,23 +140,16 @@ def prune_group(model: nn.Module, group: Group, keep: torch.Tensor, *, keep_grad
                              f"num_groups={module.num_groups} (group {group.name})")
         plans.append((path, role, module, dim, attr, kept_idx, sorted(set(positions))))
 
-    # 2. Head bookkeeping (validated before anything is mutated).
-    head_updates = []
-    for path, role in group.heads:
-        module = model.get_submodule(path)
-        H = (heads_before or {}).get(path, module.num_heads)
-        if C % H:
-            raise ValueError(f"group {group.name}: {C} channels do not split into the {H} heads of {path}")
+    # 2. Heads: channels are head-major, so a head survives when it keeps at least one channel.
+    new_heads = []
+    for path, role, H in group.heads:
         counts = torch.bincount(keep // (C // H), minlength=H)
         alive = counts[counts > 0]
         if not bool((alive == alive[0]).all()):
             raise ValueError(f"group {group.name}: keep leaves unequal head widths {counts.tolist()} in {path}")
-        new_H = int((counts > 0).sum())
-        if module.num_heads not in (H, new_H):
-            raise ValueError(f"{path}: num_heads is {module.num_heads}, expected {H} (before) or {new_H} (after)")
-        head_updates.append((path, role, module, H, new_H))
+        new_heads.append((path, role, int((counts > 0).sum())))
 
-    # 3. Mutate: slice parameters and grads, update width attributes.
+    # 3. Mutate: slice parameters and grads, update the sliced layers' own width attributes.
     for path, role, module, dim, attr, kept_idx, _ in plans:
         _slice_parameter(module, "weight", dim, kept_idx, keep_grads)
         if dim == 0:  # out rows and GroupNorm channels carry a bias; an input dimension does not
@@ -177,72 +172,83 @@ def prune_group(model: nn.Module, group: Group, keep: torch.Tensor, *, keep_grad
                 if shift:
                     g.members[j] = dataclasses.replace(m, offset=m.offset - shift)
 
-    # 5. Heads and attention scale; then the group itself describes the pruned space.
-    mode = _resolve_attn_scale(model, attn_scale)
-    for path, role, module, H, new_H in head_updates:
-        module.num_heads = new_H
-        if mode == "pruned":
-            _refresh_scale(module, role, keep.numel())
-    if head_updates and group.blocks % head_updates[0][3] == 0:
-        H, new_H = head_updates[0][3], head_updates[0][4]
-        group.blocks = group.blocks // H * new_H
+    # 5. The group now describes the pruned space: fewer heads means proportionally fewer blocks.
+    if group.heads and new_heads[0][2] != group.heads[0][2] and group.blocks % group.heads[0][2] == 0:
+        group.blocks = group.blocks // group.heads[0][2] * new_heads[0][2]
+    group.heads = new_heads
     group.size = keep.numel()
 
 
-def _refresh_scale(module: nn.Module, role: str, group_size: int) -> None:
-    """scale = 1/sqrt(d_k), d_k = current q/k width per head (the DDPM code's int(c)**-0.5 after pruning)."""
-    q = getattr(module, "q", None)
-    if isinstance(q, (nn.Conv2d, nn.Linear)):
-        width = q.weight.shape[0]
-    elif role == "qk":
-        width = group_size
-    else:
-        return
-    module.scale = (width // module.num_heads) ** -0.5  # same expression as UNet.__init__
-
-
-def prune(model: nn.Module, groups: Sequence[Group], keep_per_group: Mapping[int, torch.Tensor], *,
-          keep_grads: bool = True, attn_scale: str | None = None) -> nn.Module:
-    """Apply precomputed keep sets {group index: keep indices}, then ``finalize``. The keep indices refer to
-    each group's channels (not to member offsets), so computing all of them on the dense model and
-    applying them here in any order is the same as one pass with the original offsets."""
-    heads_before = attention_heads(model)
+def apply_keeps(model: nn.Module, groups: Sequence[Group], keep_per_group: Mapping[int, torch.Tensor], *,
+                keep_grads: bool = True) -> None:
+    """Cut precomputed keep sets {group index: keep indices}. The keep indices refer to each group's channels
+    (not to member offsets), so computing all of them on the dense model and applying them here in any order
+    is the same as one pass with the original offsets."""
     for i in sorted(keep_per_group):
         g = groups[i]
         if not g.prunable and len(keep_per_group[i]) < g.size:
             raise ValueError(f"group {i} ({g.name}) is protected ({g.protected}) and cannot lose channels")
-        prune_group(model, g, keep_per_group[i], keep_grads=keep_grads, others=groups,
-                    attn_scale=attn_scale, heads_before=heads_before)
-    return finalize(model)
+        prune_group(model, g, keep_per_group[i], keep_grads=keep_grads, others=groups)
 
 
-def prune_sequential(model: nn.Module, groups: Sequence[Group], importance: Callable[..., torch.Tensor], ratio: float, *,
-                     head_mode: str = "channels", generator: torch.Generator | None = None,
-                     keep_grads: bool = True, attn_scale: str | None = None) -> dict[int, torch.Tensor]:
-    """The paper's schedule: for each prunable group in order, score it on the *partially pruned* model
-    (``importance(model, group, generator=generator)``), select with the local rule, prune it, move on
-    (diffpruning.md 2.3). With head_mode "heads", groups sharing an attention module are scored, selected
-    and pruned together when the first of them comes up. Ends with ``finalize``. Returns the keep sets."""
-    heads_before = attention_heads(model)
-    head_groups = [i for i, g in enumerate(groups) if g.prunable and g.heads]
-    clusters = _head_clusters(groups, head_groups) if head_mode == "heads" else []
-    cluster_of = {i: c for c in clusters for i in c}
-    keeps: dict[int, torch.Tensor] = {}
-    for i, g in enumerate(groups):
-        if i in keeps or not g.prunable:
+# ---------------------------------------------------------------------------------------------------
+# Attributes of other modules (see the module docstring for the rule)
+
+HEAD_ATTRS = ("num_heads", "heads", "n_heads", "num_attention_heads")
+WIDTH_ATTRS = ("in_channels", "channels", "out_channels", "inner_dim")
+_LAYERS = (nn.Conv2d, nn.Linear, nn.GroupNorm)  # their own width attributes are set by prune_group
+
+
+def _resolve_attn_scale(model: nn.Module, attn_scale: str | None) -> str | None:
+    mode = attn_scale if attn_scale is not None else getattr(getattr(model, "config", None), "attn_scale", None)
+    if mode not in (None, "pruned", "dense"):
+        raise ValueError(f"attn_scale must be 'pruned' or 'dense', got {mode!r}")
+    return mode
+
+
+def plan_attributes(model: nn.Module, analysis: Analysis, keeps: Mapping[int, np.ndarray], *,
+                    attn_scale: str | None = None) -> list[tuple[str, str, object, object]]:
+    """The attribute updates that keeping ``keeps`` (dense group coordinates) implies, as
+    (module path, attribute, old value, new value), without changing anything."""
+    trace, mode = analysis.trace, _resolve_attn_scale(model, attn_scale)
+    modules = dict(model.named_modules())
+    plan = []
+
+    def change(path: str, attr: str, traced: int, new: object) -> None:
+        value = getattr(modules[path], attr, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value == traced and new != traced:
+            plan.append((path, attr, value, new))
+
+    for path, (in_v, out_v) in trace.module_io.items():
+        if path not in modules or isinstance(modules[path], _LAYERS):
             continue
-        if i in cluster_of:
-            members = cluster_of[i]
-            scores = {j: importance(model, groups[j], generator=generator) for j in members}
-            chosen = select_groups(groups, scores, ratio, head_mode="heads", num_heads=heads_before)
-        else:
-            chosen = {i: select_local(importance(model, g, generator=generator), g, ratio)}
-        for j, keep in chosen.items():
-            prune_group(model, groups[j], keep, keep_grads=keep_grads, others=groups,
-                        attn_scale=attn_scale, heads_before=heads_before)
-            keeps[j] = keep
-    finalize(model)
-    return keeps
+        for attr, v in (("in_channels", in_v), ("channels", in_v), ("out_channels", out_v)):
+            if v is not None:
+                change(path, attr, len(v), analysis.new_width(v, keeps))
+    for path, (qk, H) in trace.attention.items():
+        if path not in modules:
+            continue
+        kept = analysis.kept_mask(qk, keeps).reshape(H, -1)
+        alive = kept.any(1)
+        new_H, width = int(alive.sum()), int(kept.sum())
+        for attr in HEAD_ATTRS:
+            change(path, attr, H, new_H)
+        change(path, "inner_dim", len(qk), width)
+        scale = getattr(modules[path], "scale", None)
+        traced_scale = (len(qk) // H) ** -0.5
+        if mode == "pruned" and isinstance(scale, float) and abs(scale - traced_scale) <= 1e-9 * traced_scale \
+                and width != len(qk):
+            plan.append((path, "scale", scale, (width // new_H) ** -0.5))  # 1/sqrt(d_k), d_k the pruned width
+    return plan
+
+
+def update_attributes(model: nn.Module, analysis: Analysis, keeps: Mapping[int, np.ndarray], *,
+                      attn_scale: str | None = None) -> list[tuple[str, str, object, object]]:
+    """Apply ``plan_attributes``; returns the changes made."""
+    plan = plan_attributes(model, analysis, keeps, attn_scale=attn_scale)
+    for path, attr, _, new in plan:
+        setattr(model.get_submodule(path), attr, new)
+    return plan
 
 
 def finalize(model: nn.Module) -> nn.Module:
@@ -253,90 +259,4 @@ def finalize(model: nn.Module) -> nn.Module:
     if hasattr(config, "with_widths") and callable(getattr(model, "widths", None)):
         model.config = config.with_widths(model.widths())
     check_consistency(model)
-    return model
-
-
-def check_consistency(model: nn.Module) -> None:
-    """Re-read every module and raise (naming each offender) if its attributes disagree with its weights:
-    conv/linear widths vs weight shape, GroupNorm num_channels vs weight and num_groups, .grad shapes,
-    attention q/k/v widths vs num_heads, and (attn_scale "pruned") scale = 1/sqrt(q width per head)."""
-    problems = []
-    mode = getattr(getattr(model, "config", None), "attn_scale", None)
-    for name, m in model.named_modules():
-        name = name or "<root>"
-        if isinstance(m, nn.Conv2d):
-            expect = (m.out_channels, m.in_channels // m.groups, *m.kernel_size)
-            if tuple(m.weight.shape) != expect:
-                problems.append(f"{name}: weight {tuple(m.weight.shape)} != (out, in, kh, kw) {expect}")
-        elif isinstance(m, nn.Linear):
-            if tuple(m.weight.shape) != (m.out_features, m.in_features):
-                problems.append(f"{name}: weight {tuple(m.weight.shape)} != ({m.out_features}, {m.in_features})")
-        elif isinstance(m, nn.GroupNorm):
-            if m.num_channels % m.num_groups:
-                problems.append(f"{name}: num_channels {m.num_channels} not divisible by num_groups {m.num_groups}")
-            if m.weight is not None and m.weight.shape[0] != m.num_channels:
-                problems.append(f"{name}: weight has {m.weight.shape[0]} channels, num_channels is {m.num_channels}")
-        if isinstance(m, (nn.Conv2d, nn.Linear, nn.GroupNorm)) and getattr(m, "bias", None) is not None:
-            if m.bias.shape[0] != m.weight.shape[0]:
-                problems.append(f"{name}: bias has {m.bias.shape[0]} entries, weight {m.weight.shape[0]} rows")
-        for pname, p in m.named_parameters(recurse=False):
-            if p.grad is not None and p.grad.shape != p.shape:
-                problems.append(f"{name}.{pname}: grad {tuple(p.grad.shape)} != parameter {tuple(p.shape)}")
-        if hasattr(m, "num_heads") and all(isinstance(getattr(m, x, None), (nn.Conv2d, nn.Linear)) for x in "qkv"):
-            H, dq, dk, dv = m.num_heads, m.q.weight.shape[0], m.k.weight.shape[0], m.v.weight.shape[0]
-            if dq != dk:
-                problems.append(f"{name}: q width {dq} != k width {dk}")
-            if dq % H or dv % H:
-                problems.append(f"{name}: q/k width {dq} or v width {dv} not divisible by num_heads {H}")
-            proj = getattr(m, "proj_out", None)
-            if isinstance(proj, (nn.Conv2d, nn.Linear)) and proj.weight.shape[1] != dv:
-                problems.append(f"{name}: proj_out reads {proj.weight.shape[1]} channels, v has {dv}")
-            if mode == "pruned" and H and dq % H == 0 and not math.isclose(m.scale, (dq // H) ** -0.5, rel_tol=1e-12):
-                problems.append(f"{name}: scale {m.scale} != 1/sqrt({dq // H}) (attn_scale 'pruned')")
-    if problems:
-        raise ValueError("inconsistent model after surgery:\n  " + "\n  ".join(problems))
-
-
-def rebuild_check(model: nn.Module, example_inputs: tuple | None = None) -> nn.Module:
-    """Rebuild ``type(model)(model.config)`` and load ``model.state_dict()`` strictly: the pruned model must be
-    exactly "config + widths + plain state dict" (STYLE.md practice 5). Attention ``num_heads``/``scale`` must
-    match too, and with ``example_inputs`` both models must give the same output (eval mode). Returns the
-    rebuilt model (on the model's device)."""
-    rebuilt = type(model)(model.config)
-    try:
-        rebuilt.load_state_dict(model.state_dict(), strict=True)
-    except RuntimeError as err:
-        raise ValueError(f"the pruned model does not rebuild from its config: {err}") from None
-    device = next(model.parameters()).device
-    rebuilt = rebuilt.to(device)
-    theirs = dict(rebuilt.named_modules())
-    for name, m in model.named_modules():
-        if hasattr(m, "num_heads"):
-            r = theirs[name]
-            if r.num_heads != m.num_heads or not math.isclose(r.scale, m.scale, rel_tol=1e-12):
-                raise ValueError(f"{name}: rebuilt attention has heads={r.num_heads}, scale={r.scale}; "
-                                 f"pruned has heads={m.num_heads}, scale={m.scale}")
-    if example_inputs is not None:
-        was = model.training
-        model.eval(), rebuilt.eval()
-        with torch.no_grad():
-            a, b = model(*example_inputs), rebuilt(*example_inputs)
-        model.train(was)
-        if not torch.allclose(a, b, rtol=1e-5, atol=1e-6):
-            raise ValueError(f"rebuilt model output differs by {(a - b).abs().max().item():.3g}")
-    return rebuilt
-
-
-def reinitialize(model: nn.Module, seed: int | None = None) -> nn.Module:
-    """The "scratch" baseline: ``reset_parameters()`` on every module that has one (PyTorch's default init:
-    Conv/Linear kaiming-uniform(a=sqrt(5)), GroupNorm gamma=1, beta=0), as the paper's ``--pruner reinit``.
-    With ``seed`` the result is deterministic and the global RNG state is left untouched. Grads are cleared."""
-    devices = sorted({p.device.index or 0 for p in model.parameters() if p.device.type == "cuda"})
-    with torch.random.fork_rng(devices=devices):
-        if seed is not None:
-            torch.manual_seed(seed)
-        for m in model.modules():
-            if callable(getattr(m, "reset_parameters", None)):
-                m.reset_parameters()
-    model.zero_grad(set_to_none=True)
     return model

@@ -1,6 +1,6 @@
 """Tests of pruning/select.py and pruning/surgery.py: the selection rules' known answers, exact function
-preservation when dead channels are removed (STYLE.md 9a), offsets after pruning one part of a concat,
-attention heads, and the pruned U-Net's config + widths + state-dict round trip (STYLE.md 9f).
+preservation when dead channels are removed (an exact known answer), offsets after pruning one part of a concat,
+attention heads, and the pruned U-Net's config + widths + state-dict round trip (models/checkpoint.py).
 
 Groups are built by hand (no tracer).
 """
@@ -21,8 +21,25 @@ from models.unet import UNet
 from pruning.groups import Group, Member
 from pruning.importance import accumulate_gradients, diff_pruning_importance, magnitude_importance
 from pruning.select import n_pruned, select_global, select_groups, select_local
-from pruning.surgery import (check_consistency, finalize, prune, prune_group, prune_sequential, rebuild_check,
-                             reinitialize)
+from pruning.api import prune_local
+from pruning.checks import check_consistency, rebuild_check
+from pruning.scratch import reinitialize
+from pruning.surgery import apply_keeps, finalize, prune_group, update_attributes
+from pruning.trace.grouping import analyze
+
+
+def prune(net, groups, keeps):
+    """Cut precomputed keep sets, then record the widths (what pruning.prune does after selection)."""
+    apply_keeps(net, groups, keeps)
+    return finalize(net)
+
+
+def prune_sequential(net, groups, importance, ratio, head_mode="channels"):
+    """The paper's schedule over hand-built groups, in list order."""
+    order = [i for i, g in enumerate(groups) if g.prunable]
+    keeps = prune_local(net, groups, order, lambda g: importance(net, g), ratio, head_mode=head_mode)
+    finalize(net)
+    return keeps
 
 # ---------------------------------------------------------------------------------------------------
 # Selection
@@ -30,7 +47,7 @@ from pruning.surgery import (check_consistency, finalize, prune, prune_group, pr
 
 @pytest.mark.parametrize("size, blocks, keep", [(128, 32, 96), (256, 32, 192), (512, 1, 358), (256, 1, 179), (384, 32, 288)])
 def test_local_rule_widths_match_the_paper(size, blocks, keep):
-    """diffpruning.md 2.5 / Appendix A at ratio 0.3: GN-coupled 128 -> 96, 256 -> 192, 384 -> 288;
+    """The paper code's widths at ratio 0.3 (VainF/Diff-Pruning, vendored metapruner.py): GN-coupled 128 -> 96, 256 -> 192, 384 -> 288;
     temb 512 -> 358, q/k/v 256 -> 179."""
     scores = torch.rand(size, generator=torch.Generator().manual_seed(size))
     kept = select_local(scores, Group(size=size, members=[], blocks=blocks), 0.3)
@@ -87,24 +104,24 @@ def test_global_rule_normalises_each_group_by_its_mean():
 
 
 def test_head_mode_removes_whole_heads_jointly():
-    qk = Group(size=8, members=[Member("attn.q", "out"), Member("attn.k", "out")], blocks=4, heads=[("attn", "qk")])
-    v = Group(size=8, members=[Member("attn.v", "out"), Member("attn.proj_out", "in")], blocks=4, heads=[("attn", "v")])
+    qk = Group(size=8, members=[Member("attn.q", "out"), Member("attn.k", "out")], blocks=4, heads=[("attn", "qk", 4)])
+    v = Group(size=8, members=[Member("attn.v", "out"), Member("attn.proj_out", "in")], blocks=4, heads=[("attn", "v", 4)])
     scores = {0: torch.tensor([5.0, 5, 1, 1, 5, 5, 0, 9]), 1: torch.tensor([5.0, 5, 1, 1, 5, 5, 0, 0])}
     # head sums over both groups: [20, 4, 20, 9] -> ratio 0.5 removes heads 1 and 3 in both groups
-    keep = select_groups([qk, v], scores, 0.5, head_mode="heads", num_heads={"attn": 4})
+    keep = select_groups([qk, v], scores, 0.5, head_mode="heads")
     assert keep[0].tolist() == keep[1].tolist() == [0, 1, 4, 5]
     chan = select_groups([qk, v], scores, 0.5, head_mode="channels")  # per-head channel removal instead
     assert chan[0].numel() == 4 and torch.bincount(chan[0] // 2, minlength=4).tolist() == [1, 1, 1, 1]
 
 
 def test_global_head_mode_ranks_whole_heads_against_channels():
-    qk = Group(size=8, members=[Member("attn.q", "out"), Member("attn.k", "out")], blocks=4, heads=[("attn", "qk")])
-    v = Group(size=8, members=[Member("attn.v", "out"), Member("attn.proj_out", "in")], blocks=4, heads=[("attn", "v")])
+    qk = Group(size=8, members=[Member("attn.q", "out"), Member("attn.k", "out")], blocks=4, heads=[("attn", "qk", 4)])
+    v = Group(size=8, members=[Member("attn.v", "out"), Member("attn.proj_out", "in")], blocks=4, heads=[("attn", "v", 4)])
     plain = Group(size=8, members=[Member("conv", "out")])
     head = torch.tensor([0.1, 0.1, 5, 5, 5, 5, 5, 5])  # head 0 low, the others high
     scores = {0: head, 1: head, 2: torch.tensor([0.5, 0.6, 9, 9, 9, 9, 9, 9])}
     # N = 24, ratio 0.25 -> target 6: head 0 (4 channels over both groups), then two plain channels.
-    keep = select_groups([qk, v, plain], scores, 0.25, scope="global", head_mode="heads", num_heads={"attn": 4},
+    keep = select_groups([qk, v, plain], scores, 0.25, scope="global", head_mode="heads",
                          normalize="none")
     assert keep[0].tolist() == keep[1].tolist() == list(range(2, 8))
     assert keep[2].tolist() == list(range(2, 8))
@@ -312,9 +329,16 @@ class AttnNet(nn.Module):
         return self.attn(x)
 
 
-def _attn_groups(blocks: int = 4) -> list[Group]:
-    return [Group(size=8, members=[Member("attn.v", "out"), Member("attn.proj_out", "in")], blocks=blocks, heads=[("attn", "v")]),
-            Group(size=8, members=[Member("attn.q", "out"), Member("attn.k", "out")], blocks=blocks, heads=[("attn", "qk")])]
+def _prune_traced(net, inputs, importance, ratio, *, head_mode="channels", attn_scale=None):
+    """Trace, then the paper's schedule over the traced groups, then the attribute and config bookkeeping."""
+    analysis = analyze(net, inputs, attn_grouping="split")
+    groups = analysis.groups
+    order = [i for i, g in enumerate(groups) if g.prunable]
+    keeps = prune_local(net, groups, order, lambda g: importance(net, g), ratio, head_mode=head_mode)
+    update_attributes(net, analysis, {i: k.numpy() for i, k in keeps.items()}, attn_scale=attn_scale)
+    finalize(net)
+    by_producer = {m.module: keeps.get(i) for i, g in enumerate(groups) for m in g.members if m.role == "out"}
+    return groups, by_producer
 
 
 def test_removing_dead_heads_preserves_the_function():
@@ -330,11 +354,11 @@ def test_removing_dead_heads_preserves_the_function():
             conv.weight[dead] *= 0.01
     x = torch.randn(2, 8, 3, 3)
     before = net(x)
-    groups = _attn_groups()
-    keeps = prune_sequential(net, groups, magnitude_importance, 0.5, head_mode="heads", attn_scale="pruned")
-    assert keeps[0].tolist() == keeps[1].tolist() == [0, 1, 4, 5]
+    groups, keeps = _prune_traced(net, (x,), magnitude_importance, 0.5, head_mode="heads", attn_scale="pruned")
+    assert keeps["attn.q"].tolist() == keeps["attn.v"].tolist() == [0, 1, 4, 5]
     assert net.attn.num_heads == 2 and net.attn.scale == 2 ** -0.5  # head width unchanged
-    assert [g.blocks for g in groups] == [2, 2] and [g.size for g in groups] == [4, 4]
+    heads = sorted(g.heads[0] for g in groups if g.heads)
+    assert heads == [("attn", "qk", 2), ("attn", "v", 2)]  # the groups' traced head counts follow the surgery
     torch.testing.assert_close(net(x), before, rtol=0, atol=1e-6)
 
 
@@ -342,9 +366,7 @@ def test_channel_mode_updates_the_attention_scale():
     torch.manual_seed(5)
     for mode, expected in (("pruned", (4 // 4) ** -0.5), ("dense", 2 ** -0.5)):
         net = AttnNet()
-        groups = _attn_groups()
-        keep = {i: select_local(torch.rand(8), g, 0.5) for i, g in enumerate(groups)}
-        prune(net, groups, keep, attn_scale=mode)
+        _prune_traced(net, (torch.randn(1, 8, 2, 2),), lambda m, g: torch.rand(g.size), 0.5, attn_scale=mode)
         assert net.attn.num_heads == 4 and net.attn.q.out_channels == 4
         assert net.attn.scale == pytest.approx(expected)
         net(torch.randn(1, 8, 2, 2))  # still runs
@@ -356,15 +378,6 @@ def test_channel_mode_updates_the_attention_scale():
 TINY = dict(image_size=8, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), norm_groups=2, dropout=0.0)
 
 
-def _unet_groups() -> list[Group]:
-    b = "down.0.block.0"
-    return [
-        Group(size=8, members=[Member(f"{b}.conv1", "out"), Member(f"{b}.temb_proj", "out"), Member(f"{b}.norm2", "norm"),
-                               Member(f"{b}.conv2", "in")], blocks=2, block_reasons=[f"{b}.norm2"]),
-        Group(size=16, members=[Member("mid.attn_1.q", "out"), Member("mid.attn_1.k", "out")], heads=[("mid.attn_1", "qk")]),
-    ]
-
-
 @pytest.mark.parametrize("attn_scale", ["pruned", "dense"])
 def test_pruned_unet_round_trips_through_config_and_state_dict(tmp_path, attn_scale):
     torch.manual_seed(6)
@@ -372,10 +385,10 @@ def test_pruned_unet_round_trips_through_config_and_state_dict(tmp_path, attn_sc
     schedule = Schedule(DiffusionConfig(num_timesteps=20))
     report = accumulate_gradients(model, schedule, torch.randn(2, 3, 8, 8), thr=0.05, micro_batch=1, max_timesteps=2)
     assert report.kept == [0, 1]
-    groups = _unet_groups()
-    keeps = prune_sequential(model, groups, functools.partial(diff_pruning_importance), 0.3)
-    assert keeps[0].numel() == 6  # 8 - int(8 * 0.7) = 3 -> 3 // 2 = 1 per GN block
-    assert keeps[1].numel() == 11  # 16 - int(16 * 0.7) = 5
+    example = (torch.randn(1, 3, 8, 8), torch.ones(1))
+    _, keeps = _prune_traced(model, example, functools.partial(diff_pruning_importance), 0.3)
+    assert keeps["down.0.block.0.conv1"].numel() == 6  # 8 - int(8 * 0.7) = 3 -> 3 // 2 = 1 per GN block
+    assert keeps["mid.attn_1.q"].numel() == 11  # 16 - int(16 * 0.7) = 5
     widths = model.config.width_table
     assert widths["down.0.block.0.conv1"] == 6 and widths["mid.attn_1.q"] == widths["mid.attn_1.k"] == 11
     assert model.down[0].block[0].norm2.num_channels == 6 and model.down[0].block[0].temb_proj.out_features == 6

@@ -1,5 +1,5 @@
 """Tests of pruning/graph.py + pruning/dependency.py: the traced coupling groups against hand-written
-expectations (STYLE.md 9b), on our U-Net and on an independently written token-attention / FiLM U-Net;
+expectations written by hand, on our U-Net and on an independently written token-attention / FiLM U-Net;
 unsupported ops fail loudly with the op name and module path; the CIFAR-10 U-Net's groups and the two
 GroupNorms the paper's code regroups.
 """
@@ -60,8 +60,8 @@ def attn_stream(path):
 
 def attn_heads(path, qk, v, heads):
     """q, k coupled through their dot product; v with proj_out's input; never the three together."""
-    return [G(qk, [m(f"{path}.q", "out"), m(f"{path}.k", "out")], blocks=heads, heads=[(path, "qk")]),
-            G(v, [m(f"{path}.v", "out"), m(f"{path}.proj_out", "in")], blocks=heads, heads=[(path, "v")])]
+    return [G(qk, [m(f"{path}.q", "out"), m(f"{path}.k", "out")], blocks=heads, heads=[(path, "qk", heads)]),
+            G(v, [m(f"{path}.v", "out"), m(f"{path}.proj_out", "in")], blocks=heads, heads=[(path, "v", heads)])]
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -256,9 +256,10 @@ class TokenUNet(nn.Module):
 
 
 def film_mid(path, c):
-    """conv1 out, both halves of the FiLM Linear (scale and shift), conv2 in; the affine-free norm2's 4 groups."""
+    """conv1 out, both halves of the FiLM Linear (scale and shift), conv2 in; the affine-free norm2 is a member
+    too (no weights to score, but surgery must update its num_channels), with its 4 groups."""
     return G(c, [m(f"{path}.conv1", "out"), m(f"{path}.film", "out", 0), m(f"{path}.film", "out", c),
-                 m(f"{path}.conv2", "in")], blocks=4)
+                 m(f"{path}.norm2", "norm"), m(f"{path}.conv2", "in")], blocks=4)
 
 
 def test_token_attention_film_unet_groups():
@@ -280,8 +281,8 @@ def test_token_attention_film_unet_groups():
                m("attn.to_out", "out"), m("dec.norm1", "norm", 0), m("dec.conv1", "in", 0), m("dec.skip", "in", 0)],
           blocks=4),
         film_mid("mid", 16),
-        G(12, [m("attn.to_q", "out"), m("attn.to_k", "out")], blocks=2, heads=[("attn", "qk")]),
-        G(8, [m("attn.to_v", "out"), m("attn.to_out", "in")], blocks=2, heads=[("attn", "v")]),
+        G(12, [m("attn.to_q", "out"), m("attn.to_k", "out")], blocks=2, heads=[("attn", "qk", 2)]),
+        G(8, [m("attn.to_v", "out"), m("attn.to_out", "in")], blocks=2, heads=[("attn", "v", 2)]),
         film_mid("dec", 8),
         G(8, [m("dec.conv2", "out"), m("dec.skip", "out"), m("out_norm", "norm"), m("out", "in")], blocks=4),
         G(3, [m("out", "out")], protected="network output"),
@@ -421,7 +422,8 @@ def test_cifar10_groups_and_regrouped_norms():
     assert [g.blocks for g in groups if any(x.role == "norm" for x in g.members)] == [32] * 40
     assert sum(g.blocks > 1 for g in groups) == 40
     assert sum(1 for g in groups if g.heads) == 12
-    assert all(g.blocks == 1 and len(g.heads) == 1 for g in groups if g.heads)  # single-head attention
+    # Single-head attention: the traced head count is 1, which constrains nothing.
+    assert all(g.blocks == 1 and len(g.heads) == 1 and g.heads[0][2] == 1 for g in groups if g.heads)
     # Of the 51 GroupNorms, 2 normalise 384 = 256 + 128 channels in 32 groups of 12: straddled, regrouped.
     assert sum(isinstance(x, nn.GroupNorm) for x in model.modules()) == 51
     assert [(r.module, r.parts) for r in a.regrouped_norms] == [

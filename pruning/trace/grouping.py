@@ -1,6 +1,6 @@
 """From a channel trace to coupling groups: union-find over channel labels, then maximal ordered runs.
 
-``pruning/graph.py`` runs one forward pass and hands over a ``Trace``: every channel of every prunable
+``pruning/trace/tracer.py`` runs one forward pass and hands over a ``Trace``: every channel of every prunable
 layer's output (and of the network input, and of tensors no layer produced) got an integer *label*; ops
 that tie channels together (a residual add, q.k contracting over the head width) recorded ``unions`` of
 label arrays; every Conv2d/Linear/GroupNorm call recorded its *member vector*, the labels along its
@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 from torch import nn
@@ -70,11 +70,35 @@ class RegroupedNorm:
 
 @dataclass
 class Analysis:
-    """``build_groups``' result with its report: the groups, the regrouped norms and the trace."""
+    """``build_groups``' result with its report: the groups, the regrouped norms and the trace.
+
+    paper_order: the indices of the prunable groups in the order the paper's pruner visits them (the first
+                 Conv2d/Linear producer of each group in ``trace.autograd_order``; groups it never meets
+                 follow in trace order).
+    classes, chains: each label's class and each group's classes in channel order (``new_width`` reads them).
+    """
 
     groups: list[Group]
     regrouped_norms: list[RegroupedNorm] = field(default_factory=list)
     trace: Trace | None = None
+    paper_order: list[int] = field(default_factory=list)
+    roots: dict[int, str] = field(default_factory=dict)  # the layer that brings each group up in that order
+    classes: np.ndarray | None = None
+    chains: list[np.ndarray] = field(default_factory=list)
+
+    def kept_mask(self, labels: np.ndarray, keeps: Mapping[int, Any]) -> np.ndarray:
+        """Which channels of a traced channel vector ``labels`` remain when group i keeps the channels
+        ``keeps[i]`` (dense group coordinates; a group without an entry keeps everything). (len,) bool."""
+        alive = np.ones(len(self.classes), dtype=bool)
+        for g, keep in keeps.items():
+            gone = np.ones(len(self.chains[g]), dtype=bool)
+            gone[np.asarray(keep, dtype=np.int64)] = False
+            alive[self.chains[g][gone]] = False
+        return alive[self.classes[np.asarray(labels)]]
+
+    def new_width(self, labels: np.ndarray, keeps: Mapping[int, Any]) -> int:
+        """How many channels of ``labels`` remain (``kept_mask``)."""
+        return int(self.kept_mask(labels, keeps).sum())
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -224,8 +248,8 @@ def group_trace(trace: Trace, *, ignored: tuple[str, ...] = (),
         aligned = [whole and offset % s == 0 and size % s == 0 for _, offset, size, whole in cut]
         where = _at(con.where)
         for g in distinct if con.kind == "heads" else ():
-            if (con.where, con.role) not in groups[g].heads:
-                groups[g].heads.append((con.where, con.role))
+            if (con.where, con.role, con.blocks) not in groups[g].heads:
+                groups[g].heads.append((con.where, con.role, con.blocks))
         exact = len(distinct) == 1 and all(aligned)
         if con.kind != "norm" and not exact:
             # Every head / split block keeps the same width: across channel groups that is not expressible.
@@ -276,7 +300,23 @@ def group_trace(trace: Trace, *, ignored: tuple[str, ...] = (),
             protect(g, "no producer among root types (" + ", ".join(t.__name__ for t in root_types) + ")")
         group.protected = "; ".join(reasons[g])
     _check_widths(groups, trace.layers)
-    return Analysis(groups=groups, regrouped_norms=regrouped, trace=trace)
+    return Analysis(groups=groups, regrouped_norms=regrouped, trace=trace,
+                    classes=cls, chains=chain_list, **_paper_order(groups, trace, root_types))
+
+
+def _paper_order(groups: list[Group], trace: Trace, root_types: tuple[type, ...]) -> dict:
+    """Prunable groups in the order the paper's pruner builds them (``pruning/trace/autograd_order.py``): walk
+    the layers in its graph-table order; a root-type layer whose output space is a group not yet visited
+    brings that group up. Groups it never meets follow in trace order."""
+    producer = {m.module: g for g, group in enumerate(groups) for m in group.members if m.role == "out"}
+    roots: dict[int, str] = {}
+    for path in trace.autograd_order:
+        g = producer.get(path)
+        if g is not None and g not in roots and isinstance(trace.layers.get(path), root_types):
+            roots[g] = path
+    order = [g for g in roots if groups[g].prunable]
+    order += [g for g, group in enumerate(groups) if group.prunable and g not in roots]
+    return {"paper_order": order, "roots": {g: roots.get(g, groups[g].name) for g in order}}
 
 
 def _at(where: str) -> str:
@@ -316,20 +356,38 @@ def _check_widths(groups: list[Group], layers: dict[str, nn.Module]) -> None:
 # Entry points
 
 
+class LayersNotTraced(ValueError):
+    """Layers with parameters that the example forward pass never ran (a branch on ``t``, an unused head):
+    their channels cannot be grouped, so pruning would leave them inconsistent."""
+
+
 def analyze(model: nn.Module, example_inputs: tuple, *, ignored: Iterable[str] = (),
-            root_types: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> Analysis:
-    """``build_groups`` with its report: the regrouped GroupNorms and the trace."""
+            root_types: tuple[type, ...] = (nn.Conv2d, nn.Linear), attn_grouping: str = "split") -> Analysis:
+    """``build_groups`` with its report: the regrouped GroupNorms, the paper's group order and the trace.
+
+    Every module with parameters must run during the trace unless it (or a module above it) is ``ignored``:
+    a layer behind a branch the example inputs do not take would otherwise keep its dense widths while the
+    layers around it are pruned. ``attn_grouping``: "split" (q/k apart from v) or "joint" (the paper's code).
+    """
     ignored = tuple(ignored)
     names = dict(model.named_modules())
     unknown = [i for i in ignored if i not in names]
     if unknown:
         raise ValueError(f"ignored names modules the model does not have: {unknown}")
-    return group_trace(trace(model, example_inputs), ignored=ignored, root_types=tuple(root_types))
+    traced = trace(model, example_inputs, attn_grouping=attn_grouping)
+    idle = [name for name, m in names.items()
+            if next(m.parameters(recurse=False), None) is not None and name not in traced.module_io
+            and not any(name == i or name.startswith(i + ".") for i in ignored)]
+    if idle:
+        raise LayersNotTraced(f"{len(idle)} layer(s) with parameters never ran on the example inputs: "
+                              f"{', '.join(idle[:8])}{' ...' if len(idle) > 8 else ''}; run a forward that reaches "
+                              "them, or pass them in ignored")
+    return group_trace(traced, ignored=ignored, root_types=tuple(root_types))
 
 
 def build_groups(model: nn.Module, example_inputs: tuple, *, ignored: Iterable[str] = (),
-                 root_types: tuple[type, ...] = (nn.Conv2d, nn.Linear)) -> list[Group]:
+                 root_types: tuple[type, ...] = (nn.Conv2d, nn.Linear), attn_grouping: str = "split") -> list[Group]:
     """The coupling groups of ``model`` (pruning/groups.py), traced from one forward pass on
     ``example_inputs``, in order of first appearance. Groups touching the network input or output, channels
     no prunable layer produced, or the output channels of an ``ignored`` module path are ``protected``."""
-    return analyze(model, example_inputs, ignored=ignored, root_types=root_types).groups
+    return analyze(model, example_inputs, ignored=ignored, root_types=root_types, attn_grouping=attn_grouping).groups

@@ -56,8 +56,12 @@ def _contract(tr: Recorder, c: Call, ops: list[tuple[tuple[int, ...], Labels | N
         tr.union(joint(i, order), joint(who[1], order))
         if not contracted:
             return place(i)
-        tr.blocks.append(BlockConstraint("heads", c.where, joint(i, kept + contracted).ravel(),
-                                         math.prod(size[l] for l in kept), "qk"))
+        qk = joint(i, kept + contracted).ravel()  # head-major: (heads, head width)
+        tr.qk_labels[c.where] = qk
+        heads = math.prod(size[l] for l in kept)
+        tr.attention.setdefault(c.where, (qk, heads))
+        # The head count is read from the traced shapes; one head (blocks = 1) adds no removal constraint.
+        tr.blocks.append(BlockConstraint("heads", c.where, qk, heads, "qk"))
         return None
     others = {l for j, lets in enumerate(letters) if j != i for l, s in zip(lets, ops[j][0]) if s > 1}
     if contracted:
@@ -69,9 +73,17 @@ def _contract(tr: Recorder, c: Call, ops: list[tuple[tuple[int, ...], Labels | N
         return None
     shared = [l for l in order if l in others]
     per_head = [l for l in order if l not in others]
+    v = joint(i, shared + per_head).ravel()  # head-major
     if per_head and len(ops) > 1:
-        tr.blocks.append(BlockConstraint("heads", c.where, joint(i, shared + per_head).ravel(),
-                                         math.prod(size[l] for l in shared), "v"))
+        tr.blocks.append(BlockConstraint("heads", c.where, v, math.prod(size[l] for l in shared), "v"))
+    qk = tr.qk_labels.pop(c.where, None)
+    if tr.attn_grouping == "joint" and qk is not None and len(ops) > 1:
+        # The paper's pruner ties every operand of a matmul index by index, so the attention weights applied
+        # to v carry q/k's channels on to v: q, k, v and proj_out's input become one space. Widths must agree.
+        if qk.shape != v.shape:
+            raise c.fail(f"attn_grouping 'joint' ties v ({v.size} channels) to q/k ({qk.size}), but they differ; "
+                         "use attn_grouping 'split'")
+        tr.union(qk, v)
     return place(i)
 
 

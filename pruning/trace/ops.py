@@ -70,9 +70,8 @@ def _weighted(tr: Recorder, path: str, m: nn.Module, x: torch.Tensor, y: torch.T
 def _group_norm(tr: Recorder, path: str, m: nn.GroupNorm, x: torch.Tensor, y: torch.Tensor) -> None:
     """Channel-wise (output channel c is input channel c); its groups are equal-removal blocks."""
     v = tr.channel_vector(x, 1, path, "GroupNorm")
-    if m.affine:
-        tr.layers[path] = m
-        tr.member(path, "norm", v)
+    tr.layers[path] = m
+    tr.member(path, "norm", v)  # affine or not: surgery must update num_channels either way
     # One channel per group is a per-channel norm: no removal constraint, and surgery keeps it per-channel.
     if m.num_groups != m.num_channels:
         tr.blocks.append(BlockConstraint("norm", path, v, m.num_groups))

@@ -9,7 +9,7 @@ the finished record that ``pruning/trace/grouping.py`` turns into coupling group
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
@@ -135,14 +135,37 @@ class Trace:
     outputs: np.ndarray  # labels of the network output's channels
     layers: dict[str, nn.Module]  # prunable layers that ran, by path
     num_ops: int = 0
+    # Every module that ran: its first call's input and output channel labels (None where the tensor carries
+    # no labels, or carries them on several dims). Surgery reads width attributes against these.
+    module_io: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = field(default_factory=dict)
+    # Module paths in the order the paper's pruner (Torch-Pruning's DependencyGraph, as vendored by
+    # VainF/Diff-Pruning) inserts them into its graph: see ``pruning/trace/autograd_order.py``.
+    autograd_order: list[str] = field(default_factory=list)
+    # Per attention module (the module running a q.k contraction): its q/k channel labels, head-major, and its
+    # head count, both as traced. Surgery reads ``num_heads``-like attributes and ``scale`` against these.
+    attention: dict[str, tuple[np.ndarray, int]] = field(default_factory=dict)
+    attn_grouping: str = "split"
 
+
+
+# How attention's channel spaces are grouped. "split": q and k are tied by their contraction (q^T k), v and
+# proj_out's input form their own space, which is what the data flow says. "joint": q, k, v and proj_out's input
+# are one space, as the paper's pruner treats them (its dependency graph sees bmm/matmul as an elementwise op
+# that ties all operands index by index; Fang et al. 2023, code VainF/Diff-Pruning ``ddpm_exp/prune.py``).
+ATTN_GROUPINGS = ("split", "joint")
 
 
 class Recorder:
     """What one trace has recorded so far, and the write methods the op rules use: labels of live tensors,
     ties (``union``), member vectors (``member``), constraints, the module path stack."""
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, attn_grouping: str = "split"):
+        if attn_grouping not in ATTN_GROUPINGS:
+            raise ValueError(f"attn_grouping must be one of {ATTN_GROUPINGS}, got {attn_grouping!r}")
+        self.attn_grouping = attn_grouping
+        self.qk_labels: dict[str, np.ndarray] = {}  # per module: the q/k channels of its last q.k contraction
+        self.attention: dict[str, tuple[np.ndarray, int]] = {}  # per module: its first q.k contraction
+        self.module_io: dict[str, tuple[np.ndarray | None, np.ndarray | None]] = {}
         self.param_names = {id(p): n for n, p in model.named_parameters()}
         self.labels: dict[int, Labels] = {}
         self.alive: list[torch.Tensor] = []  # labelled tensors stay alive so their ids stay unique
@@ -198,6 +221,11 @@ class Recorder:
         else:
             self.first_vector[path, role] = v
             self.members.append((path, role, v))
+
+    def vector_of(self, t: Any) -> np.ndarray | None:
+        """The channel labels of ``t`` as one vector, or None (no labels, or labels on several dims)."""
+        L = self.get(t)
+        return L.joint().ravel() if L is not None and len(L.dims) == 1 else None
 
     def channel_vector(self, x: torch.Tensor, dim: int, path: str, op: str) -> np.ndarray:
         """Labels of x along ``dim`` (fresh "constant" labels when no prunable layer produced them)."""

@@ -175,13 +175,27 @@ def _stack(tr: Recorder, c: Call) -> None:
     tr.set(c.out, Labels(np.expand_dims(ref.array, dim), ref.mask[:dim] + (False,) + ref.mask[dim:]))
 
 
+def _fixed_sizes(c: Call) -> bool:
+    """Does the call cut with sizes written in the code? ``split(4)``, ``split([4, 8])``, ``split_with_sizes``,
+    ``tensor_split`` at indices and ``unbind`` do; ``chunk(n)`` and ``tensor_split(x, n)`` cut into n parts
+    whatever the width, so only their parts' equality is a constraint."""
+    if c.name in ("split", "split_with_sizes", "unbind"):
+        return True
+    if c.name == "tensor_split":
+        return not isinstance(c.arg(1, "indices_or_sections", c.kwargs.get("sections")), int)
+    return False
+
+
 def _split(tr: Recorder, c: Call) -> None:
     """split/chunk/unbind. Along a channel dim each output gets its slice of the labels (scale, shift =
-    emb.chunk(2, dim=1)); the parts must stay equal, which holds when they are the same groups."""
+    emb.chunk(2, dim=1)). ``chunk`` parts must stay equal, which holds when they are the same groups; sizes
+    fixed in the code (``split(4)``) read channels at fixed positions, so their groups stay whole."""
     x, outs = c.args[0], list(c.out)
     L = tr.get(x)
     unbind = c.name == "unbind"
     dim = c.arg(1 if unbind else 2, "dim", 0) % x.dim()
+    if L.mask[dim] and _fixed_sizes(c):
+        tr.fixed.append(FixedConstraint(c.where, L.joint().ravel(), f"{c.name} into parts of sizes fixed in the code"))
     parts, offset = [], 0
     for y in outs:
         size = 1 if unbind else y.shape[dim]

@@ -16,7 +16,7 @@ an error or silently baked in, and concat offsets need a second shape-propagatio
 submodules into one flat graph, so keeping Conv2d/Linear/GroupNorm whole needs a custom tracer, and an op
 that fx cannot symbolise fails the whole trace. The mode records exactly what one real pass did, with
 real shapes, without transforming any code. Its cost: only the branch the example inputs take is seen.
-Torch-Pruning's ``grad_fn`` walk (research/torchpruning.md) needs autograd, sees no input widths of a
+Torch-Pruning's ``grad_fn`` walk (VainF/Torch-Pruning, DepGraph: Fang et al. CVPR 2023, arXiv 2301.12900) needs autograd, sees no input widths of a
 ``cat`` and treats every op it does not know as elementwise; here an unknown op is an error.
 
 Rules (``pruning/ops.py``). ``OPS`` maps each supported op name to a category and ``RULES`` each category
@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from pruning.trace.autograd_order import module_order
 from pruning.trace.ops import RULES, layer_rule, lookup, op_name, opaque
 from pruning.trace.record import Call, Recorder, Trace, UnsupportedOpError, on_dim, tensors
 
@@ -48,11 +49,18 @@ from pruning.trace.record import Call, Recorder, Trace, UnsupportedOpError, on_d
 class Tracer(Recorder):
     """A ``Recorder`` driven by module hooks and a ``TorchFunctionMode``: each op it sees goes to its rule."""
 
+    def __init__(self, model: nn.Module, *, attn_grouping: str = "split"):
+        super().__init__(model, attn_grouping=attn_grouping)
+        self.owner: dict[Any, str] = {}  # output grad_fn of each layer run as a single op -> its path
+
     # --- forward hooks: the module path stack, and layers run as single ops
     def enter(self, name: str, module: nn.Module, args: tuple, kwargs: dict) -> None:
         self.stack.append(name)
         if self.suppress:
             return
+        if name not in self.module_io:
+            inputs = tensors((args, kwargs))
+            self.module_io[name] = (self.vector_of(inputs[0]) if inputs else None, None)
         rule = layer_rule(module)
         own_params = next(module.parameters(recurse=False), None) is not None
         if rule is None and own_params and type(module).__module__.startswith("torch.nn"):
@@ -70,6 +78,13 @@ class Tracer(Recorder):
             self.suppress -= 1
             x = (tensors(args) or tensors(kwargs))[0]
             rule(self, name, module, x, output)
+            y = tensors(output)
+            if y and y[0].grad_fn is not None:
+                self.owner.setdefault(y[0].grad_fn, name)  # for the paper's group order (autograd_order.py)
+        io = self.module_io.get(name)
+        if io is not None and io[1] is None and not self.suppress:
+            y = tensors(output)
+            self.module_io[name] = (io[0], self.vector_of(y[0]) if y else None)
         self.stack.pop()
 
     # --- every torch function call
@@ -110,7 +125,7 @@ def _run_meta(model: nn.Module, example_inputs: tuple, tr: "Tracer"):
     arithmetic: about 10x faster on a 36M-parameter U-Net) with the weights swapped in by
     ``functional_call`` (the module hooks still fire). A forward that builds tensors on a fixed device
     cannot mix with meta tensors; it is then run once more on its real tensors."""
-    meta = {name: torch.empty_like(t, device="meta")
+    meta = {name: torch.empty_like(t, device="meta").requires_grad_(t.requires_grad)
             for name, t in [*model.named_parameters(), *model.named_buffers()]}
     tr.param_names.update({id(t): name for name, t in meta.items()})  # name parameters used in functional ops
     try:
@@ -121,18 +136,21 @@ def _run_meta(model: nn.Module, example_inputs: tuple, tr: "Tracer"):
         return _FAILED  # the caller re-traces on real tensors
 
 
-def trace(model: nn.Module, example_inputs: tuple) -> Trace:
-    """Run ``model(*example_inputs)`` once (no grad) and record its channel flow.
+def trace(model: nn.Module, example_inputs: tuple, *, attn_grouping: str = "split") -> Trace:
+    """Run ``model(*example_inputs)`` once and record its channel flow.
+
+    Autograd stays on (on meta tensors it costs nothing) so that the output's ``grad_fn`` graph gives the
+    paper pruner's layer order (``Trace.autograd_order``). ``attn_grouping``: see ``record.ATTN_GROUPINGS``.
 
     Input tensors of 2, 4 or 5 dims get "input" labels on dim 1 (channels of (B, C), (B, C, H, W)); a 3-dim
     input is ambiguous ((B, C, L) or (B, N, C)) and gets none, so the layer reading it is protected anyway.
     """
-    result = _trace(model, example_inputs, meta=True)
-    return result if result is not None else _trace(model, example_inputs, meta=False)
+    result = _trace(model, example_inputs, meta=True, attn_grouping=attn_grouping)
+    return result if result is not None else _trace(model, example_inputs, meta=False, attn_grouping=attn_grouping)
 
 
-def _trace(model: nn.Module, example_inputs: tuple, *, meta: bool) -> Trace | None:
-    tr = Tracer(model)
+def _trace(model: nn.Module, example_inputs: tuple, *, meta: bool, attn_grouping: str) -> Trace | None:
+    tr = Tracer(model, attn_grouping=attn_grouping)
     if meta:
         example_inputs = tuple(torch.empty_like(x, device="meta") if isinstance(x, torch.Tensor) else x
                                for x in example_inputs)
@@ -146,7 +164,7 @@ def _trace(model: nn.Module, example_inputs: tuple, *, meta: bool) -> Trace | No
                 lambda m, a, k, name=name: tr.enter(name, m, a, k), with_kwargs=True))
             handles.append(module.register_forward_hook(
                 lambda m, a, k, o, name=name: tr.exit(name, m, a, k, o), with_kwargs=True))
-        with torch.no_grad(), _Mode(tr):
+        with torch.enable_grad(), _Mode(tr):
             out = _run_meta(model, example_inputs, tr) if meta else model(*example_inputs)
     finally:
         for h in handles:
@@ -154,6 +172,8 @@ def _trace(model: nn.Module, example_inputs: tuple, *, meta: bool) -> Trace | No
     if out is _FAILED:
         return None
     outputs = [tr.get(y).joint().ravel() for y in tensors(out) if tr.get(y) is not None]
+    order = module_order([y.grad_fn for y in tensors(out)], tr.owner)
     return Trace(num_labels=tr.num_labels, sources=tr.sources, unions=tr.unions, members=tr.members, blocks=tr.blocks,
                  parts=tr.parts, fixed=tr.fixed, outputs=np.concatenate(outputs) if outputs else np.zeros(0, dtype=int),
-                 layers=tr.layers, num_ops=tr.num_ops)
+                 layers=tr.layers, num_ops=tr.num_ops, module_io=tr.module_io, autograd_order=order,
+                 attention=tr.attention, attn_grouping=attn_grouping)
