@@ -41,6 +41,7 @@ from diffusion.schedule import DiffusionConfig, Schedule
 from models.checkpoint import environment, read_checkpoint, save_checkpoint
 from models.config import ModelConfig
 from models.loading import load_with_info
+from models.runtime import Runner, RuntimeOptions
 from models.unet import UNet, count_parameters
 
 
@@ -72,6 +73,9 @@ class TrainConfig:
     heldout_images: int = 256      # held-out denoising loss at each checkpoint (0 disables)
     out: str = "runs/train"
     device: str = "cpu"
+    channels_last: bool = False    # opt-in speed options of the forward/backward (models/runtime.py); same
+    compile: bool = False          # function (bf16: to ~3 digits), so checkpoints and resume are unaffected
+    bf16: bool = False
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -281,7 +285,11 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
         box = [(str(run_dir), run_id) if rank == 0 else None]
         dist.broadcast_object_list(box, src=0)
         run_dir, run_id = Path(box[0][0]), box[0][1]
+    if cfg.channels_last:  # before DDP records the parameters' memory layout for its gradient buckets
+        model.to(memory_format=torch.channels_last)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # The training forward; ``model`` stays the plain module for checkpoints, EMA and the sample grids.
+    forward = Runner(ddp, RuntimeOptions(channels_last=cfg.channels_last, compile=cfg.compile, bf16=cfg.bf16))
 
     order = BatchOrder(len(dataset), cfg.batch_size, cfg.seed)
     shard = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
@@ -348,7 +356,7 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
                 x0 = torch.where(flip[shard, None, None, None], x0.flip(-1), x0)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            loss = eps_loss(ddp, schedule, x0.to(device), t[shard].to(device), eps[shard].to(device))
+            loss = eps_loss(forward, schedule, x0.to(device), t[shard].to(device), eps[shard].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
@@ -434,6 +442,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heldout-images", type=cli.nonnegative_int,
                    help=f"held-out images of the eps-MSE at each checkpoint, 0 disables [default: {d.heldout_images}]")
     cli.add_run_flags(p, out=d.out)
+    p.add_argument("--channels-last", action="store_true", help="channels-last memory format (models/runtime.py)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the training forward (first step compiles)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast of the forward/backward (not exact)")
     p.add_argument("--resume", help="a run folder (or its checkpoints/latest.pt) to continue exactly, with its "
                                     "saved config; only --steps (the total) and --device may be given")
     return p

@@ -6,7 +6,8 @@ computed, never which network:
 
     channels_last  weights and inputs in (N, H, W, C) memory order ("channels last"), which oneDNN's
                    convolutions and the CPU attention kernel read without reordering. Same arithmetic up
-                   to the order of float additions (matches the default to ~1e-6).
+                   to the order of float additions (matches the default to ~1e-6). In training, dropout
+                   draws its mask in memory order: a different (equally distributed) mask than the default.
     compile        ``torch.compile`` of the module (TorchInductor: fuses GroupNorm -> SiLU and the residual
                    adds, on CPU through a C++ compiler). The first call of each input shape compiles (tens of
                    seconds); results match eager to float tolerance.
