@@ -144,7 +144,7 @@ class Bench:
         return out
 
     # ------------------------------------------------------------------ 2./3. prune, fine-tune, measure
-    def prune(self, criterion: str, seed: int) -> tuple[Path, dict]:
+    def prune(self, criterion: str, seed: int, scores: dict | None) -> tuple[Path, dict]:
         # Only the random criterion depends on the seed; the others prune the same way for every seed.
         key = f"prune-{criterion}" + (f"-s{seed}" if criterion == "random" else "")
         path = self.work / f"{key}.pt"
@@ -153,7 +153,8 @@ class Bench:
             small, report = prune_layers(self.teacher, criterion=criterion, target_params=self.cfg.target,
                                          images=self.images if criterion != "taylor" else self.images[:self.cfg.taylor_batch],
                                          calib_size=self.cfg.calib_size, thr=self.cfg.thr,
-                                         micro_batch=self.cfg.taylor_batch, seed=seed if criterion == "random" else 0)
+                                         micro_batch=self.cfg.taylor_batch, seed=seed if criterion == "random" else 0,
+                                         scores=scores)
             save_checkpoint(path, config=small.config, state_dict=small.state_dict(),
                             meta={"layer_report": report.summary()})
             print(report.table(), flush=True)
@@ -199,7 +200,8 @@ def main(cfg: argparse.Namespace) -> dict:
             name = f"{criterion}-{variant}"
             expected += 1
             try:
-                path, pruned = b.prune(criterion, seed)
+                # output-loss and taylor: the additivity cell's scores, from the same calibration set / batch and seed
+                path, pruned = b.prune(criterion, seed, add["scores"].get(criterion) if criterion != "random" else None)
                 if criterion == "output-loss" and imbalance is None:
                     imbalance = b.cell("imbalance", lambda: b.imbalance(path))
                 r = rows.setdefault(name, {"pruned": [], "finetuned": []})
@@ -288,14 +290,14 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--teacher", default=str(TEACHER_CHECKPOINT))
     p.add_argument("--target", type=float, default=0.3, help="fraction of the parameters to remove")
-    p.add_argument("--steps", type=int, default=80, help="fine-tune steps of every variant")
-    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--steps", type=int, default=100, help="fine-tune steps of every variant")
+    p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--ema-decay", type=float, default=0.9, help="EMA of the fine-tune: a horizon of ~10 steps, "
-                                                                "short enough for an 80-step fine-tune")
+    p.add_argument("--ema-decay", type=float, default=0.95, help="EMA of the fine-tune: a horizon of ~20 steps, "
+                                                                 "short enough for a 100-step fine-tune")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--num-samples", type=int, default=16)
-    p.add_argument("--sample-steps", type=int, default=25)
+    p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--heldout-images", type=int, default=256)
     p.add_argument("--heldout-draws", type=int, default=2)
     p.add_argument("--calib-images", type=int, default=64)
@@ -308,7 +310,8 @@ if __name__ == "__main__":
                                                                "seconds (0: never); the results are marked partial")
     p.add_argument("--variants", nargs="+", default=["plain", *DISTILL], choices=["plain", *DISTILL],
                    help="fine-tune variants to RUN in this invocation; saved cells of the others are still reported")
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--threads", type=int, default=1, help="torch threads; 1 is several times faster than 2 on "
+                                                           "a shared, oversubscribed 2-core machine")
     p.add_argument("--results", default=str(RESULTS), help="where the JSON, markdown and plot go")
     p.add_argument("--work", default="/tmp/layer_pruning_bench")
     main(p.parse_args())

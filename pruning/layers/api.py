@@ -103,7 +103,7 @@ def prune_layers(model: UNet, *, criterion: str = "output-loss", target_params: 
                  schedule: Schedule | None = None, calib: Calibration | None = None,
                  calib_size: int = DEFAULT_CALIB_SIZE, calib_timesteps: str = DEFAULT_CALIB_TIMESTEPS,
                  seed: int = 0, thr: float = 0.05, micro_batch: int = 8, max_timesteps: int | None = None,
-                 batch_size: int = 256) -> tuple[UNet, LayerReport]:
+                 batch_size: int = 256, scores: dict[str, float] | None = None) -> tuple[UNet, LayerReport]:
     """Remove units of ``model`` so that at least ``target_params`` (or ``target_macs``) of its parameters (MACs,
     paper convention) go, choosing them by ``criterion`` and ``solver`` (default: the criterion's own,
     ``criteria.DEFAULT_SOLVER``). Returns the new, smaller UNet (eval mode) and a ``LayerReport``.
@@ -112,12 +112,13 @@ def prune_layers(model: UNet, *, criterion: str = "output-loss", target_params: 
                them (``calib_size`` triples, ``calib_timesteps``, ``seed``), and taylor uses them as its ONE
                gradient batch (``thr``, ``micro_batch``, ``max_timesteps`` as in ``pruning.prune``).
     calib:     a ready calibration set instead (e.g. shared with an additivity report).
+    scores:    this criterion's scores computed already (e.g. for an additivity report): no scoring pass.
     """
     what, fraction = check_layer_arguments(criterion, target_params, target_macs, solver)
     solver = solver or DEFAULT_SOLVER[criterion]
-    if criterion in ("output-loss", "taylor") and images is None and calib is None:
+    if criterion in ("output-loss", "taylor") and images is None and calib is None and scores is None:
         raise ValueError(f"criterion {criterion!r} needs data: clean training images (images=x0)")
-    if criterion == "taylor" and images is None:
+    if criterion == "taylor" and images is None and scores is None:
         raise ValueError("criterion 'taylor' needs images=x0 (its gradient batch)")
     seconds: dict[str, float] = {}
     start = time.perf_counter()
@@ -126,13 +127,17 @@ def prune_layers(model: UNet, *, criterion: str = "output-loss", target_params: 
         raise ValueError("the model has no removable unit left")
     need, total, macs_before = target_cost(model, units, what, fraction)
     schedule = schedule or Schedule()
-    if criterion == "output-loss" and calib is None:
+    if criterion == "output-loss" and calib is None and scores is None:
         calib = make_calibration(images, schedule, size=calib_size, timesteps=calib_timesteps, seed=seed)
     seconds["units"] = time.perf_counter() - start
     start = time.perf_counter()
     inputs = CriterionInputs(calib=calib, x0=images, schedule=schedule, thr=thr, micro_batch=micro_batch,
                              max_timesteps=max_timesteps, seed=seed, batch_size=batch_size)
-    scores = LAYER_CRITERIA[criterion](model, units, inputs)
+    if scores is None:
+        scores = LAYER_CRITERIA[criterion](model, units, inputs)
+    missing = [u.path for u in units if u.path not in scores]
+    if missing:
+        raise ValueError(f"the given scores have no value for units {missing}")
     seconds["scores"] = time.perf_counter() - start
     start = time.perf_counter()
     chosen = knapsack.select([scores[u.path] for u in units], [u.cost(what) for u in units], need, solver)
