@@ -30,7 +30,7 @@ from common import cli
 from common.cli import UserError
 from common.defaults import RUNS_DIR, TEACHER_CHECKPOINT, latest_pruned_checkpoint
 from common.images import save_grid
-from common.runs import RunLock, new_run_dir, seed_everything, write_json
+from common.runs import RUN_MARKER, RunLock, mark_run, new_run_dir, read_run_marker, seed_everything, write_json
 from data import build_dataset
 from diffusion.ddpm import HeldOutLoss
 from diffusion.schedule import Schedule
@@ -143,13 +143,11 @@ def fid_reference_from_folder(cfg: EvalConfig, run_dir: Path, inception):
 
 
 def heldout_loss_fn(cfg: EvalConfig, image_size: int, schedule: Schedule):
-    """A HeldOutLoss over the first held-out images of ``cfg.data``, or (None, reason)."""
+    """A HeldOutLoss over the first held-out images of ``cfg.data``, or (None, reason) when disabled.
+    Data that cannot be read is an error (the user asked for it), raised before any sampling."""
     if cfg.heldout_images <= 0:
         return None, "disabled (--heldout-images 0)"
-    try:
-        test = build_dataset(cfg.data, root=cfg.data_root, image_size=image_size, split="test")
-    except (OSError, ValueError) as e:
-        return None, f"held-out data unavailable: {e}"
+    test = build_dataset(cfg.data, root=cfg.data_root, image_size=image_size, split="test")
     n = min(cfg.heldout_images, len(test))
     return HeldOutLoss(torch.stack([test[i] for i in range(n)]), schedule, draws=4, seed=1234), None
 
@@ -160,6 +158,8 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
     validate(cfg)
     if resume and not Path(resume).is_dir():
         raise FileNotFoundError(f"--resume {resume}: no such evaluation folder")
+    if resume and (read_run_marker(resume) or {}).get("kind") != "eval":
+        raise UserError(f"--resume {resume}: not an evaluate.py run folder (no {RUN_MARKER} of kind 'eval')")
     if not resume:
         cli.check_writable_dir(cfg.out, "--out")
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -177,6 +177,11 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
     schedule = Schedule()
     names = {src: f"{i}-{Path(src).stem}" for i, src in enumerate(sources)}
     keys = {src: sampling_key(loaded[src][0], schedule, cfg.sampler) for src in sources}
+    heldout_by_size = {}  # the held-out data is read now: a bad --data / --data-root fails before sampling
+    for src in cfg.models:
+        size = loaded[src][0].config.image_size
+        if size not in heldout_by_size:
+            heldout_by_size[size] = heldout_loss_fn(cfg, size, schedule)
     if resume:
         run_dir = Path(resume)
     else:
@@ -184,20 +189,22 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
         if distributed:
             dist.broadcast_object_list(box, src=0)
         run_dir = Path(box[0])
+        if rank == 0:
+            mark_run(run_dir, "eval")
     lock = RunLock(run_dir, "evaluating into this folder").acquire() if rank == 0 else None
     try:
         if resume and rank == 0:
             for src in sources:  # before any sampling: same weights, same settings, or an error
                 claim_sample_folder(run_dir / names[src] / "samples", keys[src], write=False)
         return _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats, fid_name, fid_why,
-                         rank, world, distributed)
+                         heldout_by_size, rank, world, distributed)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats, fid_name, fid_why,
-              rank, world, distributed) -> Path:
+              heldout_by_size, rank, world, distributed) -> Path:
     # 1. Sampling: every rank fills its share of every model's sample folder.
     if rank == 0:
         for src, name in names.items():
@@ -222,7 +229,7 @@ def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats,
     if inception is not None and fid_stats is None:
         fid_stats = fid_reference_from_folder(cfg, run_dir, inception)
     reference_images = load_samples(run_dir / names[cfg.reference] / "samples", cfg.num_samples) if cfg.reference else None
-    rows, heldout_by_size = [], {}
+    rows = []
     for src in cfg.models:
         model, info = loaded[src]
         name, folder = names[src], run_dir / names[src] / "samples"
@@ -252,9 +259,7 @@ def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats,
         else:
             from metrics.ssim import consistency
             row.update(ssim_consistency=consistency(images, reference_images), ssim_skipped=None)
-        if c.image_size not in heldout_by_size:  # one fixed set of triples shared by every model of a size
-            heldout_by_size[c.image_size] = heldout_loss_fn(cfg, c.image_size, schedule)
-        heldout, why = heldout_by_size[c.image_size]
+        heldout, why = heldout_by_size[c.image_size]  # one fixed set of triples shared by every model of a size
         row.update(heldout_loss=heldout(model.eval(), batch_size=cfg.batch_size) if heldout else None, heldout_skipped=why)
         rows.append(row)
 
@@ -344,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--inception-weights", default=None,
                    help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache, else downloaded)")
     f.add_argument("--batch-size", type=cli.positive_int, default=50, help="Inception batch [default: 50]")
-    f.add_argument("--device", default="cpu", help="torch device [default: cpu]")
+    f.add_argument("--device", type=cli.device_name, default="cpu", help="torch device [default: cpu]")
     cli.add_debug_flag(f)
     return p
 

@@ -103,6 +103,24 @@ def finite_float(text: str) -> float:
     return value
 
 
+def device_name(text: str) -> str:
+    """argparse type: a torch device string that exists on this machine (cpu, cuda, cuda:1, mps)."""
+    import torch
+
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a torch device (cpu, cuda, cuda:1, mps, ...)") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text}: this PyTorch build or machine has no CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text}: only {torch.cuda.device_count()} CUDA device(s) here")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise argparse.ArgumentTypeError(f"{text}: MPS is not available here")
+    return text
+
+
 def npz_path(text: str) -> str:
     """argparse type: a file name ending in .npz (np.savez would silently append the suffix otherwise)."""
     if not text.endswith(".npz"):
@@ -143,7 +161,8 @@ def add_data_flags(p: argparse.ArgumentParser, *, default: str = "shapes", help:
 def add_run_flags(p: argparse.ArgumentParser, *, out: str, seed_help: str = "random seed") -> None:
     p.add_argument("--seed", type=int, default=_default(p, 0), help=f"{seed_help} [default: 0]")
     p.add_argument("--out", default=_default(p, out), help=f"parent folder of the numbered run folders [default: {out}]")
-    p.add_argument("--device", default=_default(p, "cpu"), help="torch device: cpu, cuda, cuda:1, ... [default: cpu]")
+    p.add_argument("--device", type=device_name, default=_default(p, "cpu"),
+                   help="torch device: cpu, cuda, cuda:1, ... [default: cpu]")
     add_debug_flag(p)
 
 

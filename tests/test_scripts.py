@@ -400,3 +400,19 @@ def test_train_flips_half_the_batch_when_asked(tmp_path, monkeypatch):
     mirrored = [torch.equal(a.flip(-1), b) for a, b in zip(plain, flipped)]
     assert all(s or m for s, m in zip(same, mirrored))  # each image is itself or its mirror image
     assert 0 < sum(not s for s in same) < 16  # and some, not all, were flipped
+
+
+def test_bad_devices_and_foreign_folders_are_errors(tmp_path, capsys):
+    status, _, err = run_cli(train, ["--device", "bogus"], capsys)
+    assert status == 2 and "'bogus' is not a torch device" in err
+    if not torch.cuda.is_available():
+        status, _, err = run_cli(evaluate, ["tiny", "--device", "cuda"], capsys)
+        assert status == 2 and "no CUDA device" in err
+    folder = tmp_path / "not-an-eval-run"
+    folder.mkdir()
+    with pytest.raises(cli.UserError, match="not an evaluate.py run folder"):
+        evaluate.main(eval_config(tmp_path, [small_checkpoint(tmp_path / "a.pt")]), resume=str(folder))
+    assert list(folder.iterdir()) == []  # nothing sampled into it
+    with pytest.raises(ValueError, match="--data-root"):  # held-out data asked for but unreadable: before sampling
+        evaluate.main(eval_config(tmp_path, [tmp_path / "a.pt"], heldout_images=4, data="folder"))
+    assert not (tmp_path / "eval").exists()
