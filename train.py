@@ -37,6 +37,7 @@ from common.runs import (RUN_MARKER, RunLock, mark_run, new_run_dir, read_run_ma
                          seed_everything, write_json)
 from data import DATASETS, build_dataset
 from diffusion.ddpm import HeldOutLoss, eps_loss, sample_timesteps
+from diffusion.distill import MODES as DISTILL_MODES, build_distiller, check_distill_arguments
 from diffusion.schedule import DiffusionConfig, Schedule
 from models.checkpoint import environment, read_checkpoint, save_checkpoint
 from models.config import ModelConfig
@@ -76,6 +77,11 @@ class TrainConfig:
     channels_last: bool = False    # opt-in speed options of the forward/backward (models/runtime.py); same
     compile: bool = False          # function (bf16: to ~3 digits), so checkpoints and resume are unaffected
     bf16: bool = False
+    distill: str = "none"          # none | output | feature | feature-normalized (diffusion/distill.py)
+    teacher: str | None = None     # with --distill: the dense checkpoint to distil from (frozen, eval mode)
+    lambda_task: float | None = None  # loss weights; None: the mode's defaults (diffusion/distill.py)
+    lambda_out: float | None = None
+    lambda_feat: float | None = None
 
 
 OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
@@ -168,6 +174,14 @@ def validate(cfg: TrainConfig) -> None:
     need(cfg.loss_reduction in ("sum", "mean"), "loss-reduction", "sum or mean", cfg.loss_reduction)
     need(cfg.data in DATASETS, "data", f"one of {DATASETS}", cfg.data)
     need(cfg.dropout is None or 0.0 <= cfg.dropout < 1.0, "dropout", "in [0, 1)", cfg.dropout)
+    try:
+        check_distill_arguments(cfg.distill, cfg.teacher, distill_lambdas(cfg))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def distill_lambdas(cfg: TrainConfig) -> dict[str, float | None]:
+    return {"task": cfg.lambda_task, "out": cfg.lambda_out, "feat": cfg.lambda_feat}
 
 
 def resolve_resume(resume: str | os.PathLike) -> tuple[Path, Path]:
@@ -260,11 +274,15 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
     else:
         model, origin = build_model(cfg)
     model.to(device).train()
+    # The teacher is loaded and checked against the student's architecture before any training work.
+    distiller = build_distiller(cfg.distill, cfg.teacher, model, lambdas=distill_lambdas(cfg), seed=cfg.seed,
+                                device=device)
+    params = list(model.parameters()) + ([] if distiller is None else list(distiller.parameters()))  # + 1x1 taps
     dataset = build_dataset(cfg.data, root=cfg.data_root, image_size=model.config.image_size, split="train")
     ema = EMA(model, cfg.ema_decay)
     diffusion = DiffusionConfig(loss_reduction=cfg.loss_reduction)
     schedule = Schedule(diffusion)
-    opt = OPTIMIZERS[cfg.optimizer](model.parameters(), lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
+    opt = OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
                                     weight_decay=cfg.weight_decay)
     g = torch.Generator().manual_seed(cfg.seed)  # timesteps, noise, flips: identical on every rank
     start = 0
@@ -272,6 +290,11 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
         ema.load_state_dict(ckpt["ema_state_dict"])
         ts = ckpt["train_state"]
         opt.load_state_dict(ts["optimizer"])
+        if distiller is not None:
+            distiller.load_state_dict(ts["distill"]["projections"])
+            if distiller.teacher_checksum() != ts["distill"]["teacher_checksum"]:
+                raise UserError(f"--resume {resume}: the teacher {cfg.teacher} is not the one this run distilled "
+                                "from (its weights changed); an exact resume needs the same teacher")
         g.set_state(ts["generator"])
         torch.set_rng_state(ts["torch_rng"][rank] if rank < len(ts["torch_rng"]) else ts["torch_rng"][0])
         start = int(ts["step"])
@@ -317,6 +340,9 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
             dist.all_gather_object(rngs, torch.get_rng_state())
         if rank == 0:
             train_state = {"step": step, "optimizer": opt.state_dict(), "generator": g.get_state(), "torch_rng": rngs}
+            if distiller is not None:
+                train_state["distill"] = {"projections": distiller.state_dict(),
+                                          "teacher_checksum": distiller.teacher_checksum()}
             save_checkpoint(path, config=model.config, state_dict=model.state_dict(), ema_state_dict=ema.state_dict(),
                             train_state=train_state, meta={"train_config": dataclasses.asdict(cfg), "origin": origin,
                                                            "run_id": run_id, "verified_finite": True})
@@ -356,11 +382,16 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
                 x0 = torch.where(flip[shard, None, None, None], x0.flip(-1), x0)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, cfg)
-            loss = eps_loss(forward, schedule, x0.to(device), t[shard].to(device), eps[shard].to(device))
+            if distiller is None:
+                loss, terms = eps_loss(forward, schedule, x0.to(device), t[shard].to(device), eps[shard].to(device)), {}
+            else:  # task + KD terms (diffusion/distill.py); every term is logged on its own
+                loss, terms = distiller(forward, model, schedule, x0.to(device), t[shard].to(device),
+                                        eps[shard].to(device))
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(),
-                                                       cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+            if distiller is not None and world > 1:
+                distiller.all_reduce_grads(world)
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
             stats = torch.stack([loss.detach(), grad_norm.detach()]).float().cpu()
             if world > 1:
                 dist.all_reduce(stats)
@@ -374,6 +405,8 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
                 writer.add_scalar("train/loss", stats[0].item(), done)
                 writer.add_scalar("train/grad_norm", stats[1].item(), done)
                 writer.add_scalar("train/lr", lr_at(step, cfg), done)
+                for name, value in terms.items():  # rank 0's values of the task and distillation terms
+                    writer.add_scalar(f"train/{name}", value, done)
                 bar.set_postfix(loss=f"{stats[0].item():.4g}", gnorm=f"{stats[1].item():.3g}")
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
                 if world > 1:
@@ -445,6 +478,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--channels-last", action="store_true", help="channels-last memory format (models/runtime.py)")
     p.add_argument("--compile", action="store_true", help="torch.compile the training forward (first step compiles)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast of the forward/backward (not exact)")
+    p.add_argument("--distill", choices=DISTILL_MODES,
+                   help="fine-tune with knowledge distillation from --teacher: output KD (0.3 task + 0.7 KD), "
+                        "feature KD over the stage outputs (BK-SDM), or feature KD with each stage normalised by "
+                        f"the teacher feature's squared norm (LAPTOP-Diff) [default: {d.distill}]")
+    p.add_argument("--teacher", help="the dense checkpoint to distil from (any source models.load reads)")
+    p.add_argument("--lambda-task", type=cli.finite_float, help="weight of the eps loss [default: 0.3 for output, 1 else]")
+    p.add_argument("--lambda-out", type=cli.finite_float, help="weight of output KD [default: 0.7 for output, 1 else]")
+    p.add_argument("--lambda-feat", type=cli.finite_float, help="weight of feature KD [default: 1]")
     p.add_argument("--resume", help="a run folder (or its checkpoints/latest.pt) to continue exactly, with its "
                                     "saved config; only --steps (the total) and --device may be given")
     return p

@@ -164,3 +164,44 @@ class Distiller(nn.Module):
             logs["kd_feat"] = feat.item()
             logs.update({f"kd_feat/{k}": v.item() for k, v in terms.items()})
         return total, logs
+
+    def all_reduce_grads(self, world: int) -> None:
+        """Average the projections' gradients over data-parallel ranks (they live outside the DDP wrapper)."""
+        import torch.distributed as dist
+
+        for p in self.parameters():
+            if p.grad is not None:
+                dist.all_reduce(p.grad)
+                p.grad /= world
+
+    def teacher_checksum(self) -> float:
+        """Sum of the teacher's weights in float64: saved with training checkpoints so that a resumed run can
+        check it distils from the same teacher."""
+        return float(sum(p.detach().double().sum().item() for p in self.teacher[0].parameters()))
+
+
+def check_distill_arguments(mode: str, teacher: str | None, lambdas: dict[str, float | None]) -> None:
+    """Errors for bad distillation flags, before anything is loaded."""
+    if mode not in MODES:
+        raise ValueError(f"--distill must be one of {MODES}, got {mode!r}")
+    if mode != "none" and not teacher:
+        raise ValueError(f"--distill {mode} needs --teacher: the dense checkpoint to distil from")
+    if mode == "none" and teacher:
+        raise ValueError("--teacher is only used with --distill output, feature or feature-normalized")
+    for name, value in lambdas.items():
+        if value is not None and not value >= 0:
+            raise ValueError(f"--lambda-{name} must be >= 0, got {value}")
+
+
+def build_distiller(mode: str, teacher: str | None, student: nn.Module, *, lambdas: dict[str, float | None],
+                    seed: int, device: str | torch.device) -> Distiller | None:
+    """The Distiller of train.py's flags (None for mode "none"): the teacher is loaded with ``models.load`` (EMA
+    weights) and checked against the student's architecture before any training work."""
+    check_distill_arguments(mode, teacher, lambdas)
+    if mode == "none":
+        return None
+    from models.loading import load
+
+    teacher_model = load(teacher, ema=True, device=device)
+    return Distiller(student, teacher_model, mode=mode, lambda_task=lambdas.get("task"), lambda_out=lambdas.get("out"),
+                     lambda_feat=lambdas.get("feat"), seed=seed, teacher_source=str(teacher))

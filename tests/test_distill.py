@@ -91,3 +91,60 @@ def test_teacher_of_another_architecture_is_an_error():
         Distiller(model(), other, mode="feature", teacher_source="other.pt")
     with pytest.raises(ValueError, match="distillation mode"):
         Distiller(model(), model(), mode="none")
+
+
+def _checkpoint(path, config: ModelConfig, seed: int, removed=()):
+    from models.checkpoint import save_checkpoint
+
+    m = model(config, seed)
+    if removed:
+        m = remove_units(m, removed)
+    save_checkpoint(path, config=m.config, state_dict=m.state_dict())
+    return path
+
+
+@pytest.mark.slow
+def test_train_with_distillation_resumes_exactly(tmp_path):
+    """Feature-normalised KD of a channel- and layer-pruned student (so 1x1 projections are trained): an
+    interrupted + resumed run ends bit-identical to an uninterrupted one; every term reaches TensorBoard."""
+    import train
+    from models.checkpoint import read_checkpoint
+
+    teacher = _checkpoint(tmp_path / "teacher.pt", CONFIG, 0)
+    widths = {"conv_in": 6, "down.0.block.0.conv2": 6, "down.0.block.0.conv1": 6, "down.0.downsample.conv": 6,
+              "up.0.block.0.conv2": 6, "up.0.block.1.conv2": 6, "up.0.block.0.conv1": 6, "up.0.block.1.conv1": 6}
+    student = _checkpoint(tmp_path / "student.pt", CONFIG.with_widths(widths), 1, removed=["mid.attn_1"])
+    cfg = lambda steps: train.TrainConfig(model=str(student), steps=steps, batch_size=4, lr=1e-3, ckpt_every=2,  # noqa: E731
+                                          log_every=1, heldout_images=0, ema_decay=0.9, out=str(tmp_path / "runs"),
+                                          distill="feature-normalized", teacher=str(teacher))
+    full = train.main(cfg(4))
+    half = train.main(cfg(2))
+    train.main(cfg(4), resume=str(half))
+    a, b = read_checkpoint(full / "checkpoints" / "latest.pt"), read_checkpoint(half / "checkpoints" / "latest.pt")
+    for key in ("state_dict", "ema_state_dict"):
+        for name in a[key]:
+            torch.testing.assert_close(a[key][name], b[key][name], rtol=0, atol=0, msg=f"{key} {name}")
+    proj_a, proj_b = a["train_state"]["distill"]["projections"], b["train_state"]["distill"]["projections"]
+    assert sorted(proj_a) == ["proj.down_0.bias", "proj.down_0.weight", "proj.up_0.bias", "proj.up_0.weight"]
+    for name in proj_a:
+        torch.testing.assert_close(proj_a[name], proj_b[name], rtol=0, atol=0)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = EventAccumulator(str(full / "tb")).Reload().Tags()["scalars"]
+    assert {"train/loss_task", "train/kd_out", "train/kd_feat", "train/kd_feat/down.0", "train/kd_feat/up.0"} <= set(tags)
+
+
+def test_train_refuses_a_teacher_of_another_architecture_before_any_work(tmp_path):
+    import train
+
+    other = ModelConfig(image_size=16, ch=8, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(8,), norm_groups=2)
+    teacher = _checkpoint(tmp_path / "teacher.pt", other, 0)
+    student = _checkpoint(tmp_path / "student.pt", CONFIG, 1)
+    with pytest.raises(ValueError, match="another architecture"):
+        train.main(train.TrainConfig(model=str(student), steps=2, batch_size=2, heldout_images=0,
+                                     out=str(tmp_path / "runs"), distill="feature", teacher=str(teacher)))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+    with pytest.raises(ValueError, match="needs --teacher"):
+        train.main(train.TrainConfig(model=str(student), steps=2, distill="output", out=str(tmp_path / "runs")))
+    with pytest.raises(ValueError, match="only used with --distill"):
+        train.main(train.TrainConfig(model=str(student), steps=2, teacher=str(teacher), out=str(tmp_path / "runs")))
