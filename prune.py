@@ -3,11 +3,14 @@
     python prune.py                                   # the embedded default: the shipped tiny teacher, shapes data
     python prune.py --model ddim_cifar10.ckpt --data cifar10 --data-root data/ --batch-size 128 --thr 0.05
     python prune.py --method magnitude --ratio 0.5
+    python prune.py --method layer --criterion output-loss --target-params 0.3     # LAPTOP-Diff layer pruning
 
 Writes a new numbered folder under runs/prune/ with the pruned checkpoint (config + per-layer widths +
 plain state dict), report.json, the coupling groups (groups.txt), sample grids of the model before and
 after pruning (deterministic DDIM from the same fixed noise) and, for the gradient methods, the plot of
-L_t against t with the threshold marked.
+L_t against t with the threshold marked. ``--method layer`` (LAPTOP-Diff, arXiv 2404.11098) removes whole
+residual branches instead (pruning/layers/): the folder then holds pruned.pt, report.json, units.txt, the
+additivity report (additivity.json, additivity.png) and the sample grids.
 """
 from __future__ import annotations
 
@@ -33,6 +36,11 @@ from models.checkpoint import environment, save_checkpoint
 from models.loading import load_with_info
 from pruning.api import METHODS, check_arguments, prune
 from pruning.importance import plot_timestep_losses
+from pruning.layers import check_layer_arguments, check_target, prune_layers
+from pruning.layers.additivity import format_report
+from pruning.layers.criteria import DEFAULT_CALIB_SIZE, LAYER_CRITERIA
+from pruning.layers.knapsack import SOLVERS
+from pruning.layers.outputs import additivity_for_run, write_layer_run
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,24 @@ class PruneConfig:
     seed: int = 0
     out: str = str(RUNS_DIR / "prune")
     device: str = "cpu"
+    criterion: str = "output-loss"        # --method layer: output-loss | random | handcrafted | taylor
+    target_params: float | None = None    # --method layer: fraction of the parameters to remove ...
+    target_macs: float | None = None      # ... or of the MACs (paper convention)
+    solver: str | None = None             # knapsack | greedy | ranked (None: the criterion's own)
+    calib_size: int = DEFAULT_CALIB_SIZE  # output-loss calibration triples (x0, t, eps)
+    calib_timesteps: str = "stratified"   # stratified | uniform
+    additivity_subsets: int = 20          # random unit subsets per size in additivity.json; 0 skips the report
+
+
+def check_method_arguments(cfg: PruneConfig) -> None:
+    """The method's settings, before anything is loaded."""
+    if cfg.method == "layer":
+        check_layer_arguments(cfg.criterion, cfg.target_params, cfg.target_macs, cfg.solver)
+        if cfg.calib_size < 1 or cfg.additivity_subsets < 0:
+            raise cli.UserError(f"--calib-size must be >= 1 and --additivity-subsets >= 0, got {cfg.calib_size} "
+                                f"and {cfg.additivity_subsets}")
+    else:
+        check_arguments(cfg.method, cfg.ratio, cfg.thr, cfg.scope)
 
 
 def gradient_batch(cfg: PruneConfig, image_size: int) -> torch.Tensor:
@@ -82,7 +108,7 @@ def print_widths(before: dict[str, int], after: dict[str, int]) -> None:
 
 def main(cfg: PruneConfig) -> Path:
     """Prune ``cfg.model``; returns the run folder."""
-    check_arguments(cfg.method, cfg.ratio, cfg.thr, cfg.scope)  # fail before loading anything
+    check_method_arguments(cfg)  # fail before loading anything
     for name in ("batch_size", "micro_batch", "sample_steps"):
         if getattr(cfg, name) < 1:
             raise cli.UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
@@ -94,6 +120,8 @@ def main(cfg: PruneConfig) -> Path:
     model, info = load_with_info(cfg.model, ema=True, device=cfg.device, preset=cfg.preset,
                                  norm_groups=cfg.norm_groups)
     cli.print_load_notes(cfg.model, info, "prune")
+    if cfg.method == "layer":  # an unreachable target fails before any sampling or scoring
+        check_target(model, cfg.target_params, cfg.target_macs)
     if cfg.attn_scale is not None and hasattr(model, "config"):
         model.config = dataclasses.replace(model.config, attn_scale=cfg.attn_scale)
     c = model.config
@@ -104,6 +132,8 @@ def main(cfg: PruneConfig) -> Path:
     fixed_noise = dict(indices=list(range(cfg.num_samples)), seed=cfg.seed, image_shape=(c.in_channels, c.image_size, c.image_size),
                        steps=cfg.sample_steps, batch_size=cfg.num_samples, device=cfg.device, clip_x0=cfg.clip_x0)
     samples_before = sample(model.eval(), schedule, **fixed_noise) if cfg.num_samples else None
+    if cfg.method == "layer":
+        return prune_layers_run(cfg, model, info, schedule, fixed_noise, samples_before, start)
 
     x0 = gradient_batch(cfg, c.image_size).to(cfg.device) if cfg.method in ("taylor", "diff-pruning") else None
     model, report = prune(model, example, method=cfg.method, ratio=cfg.ratio, ignored=cfg.ignored, data=x0,
@@ -150,13 +180,54 @@ def main(cfg: PruneConfig) -> Path:
     return run
 
 
+def prune_layers_run(cfg: PruneConfig, model, info: dict, schedule: Schedule, fixed_noise: dict,
+                     samples_before: torch.Tensor | None, start: float) -> Path:
+    """--method layer: score the units, remove the chosen ones (pruning/layers/api.py), write the run folder."""
+    c = model.config
+    # Calibration images for output-loss; taylor's one gradient batch is the first --batch-size of them.
+    images = gradient_batch(dataclasses.replace(cfg, batch_size=max(cfg.batch_size, cfg.calib_size)), c.image_size)
+    images = images.to(cfg.device)
+    kw = dict(schedule=schedule, calib_size=cfg.calib_size, calib_timesteps=cfg.calib_timesteps, seed=cfg.seed)
+    small, report = prune_layers(model, criterion=cfg.criterion, target_params=cfg.target_params,
+                                 target_macs=cfg.target_macs, solver=cfg.solver, thr=cfg.thr, micro_batch=cfg.micro_batch,
+                                 max_timesteps=cfg.max_timesteps,
+                                 images=images[:cfg.batch_size] if cfg.criterion == "taylor" else images, **kw)
+    additivity = None
+    if cfg.additivity_subsets:
+        additivity = additivity_for_run(model, report, images=images, per_size=cfg.additivity_subsets, **kw)
+    samples_after = sample(small.eval(), schedule, **fixed_noise) if cfg.num_samples else None
+    seconds = time.perf_counter() - start
+    run = new_run_dir(cfg.out, f"{Path(cfg.model).stem}-layer-{cfg.criterion}")
+    written = write_layer_run(run, small, report, additivity,
+                              meta={"prune_config": dataclasses.asdict(cfg), "source_model": cfg.model,
+                                    "method": "layer", "criterion": cfg.criterion},
+                              extra={"config": dataclasses.asdict(cfg), "environment": environment(),
+                                     "source": {k: str(v) for k, v in info.items()}, "seconds_total": seconds})
+    if cfg.num_samples:
+        save_grid(samples_before, run / "samples_before.png", nrow=8, scale=2)
+        save_grid(samples_after, run / "samples_after.png", nrow=8, scale=2)
+        written += ["samples_before.png", "samples_after.png"]
+    print(report.table())
+    if additivity is not None:
+        print("\nadditivity: measured output loss L(S) of random unit subsets against the summed single-unit scores")
+        print(format_report(additivity))
+    print(f"time: {seconds:.1f}s in all ({', '.join(f'{k} {v:.2f}s' for k, v in report.seconds.items())})")
+    print(f"\nwrote {run}/: {', '.join(written)}")
+    print("\nnext:")
+    print(f"  python train.py --model {run / 'pruned.pt'} --steps 1000 --lr 5e-4 --loss-reduction mean --ema-decay 0.999 "
+          f"--batch-size 32 --distill feature-normalized --teacher {os.path.relpath(cfg.model) if Path(cfg.model).exists() else cfg.model}")
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     d = PruneConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     cli.add_model_flags(p, default=d.model, help="model to prune: a preset, a diffprune / DDIM-codebase checkpoint, "
                         "a diffusers folder or a hub name such as google/ddpm-cifar10-32 (default: the shipped "
                         "tiny teacher)")
-    p.add_argument("--method", choices=METHODS, default=d.method, help=f"importance criterion [default: {d.method}]")
+    p.add_argument("--method", choices=METHODS + ("layer",), default=d.method,
+                   help=f"channel importance criterion, or 'layer': remove whole residual branches (LAPTOP-Diff) "
+                        f"chosen by --criterion [default: {d.method}]")
     p.add_argument("--ratio", type=float, default=d.ratio,
                    help=f"channel sparsity per group, in [0, 1) (the paper's ch_sparsity) [default: {d.ratio}]")
     p.add_argument("--thr", type=float, default=d.thr,
@@ -185,6 +256,22 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"DDIM steps of the sample grids [default: {d.sample_steps}]")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=d.clip_x0,
                    help="clamp x0 predictions to [-1, 1] in the sample grids")
+    layer = p.add_argument_group("layer pruning (--method layer)")
+    layer.add_argument("--criterion", choices=tuple(LAYER_CRITERIA), default=d.criterion,
+                       help=f"unit score: output-loss (LAPTOP-Diff), random, handcrafted (BK-SDM-style rule) or "
+                            f"taylor (Diff-Pruning's score summed per unit) [default: {d.criterion}]")
+    layer.add_argument("--target-params", type=float, default=None, help="fraction of the parameters to remove, in (0, 1)")
+    layer.add_argument("--target-macs", type=float, default=None, help="fraction of the MACs to remove, in (0, 1)")
+    layer.add_argument("--solver", choices=SOLVERS, default=None,
+                       help="exact knapsack (minimum summed score), greedy by score per cost, or ranked by score "
+                            "[default: knapsack; ranked for handcrafted]")
+    layer.add_argument("--calib-size", type=cli.positive_int, default=d.calib_size,
+                       help=f"output-loss calibration triples (x0, t, eps) [default: {d.calib_size}]")
+    layer.add_argument("--calib-timesteps", choices=("stratified", "uniform"), default=d.calib_timesteps,
+                       help=f"how the calibration timesteps are drawn [default: {d.calib_timesteps}]")
+    layer.add_argument("--additivity-subsets", type=cli.nonnegative_int, default=d.additivity_subsets,
+                       help=f"random unit subsets per size (2, 4, 8) in the additivity report; 0 skips it "
+                            f"[default: {d.additivity_subsets}]")
     cli.add_run_flags(p, out=d.out, seed_help="seed of the gradient batch, the random criteria and the grids' noise")
     return p
 
@@ -192,13 +279,14 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> PruneConfig:
     p = build_parser()
     a = p.parse_args(argv)
-    try:
-        check_arguments(a.method, a.ratio, a.thr, a.scope)
-    except ValueError as e:
-        p.error(str(e))
     args = vars(a)
     args.pop("debug")
-    return PruneConfig(**{**args, "ignored": tuple(a.ignored)})
+    cfg = PruneConfig(**{**args, "ignored": tuple(a.ignored)})
+    try:
+        check_method_arguments(cfg)
+    except ValueError as e:
+        p.error(str(e))
+    return cfg
 
 
 if __name__ == "__main__":

@@ -248,3 +248,35 @@ def test_channel_and_layer_pruning_compose(tmp_path, order):
                                        out=str(tmp_path / "runs")))
     tuned = load(run / "model.pt")
     assert tuned.config.removed == model.config.removed and tuned.config.widths == model.config.widths
+
+
+def test_prune_script_layer_method(tmp_path, capsys):
+    """prune.py --method layer writes the layer-pruned checkpoint, its report and the additivity report; bad
+    targets and unknown units are one-line errors before any work."""
+    import prune
+    from common import cli
+
+    model = small_model()
+    src = tmp_path / "teacher.pt"
+    save_checkpoint(src, config=model.config, state_dict=model.state_dict())
+    argv = ["--model", str(src), "--method", "layer", "--criterion", "output-loss", "--target-params", "0.3",
+            "--calib-size", "4", "--additivity-subsets", "2", "--num-samples", "2", "--sample-steps", "2",
+            "--out", str(tmp_path / "runs")]
+    run = prune.main(prune.parse_args(argv))
+    for name in ("pruned.pt", "report.json", "units.txt", "additivity.json", "additivity.png", "samples_after.png"):
+        assert (run / name).is_file(), name
+    report = json.loads((run / "report.json").read_text())
+    small = load(run / "pruned.pt")
+    assert list(small.config.removed) == sorted(report["removed"])
+    assert report["params_after"] == sum(p.numel() for p in small.parameters()) <= 0.7 * report["params_before"]
+    capsys.readouterr()
+    assert cli.run(prune.main, prune.parse_args, argv[:7] + ["0.99"] + argv[8:]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: the target is not reachable") and "\n" not in err
+    assert len(list((tmp_path / "runs").iterdir())) == 1  # nothing written for the failed run
+    cfg = small.config.to_dict()
+    cfg["removed"] = ["mid.attn_9"]
+    torch.save({"format": "diffprune", "format_version": 1, "model_config": cfg, "state_dict": small.state_dict()},
+               tmp_path / "bad.pt")
+    assert cli.run(prune.main, prune.parse_args, ["--model", str(tmp_path / "bad.pt")] + argv[2:]) == 2
+    assert "mid.attn_9" in capsys.readouterr().err

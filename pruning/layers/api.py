@@ -98,6 +98,12 @@ def target_cost(model: UNet, units: list[Unit], what: str, fraction: float) -> t
     return need, total, macs.macs_paper
 
 
+def check_target(model: UNet, target_params: float | None, target_macs: float | None) -> None:
+    """A target that removing every unit of ``model`` cannot reach is an error, before any scoring or sampling."""
+    what, fraction = check_layer_arguments("random", target_params, target_macs, None)
+    target_cost(model, find_units(model), what, fraction)
+
+
 def prune_layers(model: UNet, *, criterion: str = "output-loss", target_params: float | None = None,
                  target_macs: float | None = None, solver: str | None = None, images: torch.Tensor | None = None,
                  schedule: Schedule | None = None, calib: Calibration | None = None,
