@@ -199,6 +199,8 @@ def main(cfg: argparse.Namespace) -> dict:
         for criterion, variant in plan:
             name = f"{criterion}-{variant}"
             expected += 1
+            if variant not in cfg.variants and not (b.work / "cells" / f"{name}-s{seed}.json").exists():
+                continue  # another invocation runs this variant (several processes may share one --work)
             try:
                 # output-loss and taylor: the additivity cell's scores, from the same calibration set / batch and seed
                 path, pruned = b.prune(criterion, seed, add["scores"].get(criterion) if criterion != "random" else None)
@@ -291,7 +293,7 @@ if __name__ == "__main__":
     p.add_argument("--teacher", default=str(TEACHER_CHECKPOINT))
     p.add_argument("--target", type=float, default=0.3, help="fraction of the parameters to remove")
     p.add_argument("--steps", type=int, default=100, help="fine-tune steps of every variant")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--ema-decay", type=float, default=0.95, help="EMA of the fine-tune: a horizon of ~20 steps, "
                                                                  "short enough for a 100-step fine-tune")
@@ -308,8 +310,9 @@ if __name__ == "__main__":
     p.add_argument("--subset-sizes", type=int, nargs="+", default=[2, 4, 6, 8])
     p.add_argument("--stop-after", type=float, default=0, help="stop starting new fine-tunes after this many "
                                                                "seconds (0: never); the results are marked partial")
-    p.add_argument("--variants", nargs="+", default=["plain", *DISTILL], choices=["plain", *DISTILL],
-                   help="fine-tune variants to RUN in this invocation; saved cells of the others are still reported")
+    p.add_argument("--variants", nargs="*", default=["plain", *DISTILL], choices=["plain", *DISTILL],
+                   help="fine-tune variants to RUN in this invocation (none: only report); saved cells of the others "
+                        "are still reported")
     p.add_argument("--threads", type=int, default=1, help="torch threads; 1 is several times faster than 2 on "
                                                            "a shared, oversubscribed 2-core machine")
     p.add_argument("--results", default=str(RESULTS), help="where the JSON, markdown and plot go")
