@@ -241,12 +241,14 @@ def prune(model: nn.Module, example_inputs: tuple, *, method: str = "diff-prunin
         dense_keeps = {i: k.numpy() for i, k in keeps.items()}
         attributes = update_attributes(model, analysis, dense_keeps, attn_scale=attn_scale)
         finalize(model)
+        seconds["select_and_surgery"] = time.perf_counter() - start
+        start = time.perf_counter()
         retrace_check(model, example_inputs, analysis, dense_keeps)
+        seconds["retrace_check"] = time.perf_counter() - start
         if method == "scratch":  # the paper's "scratch" row: the pruned structure, freshly initialised
             reinitialize(model, seed=seed)
         for p in model.parameters():  # the accumulated gradients served the ranking only
             p.grad = None
-        seconds["select_and_surgery"] = time.perf_counter() - start
 
     report = PruneReport(method=method, ratio=ratio, scope=scope, widths_before=widths_before,
                          widths_after=layer_widths(model), groups=groups, groups_text=groups_text,
@@ -286,6 +288,7 @@ def kept_channels(analysis: Analysis, keeps: dict[int, np.ndarray]) -> dict[str,
     ({"conv1": {"out": ..., "in": ...}, "norm2": {"norm": ...}}): what the paper's code keeps, comparable
     across implementations."""
     out: dict[str, dict[str, np.ndarray]] = {}
+    alive = analysis.alive(keeps)
     for path, role, labels in analysis.trace.members:
-        out.setdefault(path, {})[role] = np.nonzero(analysis.kept_mask(labels, keeps))[0]
+        out.setdefault(path, {})[role] = np.nonzero(analysis.kept_mask(labels, alive))[0]
     return out

@@ -102,9 +102,10 @@ def retrace_check(model: nn.Module, example_inputs: tuple, analysis: Analysis, k
                          "a module attribute that surgery does not update (pruning/surgery.py WIDTH_ATTRS, "
                          "HEAD_ATTRS) probably still holds a dense width") from err
     seen = {(path, role): len(v) for path, role, v in again.members}
+    alive = analysis.alive(keeps)
     problems = []
     for path, role, v in dense.members:
-        expected = analysis.new_width(v, keeps)
+        expected = analysis.new_width(v, alive)
         got = seen.get((path, role))
         if got is None:
             problems.append(f"{path} ({role}) no longer runs")

@@ -215,7 +215,10 @@ def accumulate_gradients(model: nn.Module, schedule: Schedule, x0: torch.Tensor,
     "taylor" recipe). Existing ``.grad`` are cleared first. The model runs in eval mode (dropout off, as in
     the paper code) and is returned to its previous mode afterwards.
 
-    x0: (B, C, H, W) one batch in [-1, 1]. micro_batch: samples per forward; the result does not depend on it.
+    x0: (B, C, H, W) one batch in [-1, 1]. micro_batch: at most this many samples per forward/backward (the
+    memory budget); the result does not depend on it. With micro_batch >= B, k = micro_batch // B timesteps go
+    through one pass (``_accumulate_chunks``: B x k samples, far better use of the matrix units than B); a
+    smaller micro_batch splits each timestep's batch instead.
     max_timesteps: compute at most this many t (speed); the loop then ends without a rejected t.
     """
     if not math.isfinite(thr) or not 0 <= thr <= 1:
@@ -236,51 +239,100 @@ def accumulate_gradients(model: nn.Module, schedule: Schedule, x0: torch.Tensor,
     model.eval()
     model.zero_grad(set_to_none=True)
     report = TimestepReport(thr=float(thr))
-    single_pass = micro_batch >= B
     try:
+        if micro_batch >= B:
+            _accumulate_chunks(model, schedule, x0, eps, T, micro_batch // B, thr, report, params, names, progress)
+            return report
         for t in tqdm(range(T), desc="timesteps", disable=not progress):
-            if single_pass:
-                # Whole batch in one graph: decide before backward, exactly as the paper code.
-                tt = torch.full((B,), t, dtype=torch.long, device=x0.device)
-                loss = eps_loss_per_sample(model, schedule, x0, tt, eps, reduction="sum").mean()  # L_t
-                L_t = loss.item()
-                _check_finite_loss(L_t, t)
-                report.losses.append(L_t)
-                report.loss_max = max(report.loss_max, L_t)
-                if L_t < thr * report.loss_max:
-                    report.stopped_at = t
-                    break
-                loss.backward()
-                _check_finite_grads(params, names, t)
-            else:
-                # L_t needs the whole batch, but we do not hold B samples' graphs at once. Snapshot the grads,
-                # backward each micro-batch as it comes, and if the completed L_t falls below the threshold
-                # restore the snapshot. Exact: the snapshot is a copy of the grads before t, so after a
-                # restore they are bit-identical to never having run t's backward; and since
-                # mean_B = sum_mb (mb/B) mean_mb, the micro-batch gradients add up to the full-batch one.
-                snapshot = [None if p.grad is None else p.grad.clone() for p in params]
-                L_t = 0.0
-                for start in range(0, B, micro_batch):
-                    sl = slice(start, start + micro_batch)
-                    tt = torch.full((x0[sl].shape[0],), t, dtype=torch.long, device=x0.device)
-                    per = eps_loss_per_sample(model, schedule, x0[sl], tt, eps[sl], reduction="sum")  # (mb,)
-                    part = per.sum() / B  # = (mb / B) * mean over the micro-batch
-                    part.backward()
-                    L_t += part.item()
-                _check_finite_loss(L_t, t)
-                _check_finite_grads(params, names, t)
-                report.losses.append(L_t)
-                report.loss_max = max(report.loss_max, L_t)
-                if L_t < thr * report.loss_max:
-                    for p, saved in zip(params, snapshot):
-                        p.grad = saved
-                    report.stopped_at = t
-                    break
+            # Micro-batches smaller than B: L_t needs the whole batch, but we do not hold B samples' graphs at
+            # once. Snapshot the grads, backward each micro-batch as it comes, and if the completed L_t falls below the threshold
+            # restore the snapshot. Exact: the snapshot is a copy of the grads before t, so after a
+            # restore they are bit-identical to never having run t's backward; and since
+            # mean_B = sum_mb (mb/B) mean_mb, the micro-batch gradients add up to the full-batch one.
+            snapshot = [None if p.grad is None else p.grad.clone() for p in params]
+            L_t = 0.0
+            for start in range(0, B, micro_batch):
+                sl = slice(start, start + micro_batch)
+                tt = torch.full((x0[sl].shape[0],), t, dtype=torch.long, device=x0.device)
+                per = eps_loss_per_sample(model, schedule, x0[sl], tt, eps[sl], reduction="sum")  # (mb,)
+                part = per.sum() / B  # = (mb / B) * mean over the micro-batch
+                part.backward()
+                L_t += part.item()
+            _check_finite_loss(L_t, t)
+            _check_finite_grads(params, names, t)
+            report.losses.append(L_t)
+            report.loss_max = max(report.loss_max, L_t)
+            if L_t < thr * report.loss_max:
+                for p, saved in zip(params, snapshot):
+                    p.grad = saved
+                report.stopped_at = t
+                break
             report.kept.append(t)
     finally:
         model.train(was_training)
     return report
 
+
+def _accumulate_chunks(model: nn.Module, schedule: Schedule, x0: torch.Tensor, eps: torch.Tensor, T: int, k: int,
+                       thr: float, report: TimestepReport, params: list[torch.Tensor], names: dict[int, str],
+                       progress: bool) -> None:
+    """The timestep loop of ``accumulate_gradients`` with k timesteps per forward/backward (k * B samples).
+
+    Each pass stacks the batch k times, sample j * B + b being (x0_b, eps_b) at t_j, and computes the k losses
+    L_t in one forward. They are then read in increasing t exactly as the one-t loop reads them (running max,
+    stop at the first L_t < thr * L_max), and only the kept ones enter the backward: the gradient of
+    sum_{kept t} L_t, the same sum the loop accumulates one t at a time (the same up to float summation order;
+    a rejected t in the pass is computed but never differentiated). Each L_t comes from the same graph as its
+    gradient, so nothing is evaluated twice.
+    """
+    B = x0.shape[0]
+    bar = tqdm(total=T, desc="timesteps", disable=not progress)
+    for t0 in range(0, T, k):
+        ts = list(range(t0, min(t0 + k, T)))
+        tt = torch.tensor(ts, dtype=torch.long, device=x0.device).repeat_interleave(B)  # (k B,): t-major
+        n = len(ts)
+        per = eps_loss_per_sample(model, schedule, x0.repeat(n, 1, 1, 1), tt, eps.repeat(n, 1, 1, 1),
+                                  reduction="sum")  # (k B,)
+        losses = per.view(n, B).mean(dim=1)  # (k,): L_t for each t of the pass
+        kept = 0
+        for t, L_t in zip(ts, losses.tolist()):
+            _check_finite_loss(L_t, t)
+            report.losses.append(L_t)
+            report.loss_max = max(report.loss_max, L_t)
+            if L_t < thr * report.loss_max:
+                report.stopped_at = t
+                break
+            kept += 1
+        if kept:
+            losses[:kept].sum().backward()
+            if not _grads_finite(params):
+                _name_non_finite_timestep(model, schedule, x0, eps, report.kept + ts[:kept], params, names)
+            report.kept.extend(ts[:kept])
+        bar.update(n)
+        if report.stopped_at is not None:
+            break
+    bar.close()
+
+
+def _grads_finite(params: list[torch.Tensor]) -> bool:
+    grads = [p.grad.sum() for p in params if p.grad is not None]
+    return not grads or bool(torch.isfinite(torch.stack(grads).sum()))
+
+
+def _name_non_finite_timestep(model: nn.Module, schedule: Schedule, x0: torch.Tensor, eps: torch.Tensor,
+                              ts: list[int], params: list[torch.Tensor], names: dict[int, str]) -> None:
+    """A pass left the accumulated gradient non-finite. Failure path, so cost does not matter: redo the sum
+    one timestep at a time over every t accumulated so far (``ts``), checking after each, so the error names
+    the timestep and the parameter exactly as the one-t loop would. Always raises."""
+    B = x0.shape[0]
+    for p in params:
+        p.grad = None
+    for t in ts:
+        tt = torch.full((B,), t, dtype=torch.long, device=x0.device)
+        eps_loss_per_sample(model, schedule, x0, tt, eps, reduction="sum").mean().backward()
+        _check_finite_grads(params, names, t)
+    raise FloatingPointError(f"the gradient became non-finite in the pass over timesteps t={ts[0]}..{ts[-1]} "
+                             "but not one timestep at a time (float rounding); nothing was pruned")
 
 def _check_finite_loss(L_t: float, t: int) -> None:
     if not math.isfinite(L_t):

@@ -212,6 +212,7 @@ def plan_attributes(model: nn.Module, analysis: Analysis, keeps: Mapping[int, np
     (module path, attribute, old value, new value), without changing anything."""
     trace, mode = analysis.trace, _resolve_attn_scale(model, attn_scale)
     modules = dict(model.named_modules())
+    alive = analysis.alive(keeps)
     plan = []
 
     def change(path: str, attr: str, traced: int, new: object) -> None:
@@ -224,13 +225,12 @@ def plan_attributes(model: nn.Module, analysis: Analysis, keeps: Mapping[int, np
             continue
         for attr, v in (("in_channels", in_v), ("channels", in_v), ("out_channels", out_v)):
             if v is not None:
-                change(path, attr, len(v), analysis.new_width(v, keeps))
+                change(path, attr, len(v), analysis.new_width(v, alive))
     for path, (qk, H) in trace.attention.items():
         if path not in modules:
             continue
-        kept = analysis.kept_mask(qk, keeps).reshape(H, -1)
-        alive = kept.any(1)
-        new_H, width = int(alive.sum()), int(kept.sum())
+        kept = analysis.kept_mask(qk, alive).reshape(H, -1)  # head-major: (heads, head width)
+        new_H, width = int(kept.any(1).sum()), int(kept.sum())
         for attr in HEAD_ATTRS:
             change(path, attr, H, new_H)
         change(path, "inner_dim", len(qk), width)

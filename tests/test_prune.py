@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -207,3 +208,57 @@ def test_prune_script_names_a_checkpoint_that_does_not_fit(tmp_path):
     with pytest.raises(ValueError, match=r"conv_in\.weight"):
         prune_script.main(prune_script.parse_args(["--model", str(tmp_path / "bad.pt"), "--out", str(tmp_path / "p")]))
     assert not (tmp_path / "p").exists()  # nothing written for a model that does not load
+
+
+# ------------------------------------------------------------------------------------- targets and bad numbers
+@pytest.mark.parametrize("kind", ["params", "macs"])
+def test_a_target_fraction_is_reached_by_bisection(kind):
+    config = PRESETS["tiny"]
+    dense = count_macs(UNet(config).eval(), inputs(config))
+    model, report = prune(UNet(config).eval(), inputs(config), method="magnitude", progress=False,
+                          **{f"target_{kind}": 0.3})
+    after = count_macs(model.eval(), inputs(config))
+    removed = 1 - (after.params / dense.params if kind == "params" else after.macs_paper / dense.macs_paper)
+    assert report.target["kind"] == kind and report.target["achieved"] == pytest.approx(removed)
+    assert abs(removed - 0.3) <= 0.01  # within one percentage point of the target
+    assert 0 < report.ratio < 1 and report.ratio == report.target["ratio"]
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(thr=float("nan")), r"thr must be a finite number in \[0, 1\], got nan"),
+    (dict(thr=1.5), r"thr must be in \[0, 1\], got 1.5"),
+    (dict(max_timesteps=0), r"max_timesteps must be a whole number >= 1"),
+    (dict(target_params=1.2), r"target_params must be a fraction in \(0, 1\)"),
+    (dict(target_params=0.3, target_macs=0.3), r"not both"),
+    (dict(scoring="greedy"), r"scoring must be one of"),
+    (dict(attn_grouping="fused"), r"attn_grouping must be one of"),
+])
+def test_bad_settings_are_named_before_any_work(kwargs, message):
+    config = PRESETS["tiny"]
+    with pytest.raises(ValueError, match=message):
+        prune(UNet(config), inputs(config), method="diff-pruning", data=torch.zeros(2, 3, 32, 32), progress=False,
+              **kwargs)
+
+
+def test_an_unreachable_target_is_an_error_naming_the_reachable_maximum():
+    config = PRESETS["tiny"]
+    model = UNet(config).eval()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"99.0% reduction of params is out of reach: the largest pruning ratio"):
+        prune(model, inputs(config), method="random", target_params=0.99, progress=False)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
+
+
+def test_the_noise_draw_replays_a_run_exactly():
+    config = PRESETS["tiny"]
+    data = torch.rand(2, 3, 32, 32) * 2 - 1
+    eps = torch.randn(2, 3, 32, 32)
+    kept = []
+    for _ in range(2):  # same weights, same batch, same noise: the same channels
+        torch.manual_seed(0)
+        model = UNet(config).eval()
+        _, report = prune(model, inputs(config), method="diff-pruning", data=data, eps=eps, max_timesteps=3,
+                          micro_batch=2, progress=False)
+        kept.append(report.kept)
+    assert kept[0].keys() == kept[1].keys()
+    assert all(np.array_equal(kept[0][k][r], kept[1][k][r]) for k in kept[0] for r in kept[0][k])

@@ -14,6 +14,7 @@ from torch import nn
 
 from models.config import ModelConfig, preset
 from models.unet import UNet
+from pruning import prune
 from pruning.trace.grouping import analyze, build_groups
 from pruning.trace.ops import OPS
 from pruning.trace.record import UnsupportedOpError
@@ -431,3 +432,75 @@ def test_cifar10_groups_and_regrouped_norms():
     # conv_out's input channels are prunable; its output is not.
     out_group = next(g for g in groups if any(x.module == "conv_out" and x.role == "in" for x in g.members))
     assert out_group.prunable and out_group.size == 128 and out_group.blocks == 32
+
+
+# ---------------------------------------------------------------------------------------------------
+# Gaps found in review: fixed-size splits, GroupNorm without affine weights, per-channel GroupNorm, layers that
+# never ran
+
+
+class Splits(nn.Module):
+    def __init__(self, how: str):
+        super().__init__()
+        self.how = how
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.out = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        a, b = h.split(4, dim=1) if self.how == "split" else h.chunk(2, dim=1)
+        return self.out(a * b)
+
+
+def test_split_with_an_int_size_keeps_its_group_whole():
+    groups = build_groups(Splits("split"), (torch.randn(1, 3, 4, 4),))
+    conv = next(g for g in groups if any(m.module == "conv" and m.role == "out" for m in g.members))
+    assert not conv.prunable and "sizes fixed in the code" in conv.protected
+    model, _ = prune(Splits("split"), (torch.randn(1, 3, 4, 4),), method="random", ratio=0.5, progress=False)
+    assert model(torch.randn(2, 3, 4, 4)).shape == (2, 3, 4, 4)  # the pruned model still runs
+    # chunk(2) halves whatever the width: prunable, both halves lose the same channels.
+    model, _ = prune(Splits("chunk"), (torch.randn(1, 3, 4, 4),), method="random", ratio=0.5, progress=False)
+    assert model.conv.out_channels == 4 and model.out.in_channels == 2
+    assert model(torch.randn(2, 3, 4, 4)).shape == (2, 3, 4, 4)
+
+
+class Norms(nn.Module):
+    def __init__(self, groups: int, affine: bool):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.norm = nn.GroupNorm(groups, 8, affine=affine)
+        self.out = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        return self.out(F.silu(self.norm(self.conv(x))))
+
+
+@pytest.mark.parametrize("groups, affine, width, norm_groups", [(2, False, 4, 2), (8, True, 4, 4), (8, False, 4, 4)])
+def test_group_norm_without_affine_or_per_channel_follows_the_pruning(groups, affine, width, norm_groups):
+    """A non-affine norm has no weight but must still update num_channels; a per-channel norm (one channel per
+    group) stays per-channel. The paper's code would leave the per-channel group alone (its ch_groups = 8
+    blocks of one channel lose 4 // 8 = 0); here one channel per group is no constraint."""
+    model, _ = prune(Norms(groups, affine), (torch.randn(1, 3, 4, 4),), method="random", ratio=0.5, progress=False)
+    assert model.conv.out_channels == model.norm.num_channels == width and model.norm.num_groups == norm_groups
+    assert model(torch.randn(2, 3, 4, 4)).shape == (2, 3, 4, 4)
+
+
+class Branch(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.late = nn.Conv2d(8, 8, 1)
+        self.out = nn.Conv2d(8, 3, 1)
+
+    def forward(self, x, t):
+        h = self.conv(x)
+        if t[0] > 500:  # a branch on t: the example t = 1 never reaches it
+            h = self.late(h)
+        return self.out(h)
+
+
+def test_layers_that_never_ran_are_an_error_unless_ignored():
+    example = (torch.randn(1, 3, 4, 4), torch.ones(1))
+    with pytest.raises(ValueError, match=r"1 layer\(s\) with parameters never ran on the example inputs: late"):
+        build_groups(Branch(), example)
+    assert build_groups(Branch(), example, ignored=["late"])

@@ -86,19 +86,23 @@ class Analysis:
     classes: np.ndarray | None = None
     chains: list[np.ndarray] = field(default_factory=list)
 
-    def kept_mask(self, labels: np.ndarray, keeps: Mapping[int, Any]) -> np.ndarray:
-        """Which channels of a traced channel vector ``labels`` remain when group i keeps the channels
-        ``keeps[i]`` (dense group coordinates; a group without an entry keeps everything). (len,) bool."""
+    def alive(self, keeps: Mapping[int, Any]) -> np.ndarray:
+        """Per class: does it survive when group i keeps the channels ``keeps[i]`` (dense group coordinates;
+        a group without an entry keeps everything)? Compute once, then ask ``kept_mask`` / ``new_width``."""
         alive = np.ones(len(self.classes), dtype=bool)
         for g, keep in keeps.items():
             gone = np.ones(len(self.chains[g]), dtype=bool)
             gone[np.asarray(keep, dtype=np.int64)] = False
             alive[self.chains[g][gone]] = False
+        return alive
+
+    def kept_mask(self, labels: np.ndarray, alive: np.ndarray) -> np.ndarray:
+        """Which channels of a traced channel vector ``labels`` remain, given ``alive = self.alive(keeps)``."""
         return alive[self.classes[np.asarray(labels)]]
 
-    def new_width(self, labels: np.ndarray, keeps: Mapping[int, Any]) -> int:
+    def new_width(self, labels: np.ndarray, alive: np.ndarray) -> int:
         """How many channels of ``labels`` remain (``kept_mask``)."""
-        return int(self.kept_mask(labels, keeps).sum())
+        return int(self.kept_mask(labels, alive).sum())
 
 
 # ---------------------------------------------------------------------------------------------------

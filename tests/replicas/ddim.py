@@ -28,7 +28,8 @@ def nonlinearity(x: torch.Tensor) -> torch.Tensor:
 
 
 def normalize(channels: int, groups: int = 32) -> nn.GroupNorm:
-    return nn.GroupNorm(num_groups=groups, num_channels=channels, eps=1e-6, affine=True)
+    """GroupNorm(32) as the DDPM code; ``groups=0`` gives one group per channel (tests of exact preservation)."""
+    return nn.GroupNorm(num_groups=groups or channels, num_channels=channels, eps=1e-6, affine=True)
 
 
 class Upsample(nn.Module):
