@@ -69,7 +69,7 @@ def run_cli(script, argv, capsys) -> tuple[int, str, str]:
 # ----------------------------------------------------------------------------------------------- case 1
 def test_resume_of_a_checkpoint_copied_out_of_its_run_is_refused(tmp_path):
     model = small_checkpoint(tmp_path / "init.pt")
-    run = train.main(train_config(tmp_path, model, steps=2))
+    run = train.main(train_config(tmp_path, model, steps=1, ckpt_every=1, heldout_images=0))
     # The copy sits two levels below a folder that holds files the resume must never overwrite.
     elsewhere = tmp_path / "mine" / "backup"
     elsewhere.mkdir(parents=True)
@@ -81,13 +81,13 @@ def test_resume_of_a_checkpoint_copied_out_of_its_run_is_refused(tmp_path):
     assert (tmp_path / "mine" / "model.pt").read_text() == "precious"
     assert (tmp_path / "mine" / "config.json").read_text() == "precious"
     # A checkpoint inside another run's checkpoints/ folder is refused by the run id.
-    other = train.main(train_config(tmp_path, model, steps=2))
+    other = train.main(train_config(tmp_path, model, steps=1, ckpt_every=1, heldout_images=0))
     shutil.copy(run / "checkpoints" / "latest.pt", other / "checkpoints" / "latest.pt")
     with pytest.raises(cli.UserError, match="written by another run"):
         train.main(train.TrainConfig(steps=4), resume=str(other / "checkpoints" / "latest.pt"))
     # The run folder itself (or its own latest.pt) resumes, in place.
-    assert train.main(train.TrainConfig(steps=4), resume=str(run)) == run
-    assert read_checkpoint(run / "checkpoints" / "latest.pt")["train_state"]["step"] == 4
+    assert train.main(train.TrainConfig(steps=2), resume=str(run)) == run
+    assert read_checkpoint(run / "checkpoints" / "latest.pt")["train_state"]["step"] == 2
 
 
 # ----------------------------------------------------------------------------------------------- case 2
@@ -105,16 +105,15 @@ def test_evaluate_resume_refuses_samples_of_another_model_with_the_same_name(tmp
     assert len(load_samples(run / "0-pruned" / "samples", 3)) == 3
 
 
-@pytest.mark.parametrize("change, named", [
-    (dict(steps=3), "--steps 2 vs 3"), (dict(seed=1), "--seed 0 vs 1"), (dict(clip_x0=True), "--clip-x0 False vs True"),
-    (dict(eta=0.5), "--eta"), (dict(skip_type="quad"), "--skip-type"),
-])
-def test_evaluate_resume_refuses_samples_drawn_with_other_settings(tmp_path, change, named):
+def test_evaluate_resume_refuses_samples_drawn_with_other_settings(tmp_path):
     a = small_checkpoint(tmp_path / "a.pt")
     run = evaluate.main(eval_config(tmp_path, [a]))
-    sampler = SamplerConfig(**{"steps": 2, **change})
-    with pytest.raises(SampleFolderMismatch, match=named):
-        evaluate.main(eval_config(tmp_path, [a], sampler=sampler), resume=str(run))
+    for change, named in [(dict(steps=3), "--steps 2 vs 3"), (dict(seed=1), "--seed 0 vs 1"),
+                          (dict(clip_x0=True), "--clip-x0 False vs True"), (dict(eta=0.5), "--eta 0.0 vs 0.5"),
+                          (dict(skip_type="quad"), "--skip-type uniform vs quad"), (dict(sampler="ddpm"), "--sampler")]:
+        sampler = SamplerConfig(**{"steps": 2, **change})
+        with pytest.raises(SampleFolderMismatch, match=named):
+            evaluate.main(eval_config(tmp_path, [a], sampler=sampler), resume=str(run))
 
 
 def test_evaluate_resume_refuses_a_folder_without_a_sampling_record(tmp_path):
@@ -184,7 +183,7 @@ def test_non_finite_ema_weights_stop_the_run_and_last_good_is_verified(tmp_path,
 
     monkeypatch.setattr(train.EMA, "update", poisoned_update)
     with pytest.raises(FloatingPointError, match=r"non-finite EMA weight .* at step 4.*latest\.pt \(step 2\)"):
-        train.main(train_config(tmp_path, model, steps=6, ckpt_every=2, heldout_images=0))
+        train.main(train_config(tmp_path, model, steps=4, ckpt_every=2, heldout_images=0))
     run = next((tmp_path / "runs").iterdir())
     last = read_checkpoint(run / "checkpoints" / "latest.pt")
     assert last["train_state"]["step"] == 2 and last["meta"]["verified_finite"]
@@ -204,10 +203,10 @@ def test_non_finite_heldout_loss_stops_the_run(tmp_path, monkeypatch):
 # ----------------------------------------------------------------------------------------------- case 5
 def test_steps_is_the_total_and_a_finished_run_says_so(tmp_path, capsys):
     model = small_checkpoint(tmp_path / "init.pt")
-    run = train.main(train_config(tmp_path, model, steps=4, heldout_images=0))
+    run = train.main(train_config(tmp_path, model, steps=3, ckpt_every=3, heldout_images=0))
     released = (run / "model.pt").read_bytes()
-    assert read_checkpoint(run / "model.pt")["meta"]["steps"] == 4
-    with pytest.raises(cli.UserError, match="--steps 2 is the TOTAL.*already at step 4"):
+    assert read_checkpoint(run / "model.pt")["meta"]["steps"] == 3
+    with pytest.raises(cli.UserError, match="--steps 2 is the TOTAL.*already at step 3"):
         train.main(train.TrainConfig(steps=2), resume=str(run / "checkpoints" / "latest.pt"))
     capsys.readouterr()
     assert train.main(train.TrainConfig(steps=None), resume=str(run)) == run
@@ -222,17 +221,17 @@ def test_steps_is_the_total_and_a_finished_run_says_so(tmp_path, capsys):
 # ----------------------------------------------------------------------------------------------- case 7
 def test_a_second_process_on_the_same_run_is_refused(tmp_path):
     model = small_checkpoint(tmp_path / "init.pt")
-    run = train.main(train_config(tmp_path, model, steps=2, heldout_images=0))
+    run = train.main(train_config(tmp_path, model, steps=1, ckpt_every=1, heldout_images=0))
     with RunLock(run, "training this run"):  # another live process holds the run
         with pytest.raises(RunLocked, match="in use by another process"):
-            train.main(train.TrainConfig(steps=4), resume=str(run))
-    assert read_checkpoint(run / "checkpoints" / "latest.pt")["train_state"]["step"] == 2
+            train.main(train.TrainConfig(steps=2), resume=str(run))
+    assert read_checkpoint(run / "checkpoints" / "latest.pt")["train_state"]["step"] == 1
     # The lock dies with its holder: now the resume proceeds, and cleans up what a kill left half-written.
     stale = run / "checkpoints" / ".latest.pt.abc123.tmp"
     stale.write_bytes(b"half a checkpoint")
-    train.main(train.TrainConfig(steps=4), resume=str(run))
+    train.main(train.TrainConfig(steps=2), resume=str(run))
     assert not stale.exists()
-    assert read_checkpoint(run / "checkpoints" / "latest.pt")["train_state"]["step"] == 4
+    assert read_checkpoint(run / "checkpoints" / "latest.pt")["train_state"]["step"] == 2
 
 
 def test_evaluate_takes_the_lock_and_removes_partial_pngs(tmp_path):
