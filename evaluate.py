@@ -103,7 +103,7 @@ def fid_setup(cfg: EvalConfig):
     sampling. No FID asked for: (None, None, None, reason)."""
     if not (cfg.fid_stats or cfg.fid_data):
         return None, None, None, "no --fid-stats or --fid-data given"
-    from metrics.fid import load_stats
+    from metrics.fid import load_stats, stats_inception_sha256
     from models.inception import load_fid_inception
 
     stats = None
@@ -114,6 +114,11 @@ def fid_setup(cfg: EvalConfig):
                             f"{FID_FEATURE_DIM}-dimensional Inception pool3 features")
     # Asked for FID: weights that are missing or cannot be downloaded are an error now, not after sampling.
     inception = load_fid_inception(cfg.inception_weights, device=cfg.device)
+    recorded = stats_inception_sha256(cfg.fid_stats) if cfg.fid_stats else None
+    if recorded is not None and recorded != inception.weights_sha256:
+        raise UserError(f"--fid-stats {cfg.fid_stats} was computed with other Inception weights (sha256 "
+                        f"{recorded[:12]}...) than {inception.weights_path} ({inception.weights_sha256[:12]}...); "
+                        "a distance between features of two networks means nothing")
     if inception.is_fid_release:
         return inception, stats, "fid", None
     message = (f"{inception.weights_path} is not the FID Inception release (sha256 {inception.weights_sha256[:12]}..., "
@@ -137,7 +142,7 @@ def fid_reference_from_folder(cfg: EvalConfig, run_dir: Path, inception):
                             "evaluate into a new folder")
         return load_stats(cached)
     stats = stats_for_folder(cfg.fid_data, inception, device=cfg.device)
-    save_stats(cached, *stats)
+    save_stats(cached, *stats, inception_sha256=inception.weights_sha256)
     write_json(key_file, key)
     return stats
 
@@ -294,8 +299,9 @@ def fid_stats(cfg: FidStatsConfig) -> Path:
         print(f"[evaluate] warning: {inception.weights_path} is not the FID Inception release; these statistics "
               "only compare with others computed with the same weights")
     mu, sigma = stats_for_folder(cfg.image_dir, inception, batch_size=cfg.batch_size, device=cfg.device)
-    save_stats(cfg.out, mu, sigma)
-    print(f"[evaluate] wrote {cfg.out}: mu {mu.shape}, sigma {sigma.shape}")
+    save_stats(cfg.out, mu, sigma, inception_sha256=inception.weights_sha256)
+    print(f"[evaluate] wrote {cfg.out}: mu {mu.shape}, sigma {sigma.shape} (Inception weights sha256 "
+          f"{inception.weights_sha256[:12]}...)")
     return Path(cfg.out)
 
 

@@ -101,8 +101,13 @@ def _check_stats(mu: np.ndarray, sigma: np.ndarray, *, source: str) -> None:
             raise InvalidStatsFile(f"metrics/fid.py: {source}: key '{key}' holds non-finite values")
 
 
-def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> None:
-    """Write ``mu`` (D,) and ``sigma`` (D, D) as float64 to an .npz with keys 'mu' and 'sigma' (pytorch-fid's format)."""
+def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, *,
+               inception_sha256: str | None = None) -> None:
+    """Write ``mu`` (D,) and ``sigma`` (D, D) as float64 to an .npz with keys 'mu' and 'sigma' (pytorch-fid's format).
+
+    ``inception_sha256``, the SHA-256 of the Inception weights file the features came from, is stored as a
+    third key; pytorch-fid reads only 'mu' and 'sigma', so the file stays compatible with it.
+    """
     path = Path(path)
     if path.suffix != ".npz":
         # np.savez would silently append ".npz", and a later load_stats(path) would then miss the file.
@@ -110,7 +115,14 @@ def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> No
     mu, sigma = np.asarray(mu, dtype=np.float64), np.asarray(sigma, dtype=np.float64)
     _check_stats(mu, sigma, source=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(path, mu=mu, sigma=sigma)
+    extra = {"inception_sha256": np.array(inception_sha256)} if inception_sha256 else {}
+    np.savez(path, mu=mu, sigma=sigma, **extra)
+
+
+def stats_inception_sha256(path: str | os.PathLike) -> str | None:
+    """The SHA-256 of the Inception weights a statistics file was computed with, where it records one."""
+    with np.load(path, allow_pickle=False) as archive:
+        return str(archive["inception_sha256"]) if "inception_sha256" in archive.files else None
 
 
 def load_stats(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

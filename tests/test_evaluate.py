@@ -96,6 +96,12 @@ def test_fid_with_a_supplied_inception_file_and_fid_stats_command(tmp_path):
     # Random weights are not the FID release: the number is a Frechet distance under another name.
     assert row["fid"] is None and np.isfinite(row["fd_custom_inception"]) and row["fd_custom_inception"] > 0
     assert "not the FID Inception release" in row["fid_skipped"]
+    # Statistics record the weights they were computed with: other weights at evaluation time are refused.
+    torch.manual_seed(1)
+    other = tmp_path / "other_inception.pth"
+    torch.save(FIDInceptionV3().state_dict(), other)
+    with pytest.raises(ValueError, match="computed with other Inception weights"):
+        evaluate.main(config(tmp_path, [model], fid_stats=str(stats), inception_weights=str(other)))
 
 
 def test_missing_inception_weights_are_an_error_before_sampling(tmp_path, monkeypatch):
