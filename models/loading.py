@@ -10,7 +10,8 @@
   1. a ``str`` that is a preset name (models.config.PRESETS). A file named like a preset can be loaded
      as ``Path("tiny")`` or ``"./tiny"``.
   2. a Hugging Face repository id ("owner/name", e.g. google/ddpm-cifar10-32) that is not a local path:
-     downloaded once into the standard cache (models/hub.py), then read as the diffusers folder it is.
+     downloaded once into the standard cache (models/hub.py), then read as the diffusers folder it is;
+     or "ddim:<name>" (e.g. ddim:ema_cifar10): the DDIM codebase's published checkpoint, MD5 checked.
   3. a folder: a diffusers UNet2DModel folder (config.json + diffusion_pytorch_model.safetensors, else
      .bin), or a diffusers pipeline folder (model_index.json) whose unet/ subfolder is one.
   4. a ``diffusion_pytorch_model.*`` file next to a config.json: that diffusers folder, with this file.
@@ -46,7 +47,7 @@ from models.checkpoint import check_state_dict, is_project_checkpoint, sniff_not
 from models.config import PRESETS, ModelConfig, preset as get_preset
 from models.convert import (config_from_diffusers, diffusers_to_ddim, infer_ddim_config, is_diffusers_naming,
                             is_tensor_dict, topology_mismatches, unpack_ddim_checkpoint, with_image_size)
-from models.hub import HUB_URL, fetch, looks_like_hub_name
+from models.hub import DDIM_PREFIX, HUB_URL, fetch, fetch_ddim, looks_like_hub_name
 from models.unet import UNet, count_parameters
 
 # In the order diffusers itself prefers them.
@@ -85,6 +86,11 @@ def load_with_info(source: str | os.PathLike, *, ema: bool = True, preset: str |
     overrides = dict(preset_name=preset, image_size=image_size, norm_groups=norm_groups, dropout=dropout)
     if isinstance(source, str) and source in PRESETS:
         config, state_dict, info = _from_preset(source, seed=seed, **overrides)
+    elif isinstance(source, str) and source.startswith(DDIM_PREFIX):
+        path, implied = fetch_ddim(source)
+        overrides["preset_name"] = overrides["preset_name"] or implied
+        config, state_dict, info = _from_state_dict_file(_read_file(path), path, ema=ema, **overrides)
+        info.update(source=str(source), weights=f"{info['weights']} of {path} (MD5 checked)")
     elif looks_like_hub_name(source):
         folder = fetch(source)
         config, state_dict, info = _from_diffusers(_diffusers_folder(folder), None, **overrides)

@@ -87,3 +87,49 @@ def test_train_accepts_a_hub_name(fake_hub):
     assert cfg.model == NAME
     model, origin = train.build_model(cfg)
     assert origin.startswith("diffusers-hub") and model.training
+
+
+# ----------------------------------------------------------------------------------------------- ddim:<name>
+def test_ddim_codebase_checkpoint_is_md5_checked(tmp_path, monkeypatch, golden):
+    """ddim:<name> downloads the DDIM codebase's file and uses it only when its MD5 is the published one."""
+    import hashlib
+
+    import models.hub as hub
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
+    served = tmp_path / "served.ckpt"
+    torch.save(golden["state_dict_ddim_layout"], served)
+    downloads = []
+
+    def download(url, dst, progress=True):
+        downloads.append(url)
+        Path(dst).write_bytes(served.read_bytes())
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", download)
+    url, relative, _, _ = hub.DDIM_CHECKPOINTS["ema_cifar10"]
+    # The published MD5 is not this file's: refused, and the file is not kept for a later call.
+    with pytest.raises(HubDownloadError, match="not the published 1fa350b952534ae442b1d5235cce5cd3"):
+        load("ddim:ema_cifar10")
+    assert not (hub.ddim_cache_folder() / relative).exists()
+    # With this file's MD5 in the table (and no preset: the golden U-Net is not the CIFAR-10 one) it loads.
+    md5 = hashlib.md5(served.read_bytes()).hexdigest()
+    monkeypatch.setitem(hub.DDIM_CHECKPOINTS, "ema_cifar10", (url, relative, md5, None))
+    model, info = load_with_info("ddim:ema_cifar10")
+    with torch.no_grad():
+        torch.testing.assert_close(model(golden["x"], golden["t"].float()), golden["eps"], rtol=1e-4, atol=1e-4)
+    assert "MD5 checked" in info["weights"] and downloads == [url, url]
+    load("ddim:ema_cifar10")  # cached: no third download
+    assert len(downloads) == 2
+
+
+def test_ddim_codebase_offline_names_the_url_and_the_md5(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "torch-hub"))
+
+    def offline(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    with pytest.raises(HubDownloadError, match=r"heibox.*MD5 is 1fa350b9.*--model FILE --preset cifar10"):
+        load("ddim:ema_cifar10")
+    with pytest.raises(HubDownloadError, match="known: ddim:cifar10"):
+        load("ddim:imagenet")
