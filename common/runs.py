@@ -1,4 +1,10 @@
-"""Numbered run folders that are never overwritten (runs/<kind>/00003-<desc>/), config files and seeding."""
+"""Numbered run folders that are never overwritten (runs/<kind>/00003-<desc>/), config files and seeding.
+
+A run folder is identified by what the run wrote into it, never by where a file happens to sit:
+``run.json`` holds a random run id that every checkpoint of the run repeats (``mark_run`` /
+``read_run_marker``). ``RunLock`` keeps a second process out of a folder that one is writing, and
+``remove_stale_tmp`` deletes what an interrupted atomic write left behind.
+"""
 from __future__ import annotations
 
 import json
