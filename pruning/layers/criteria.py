@@ -35,7 +35,7 @@ from torch import nn
 
 from diffusion.ddpm import q_sample
 from diffusion.schedule import Schedule
-from models.unet import UNet, _blocks
+from models.unet import UNet, removable_units
 from pruning.importance import accumulate_gradients
 from pruning.layers.units import Unit, branch_parameters, mask_units
 
@@ -151,7 +151,7 @@ def handcrafted_order(model: UNet) -> list[str]:
         for side, n in (("down", c.num_res_blocks), ("up", c.num_res_blocks + 1)):
             for j in range(n):
                 order += [f"{side}.{i}.block.{j}", f"{side}.{i}.attn.{j}"]
-    existing = {path for _, path in _blocks(c)}
+    existing = set(removable_units(c))
     seen: list[str] = []
     for p in order:
         if p in existing and p not in seen:
