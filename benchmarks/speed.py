@@ -288,29 +288,28 @@ def section_prune(args) -> dict:
 
 
 def section_gradient(args) -> dict:
+    """One timestep per forward/backward (micro_batch = B, the paper code's loop) against k = --gradient-k
+    timesteps per pass (micro_batch = k B, ``_accumulate_chunks``), interleaved."""
     from pruning.importance import accumulate_gradients
 
     model = build(PRESETS["tiny"])
-    x0 = torch.rand(args.gradient_batch, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    out = {}
-    variants = {"loop (one timestep per forward/backward)": {}}
-    params = inspect.signature(accumulate_gradients).parameters
-    batched = [p for p in ("timesteps_per_pass", "chunk", "timestep_chunk") if p in params]
-    if batched:
-        variants[f"batched ({batched[0]}=8)"] = {batched[0]: 8}
-    for label, kw in variants.items():
-        secs = []
-        for i in range(args.warmup + max(1, args.repeats // 2)):
-            start = time.perf_counter()
-            report = accumulate_gradients(model, Schedule(), x0, thr=0.0, micro_batch=args.gradient_batch,
-                                          max_timesteps=args.gradient_timesteps,
-                                          generator=torch.Generator().manual_seed(0), **kw)
-            if i >= args.warmup:
-                secs.append(time.perf_counter() - start)
-        kept = len(report.kept)
-        out[label] = {"timesteps": kept, "batch": args.gradient_batch, "median_s": statistics.median(secs),
-                      "s_per_timestep": statistics.median(secs) / kept}
-    return out
+    B = args.gradient_batch
+    x0 = torch.rand(B, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    reports = {}
+
+    def run(micro_batch: int, label: str) -> Callable[[], object]:
+        def f():
+            reports[label] = accumulate_gradients(model, Schedule(), x0, thr=0.0, micro_batch=micro_batch,
+                                                  max_timesteps=args.gradient_timesteps,
+                                                  generator=torch.Generator().manual_seed(0))
+        return f
+
+    variants = {"one timestep per pass": B, f"{args.gradient_k} timesteps per pass": args.gradient_k * B}
+    times = interleaved({label: run(mb, label) for label, mb in variants.items()},
+                        repeats=max(1, args.repeats // 2), warmup=min(args.warmup, 1))
+    return {label: {"timesteps": len(reports[label].kept), "batch": B, "micro_batch": variants[label],
+                    "median_s": t["median_s"], "s_per_timestep": t["median_s"] / len(reports[label].kept)}
+            for label, t in times.items()}
 
 
 def section_fid(args) -> dict:
@@ -485,6 +484,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--sampling-batch", type=int, default=16)
     p.add_argument("--gradient-batch", type=int, default=8)
     p.add_argument("--gradient-timesteps", type=int, default=16)
+    p.add_argument("--gradient-k", type=int, default=8, help="timesteps per pass of the batched gradient pass")
     p.add_argument("--fid-batch", type=int, default=32)
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)

@@ -54,7 +54,7 @@ def test_speed_benchmark_runs_every_section_on_the_tiny_preset(tmp_path):
 
     assert results["prune"]["result"]["total_s"]["median_s"] > 0
     grad = next(iter(results["gradient"]["result"].values()))
-    assert grad["timesteps"] == 2 and grad["s_per_timestep"] > 0
+    assert grad["timesteps"] == 2 and grad["s_per_timestep"] > 0 and len(results["gradient"]["result"]) == 2
     assert results["fid"]["result"]["images_per_s"] > 0
 
     text = doc.read_text()
