@@ -442,3 +442,11 @@ def test_readme_commands_parse():
         scripts[script].parse_args(tokens[tokens.index(script) + 1:])  # SystemExit fails the test
         checked += 1
     assert checked >= 8
+
+
+def test_pruning_api_names_a_bad_head_mode():
+    from pruning.api import prune
+    config = ModelConfig(**SMALL)
+    x, t = torch.zeros(1, 3, 16, 16), torch.ones(1)
+    with pytest.raises(ValueError, match="head_mode must be one of .* got 'head'"):
+        prune(UNet(config).eval(), (x, t), method="random", ratio=0.3, head_mode="head", progress=False)
