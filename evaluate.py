@@ -210,6 +210,9 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
 
 def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats, fid_name, fid_why,
               heldout_by_size, rank, world, distributed) -> Path:
+    # 0. FID reference statistics of --fid-data, before any sampling (an unreadable image fails now).
+    if rank == 0 and inception is not None and fid_stats is None:
+        fid_stats = fid_reference_from_folder(cfg, run_dir, inception)
     # 1. Sampling: every rank fills its share of every model's sample folder.
     if rank == 0:
         for src, name in names.items():
@@ -231,8 +234,6 @@ def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats,
         return run_dir
 
     # 2. Metrics, on rank 0, from the PNGs on disk (so resumed and sharded runs measure the same images).
-    if inception is not None and fid_stats is None:
-        fid_stats = fid_reference_from_folder(cfg, run_dir, inception)
     reference_images = load_samples(run_dir / names[cfg.reference] / "samples", cfg.num_samples) if cfg.reference else None
     rows = []
     for src in cfg.models:

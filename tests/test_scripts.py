@@ -450,3 +450,25 @@ def test_pruning_api_names_a_bad_head_mode():
     x, t = torch.zeros(1, 3, 16, 16), torch.ones(1)
     with pytest.raises(ValueError, match="head_mode must be one of .* got 'head'"):
         prune(UNet(config).eval(), (x, t), method="random", ratio=0.3, head_mode="head", progress=False)
+
+
+def test_fid_data_with_a_truncated_image_fails_before_sampling(tmp_path, monkeypatch):
+    import models.inception as inception
+
+    class FakeInception(torch.nn.Module):  # stands in for the 91 MB network: only the data path is tested
+        weights_path, weights_sha256, is_fid_release = "fake.pth", "6726825d" + "0" * 56, True
+
+        def forward(self, x):
+            return x.mean(dim=(2, 3)).repeat(1, 683)[:, :2048]
+
+    monkeypatch.setattr(inception, "load_fid_inception", lambda *a, **k: FakeInception())
+    images = tmp_path / "real"
+    images.mkdir()
+    for i in range(3):
+        Image.fromarray(np.full((8, 8, 3), 60 * i, np.uint8)).save(images / f"{i}.png")
+    data = (images / "2.png").read_bytes()
+    (images / "2.png").write_bytes(data[: len(data) // 2])
+    model = small_checkpoint(tmp_path / "m.pt")
+    with pytest.raises(OSError, match=r"2\.png"):
+        evaluate.main(eval_config(tmp_path, [model], fid_data=str(images)))
+    assert not list((tmp_path / "eval").rglob("*.png"))  # no sample was drawn
