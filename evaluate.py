@@ -295,6 +295,8 @@ def fid_stats(cfg: FidStatsConfig) -> Path:
     if cfg.inception_weights and not Path(cfg.inception_weights).is_file():
         raise UserError(f"--inception-weights {cfg.inception_weights}: no such file")
     cli.check_writable_dir(Path(cfg.out).parent, "--out")
+    if Path(cfg.out).exists():  # statistics already computed are never overwritten
+        raise UserError(f"--out {cfg.out} exists; remove it first or write to another file")
     inception = load_fid_inception(cfg.inception_weights, device=cfg.device)
     if not inception.is_fid_release:
         print(f"[evaluate] warning: {inception.weights_path} is not the FID Inception release; these statistics "

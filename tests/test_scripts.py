@@ -337,6 +337,10 @@ def test_fid_inputs_are_checked_before_any_sampling(tmp_path, capsys):
     assert status == 2 and ".npz" in err
     status, _, err = run_cli(evaluate, ["fid-stats", str(tmp_path), "--out", "s.txt"], capsys)
     assert status == 2 and ".npz" in err
+    for i in range(2):
+        Image.fromarray(np.full((8, 8, 3), i, np.uint8)).save(tmp_path / f"{i}.png")
+    status, _, err = run_cli(evaluate, ["fid-stats", str(tmp_path), "--out", str(wrong)], capsys)
+    assert status == 2 and "exists" in err and np.load(wrong)["mu"].shape == (64,)  # never overwritten
 
 
 # ----------------------------------------------------------------------------------------------- CLI shape
