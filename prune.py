@@ -52,13 +52,16 @@ class PruneConfig:
     ratio: float = 0.3                    # per-group channel sparsity (the paper's ch_sparsity)
     thr: float = 0.05                     # stop at the first t with L_t < thr * L_max (paper: 0.05 CIFAR-10)
     scope: str = "local"                  # local (the paper) | global ranking
+    scoring: str = "sequential"           # sequential (the paper's code: partly pruned net, its order) | dense
+    attn_grouping: str = "joint"          # joint (q, k, v, proj_out's input: the paper's code) | split
     head_mode: str = "channels"           # channels | heads (remove whole attention heads)
     attn_scale: str | None = None         # pruned | dense softmax scale after pruning (None: the model's own)
     ignored: tuple[str, ...] = ()
     data: str = "shapes"
     data_root: str | None = None
     batch_size: int = 8                   # images of the ONE gradient batch (paper: 128 CIFAR-10, 64 CelebA)
-    micro_batch: int = 8
+    micro_batch: int = 64                 # samples per forward/backward of the gradient pass (memory budget)
+    round_to: int | None = None           # keep pruned widths multiples of this (speed; local rule)
     max_timesteps: int | None = None
     num_samples: int = 16                 # before/after sample grids; 0 skips them
     sample_steps: int = 50
@@ -67,7 +70,7 @@ class PruneConfig:
     out: str = str(RUNS_DIR / "prune")
     device: str = "cpu"
     criterion: str = "output-loss"        # --method layer: output-loss | random | handcrafted | taylor
-    target_params: float | None = None    # --method layer: fraction of the parameters to remove ...
+    target_params: float | None = None    # fraction of the parameters to remove (instead of --ratio) ...
     target_macs: float | None = None      # ... or of the MACs (paper convention)
     solver: str | None = None             # knapsack | greedy | ranked (None: the criterion's own)
     calib_size: int = DEFAULT_CALIB_SIZE  # output-loss calibration triples (x0, t, eps)
@@ -83,7 +86,10 @@ def check_method_arguments(cfg: PruneConfig) -> None:
             raise cli.UserError(f"--calib-size must be >= 1 and --additivity-subsets >= 0, got {cfg.calib_size} "
                                 f"and {cfg.additivity_subsets}")
     else:
-        check_arguments(cfg.method, cfg.ratio, cfg.thr, cfg.scope)
+        check_arguments(cfg.method, cfg.ratio, cfg.thr, cfg.scope, max_timesteps=cfg.max_timesteps,
+                        scoring=cfg.scoring, attn_grouping=cfg.attn_grouping, head_mode=cfg.head_mode,
+                        target_params=cfg.target_params, target_macs=cfg.target_macs, micro_batch=cfg.micro_batch,
+                        round_to=cfg.round_to)
 
 
 def gradient_batch(cfg: PruneConfig, image_size: int) -> torch.Tensor:
@@ -131,14 +137,17 @@ def main(cfg: PruneConfig) -> Path:
     schedule = Schedule(DiffusionConfig(loss_reduction="sum"))  # the paper's L_t sums over pixels
     fixed_noise = dict(indices=list(range(cfg.num_samples)), seed=cfg.seed, image_shape=(c.in_channels, c.image_size, c.image_size),
                        steps=cfg.sample_steps, batch_size=cfg.num_samples, device=cfg.device, clip_x0=cfg.clip_x0)
+    # The data is read before any sampling: a bad --data / --data-root fails before minutes of work.
+    x0 = gradient_batch(cfg, c.image_size).to(cfg.device) if cfg.method in ("taylor", "diff-pruning") else None
     samples_before = sample(model.eval(), schedule, **fixed_noise) if cfg.num_samples else None
     if cfg.method == "layer":
         return prune_layers_run(cfg, model, info, schedule, fixed_noise, samples_before, start)
 
-    x0 = gradient_batch(cfg, c.image_size).to(cfg.device) if cfg.method in ("taylor", "diff-pruning") else None
     model, report = prune(model, example, method=cfg.method, ratio=cfg.ratio, ignored=cfg.ignored, data=x0,
                           schedule=schedule, thr=cfg.thr, scope=cfg.scope, head_mode=cfg.head_mode,
-                          micro_batch=cfg.micro_batch, max_timesteps=cfg.max_timesteps, seed=cfg.seed)
+                          scoring=cfg.scoring, attn_grouping=cfg.attn_grouping, target_params=cfg.target_params,
+                          target_macs=cfg.target_macs, micro_batch=cfg.micro_batch, max_timesteps=cfg.max_timesteps,
+                          seed=cfg.seed, round_to=cfg.round_to)
     macs_after = count_macs(model, example)
     samples_after = sample(model.eval(), schedule, **fixed_noise) if cfg.num_samples else None
     seconds = time.perf_counter() - start
@@ -165,6 +174,13 @@ def main(cfg: PruneConfig) -> Path:
     print(f"\n#params {format_count(report.params_before)} -> {format_count(report.params_after)}   "
           f"MACs (paper convention) {format_count(macs_before.macs_paper)} -> {format_count(macs_after.macs_paper)}   "
           f"MACs (+attention matmuls) {format_count(macs_before.macs_full)} -> {format_count(macs_after.macs_full)}")
+    if report.target is not None:
+        tg = report.target
+        print(f"target: remove {tg['target']:.1%} of the {tg['kind']} -> ratio {tg['ratio']:.4f} removes "
+              f"{tg['achieved']:.2%}")
+        if abs(tg["achieved"] - tg["target"]) > 0.01:
+            print("  (the local rule applies one ratio to every group and GroupNorm blocks make its widths coarse; "
+                  "--scope global reaches a target to within a percentage point)")
     if report.timesteps is not None:
         ts = report.timesteps
         stop = f"stopped at t={ts.stopped_at}" if ts.stopped_at is not None else "no t below the threshold"
@@ -231,11 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ratio", type=float, default=d.ratio,
                    help=f"channel sparsity per group, in [0, 1) (the paper's ch_sparsity) [default: {d.ratio}]")
     p.add_argument("--thr", type=float, default=d.thr,
-                   help=f"Diff-Pruning's timestep threshold: gradients over t up to the first L_t < thr * L_max, "
-                        f">= 0 [default: {d.thr}]")
+                   help=f"Diff-Pruning's timestep threshold in [0, 1]: gradients over t up to the first "
+                        f"L_t < thr * L_max [default: {d.thr}]")
     p.add_argument("--scope", choices=("local", "global"), default=d.scope,
                    help=f"remove the ratio from every group (local, the paper) or rank all channels together "
                         f"[default: {d.scope}]")
+    p.add_argument("--scoring", choices=("sequential", "dense"), default=d.scoring,
+                   help=f"score each group on the network the groups before it pruned, in the paper pruner's order "
+                        f"(sequential, the paper's code), or every group on the dense network (order-free) "
+                        f"[default: {d.scoring}]")
+    p.add_argument("--attn-grouping", choices=("joint", "split"), default=d.attn_grouping,
+                   help=f"attention: q, k, v and proj_out's input as one group (joint, the paper's code) or q/k "
+                        f"apart from v (split) [default: {d.attn_grouping}]")
     p.add_argument("--head-mode", choices=("channels", "heads"), default=d.head_mode,
                    help=f"attention: remove channels from every head, or whole heads [default: {d.head_mode}]")
     p.add_argument("--attn-scale", choices=("pruned", "dense"), default=None,
@@ -246,9 +269,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=cli.positive_int, default=d.batch_size,
                    help=f"images of the one gradient batch (paper: 128 CIFAR-10) [default: {d.batch_size}]")
     p.add_argument("--micro-batch", type=cli.positive_int, default=d.micro_batch,
-                   help=f"images per forward/backward of the gradient pass (same result, less memory) "
-                        f"[default: {d.micro_batch}]")
-    p.add_argument("--max-timesteps", type=int, default=None,
+                   help=f"samples per forward/backward of the gradient pass: micro-batch // batch-size timesteps "
+                        f"per pass, or parts of one timestep's batch (same result; memory) [default: {d.micro_batch}]")
+    p.add_argument("--round-to", type=cli.positive_int, default=None,
+                   help="keep every pruned width a multiple of N (GroupNorm groups and heads respected), for speed "
+                        "[default: the paper's widths]")
+    p.add_argument("--max-timesteps", type=cli.positive_int, default=None,
                    help="cap on the timesteps of the gradient pass [default: no cap]")
     p.add_argument("--num-samples", type=cli.nonnegative_int, default=d.num_samples,
                    help=f"images in the before/after sample grids; 0 skips the grids [default: {d.num_samples}]")
@@ -260,8 +286,11 @@ def build_parser() -> argparse.ArgumentParser:
     layer.add_argument("--criterion", choices=tuple(LAYER_CRITERIA), default=d.criterion,
                        help=f"unit score: output-loss (LAPTOP-Diff), random, handcrafted (BK-SDM-style rule) or "
                             f"taylor (Diff-Pruning's score summed per unit) [default: {d.criterion}]")
-    layer.add_argument("--target-params", type=float, default=None, help="fraction of the parameters to remove, in (0, 1)")
-    layer.add_argument("--target-macs", type=float, default=None, help="fraction of the MACs to remove, in (0, 1)")
+    p.add_argument("--target-params", type=float, default=None,
+                   help="fraction of the parameters to remove, in (0, 1): channel methods find the --ratio that "
+                        "reaches it by bisection; --method layer selects units to reach it")
+    p.add_argument("--target-macs", type=float, default=None,
+                   help="fraction of the MACs (paper convention) to remove, in (0, 1), as --target-params")
     layer.add_argument("--solver", choices=SOLVERS, default=None,
                        help="exact knapsack (minimum summed score), greedy by score per cost, or ranked by score "
                             "[default: knapsack; ranked for handcrafted]")

@@ -37,7 +37,7 @@ from pruning.groups import Group, describe
 from pruning.importance import IMPORTANCE, TimestepReport, accumulate_gradients
 from pruning.rollback import rollback
 from pruning.scratch import reinitialize
-from pruning.select import HEAD_MODES, _head_clusters, select_groups, select_local
+from pruning.select import HEAD_MODES, _head_clusters, check_round_to, select_groups, select_local
 from pruning.surgery import apply_keeps, finalize, prune_group, update_attributes
 from pruning.targets import ratio_for_target
 from pruning.trace.grouping import Analysis, analyze
@@ -71,12 +71,13 @@ class PruneReport:
     attributes: list[tuple[str, str, Any, Any]] = field(default_factory=list)  # (module, attribute, old, new)
     target: dict[str, float] | None = None  # {"kind", "target", "achieved", "ratio"} when a target was asked for
     kept: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # ``kept_channels``: dense coordinates
+    round_to: int | None = None  # widths kept at multiples of this (pruning/select.py)
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (saved next to the pruned checkpoint)."""
         ts = self.timesteps
         return {"method": self.method, "ratio": self.ratio, "scope": self.scope, "scoring": self.scoring,
-                "attn_grouping": self.attn_grouping, "target": self.target,
+                "attn_grouping": self.attn_grouping, "target": self.target, "round_to": self.round_to,
                 "params_before": self.params_before, "params_after": self.params_after,
                 "widths_before": self.widths_before, "widths_after": self.widths_after,
                 "num_groups": len(self.groups), "num_prunable_groups": sum(g.prunable for g in self.groups),
@@ -111,7 +112,7 @@ def _fraction(name: str, value: float | None) -> None:
 def check_arguments(method: str, ratio: float, thr: float, scope: str, *, max_timesteps: int | None = None,
                     scoring: str = "sequential", attn_grouping: str = "joint", head_mode: str = "channels",
                     target_params: float | None = None, target_macs: float | None = None,
-                    micro_batch: int = 16) -> None:
+                    micro_batch: int = 16, round_to: int | None = None) -> None:
     """One clear error per bad setting, before any work is done (each names the argument)."""
     if method not in METHODS:
         raise ValueError(f"unknown pruning method {method!r}; choose one of {METHODS}")
@@ -133,6 +134,10 @@ def check_arguments(method: str, ratio: float, thr: float, scope: str, *, max_ti
             raise ValueError(f"{name} must be one of {choices}, got {value!r}")
     _fraction("target_params", target_params)
     _fraction("target_macs", target_macs)
+    check_round_to(round_to)
+    if round_to and round_to > 1 and (scope != "local" or head_mode != "channels"):
+        raise ValueError(f"round_to applies to the local rule with head_mode 'channels', got scope={scope!r}, "
+                         f"head_mode={head_mode!r}")
     if target_params is not None and target_macs is not None:
         raise ValueError("give target_params or target_macs, not both")
 
@@ -163,7 +168,8 @@ def prune(model: nn.Module, example_inputs: tuple, *, method: str = "diff-prunin
           schedule: Schedule | None = None, thr: float = 0.05, scope: str = "local", scoring: str = "sequential",
           attn_grouping: str = "joint", head_mode: str = "channels", attn_scale: str | None = None,
           target_params: float | None = None, target_macs: float | None = None, micro_batch: int = 16,
-          max_timesteps: int | None = None, seed: int = 0, progress: bool = True) -> tuple[nn.Module, PruneReport]:
+          max_timesteps: int | None = None, seed: int = 0, progress: bool = True,
+          round_to: int | None = None) -> tuple[nn.Module, PruneReport]:
     """Prune ``model`` in place and return it with a ``PruneReport``; on any error ``model`` is left untouched.
 
     example_inputs: positional inputs of one forward pass, e.g. (x (1, 3, H, W), t (1,)).
@@ -177,12 +183,14 @@ def prune(model: nn.Module, example_inputs: tuple, *, method: str = "diff-prunin
     attn_grouping:  "joint" (q, k, v and proj_out's input one group, the paper's code) or "split".
     target_params, target_macs: a fraction of parameters / MACs to remove instead of ``ratio``: the ratio
                     (local) or global fraction that reaches it is found by bisection (``pruning/targets.py``).
-    micro_batch:    gradient accumulation in micro-batches of this size (same gradient as the full batch).
+    micro_batch:    at most this many samples per forward/backward of the gradient pass: micro_batch // B
+                    timesteps per pass, or micro-batches of one timestep (same gradient either way).
     max_timesteps:  cap on the timesteps of the gradient loop (for quick runs; None = up to T).
+    round_to:       keep every pruned width a multiple of this (local rule; ``pruning/select.py``), for speed.
     """
     check_arguments(method, ratio, thr, scope, max_timesteps=max_timesteps, scoring=scoring,
                     attn_grouping=attn_grouping, head_mode=head_mode, target_params=target_params,
-                    target_macs=target_macs, micro_batch=micro_batch)
+                    target_macs=target_macs, micro_batch=micro_batch, round_to=round_to)
     if method in GRADIENT_METHODS and data is None:
         raise ValueError(f"method {method!r} needs data: a batch of clean training images (data=x0)")
     _check_tensors(example_inputs, data, eps)
@@ -203,7 +211,7 @@ def prune(model: nn.Module, example_inputs: tuple, *, method: str = "diff-prunin
             nonlocal target
             start = time.perf_counter()
             found, achieved = ratio_for_target(model, example_inputs, analysis, kind=kind, target=goal,
-                                               select=select, head_mode=head_mode)
+                                               select=select, head_mode=head_mode, round_to=round_to)
             target = {"kind": kind, "target": goal, "achieved": achieved, "ratio": found}
             seconds["target_search"] = time.perf_counter() - start
             return found
@@ -235,7 +243,7 @@ def prune(model: nn.Module, example_inputs: tuple, *, method: str = "diff-prunin
         else:
             order = analysis.paper_order
             keeps = prune_local(model, groups, order, score, ratio, head_mode=head_mode,
-                                dense_scores=scoring == "dense")
+                                dense_scores=scoring == "dense", round_to=round_to)
 
         # 4. Attributes, config widths, consistency; then the re-trace proves the forward runs as planned.
         dense_keeps = {i: k.numpy() for i, k in keeps.items()}
@@ -255,12 +263,13 @@ def prune(model: nn.Module, example_inputs: tuple, *, method: str = "diff-prunin
                          params_before=params_before, params_after=sum(p.numel() for p in model.parameters()),
                          timesteps=timesteps, seconds=seconds, scoring=scoring, attn_grouping=attn_grouping,
                          order=[analysis.roots.get(i, groups[i].name) for i in order], attributes=attributes,
-                         target=target, kept=kept_channels(analysis, dense_keeps))
+                         target=target, kept=kept_channels(analysis, dense_keeps), round_to=round_to)
     return model, report
 
 
 def prune_local(model: nn.Module, groups: list[Group], order: list[int], score: Callable[[Group], torch.Tensor],
-                ratio: float, *, head_mode: str = "channels", dense_scores: bool = False) -> dict[int, torch.Tensor]:
+                ratio: float, *, head_mode: str = "channels", dense_scores: bool = False,
+                round_to: int | None = None) -> dict[int, torch.Tensor]:
     """The local rule, group by group in ``order``: score (on the network the groups before have already
     pruned, as the paper's code; or all on the dense network with ``dense_scores``), keep what ``select_local``
     keeps, cut. With head_mode "heads", groups sharing an attention module are scored, selected and cut
@@ -276,7 +285,7 @@ def prune_local(model: nn.Module, groups: list[Group], order: list[int], score: 
         members = cluster_of.get(i, [i])
         scores = {j: dense[j] if dense_scores else score(groups[j]) for j in members}
         chosen = (select_groups(groups, scores, ratio, head_mode="heads") if i in cluster_of
-                  else {i: select_local(scores[i], groups[i], ratio)})
+                  else {i: select_local(scores[i], groups[i], ratio, round_to)})
         for j, keep in chosen.items():
             prune_group(model, groups[j], keep, others=groups)
             keeps[j] = keep

@@ -34,11 +34,12 @@ def _meta_copy(model: nn.Module) -> nn.Module:
     return copy.deepcopy(model, memo)
 
 
-def zero_score_select(analysis: Analysis, head_mode: str) -> Callable[[float], Mapping[int, torch.Tensor]]:
+def zero_score_select(analysis: Analysis, head_mode: str,
+                      round_to: int | None = None) -> Callable[[float], Mapping[int, torch.Tensor]]:
     """Local-rule keep sets for a ratio, from equal scores (the widths do not depend on the scores)."""
     groups = analysis.groups
     zeros = {i: torch.zeros(g.size) for i, g in enumerate(groups) if g.prunable}
-    return lambda ratio: select_groups(groups, zeros, ratio, scope="local", head_mode=head_mode)
+    return lambda ratio: select_groups(groups, zeros, ratio, scope="local", head_mode=head_mode, round_to=round_to)
 
 
 def removed_fraction(model: nn.Module, example_inputs: tuple, analysis: Analysis,
@@ -58,13 +59,14 @@ def _count(model: nn.Module, example_inputs: tuple, kind: str) -> int:
 
 def ratio_for_target(model: nn.Module, example_inputs: tuple, analysis: Analysis, *, kind: str, target: float,
                      select: Callable[[float], Mapping[int, torch.Tensor]] | None = None,
-                     head_mode: str = "channels", iterations: int = 24) -> tuple[float, float]:
+                     head_mode: str = "channels", iterations: int = 24,
+                     round_to: int | None = None) -> tuple[float, float]:
     """The ratio whose pruning removes the fraction of ``kind`` ("params" or "macs") closest to ``target``,
     and the fraction it removes. ``select(ratio) -> keeps``: the selection rule (default: the local rule).
     A target beyond what the largest ratio reaches is an error naming the reachable maximum."""
     if kind not in KINDS:
         raise ValueError(f"target kind must be one of {KINDS}, got {kind!r}")
-    select = select or zero_score_select(analysis, head_mode)
+    select = select or zero_score_select(analysis, head_mode, round_to)
     dense = _count(_meta_copy(model), example_inputs, kind)
     cache: dict[float, float] = {}
 

@@ -212,16 +212,20 @@ def test_prune_script_names_a_checkpoint_that_does_not_fit(tmp_path):
 
 # ------------------------------------------------------------------------------------- targets and bad numbers
 @pytest.mark.parametrize("kind", ["params", "macs"])
-def test_a_target_fraction_is_reached_by_bisection(kind):
+@pytest.mark.parametrize("scope", ["global", "local"])
+def test_a_target_fraction_is_reached_by_bisection(kind, scope):
+    """Global ranking moves one block of one group at a time, so it lands within a percentage point. The local
+    rule applies one ratio to every group, and GroupNorm blocks make its widths coarse (a 32-channel group with
+    8 norm groups loses 8 channels at a time): it reports the closest fraction it can reach."""
     config = PRESETS["tiny"]
     dense = count_macs(UNet(config).eval(), inputs(config))
-    model, report = prune(UNet(config).eval(), inputs(config), method="magnitude", progress=False,
+    model, report = prune(UNet(config).eval(), inputs(config), method="magnitude", scope=scope, progress=False,
                           **{f"target_{kind}": 0.3})
     after = count_macs(model.eval(), inputs(config))
     removed = 1 - (after.params / dense.params if kind == "params" else after.macs_paper / dense.macs_paper)
     assert report.target["kind"] == kind and report.target["achieved"] == pytest.approx(removed)
-    assert abs(removed - 0.3) <= 0.01  # within one percentage point of the target
     assert 0 < report.ratio < 1 and report.ratio == report.target["ratio"]
+    assert abs(removed - 0.3) <= (0.01 if scope == "global" else 0.05)
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -1,4 +1,4 @@
-"""Tests of pruning/graph.py + pruning/dependency.py: the traced coupling groups against hand-written
+"""Tests of pruning/trace/ (tracer.py + grouping.py): the traced coupling groups against hand-written
 expectations written by hand, on our U-Net and on an independently written token-attention / FiLM U-Net;
 unsupported ops fail loudly with the op name and module path; the CIFAR-10 U-Net's groups and the two
 GroupNorms the paper's code regroups.

@@ -3,7 +3,7 @@
 Each op is written in einsum letters and handed to ``_contract``: operands labelled on the same letters
 (q^T k) get their channels tied; a single labelled operand (softmax(w) v) passes its channels through;
 labelled letters that are batch letters of the other operand (heads) become equal-removal blocks. Same
-rule protocol as ``pruning/ops.py``; ``MATMUL_RULES`` maps the three categories to their rules.
+rule protocol as ``pruning/trace/ops.py``; ``MATMUL_RULES`` maps the three categories to their rules.
 """
 from __future__ import annotations
 

@@ -7,9 +7,9 @@ single ops too (``LAYERS``): they are where channels get labels and where member
 
 This file holds the tables, ``Call``, ``UnsupportedOpError``, the layer rules and the rules of ops that
 leave channels on the dims they were on (elementwise, activations, resampling, pad, reductions, norms).
-Ops that move channels between dims are in ``pruning/shape_ops.py`` (reshape, permute, expand, indexing,
-cat, stack, split; with the ``Labels`` type itself), contractions in ``pruning/matmul_ops.py`` (matmul,
-einsum, attention). ``Labels``, ``on_dim`` and ``tensors`` are re-exported here.
+Ops that move channels between dims are in ``pruning/trace/shape_ops.py`` (reshape, permute, expand, indexing,
+cat, stack, split), contractions in ``pruning/trace/matmul_ops.py`` (matmul,
+einsum, attention). The types they share (``Labels``, ``Call``, the recorder) are in ``pruning/trace/record.py``.
 """
 from __future__ import annotations
 

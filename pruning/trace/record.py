@@ -123,7 +123,7 @@ class FixedConstraint:
 
 @dataclass
 class Trace:
-    """One forward pass seen as channel flow (built by ``pruning.graph.trace``)."""
+    """One forward pass seen as channel flow (built by ``pruning.trace.tracer.trace``)."""
 
     num_labels: int
     sources: list[Source]

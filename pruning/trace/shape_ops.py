@@ -1,10 +1,10 @@
 """Where a tensor's channels sit among its dims (``Labels``), and the rules of the ops that move them.
 
-Rules here follow the ``pruning/ops.py`` protocol (one ``Call`` and the tracer in, output labels and
+Rules here follow the ``pruning/trace/ops.py`` protocol (one ``Call`` and the tracer in, output labels and
 constraints out) for the ops that change which dims carry channels: reshape/view (a channel dim split
 into heads, or merged back), permute/transpose, expand, indexing (``x[:, :, None]``), cat, stack and
 split/chunk. ``SHAPE_RULES`` maps their categories to rules; the op names are in ``CATEGORIES``
-(pruning/ops.py).
+(pruning/trace/ops.py); ``Labels`` itself lives in ``pruning/trace/record.py``.
 """
 from __future__ import annotations
 

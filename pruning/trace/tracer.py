@@ -9,7 +9,7 @@ method (``__getitem__``, ``reshape``, ``.T`` ...) as it runs, with the real tens
 path of the module each op runs in. Conv2d, Linear and GroupNorm are single ops (what runs inside them
 is not recorded). Every channel of a layer's output gets an integer *label*; each op maps its inputs'
 labels to its outputs' labels (``Labels``) and records which labels it *ties* (a residual add ties its
-operands channel by channel). ``pruning/dependency.py`` turns the ties into coupling groups.
+operands channel by channel). ``pruning/trace/grouping.py`` turns the ties into coupling groups.
 
 Why not torch.fx. fx traces symbolically: ``if t.dim() == 0`` or loops over a list of skips are either
 an error or silently baked in, and concat offsets need a second shape-propagation pass anyway. It inlines
@@ -19,7 +19,7 @@ real shapes, without transforming any code. Its cost: only the branch the exampl
 Torch-Pruning's ``grad_fn`` walk (VainF/Torch-Pruning, DepGraph: Fang et al. CVPR 2023, arXiv 2301.12900) needs autograd, sees no input widths of a
 ``cat`` and treats every op it does not know as elementwise; here an unknown op is an error.
 
-Rules (``pruning/ops.py``). ``OPS`` maps each supported op name to a category and ``RULES`` each category
+Rules (``pruning/trace/ops.py``). ``OPS`` maps each supported op name to a category and ``RULES`` each category
 to its rule, so supporting a new op is one line. An op whose tensors carry no labels is not looked up: its output has no
 prunable producer, and a layer that reads such channels (the sinusoidal time embedding) is protected. An
 op that touches labelled tensors and is not in ``OPS`` raises ``UnsupportedOpError`` with the op name and
@@ -94,7 +94,7 @@ class Tracer(Recorder):
         name, category = lookup(op_name(func))
         call = Call(name, args, kwargs, out, self.where)
         if category is None:
-            raise call.fail("not in the tracer's op table (pruning/ops.py OPS): the tracer does not know how "
+            raise call.fail("not in the tracer's op table (pruning/trace/ops.py OPS): the tracer does not know how "
                             "channels flow through it; add it to the right category if one fits")
         self.num_ops += 1
         RULES[category](self, call)
