@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from pruning.trace.grouping import Analysis
-from pruning.trace.tracer import trace
+from pruning.trace.tracer import ForwardFailed, trace
 
 
 def check_consistency(model: nn.Module) -> None:
@@ -90,6 +90,21 @@ def rebuild_check(model: nn.Module, example_inputs: tuple | None = None) -> nn.M
     return rebuilt
 
 
+def _suspects(model: nn.Module, path: str, dense) -> str:
+    """The integer attributes of module ``path`` that equal a width the dense trace saw in or below it: the
+    likely stale ones, since no rule of pruning/surgery.py (WIDTH_ATTRS, HEAD_ATTRS) updated them."""
+    widths = {len(v) for p, io in dense.module_io.items() if p == path or p.startswith(path + ".") or not path
+              for v in io if v is not None}
+    widths |= {h for p, (_, h) in dense.attention.items() if p == path or p.startswith(path + ".") or not path}
+    module = model.get_submodule(path)
+    found = [f"{k}={v}" for k, v in vars(module).items()
+             if isinstance(v, int) and not isinstance(v, bool) and not k.startswith("_") and v in widths]
+    if not found:
+        return "a width or head count it reads is stale (no rule of pruning/surgery.py updates it)"
+    return (f"its attribute(s) {', '.join(found)} still equal a dense width and no rule of pruning/surgery.py "
+            "updates them")
+
+
 def retrace_check(model: nn.Module, example_inputs: tuple, analysis: Analysis, keeps: dict[int, np.ndarray]) -> None:
     """Trace the pruned ``model`` again on ``example_inputs`` and compare with the plan: every layer that ran
     before runs again, and each (layer, role) reads exactly ``analysis.new_width(...)`` channels when group i
@@ -97,10 +112,10 @@ def retrace_check(model: nn.Module, example_inputs: tuple, analysis: Analysis, k
     dense = analysis.trace
     try:
         again = trace(model, example_inputs, attn_grouping=dense.attn_grouping)
-    except Exception as err:  # the pruned forward itself failed: say so, with the tracer's or torch's words
-        raise ValueError(f"the pruned model's forward fails on the example inputs: {type(err).__name__}: {err}; "
-                         "a module attribute that surgery does not update (pruning/surgery.py WIDTH_ATTRS, "
-                         "HEAD_ATTRS) probably still holds a dense width") from err
+    except ForwardFailed as err:  # the pruned forward itself failed: name the module and its suspect attributes
+        raise ValueError(f"after pruning, {err}; {_suspects(model, err.module, dense)}") from err
+    except Exception as err:
+        raise ValueError(f"the pruned model's forward fails on the example inputs: {type(err).__name__}: {err}") from err
     seen = {(path, role): len(v) for path, role, v in again.members}
     alive = analysis.alive(keeps)
     problems = []
