@@ -476,3 +476,19 @@ def test_fid_data_with_a_truncated_image_fails_before_sampling(tmp_path, monkeyp
     with pytest.raises(OSError, match=r"2\.png"):
         evaluate.main(eval_config(tmp_path, [model], fid_data=str(images)))
     assert not list((tmp_path / "eval").rglob("*.png"))  # no sample was drawn
+
+
+def test_prune_reads_its_data_before_drawing_the_sample_grids(tmp_path, monkeypatch):
+    import prune
+    teacher = small_checkpoint(tmp_path / "teacher.pt")
+    empty = tmp_path / "no-images"
+    empty.mkdir()
+
+    def no_sampling(*args, **kwargs):
+        raise AssertionError("sampled before the data was checked")
+
+    monkeypatch.setattr(prune, "sample", no_sampling)
+    with pytest.raises(OSError, match="contains no images"):
+        prune.main(prune.parse_args(["--model", str(teacher), "--data", "folder", "--data-root", str(empty),
+                                     "--out", str(tmp_path / "p")]))
+    assert not (tmp_path / "p").exists()
