@@ -10,7 +10,7 @@ here, spelled, documented and validated once:
 ``run(main, parse_args)`` is the script entry point. A user mistake raises one of the project's error
 types (``UserError``, ``ValueError``, ``OSError``, ``FloatingPointError``, the tracer's
 ``UnsupportedOpError``); it is printed as ONE line ``error: ...`` and the script exits with status 2, the
-status argparse uses for a bad flag. ``--debug`` prints the whole traceback instead.
+status argparse uses for a bad flag. ``--debug`` prints the whole traceback before that line.
 
 Checks that cost nothing (a folder is writable, a number is >= 1, a file name ends in .npz) live here
 too, so that every script runs them before it loads a model or draws a sample.
@@ -43,10 +43,7 @@ def user_error_types() -> tuple[type[BaseException], ...]:
 
 def one_line(err: BaseException) -> str:
     """The exception's message on one line (multi-line messages, e.g. lists of misfit tensors, joined)."""
-    text = str(err)
-    if isinstance(err, KeyError) and err.args:
-        text = str(err.args[0])
-    parts = [line.strip() for line in text.splitlines() if line.strip()]
+    parts = [line.strip() for line in str(err).splitlines() if line.strip()]
     return " ".join(parts) or type(err).__name__
 
 
