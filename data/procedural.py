@@ -8,9 +8,13 @@ broken shapes (lost content).
 
 Image i of a split is a pure function of (seed, split, i, image_size): no files, no downloads, any
 resolution. The train and test splits use disjoint random streams, so the test split serves as
-held-out data for the held-out denoising loss.
+held-out data for the held-out denoising loss. ``ProceduralShapes.attributes(i)`` returns the latent
+attributes image i was drawn from (background colours, number, kinds and colours of the shapes): the labels
+of the feature network behind FD-shapes (models/shapes_net.py).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -54,8 +58,39 @@ def _shape_mask(kind: str, yy: np.ndarray, xx: np.ndarray, cy: float, cx: float,
     return inside
 
 
-def render_shapes(rng: np.random.Generator, image_size: int) -> np.ndarray:
-    """Render one image from the random stream ``rng``. Returns uint8 (H, W, 3)."""
+@dataclass(frozen=True)
+class ShapeAttributes:
+    """The latent attributes of one painted shape. kind indexes SHAPES, colour indexes PALETTE; the centre
+    (cy, cx) and radius r are in image coordinates [0, 1]; angle is the rotation in radians."""
+
+    kind: int
+    colour: int
+    r: float
+    cy: float
+    cx: float
+    angle: float
+
+
+@dataclass(frozen=True)
+class ImageAttributes:
+    """The latent attributes one image was rendered from: the gradient background (its two colours, RGB in
+    [0, 1], and the direction theta) and the shapes in painting order (later ones cover earlier ones)."""
+
+    background: tuple[tuple[float, float, float], tuple[float, float, float]]
+    theta: float
+    shapes: tuple[ShapeAttributes, ...]
+
+    @property
+    def num_shapes(self) -> int:
+        return len(self.shapes)
+
+
+def render_shapes_with_attributes(rng: np.random.Generator, image_size: int) -> tuple[np.ndarray, ImageAttributes]:
+    """Render one image from the random stream ``rng``. Returns (uint8 (H, W, 3), its ImageAttributes).
+
+    The order of the draws from ``rng`` is the dataset's definition: reordering them changes every image
+    (tests/test_procedural_attributes.py compares against images saved before the attributes were exposed).
+    """
     n = image_size * SUPERSAMPLE
     coords = (np.arange(n) + 0.5) / n
     yy, xx = np.meshgrid(coords, coords, indexing="ij")
@@ -66,17 +101,27 @@ def render_shapes(rng: np.random.Generator, image_size: int) -> np.ndarray:
     ramp = np.clip(0.5 + (np.cos(theta) * (xx - 0.5) + np.sin(theta) * (yy - 0.5)), 0, 1)[..., None]
     img = (1 - ramp) * c0 + ramp * c1  # (n, n, 3)
 
+    shapes = []
     for _ in range(rng.integers(1, 4)):  # one to three shapes, painted in order (later ones on top)
-        kind = SHAPES[rng.integers(len(SHAPES))]
-        colour = PALETTE[rng.integers(len(PALETTE))]
+        kind = int(rng.integers(len(SHAPES)))
+        colour = int(rng.integers(len(PALETTE)))
         r = rng.uniform(0.12, 0.28)
         cy, cx = rng.uniform(r * 0.7, 1 - r * 0.7, size=2)
-        mask = _shape_mask(kind, yy, xx, cy, cx, r, rng.uniform(0, 2 * np.pi))
-        img[mask] = colour
+        angle = rng.uniform(0, 2 * np.pi)
+        img[_shape_mask(SHAPES[kind], yy, xx, cy, cx, r, angle)] = PALETTE[colour]
+        shapes.append(ShapeAttributes(kind=kind, colour=colour, r=float(r), cy=float(cy), cx=float(cx),
+                                      angle=float(angle)))
 
     # Box filter SUPERSAMPLE x SUPERSAMPLE blocks: anti-aliased edges at the target resolution.
     img = img.reshape(image_size, SUPERSAMPLE, image_size, SUPERSAMPLE, 3).mean(axis=(1, 3))
-    return np.round(img * 255).astype(np.uint8)
+    attrs = ImageAttributes(background=(tuple(map(float, c0)), tuple(map(float, c1))), theta=float(theta),
+                            shapes=tuple(shapes))
+    return np.round(img * 255).astype(np.uint8), attrs
+
+
+def render_shapes(rng: np.random.Generator, image_size: int) -> np.ndarray:
+    """Render one image from the random stream ``rng``. Returns uint8 (H, W, 3)."""
+    return render_shapes_with_attributes(rng, image_size)[0]
 
 
 class ProceduralShapes(Dataset):
@@ -95,12 +140,22 @@ class ProceduralShapes(Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def image_uint8(self, index: int) -> np.ndarray:
-        """Image ``index`` as uint8 (H, W, 3)."""
+    def _rng(self, index: int) -> np.random.Generator:
         if not 0 <= index < self.size:
             raise IndexError(f"index {index} out of range for a dataset of {self.size} images")
-        rng = np.random.default_rng([self.seed, SPLIT_STREAM[self.split], index])
-        return render_shapes(rng, self.image_size)
+        return np.random.default_rng([self.seed, SPLIT_STREAM[self.split], index])
+
+    def image_uint8(self, index: int) -> np.ndarray:
+        """Image ``index`` as uint8 (H, W, 3)."""
+        return render_shapes(self._rng(index), self.image_size)
+
+    def image_and_attributes(self, index: int) -> tuple[np.ndarray, ImageAttributes]:
+        """Image ``index`` as uint8 (H, W, 3) and the latent attributes it was rendered from."""
+        return render_shapes_with_attributes(self._rng(index), self.image_size)
+
+    def attributes(self, index: int) -> ImageAttributes:
+        """The latent attributes of image ``index`` (number of shapes, kinds, colours, background)."""
+        return self.image_and_attributes(index)[1]
 
     def __getitem__(self, index: int) -> torch.Tensor:
         img = torch.from_numpy(self.image_uint8(index)).permute(2, 0, 1).float()  # (3, H, W) in [0, 255]
