@@ -7,7 +7,7 @@ A pruned network is only as fast as its MAC ratio says when every op shrinks wit
 concatenations scale with the width only (C x H x W), attention scales with N^2 x d, and an odd width
 (179 channels) may run the convolution kernels less efficiently than a multiple of 8 or 16. This script
 runs ``torch.profiler`` over ``--iters`` forward passes (eval, inference_mode, after a warm-up) of each
-model and reports:
+model, the models taking turns so that load from other processes hits each alike, and reports:
 
 - self CPU time per op kind (conv, group_norm, silu, attention, add, cat/copy, other) and its share;
 - the convolutions' achieved GFLOP/s overall and per (C_in, C_out, kernel, H x W) shape, from the recorded
@@ -59,42 +59,44 @@ def conv_flops(shapes: list) -> int | None:
     return 2 * B * Co * Ho * Wo * Ci * kh * kw
 
 
-def profile_model(model: UNet, x: torch.Tensor, t: torch.Tensor, iters: int) -> dict:
-    with torch.inference_mode():
-        model(x, t)  # warm-up: oneDNN primitive creation is not what we measure
-        with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            for _ in range(iters):
-                model(x, t)
-    per_kind: dict[str, float] = {}
-    other: dict[str, float] = {}
-    convs: dict[str, dict] = {}
+def profile_once(model: UNet, x: torch.Tensor, t: torch.Tensor, acc: dict) -> None:
+    """Profile one forward (eval, inference_mode) and add its self CPU time per op kind and per conv shape to ``acc``."""
+    with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        model(x, t)
     for e in prof.key_averages(group_by_input_shape=True):
-        us = e.self_cpu_time_total / iters  # microseconds per forward
+        us = e.self_cpu_time_total
         if us <= 0:
             continue
         kind = KINDS.get(e.key, "other")
-        per_kind[kind] = per_kind.get(kind, 0.0) + us
+        acc["per_kind"][kind] = acc["per_kind"].get(kind, 0.0) + us
         if kind == "other":
-            other[e.key] = other.get(e.key, 0.0) + us
+            acc["other"][e.key] = acc["other"].get(e.key, 0.0) + us
         if e.key == "aten::mkldnn_convolution":
             flops = conv_flops(e.input_shapes)
             if flops:
                 (_, _, H, W), (Co, Ci, kh, kw) = e.input_shapes[0], e.input_shapes[1]
-                key = f"{Ci}->{Co} k{kh} {H}x{W}"
-                c = convs.setdefault(key, {"us": 0.0, "flops": 0, "calls": 0})
+                c = acc["convs"].setdefault(f"{Ci}->{Co} k{kh} {H}x{W}", {"us": 0.0, "flops": 0, "calls": 0})
                 c["us"] += us
-                c["flops"] += flops * e.count // iters
-                c["calls"] += e.count // iters
+                c["flops"] += flops * e.count
+                c["calls"] += e.count
+    acc["forwards"] += 1
+
+
+def summarize(acc: dict) -> dict:
+    n = acc["forwards"]
+    per_kind, convs = acc["per_kind"], acc["convs"]
     total = sum(per_kind.values())
     conv_us, conv_flop = sum(c["us"] for c in convs.values()), sum(c["flops"] for c in convs.values())
     for c in convs.values():
         c["gflops"] = c["flops"] / c["us"] / 1e3
-    return {"ms_per_forward": total / 1e3,
-            "per_kind_ms": {k: v / 1e3 for k, v in sorted(per_kind.items(), key=lambda kv: -kv[1])},
+        c["ms_per_forward"], c["calls"] = c["us"] / n / 1e3, c["calls"] // n
+        del c["us"], c["flops"]
+    return {"ms_per_forward": total / n / 1e3,
+            "per_kind_ms": {k: v / n / 1e3 for k, v in sorted(per_kind.items(), key=lambda kv: -kv[1])},
             "share": {k: v / total for k, v in per_kind.items()},
-            "other_ops_ms": {k: v / 1e3 for k, v in sorted(other.items(), key=lambda kv: -kv[1])[:10]},
+            "other_ops_ms": {k: v / n / 1e3 for k, v in sorted(acc["other"].items(), key=lambda kv: -kv[1])[:10]},
             "conv_gflops": conv_flop / conv_us / 1e3 if conv_us else None,
-            "convs": dict(sorted(convs.items(), key=lambda kv: -kv[1]["us"]))}
+            "convs": dict(sorted(convs.items(), key=lambda kv: -kv[1]["ms_per_forward"]))}
 
 
 def main(args: argparse.Namespace) -> dict:
@@ -117,10 +119,17 @@ def main(args: argparse.Namespace) -> dict:
     out = {"preset": args.preset, "batch": args.batch, "iters": args.iters, "threads": args.threads,
            "torch": str(torch.__version__), "load_before": load, "models": {},
            "command": "python benchmarks/profile_pruned.py " + " ".join(sys.argv[1:])}
+    accs = {label: {"per_kind": {}, "other": {}, "convs": {}, "forwards": 0} for label in models}
+    with torch.inference_mode():
+        for model in models.values():  # warm-up: oneDNN primitive creation is not what we measure
+            model(x, t)
+    # Interleaved (dense, 0.3, 0.5, dense, ...): load from other processes hits every model alike.
+    for _ in range(args.iters):
+        for label, model in models.items():
+            profile_once(model, x, t, accs[label])
     for label, model in models.items():
         r = count_macs(model, example)
-        out["models"][label] = {"macs_full": r.macs_full, "macs_paper": r.macs_paper,
-                                **profile_model(model, x, t, args.iters)}
+        out["models"][label] = {"macs_full": r.macs_full, "macs_paper": r.macs_paper, **summarize(accs[label])}
     base = out["models"]["dense"]
     kinds = sorted(base["per_kind_ms"], key=lambda k: -base["per_kind_ms"][k])
     print(f"{args.preset}, batch {args.batch}, ms per forward (self CPU time by op kind); load {load}")

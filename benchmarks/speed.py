@@ -169,7 +169,7 @@ def section_unet(args) -> dict:
                 if ref is None:
                     notes[mode] = info
                     continue
-                notes[mode] = f"same weights, max |eps - ours| = {info:.2e}"
+                notes[mode] = f"same weights, max abs(eps - ours) = {info:.2e}"
                 runners[mode] = _DiffusersCall(ref)
             else:
                 opts = RuntimeOptions(channels_last=mode == "channels_last", compile=mode == "compile")
@@ -357,6 +357,7 @@ def render(results: dict) -> str:
                              f"{r['forward_gflops']:.0f} | {rel('forward_images_per_s')} | {r['train_images_per_s']:.2f} | "
                              f"{rel('train_images_per_s')} | {meta['load_before']} | {run} |")
             for mode, note in row["notes"].items():
+                note = note.replace("|", "\\|")  # a literal pipe would end the table cell
                 lines.append(f"| {row['preset']} | {row['batch']} | {mode} | {note} | | | | | | |")
         lines += [""] + [f"Run {i + 1}: `{c}`" for i, c in enumerate(commands)] + [""]
     p = results.get("pruned")
