@@ -142,19 +142,26 @@ def check_arguments(method: str, ratio: float, thr: float, scope: str, *, max_ti
         raise ValueError("give target_params or target_macs, not both")
 
 
-def _check_tensors(example_inputs: tuple, data: torch.Tensor | None, eps: torch.Tensor | None) -> None:
+def _check_tensors(model: nn.Module, example_inputs: tuple, data: torch.Tensor | None,
+                   eps: torch.Tensor | None) -> None:
     if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
         raise ValueError("example_inputs must be a non-empty tuple of the model's positional inputs, e.g. (x, t)")
     x = example_inputs[0]
-    if isinstance(x, torch.Tensor) and x.dim() < 2:
+    # An image model (our U-Net's config, or image data for the gradient pass) reads (B, C, H, W).
+    images = hasattr(getattr(model, "config", None), "image_size") or data is not None
+    if isinstance(x, torch.Tensor) and (x.dim() < 2 or (images and x.dim() != 4)):
         raise ValueError(f"example_inputs[0] has shape {tuple(x.shape)}: it needs a batch dimension, e.g. "
-                         "(1, C, H, W)")
+                         f"(1, C, H, W){' = x[None]' if x.dim() == 3 else ''}")
     if data is not None:
         if not isinstance(data, torch.Tensor) or data.dim() != 4:
             raise ValueError(f"data must be a (B, C, H, W) batch of images, got "
                              f"{tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__}")
         if not bool(torch.isfinite(data).all()):
             raise ValueError("data holds non-finite values (nan or inf)")
+        lo, hi = float(data.min()), float(data.max())
+        if lo < -1 - 1e-5 or hi > 1 + 1e-5:  # the diffusion was trained on x0 in [-1, 1]
+            raise ValueError(f"data must be images scaled to [-1, 1] (x0 of the diffusion), got values in "
+                             f"[{lo:.3g}, {hi:.3g}]; images in [0, 1] become 2 * x - 1")
     if eps is not None:
         if data is None or not isinstance(eps, torch.Tensor) or eps.shape != data.shape:
             raise ValueError(f"eps must have the shape of data {tuple(data.shape) if data is not None else None}, "
@@ -193,7 +200,7 @@ def prune(model: nn.Module, example_inputs: tuple, *, method: str = "diff-prunin
                     target_macs=target_macs, micro_batch=micro_batch, round_to=round_to)
     if method in GRADIENT_METHODS and data is None:
         raise ValueError(f"method {method!r} needs data: a batch of clean training images (data=x0)")
-    _check_tensors(example_inputs, data, eps)
+    _check_tensors(model, example_inputs, data, eps)
     seconds: dict[str, float] = {}
     widths_before, params_before = layer_widths(model), sum(p.numel() for p in model.parameters())
     generator = torch.Generator().manual_seed(seed)

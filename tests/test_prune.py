@@ -225,7 +225,8 @@ def test_a_target_fraction_is_reached_by_bisection(kind, scope):
     removed = 1 - (after.params / dense.params if kind == "params" else after.macs_paper / dense.macs_paper)
     assert report.target["kind"] == kind and report.target["achieved"] == pytest.approx(removed)
     assert 0 < report.ratio < 1 and report.ratio == report.target["ratio"]
-    assert abs(removed - 0.3) <= (0.01 if scope == "global" else 0.05)
+    # MACs sit mostly in the full-resolution layers, where one block of one group is a larger step.
+    assert abs(removed - 0.3) <= {"global": {"params": 0.01, "macs": 0.02}, "local": {"params": 0.05, "macs": 0.05}}[scope][kind]
 
 
 @pytest.mark.parametrize("kwargs, message", [
@@ -236,12 +237,14 @@ def test_a_target_fraction_is_reached_by_bisection(kind, scope):
     (dict(target_params=0.3, target_macs=0.3), r"not both"),
     (dict(scoring="greedy"), r"scoring must be one of"),
     (dict(attn_grouping="fused"), r"attn_grouping must be one of"),
+    (dict(data=torch.rand(2, 3, 32, 32) * 255), r"data must be images scaled to \[-1, 1\]"),
+    (dict(example_inputs=(torch.zeros(3, 32, 32), torch.ones(1))), r"needs a batch dimension, e.g. \(1, C, H, W\)"),
 ])
 def test_bad_settings_are_named_before_any_work(kwargs, message):
     config = PRESETS["tiny"]
+    kwargs = {"example_inputs": inputs(config), "data": torch.zeros(2, 3, 32, 32), **kwargs}
     with pytest.raises(ValueError, match=message):
-        prune(UNet(config), inputs(config), method="diff-pruning", data=torch.zeros(2, 3, 32, 32), progress=False,
-              **kwargs)
+        prune(UNet(config), method="diff-pruning", progress=False, **kwargs)
 
 
 def test_an_unreachable_target_is_an_error_naming_the_reachable_maximum():
