@@ -280,3 +280,19 @@ def test_prune_script_layer_method(tmp_path, capsys):
                tmp_path / "bad.pt")
     assert cli.run(prune.main, prune.parse_args, ["--model", str(tmp_path / "bad.pt")] + argv[2:]) == 2
     assert "mid.attn_9" in capsys.readouterr().err
+
+
+def test_given_scores_and_solvers():
+    """Scores computed once (e.g. for an additivity report) give the same pruning without a second pass; greedy
+    and ranked reach the target too, and a score missing for a unit is an error."""
+    model = small_model()
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
+    small, report = prune_layers(model, criterion="output-loss", target_params=0.3, images=images, calib_size=4)
+    again, report2 = prune_layers(model, criterion="output-loss", target_params=0.3, scores=report.scores)
+    assert report2.removed == report.removed and again.config == small.config
+    for solver in ("greedy", "ranked"):
+        _, r = prune_layers(model, criterion="output-loss", target_params=0.3, scores=report.scores, solver=solver)
+        assert r.params_after <= 0.7 * r.params_before and r.solver == solver
+    with pytest.raises(ValueError, match="no value for units"):
+        prune_layers(model, criterion="output-loss", target_params=0.3, scores={"mid.attn_1": 0.0})
