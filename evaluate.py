@@ -157,6 +157,21 @@ def heldout_loss_fn(cfg: EvalConfig, image_size: int, schedule: Schedule):
     return HeldOutLoss(torch.stack([test[i] for i in range(n)]), schedule, draws=4, seed=1234), None
 
 
+def fd_shapes_reference(cfg: EvalConfig, image_size: int, in_channels: int):
+    """FD-shapes' real side (metrics/fd_shapes.py: ShapesNet features of held-out shapes images) for models
+    of this shape, or (None, reason) where it does not apply. Built before any sampling."""
+    if cfg.data != "shapes":
+        return None, f"FD-shapes is defined on the procedural shapes data only (--data {cfg.data})"
+    from metrics.fd_shapes import FDShapesReference
+    from models.shapes_net import load_shapes_net
+
+    net = load_shapes_net(device=cfg.device)
+    if (in_channels, image_size) != (3, net.config.image_size):
+        return None, (f"ShapesNet takes 3x{net.config.image_size}x{net.config.image_size} images, the model samples "
+                      f"{in_channels}x{image_size}x{image_size}")
+    return FDShapesReference.build(image_size=image_size, net=net, device=cfg.device), None
+
+
 # ----------------------------------------------------------------------------------------------- main
 def main(cfg: EvalConfig, resume: str | None = None) -> Path:
     """Evaluate ``cfg.models``; returns the run folder holding report.json, samples/ and grids."""
@@ -187,6 +202,11 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
         size = loaded[src][0].config.image_size
         if size not in heldout_by_size:
             heldout_by_size[size] = heldout_loss_fn(cfg, size, schedule)
+    fd_shapes_by_shape = {}
+    for src in cfg.models if rank == 0 else ():
+        c = loaded[src][0].config
+        if (c.image_size, c.in_channels) not in fd_shapes_by_shape:
+            fd_shapes_by_shape[c.image_size, c.in_channels] = fd_shapes_reference(cfg, c.image_size, c.in_channels)
     if resume:
         run_dir = Path(resume)
     else:
@@ -202,14 +222,14 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
             for src in sources:  # before any sampling: same weights, same settings, or an error
                 claim_sample_folder(run_dir / names[src] / "samples", keys[src], write=False)
         return _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats, fid_name, fid_why,
-                         heldout_by_size, rank, world, distributed)
+                         heldout_by_size, rank, world, distributed, fd_shapes_by_shape)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats, fid_name, fid_why,
-              heldout_by_size, rank, world, distributed) -> Path:
+              heldout_by_size, rank, world, distributed, fd_shapes_by_shape=None) -> Path:
     # 0. FID reference statistics of --fid-data, before any sampling (an unreadable image fails now).
     if rank == 0 and inception is not None and fid_stats is None:
         fid_stats = fid_reference_from_folder(cfg, run_dir, inception)
@@ -265,6 +285,9 @@ def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats,
         else:
             from metrics.ssim import consistency
             row.update(ssim_consistency=consistency(images, reference_images), ssim_skipped=None)
+        fd_ref, fd_why = (fd_shapes_by_shape or {}).get((c.image_size, c.in_channels), (None, "not computed"))
+        row.update(fd_ref.measure(images, device=cfg.device) if fd_ref else {"fd_shapes": None, "kid_shapes": None},
+                   fd_shapes_skipped=fd_why)
         heldout, why = heldout_by_size[c.image_size]  # one fixed set of triples shared by every model of a size
         row.update(heldout_loss=heldout(model.eval(), batch_size=cfg.batch_size) if heldout else None, heldout_skipped=why)
         rows.append(row)
@@ -274,7 +297,7 @@ def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats,
     write_json(run_dir / "report.json", report)
     print(format_table(rows))
     for r in rows:
-        for key in ("fid_skipped", "ssim_skipped", "heldout_skipped"):
+        for key in ("fid_skipped", "ssim_skipped", "heldout_skipped", "fd_shapes_skipped"):
             if r.get(key):
                 print(f"[evaluate] {r['name']}: {key.replace('_skipped', '')}: {r[key]}")
     print(f"[evaluate] report: {run_dir / 'report.json'}")

@@ -185,7 +185,8 @@ def format_table(rows: list[dict]) -> str:
     """A fixed-width table of the headline numbers of each evaluated model."""
     cols = [("model", "name", "{}"), ("params", "params_M", "{:.3f}M"), ("MACs", "macs_paper_G", "{:.3f}G"),
             ("MACs+attn", "macs_full_G", "{:.3f}G"), ("s/img", "seconds_per_image", "{:.3f}"),
-            ("FID", "fid", "{:.2f}"), ("FD custom Inception", "fd_custom_inception", "{:.2f}"), ("SSIM", "ssim_consistency", "{:.4f}"), ("held-out", "heldout_loss", "{:.5f}")]
+            ("FID", "fid", "{:.2f}"), ("FD custom Inception", "fd_custom_inception", "{:.2f}"), ("FD-shapes", "fd_shapes", "{:.3f}"), ("KID-shapes", "kid_shapes", "{:.4f}"),
+            ("SSIM", "ssim_consistency", "{:.4f}"), ("held-out", "heldout_loss", "{:.5f}")]
     cols = [c for c in cols if c[1] != "fd_custom_inception" or any(r.get(c[1]) is not None for r in rows)]
     cells = [[title for title, _, _ in cols]]
     for r in rows:
