@@ -139,9 +139,12 @@ def main(cfg: PruneConfig) -> Path:
                        steps=cfg.sample_steps, batch_size=cfg.num_samples, device=cfg.device, clip_x0=cfg.clip_x0)
     # The data is read before any sampling: a bad --data / --data-root fails before minutes of work.
     x0 = gradient_batch(cfg, c.image_size).to(cfg.device) if cfg.method in ("taylor", "diff-pruning") else None
+    # --method layer: calibration images for output-loss; taylor's one gradient batch is the first --batch-size.
+    images = (gradient_batch(dataclasses.replace(cfg, batch_size=max(cfg.batch_size, cfg.calib_size)),
+                             c.image_size).to(cfg.device) if cfg.method == "layer" else None)
     samples_before = sample(model.eval(), schedule, **fixed_noise) if cfg.num_samples else None
     if cfg.method == "layer":
-        return prune_layers_run(cfg, model, info, schedule, fixed_noise, samples_before, start)
+        return prune_layers_run(cfg, model, info, schedule, fixed_noise, samples_before, start, images)
 
     model, report = prune(model, example, method=cfg.method, ratio=cfg.ratio, ignored=cfg.ignored, data=x0,
                           schedule=schedule, thr=cfg.thr, scope=cfg.scope, head_mode=cfg.head_mode,
@@ -197,12 +200,8 @@ def main(cfg: PruneConfig) -> Path:
 
 
 def prune_layers_run(cfg: PruneConfig, model, info: dict, schedule: Schedule, fixed_noise: dict,
-                     samples_before: torch.Tensor | None, start: float) -> Path:
+                     samples_before: torch.Tensor | None, start: float, images: torch.Tensor) -> Path:
     """--method layer: score the units, remove the chosen ones (pruning/layers/api.py), write the run folder."""
-    c = model.config
-    # Calibration images for output-loss; taylor's one gradient batch is the first --batch-size of them.
-    images = gradient_batch(dataclasses.replace(cfg, batch_size=max(cfg.batch_size, cfg.calib_size)), c.image_size)
-    images = images.to(cfg.device)
     kw = dict(schedule=schedule, calib_size=cfg.calib_size, calib_timesteps=cfg.calib_timesteps, seed=cfg.seed)
     small, report = prune_layers(model, criterion=cfg.criterion, target_params=cfg.target_params,
                                  target_macs=cfg.target_macs, solver=cfg.solver, thr=cfg.thr, micro_batch=cfg.micro_batch,
