@@ -2,7 +2,7 @@
 
     python benchmarks/layer_pruning.py [--steps 100] [--seeds 0 1 2] [--num-samples 16]
 
-1. Additivity (LAPTOP-Diff, arXiv 2404.11098, Sec. 3.2): the single-unit scores of output-loss, taylor and
+1. Additivity (LAPTOP-Diff, arXiv 2404.11098, Sec. 3): the single-unit scores of output-loss, taylor and
    random on the teacher; random unit subsets of sizes 2, 4, 6, 8 with their measured output loss L(S);
    Pearson r, Spearman rho and the slope of L(S) against the summed scores. Also how stable the output-loss
    ranking is across calibration sets (another seed; 4x the size).

@@ -7,10 +7,12 @@ L_out    ||eps_T(x_t, t) - eps_S(x_t, t)||^2, output KD, with the same reduction
          Diff-Pruning's ``--kd`` fine-tuning (Fang et al. 2023, arXiv 2305.10924; its code's loss is
          0.7 L_out + 0.3 L_task): mode "output", lambda_task = 0.3, lambda_out = 0.7 by default.
 L_feat   feature KD over the stage taps l (``stage_taps``):
-         "feature" (BK-SDM, Kim et al. 2023, arXiv 2305.15798, Sec. 3.2):
+         "feature" (BK-SDM, Kim et al. 2023, arXiv 2305.15798):
              sum_l MSE(P_l(F_S^l), F_T^l)                     (mean over elements)
-         "feature-normalized" (LAPTOP-Diff, Zhang et al. 2024, arXiv 2404.11098, Sec. 3.3):
+         "feature-normalized" (LAPTOP-Diff, Zhang et al. 2024, arXiv 2404.11098, Sec. 3):
              sum_l ||P_l(F_S^l) - F_T^l||^2 / ||F_T^l||^2     (squared norms over the whole batch)
+         (This implementation's reading of "normalised by the L2 norm of the teacher's feature map": the
+         squared norm, taken over the whole batch, so the term is scale-free.)
          The raw MSE of a stage grows with the square of its feature scale, so a few large stages dominate
          the unnormalised sum; dividing by the teacher feature's (detached) squared norm makes every term a
          relative error of order one, whatever its stage's scale. Defaults for both feature modes:

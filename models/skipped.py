@@ -1,6 +1,6 @@
 """What stands in the U-Net where a layer-pruned network has removed a unit (``ModelConfig.removed``).
 
-LAPTOP-Diff (Zhang et al. 2024, arXiv 2404.11098, Sec. 3.1) prunes whole layers of the U-Net. Every block
+LAPTOP-Diff (Zhang et al. 2024, arXiv 2404.11098, Sec. 3) prunes whole layers of the U-Net. Every block
 of the DDPM U-Net is residual, ``out = shortcut(x) + branch(x)``, so removing a layer means dropping its
 branch and keeping its shortcut:
 

@@ -1,6 +1,6 @@
 """The additivity test: is the loss of removing a set of units the sum of the single-unit scores?
 
-LAPTOP-Diff (Zhang et al. 2024, arXiv 2404.11098, Sec. 3.2) justifies its one-shot selection by the additivity
+LAPTOP-Diff (Zhang et al. 2024, arXiv 2404.11098, Sec. 3) justifies its one-shot selection by the additivity
 of the output loss, L(S) ~ sum_{i in S} L({i}) (the property Xu et al. 2023, arXiv 2308.10438, found for the
 output distortion of pruning several layers). It holds to first order: removing unit i moves the output by
 delta_i, and ||sum_i delta_i||^2 = sum_i ||delta_i||^2 + the cross terms, which vanish when the deltas are

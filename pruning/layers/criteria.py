@@ -2,7 +2,7 @@
 
 Registry ``LAYER_CRITERIA`` (keys double as ``prune.py --criterion`` choices):
 
-``output-loss``  LAPTOP-Diff's one-shot criterion (Zhang et al. 2024, arXiv 2404.11098, Sec. 3.2): the output
+``output-loss``  LAPTOP-Diff's one-shot criterion (Zhang et al. 2024, arXiv 2404.11098, Sec. 3): the output
                  distortion of removing unit i alone,
 
                      s_i = L({i}),   L(S) = E_{x0, t, eps} || eps_theta^(-S)(x_t, t) - eps_theta(x_t, t) ||^2,
@@ -12,13 +12,13 @@ Registry ``LAYER_CRITERIA`` (keys double as ``prune.py --criterion`` choices):
                  All units' scores come from batched forward passes of the one model: replica r of the
                  calibration batch runs with unit r removed (``pruning/layers/units.py``, ``mask_units``).
 ``random``       uniform random scores (seeded): the baseline any criterion must beat.
-``handcrafted``  a fixed rule in the spirit of BK-SDM (Kim et al. 2023, arXiv 2305.15798, Sec. 3.1: fewer
+``handcrafted``  a fixed rule in the spirit of BK-SDM (Kim et al. 2023, arXiv 2305.15798: fewer
                  blocks per stage, then no mid block): ranks, lowest removed first, in this order:
                  (1) the last ResBlock, then its attention, of every stage that has more than one ResBlock,
                  decoder stages innermost first, then encoder stages innermost first; (2) the mid block
                  (attention, block_2, block_1); (3) every other unit, innermost resolution first, encoder
                  before decoder. Meant for ``solver="ranked"`` (remove in this order until the target is met).
-``taylor``       the Diff-Pruning channel score (Fang et al. 2023, arXiv 2305.10924, Sec. 3; ``pruning/importance.py``
+``taylor``       the Diff-Pruning channel score (Fang et al. 2023, arXiv 2305.10924; ``pruning/importance.py``
                  ``diff_pruning_importance``) summed over the unit's branch parameters: sum (W * G)^2 over its
                  conv/linear weights plus sum |gamma * G| over its GroupNorm weights, with G the gradient
                  accumulated over t = 0 .. T' (threshold ``thr``, the paper's 0.05 by default).

@@ -1,6 +1,6 @@
 """Which units to remove: reach a target saving at the least summed score.
 
-LAPTOP-Diff (Zhang et al. 2024, arXiv 2404.11098, Sec. 3.2) poses layer pruning as
+LAPTOP-Diff (Zhang et al. 2024, arXiv 2404.11098, Sec. 3) poses layer pruning as
 
     min_{r in {0,1}^m}  L(r)   subject to   sum_i r_i c_i >= p * C,
 

@@ -1,4 +1,4 @@
-"""Removable units of the U-Net for layer pruning (LAPTOP-Diff, Zhang et al. 2024, arXiv 2404.11098, Sec. 3.1).
+"""Removable units of the U-Net for layer pruning (LAPTOP-Diff, Zhang et al. 2024, arXiv 2404.11098, Sec. 3).
 
 A *unit* is one residual branch: a ResBlock's (norm1, conv1, temb_proj, norm2, conv2) or an attention
 block's (norm, q, k, v, proj_out). Removing unit i keeps its shortcut (``models/skipped.py``), so
