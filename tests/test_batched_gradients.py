@@ -80,3 +80,29 @@ def test_non_finite_gradient_names_the_timestep_in_either_path(micro_batch):
     with pytest.raises(FloatingPointError, match=r"gradient of w became non-finite at timestep t=5"):
         accumulate_gradients(model, schedule, torch.zeros(2, 1, 2, 2, dtype=torch.float64), thr=0.0,
                              micro_batch=micro_batch)
+
+
+@pytest.mark.slow
+def test_the_shipped_teacher_prunes_to_the_same_channels_with_batched_timesteps():
+    """prune.py's embedded default (Diff-Pruning of checkpoints/tiny_shapes.pt), capped at 8 timesteps: one
+    timestep per pass (micro_batch 8 = the batch) and all 8 in one pass (micro_batch 64) keep the same channels
+    in every layer and give the same pruned network."""
+    import copy
+
+    import models
+    import pruning
+    from common.defaults import TEACHER_CHECKPOINT
+
+    teacher = models.load(str(TEACHER_CHECKPOINT)).eval()
+    x0 = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    example = (torch.zeros(1, 3, 32, 32), torch.ones(1))
+    runs = [pruning.prune(copy.deepcopy(teacher), example, method="diff-pruning", ratio=0.3, data=x0, thr=0.05,
+                          micro_batch=mb, max_timesteps=8, progress=False) for mb in (8, 64)]
+    (one, r1), (batched, r8) = runs
+    assert r1.timesteps.kept == r8.timesteps.kept == list(range(8))
+    for layer, roles in r1.kept.items():
+        for role, kept in roles.items():
+            assert (kept == r8.kept[layer][role]).all(), (layer, role)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([10.0, 600.0])
+    with torch.no_grad():
+        torch.testing.assert_close(batched(x, t), one(x, t), rtol=0, atol=1e-6)
