@@ -9,8 +9,8 @@ computed, never which network:
                    to the order of float additions (matches the default to ~1e-6). In training, dropout
                    draws its mask in memory order: a different (equally distributed) mask than the default.
     compile        ``torch.compile`` of the module (TorchInductor: fuses GroupNorm -> SiLU and the residual
-                   adds, on CPU through a C++ compiler). The first call of each input shape compiles (tens of
-                   seconds); results match eager to float tolerance.
+                   adds, on CPU through a C++ compiler). The first call of each input shape compiles (one to a
+                   few minutes on 2 CPU cores, docs/PERFORMANCE.md); results match eager to float tolerance.
     bf16           ``torch.autocast`` to bfloat16 on the model's device: convolutions and matmuls run in
                    bf16, normalisation and softmax stay float32. Not exact (about 3 significant digits);
                    worth it only where the hardware has bf16 matrix units (recent GPUs, CPUs with AMX or
