@@ -131,7 +131,7 @@ def main(args: argparse.Namespace) -> dict:
 
 
 def markdown(r: dict) -> str:
-    lines = [f"# FD-shapes validation\n", f"`{r['command']}` ({r['wall_seconds']:.0f} s wall, {r['threads']} CPU "
+    lines = ["# FD-shapes validation\n", f"`{r['command']}` ({r['wall_seconds']:.0f} s wall, {r['threads']} CPU "
              f"threads; torch {r['environment']['torch']}). ShapesNet sha256 `{r['shapes_net_sha256'][:16]}...`, "
              f"D = {r['feature_dim']}. Reference: {r['reference']}; compared sets: {r['pool']}.\n",
              "## Noise floor: disjoint real sets against the reference\n",

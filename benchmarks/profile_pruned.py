@@ -21,7 +21,6 @@ import argparse
 import copy
 import inspect
 import json
-import math
 import sys
 from pathlib import Path
 

@@ -13,7 +13,6 @@ library versions). An existing ``--out`` is never overwritten.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import math
 import shlex

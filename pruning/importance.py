@@ -342,8 +342,7 @@ def _check_finite_loss(L_t: float, t: int) -> None:
 
 def _check_finite_grads(params: list[torch.Tensor], names: dict[int, str], t: int) -> None:
     """One reduction per timestep: a nan or inf anywhere in the accumulated gradient makes the sum non-finite."""
-    grads = [p.grad.sum() for p in params if p.grad is not None]
-    if grads and not bool(torch.isfinite(torch.stack(grads).sum())):
+    if not _grads_finite(params):
         bad = next(names.get(id(p), "?") for p in params if p.grad is not None and not bool(torch.isfinite(p.grad).all()))
         raise FloatingPointError(f"the gradient of {bad} became non-finite at timestep t={t}; nothing was pruned")
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
 
 from diffusion.schedule import DiffusionConfig, Schedule
 from pruning.importance import accumulate_gradients

@@ -107,7 +107,7 @@ def test_finetunes_a_checkpoint_with_nonuniform_widths(tmp_path):
 
 
 def test_bad_arguments_are_named(tmp_path):
-    model = small_checkpoint(tmp_path / "init.pt")
+    small_checkpoint(tmp_path / "init.pt")
     with pytest.raises(FileNotFoundError, match="does-not-exist"):
         train.main(base_config(tmp_path, tmp_path / "does-not-exist.pt"))
     with pytest.raises(SystemExit):
