@@ -124,11 +124,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True, help="checkpoint to write (.pt; never overwritten)")
-    p.add_argument("--train-images", type=int, default=8000, help="train-split images rendered once [8000]")
+    p.add_argument("--train-images", type=int, default=24000, help="train-split images rendered once [24000]")
     p.add_argument("--val-images", type=int, default=1024, help="held-out test-split images for the accuracies [1024]")
     p.add_argument("--val-start", type=int, default=50_000, help="first test index of those (far from FD's "
                                                                  "reference images) [50000]")
-    p.add_argument("--steps", type=int, default=360, help="Adam steps [360]")
+    p.add_argument("--steps", type=int, default=4000, help="Adam steps [4000]")
     p.add_argument("--batch-size", type=int, default=64, help="[64]")
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, cosine to 0 [2e-3]")
     p.add_argument("--feature-dim", type=int, default=64, help="feature dimension D [64]")

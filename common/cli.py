@@ -148,9 +148,10 @@ def add_loader_overrides(p: argparse.ArgumentParser) -> None:
 
 def add_data_flags(p: argparse.ArgumentParser, *, default: str = "shapes", help: str = "dataset") -> None:
     p.add_argument("--data", choices=DATASETS, default=_default(p, default),
-                   help=f"{help}: shapes (procedural, no files), cifar10 (python pickle batches) or folder "
-                        f"(any image folder) [default: {default}]")
-    p.add_argument("--data-root", default=_default(p, None), help="the folder of --data cifar10 / folder")
+                   help=f"{help}: shapes (procedural, no files), cifar10 (python pickle batches), folder "
+                        f"(any image folder, center-cropped) or celeba (aligned CelebA images, the DDIM "
+                        f"codebase's face crop) [default: {default}]")
+    p.add_argument("--data-root", default=_default(p, None), help="the folder of --data cifar10 / folder / celeba")
 
 
 def add_run_flags(p: argparse.ArgumentParser, *, out: str, seed_help: str = "random seed") -> None:

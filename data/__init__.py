@@ -5,17 +5,18 @@ from __future__ import annotations
 
 from torch.utils.data import Dataset
 
-DATASETS = ("shapes", "cifar10", "folder")
+DATASETS = ("shapes", "cifar10", "folder", "celeba")
 
 
 def build_dataset(name: str, *, root: str | None = None, image_size: int = 32, split: str = "train",
                   size: int = 50_000, seed: int = 0) -> Dataset:
     """The dataset ``name``: "shapes" (procedural, no files), "cifar10" (python pickle batches under
-    ``root``) or "folder" (any image folder under ``root``, resized and center-cropped)."""
+    ``root``), "folder" (any image folder under ``root``, resized and center-cropped) or "celeba" (a folder of
+    aligned CelebA images, ``img_align_celeba``: the DDIM codebase's 128 x 128 face box, then resized)."""
     if name == "shapes":
         from data.procedural import ProceduralShapes
         return ProceduralShapes(image_size=image_size, size=size, seed=seed, split=split)
-    if name in ("cifar10", "folder") and not root:
+    if name in ("cifar10", "folder", "celeba") and not root:
         raise ValueError(f"dataset {name!r} needs a folder: pass --data-root")
     if name == "cifar10":
         from data.cifar10 import CIFAR10
@@ -23,4 +24,7 @@ def build_dataset(name: str, *, root: str | None = None, image_size: int = 32, s
     if name == "folder":
         from data.image_folder import ImageFolder
         return ImageFolder(root, image_size=image_size, crop="center")
+    if name == "celeba":
+        from data.image_folder import ImageFolder
+        return ImageFolder(root, image_size=image_size, crop="celeba")
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")

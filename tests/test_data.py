@@ -215,6 +215,12 @@ def test_celeba_crop_box(tmp_path):
     assert crop[127, 127, 0] == 152 and crop[127, 127, 1] == 184
     img.save(tmp_path / "face.png")
     assert ImageFolder(tmp_path, image_size=64, crop="celeba")[0].shape == (3, 64, 64)
+    # --data celeba is that folder with that crop (the CelebA-64 recipe in the README uses it)
+    from data import build_dataset
+    torch.testing.assert_close(build_dataset("celeba", root=str(tmp_path), image_size=64)[0],
+                               ImageFolder(tmp_path, image_size=64, crop="celeba")[0], rtol=0, atol=0)
+    with pytest.raises(ValueError, match="--data-root"):
+        build_dataset("celeba", image_size=64)
     with pytest.raises(ValueError, match="178x218"):
         celeba_crop(_gradient(100, 100))
 

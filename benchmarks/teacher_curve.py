@@ -1,0 +1,166 @@
+"""Benchmark: continue the shipped teacher's training and measure it against steps (FD-shapes, held-out loss).
+
+    python benchmarks/teacher_curve.py [--steps 3600] [--every 900] [--lr 2e-4] [--work runs/teacher_curve]
+
+The shipped teacher (checkpoints/tiny_shapes.pt) was trained for 8000 steps at lr 1e-3 and its run folder was
+not kept, so its optimizer state is gone: this continues from its EMA weights as a new train.py run (fresh Adam
+moments, a 100-step warm-up, another data-order seed), at a lower learning rate, which is the usual last phase
+of a DDPM schedule. The continuation itself is an ordinary train.py run: interrupted, it is resumed exactly
+(``--resume``) by running this script again with the same --work. Every --every steps it keeps a checkpoint; each
+is measured once (FD-shapes, KID-shapes and the held-out eps-MSE through metrics/probe.py; SSIM to the shipped
+teacher's samples from the same noise) and the result cached in --work/eval, so a rerun only measures what is new.
+
+Writes benchmarks/results/teacher_curve.json, .md and .png. ``--ship STEP --ship-to PATH`` writes the EMA
+weights of that step as a diffprune checkpoint with the continuation's full provenance (PATH must not exist).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import train  # noqa: E402
+from common.defaults import TEACHER_CHECKPOINT  # noqa: E402
+from common.runs import RUN_MARKER  # noqa: E402
+from metrics.probe import ProbeConfig, QualityProbe  # noqa: E402
+from models.checkpoint import environment, read_checkpoint, save_checkpoint  # noqa: E402
+from models.loading import load  # noqa: E402
+from models.config import ModelConfig  # noqa: E402
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def command(cfg: argparse.Namespace) -> str:
+    return (f"python benchmarks/teacher_curve.py --steps {cfg.steps} --every {cfg.every} --lr {cfg.lr} "
+            f"--seed {cfg.seed} --num-samples {cfg.num_samples} --sample-steps {cfg.sample_steps}")
+
+
+def continue_training(cfg: argparse.Namespace) -> Path:
+    """Run (or resume) the continuation; returns its run folder."""
+    runs = sorted(p.parent for p in (Path(cfg.work) / "train").glob(f"*/{RUN_MARKER}"))
+    tc = train.TrainConfig(model=str(cfg.teacher), steps=cfg.steps, batch_size=32, lr=cfg.lr, warmup=100,
+                           loss_reduction="mean", ema_decay=0.999, ckpt_every=cfg.every, keep_every=cfg.every,
+                           heldout_images=256, seed=cfg.seed, out=str(Path(cfg.work) / "train"))
+    if runs:
+        return train.main(tc, resume=str(runs[-1]))  # exact resume; only the total --steps is read from tc
+    return train.main(tc)
+
+
+def checkpoints(run_dir: Path) -> dict[int, Path]:
+    """Kept checkpoints by step (0: the shipped teacher)."""
+    found = {0: Path(TEACHER_CHECKPOINT)}
+    for p in sorted((run_dir / "checkpoints").glob("step_*.pt")):
+        found[int(p.stem.split("_")[1])] = p
+    return found
+
+
+def evaluate(cfg: argparse.Namespace, run_dir: Path) -> list[dict]:
+    cache = Path(cfg.work) / "eval"
+    cache.mkdir(parents=True, exist_ok=True)
+    probe = None
+    rows = []
+    for step, path in checkpoints(run_dir).items():
+        out = cache / f"step_{step:07d}.json"
+        if not out.exists():
+            if probe is None:
+                probe = QualityProbe(ProbeConfig(num_samples=cfg.num_samples, sample_steps=cfg.sample_steps))
+                probe.set_reference(load(cfg.teacher))
+            start = time.perf_counter()
+            row = {"step": step, "total_steps": 8000 + step, "checkpoint": str(path), **probe(load(path)),
+                   "seconds": round(time.perf_counter() - start, 1)}
+            tmp = out.with_suffix(".tmp")
+            tmp.write_text(json.dumps(row, indent=2) + "\n")
+            tmp.replace(out)
+            print(f"[curve] step {step}: FD-shapes {row['fd_shapes']:.2f}  KID {row['kid_shapes']:.3f}  "
+                  f"held-out {row['heldout_loss']:.5f}  SSIM {row['ssim_to_teacher']:.3f}", flush=True)
+        rows.append(json.loads(out.read_text()))
+    if probe is not None:
+        (cache / "probe.json").write_text(json.dumps(probe.describe(), indent=2) + "\n")
+    return rows
+
+
+def report(cfg: argparse.Namespace, rows: list[dict], wall: float) -> None:
+    probe = json.loads((Path(cfg.work) / "eval" / "probe.json").read_text())
+    result = {"benchmark": "teacher_curve", "command": command(cfg), "teacher": str(cfg.teacher),
+              "continuation": {"from": "EMA weights of the shipped teacher (8000 steps at lr 1e-3)", "lr": cfg.lr,
+                               "warmup": 100, "batch_size": 32, "ema_decay": 0.999, "seed": cfg.seed,
+                               "loss_reduction": "mean", "steps": cfg.steps},
+              "probe": probe, "rows": rows, "wall_seconds_this_invocation": round(wall, 1),
+              "environment": environment()}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "teacher_curve.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"`{result['command']}`", "",
+             f"FD-shapes / KID-shapes of {probe['num_samples']} DDIM-{probe['ddim_steps']} samples against "
+             f"{probe['fd_shapes_reference']}; held-out eps-MSE on {probe['heldout_images']} test images x "
+             f"{probe['heldout_draws']} draws; SSIM to the shipped teacher's samples from the same noise.", "",
+             "| continuation step | total steps | FD-shapes | KID-shapes | held-out eps-MSE | SSIM to step 0 |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['step']} | {r['total_steps']} | {r['fd_shapes']:.2f} | {r['kid_shapes']:.3f} | "
+                     f"{r['heldout_loss']:.5f} | {r['ssim_to_teacher']:.3f} |")
+    (RESULTS / "teacher_curve.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    steps = [r["total_steps"] for r in rows]
+    axes[0].plot(steps, [r["fd_shapes"] for r in rows], "o-")
+    axes[0].set(xlabel="total training steps", ylabel="FD-shapes", title="FD-shapes (lower is better)")
+    axes[1].plot(steps, [r["heldout_loss"] for r in rows], "o-", color="C1")
+    axes[1].set(xlabel="total training steps", ylabel="held-out eps-MSE", title="held-out loss")
+    fig.tight_layout()
+    fig.savefig(RESULTS / "teacher_curve.png", dpi=110)
+
+
+def ship(cfg: argparse.Namespace, run_dir: Path) -> None:
+    target = Path(cfg.ship_to)
+    if target.exists():
+        raise SystemExit(f"error: --ship-to {target} exists; it is never overwritten")
+    src = checkpoints(run_dir)[cfg.ship]
+    ckpt = read_checkpoint(src)
+    meta = dict(ckpt.get("meta", {}))
+    meta.update(note=f"EMA and raw weights of step {cfg.ship} of the continuation in benchmarks/teacher_curve.py "
+                     f"({command(cfg)}), which started from the EMA weights of the 8000-step teacher",
+                continuation_of={"command": "python train.py --model tiny --data shapes --steps 8000 --batch-size 32 "
+                                            "--lr 1e-3 --warmup 100 --loss-reduction mean --ema-decay 0.999 "
+                                            "--ckpt-every 500 --keep-every 1000 --heldout-images 256 --seed 0",
+                                 "steps": 8000},
+                total_steps=8000 + cfg.ship)
+    meta.pop("run_id", None)
+    save_checkpoint(target, config=ModelConfig.from_dict(ckpt["model_config"]), state_dict=ckpt["state_dict"],
+                    ema_state_dict=ckpt["ema_state_dict"], meta=meta)
+    print(f"[curve] wrote {target} (step {cfg.ship})")
+
+
+def main(cfg: argparse.Namespace) -> None:
+    torch.set_num_threads(cfg.threads)
+    wall = time.perf_counter()
+    run_dir = continue_training(cfg)
+    if cfg.ship is not None:
+        ship(cfg, run_dir)
+        return
+    rows = evaluate(cfg, run_dir)
+    report(cfg, rows, time.perf_counter() - wall)
+
+
+if __name__ == "__main__":
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--teacher", default=str(TEACHER_CHECKPOINT), help="the checkpoint continued [checkpoints/tiny_shapes.pt]")
+    p.add_argument("--steps", type=int, default=3600, help="continuation steps (total of the new run) [3600]")
+    p.add_argument("--every", type=int, default=900, help="keep and measure a checkpoint every N steps [900]")
+    p.add_argument("--lr", type=float, default=2e-4, help="constant lr after a 100-step warm-up [2e-4]")
+    p.add_argument("--seed", type=int, default=1, help="data-order / noise seed of the continuation [1]")
+    p.add_argument("--num-samples", type=int, default=256)
+    p.add_argument("--sample-steps", type=int, default=50)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--work", default="runs/teacher_curve")
+    p.add_argument("--ship", type=int, help="write the EMA weights of this continuation step to --ship-to")
+    p.add_argument("--ship-to", help="checkpoint path for --ship (must not exist)")
+    main(p.parse_args())

@@ -1,0 +1,82 @@
+"""QualityProbe: one model's quality on the embedded default, measured in memory the way the benchmarks need it.
+
+evaluate.py is the user-facing path (PNG folders, resumable, FID). The benchmarks instead measure many models
+quickly and identically, so they share this probe, built once:
+
+- held-out eps-MSE: ``diffusion.ddpm.HeldOutLoss`` on fixed (x0, t, eps) triples from the shapes test split;
+- samples: deterministic DDIM (eta = 0, x0 clipped to [-1, 1]) from the noise of global indices 0..N-1 of
+  seed 0 (``diffusion.samplers.IndexedNoise``), so every model starts from the same x_T, as the Diff-Pruning
+  paper's SSIM protocol needs (Fang et al. 2023, Sec. 4.1);
+- FD-shapes and KID-shapes of those samples against held-out data (metrics/fd_shapes.py), after the same uint8
+  quantisation the real side gets (and that PNGs would apply);
+- SSIM of those samples to a reference model's samples from the same noise (metrics/ssim.py);
+- #params and MACs (metrics/macs.py, the paper's convention).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from data.procedural import ProceduralShapes
+from diffusion.ddpm import HeldOutLoss
+from diffusion.samplers import sample
+from diffusion.schedule import Schedule
+from metrics.fd_shapes import FDShapesReference
+from metrics.macs import count_macs
+from metrics.ssim import consistency
+
+
+@dataclass
+class ProbeConfig:
+    num_samples: int = 256     # generated samples of FD-shapes / KID / SSIM
+    sample_steps: int = 50     # DDIM steps
+    heldout_images: int = 256  # test-split images of the held-out eps-MSE
+    heldout_draws: int = 2     # (t, eps) draws per held-out image
+    image_size: int = 32
+    batch_size: int = 128      # sampling batch
+    extra: dict = field(default_factory=dict)  # recorded with the results, not used
+
+
+class QualityProbe:
+    """Build once (renders the held-out sets, embeds the FD-shapes reference), then ``probe(model)`` per model."""
+
+    def __init__(self, cfg: ProbeConfig, *, reference_images: torch.Tensor | None = None):
+        self.cfg = cfg
+        test = ProceduralShapes(image_size=cfg.image_size, split="test")
+        self.heldout = HeldOutLoss(torch.stack([test[i] for i in range(cfg.heldout_images)]), Schedule(),
+                                   draws=cfg.heldout_draws, seed=1234)
+        self.fd = FDShapesReference.build(image_size=cfg.image_size)
+        self.reference_images = reference_images  # in [-1, 1]; SSIM is measured against these
+
+    def samples(self, model: nn.Module) -> torch.Tensor:
+        """(N, 3, S, S) in [-1, 1], quantised to the uint8 grid a PNG would hold."""
+        c = self.cfg
+        x = sample(model.eval(), Schedule(), indices=list(range(c.num_samples)), seed=0,
+                   image_shape=(3, c.image_size, c.image_size), steps=c.sample_steps, batch_size=c.batch_size,
+                   clip_x0=True)
+        return ((x + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
+
+    def set_reference(self, model: nn.Module) -> torch.Tensor:
+        """Make ``model``'s samples the SSIM reference (the teacher's, in the papers' protocol)."""
+        self.reference_images = self.samples(model)
+        return self.reference_images
+
+    def __call__(self, model: nn.Module) -> dict:
+        c = model.config
+        macs = count_macs(model, (torch.zeros(1, 3, c.image_size, c.image_size), torch.ones(1)))
+        images = self.samples(model)
+        out = {"params": macs.params, "macs_paper": macs.macs_paper, "heldout_loss": self.heldout(model.eval())}
+        fd = self.fd.measure((images + 1) / 2)
+        out.update(fd_shapes=fd["fd_shapes"], kid_shapes=fd["kid_shapes"])
+        if self.reference_images is not None:
+            out["ssim_to_teacher"] = consistency((images + 1) / 2, (self.reference_images + 1) / 2)
+        return out
+
+    def describe(self) -> dict:
+        c = self.cfg
+        return {"num_samples": c.num_samples, "ddim_steps": c.sample_steps, "eta": 0.0, "clip_x0": True,
+                "noise_seed": 0, "heldout_images": c.heldout_images, "heldout_draws": c.heldout_draws,
+                "heldout_seed": 1234, "fd_shapes_reference": self.fd.description,
+                "shapes_net_sha256": self.fd.net.weights_sha256}

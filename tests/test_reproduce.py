@@ -1,0 +1,84 @@
+"""benchmarks/reproduce.py on a tiny configuration (not timed): cells are saved as they finish, a rerun
+recomputes nothing, a lost cell is rebuilt from what is saved, and the verdict rule only calls a difference
+when the seeds' intervals are apart."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_module(name: str):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def tiny_args(reproduce, tmp_path, docs: Path):
+    return reproduce.build_parser().parse_args([
+        "--seeds", "0", "1", "--methods", "random", "scratch", "--steps", "1", "--num-samples", "4",
+        "--sample-steps", "1", "--heldout-images", "8", "--curve-methods", "diff-pruning@0.05", "--curve-steps", "2",
+        "--curve-every", "1", "--batch-size", "2", "--sweep-ratios", "--threads", "1",
+        "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--docs", str(docs)])
+
+
+@pytest.mark.slow
+def test_reproduce_saves_cells_and_a_rerun_recomputes_nothing(tmp_path, monkeypatch):
+    reproduce = load_module("reproduce")
+    report = sys.modules["benchmarks.reproduce_report"]
+    docs = tmp_path / "RESULTS.md"
+    docs.write_text(f"# Results\n\nHand-written.\n\n{report.BEGIN}\nold tables\n{report.END}\n\nVerdict text.\n")
+    args = tiny_args(reproduce, tmp_path, docs)
+    first = reproduce.main(args)
+
+    cells = tmp_path / "work" / "cells"
+    names = {p.stem for p in cells.glob("*.json")}
+    assert {"teacher", "random-r0.3-s0", "random-r0.3-s1", "scratch-r0.3-s0", "scratch-r0.3-s1",
+            "curve-diff-pruning@0.05-s0"} <= names
+    assert not first["partial"] and first["cells_done"] == first["cells_expected"] == 4
+    assert first["rows"]["random"]["fd_shapes"]["n"] == 2 and set(first["verdicts"]) == {f"C{i}" for i in range(1, 7)}
+    assert [p["step"] for p in first["curves"]["diff-pruning@0.05"]["points"]] == [0, 1, 2]
+    text = docs.read_text()
+    assert "old tables" not in text and "| random |" in text and text.endswith("Verdict text.\n")
+    assert json.loads((tmp_path / "results" / "reproduce.json").read_text())["rows"] == json.loads(json.dumps(first["rows"]))
+
+    # A rerun finds every cell: no pruning, no training.
+    def forbidden(*a, **k):
+        raise AssertionError("a finished cell was recomputed")
+    monkeypatch.setattr(reproduce, "prune", forbidden)
+    monkeypatch.setattr(reproduce.train, "main", forbidden)
+    mtimes = {p.name: p.stat().st_mtime_ns for p in cells.glob("*.json")}
+    second = reproduce.main(args)
+    assert second["rows"] == first["rows"]
+    assert {p.name: p.stat().st_mtime_ns for p in cells.glob("*.json")} == mtimes
+
+    # A lost result cell is rebuilt from the saved pruned model and the finished fine-tune run, to the same numbers.
+    monkeypatch.undo()
+    monkeypatch.setattr(reproduce, "prune", forbidden)
+    (cells / "random-r0.3-s1.json").unlink()
+    third = reproduce.main(args)
+    assert third["rows"]["random"]["fd_shapes"] == first["rows"]["random"]["fd_shapes"]
+
+
+def test_verdict_rule_only_calls_separated_differences():
+    load_module("reproduce")
+    report = sys.modules["benchmarks.reproduce_report"]
+
+    def row(fd, std, n=3):
+        return {"fd_shapes": {"mean": fd, "std": std, "n": n}, "heldout_loss": {"mean": 0.01, "std": 0.001, "n": n}}
+    rows = {"a": row(10.0, 1.0), "b": row(13.0, 1.0), "c": row(11.5, 1.0), "d": row(5.0, 0.5)}
+    assert report.compare(rows["a"], rows["b"], "fd_shapes") == "better"
+    assert report.compare(rows["a"], rows["c"], "fd_shapes") == "overlap"
+    assert report.compare(rows["a"], rows["d"], "fd_shapes") == "worse"
+    assert report.compare(row(10.0, 0.0, n=1), row(20.0, 0.0, n=1), "fd_shapes") == "overlap"  # one seed: no spread
+    assert report.verdict_beats(rows, "a", ["b"])["verdict"] == "supported"
+    assert report.verdict_beats(rows, "a", ["b", "c"])["verdict"].startswith("not supported")
+    assert report.verdict_beats(rows, "a", ["b", "d"])["verdict"].startswith("contradicted")
+    assert report.verdict_beats(rows, "a", ["missing"])["verdict"].startswith("incomplete")
