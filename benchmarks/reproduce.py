@@ -14,7 +14,7 @@ the same data order and noise:
   distillation variant (output KD, feature KD, normalised feature KD; the dense teacher distils);
 - per seed: the pruning's own randomness (the random choice, the gradient batch x0 and its noise, the
   calibration set) and the fine-tune's;
-- once (seed 0): quality against fine-tuning steps up to --curve-steps for diff-pruning (thr 0.05) and scratch
+- once (the first seed): quality against fine-tuning steps up to --curve-steps for diff-pruning (thr 0.05) and scratch
   (the papers' "10-20% of the training cost"), a ratio sweep (diff-pruning and magnitude at --sweep-ratios), the
   L_t curve with each threshold's cut, and LAPTOP's additivity report for output-loss, taylor and random.
 
@@ -220,15 +220,16 @@ class Study:
 
     # ------------------------------------------------------------------ the plan
     def plan(self) -> list[tuple[str, tuple]]:
+        """Every cell, in run order: the main table seed by seed (a partial run has every method at the first
+        seeds), then the seed-0 extras."""
         c = self.cfg
         jobs: list[tuple[str, tuple]] = [("teacher_cell", ())]
-        for seed in c.seeds:  # seed-major: a partial run has every method at the first seeds
+        for seed in c.seeds:
             jobs += [("main_cell", (m, seed)) for m in c.methods]
-            if seed == c.seeds[0]:
-                jobs += [("curve_cell", (m,)) for m in c.curve_methods]
-                jobs += [("main_cell", (m, seed, r)) for r in c.sweep_ratios for m in c.sweep_methods]
-                if any(m.startswith("layer:") for m in c.methods):
-                    jobs.append(("additivity_cell", ()))
+        if any(m.startswith("layer:") for m in c.methods):
+            jobs.append(("additivity_cell", ()))
+        jobs += [("curve_cell", (m, c.seeds[0])) for m in c.curve_methods]
+        jobs += [("main_cell", (m, c.seeds[0], r)) for r in c.sweep_ratios for m in c.sweep_methods]
         return jobs
 
 
@@ -267,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-size", type=int, default=64, help="LAPTOP output-loss calibration triples [64]")
     p.add_argument("--curve-methods", nargs="*", default=["diff-pruning@0.05", "scratch"], choices=CHANNEL)
     p.add_argument("--curve-steps", type=int, default=1200, help="length of the fine-tune curves [1200]")
-    p.add_argument("--curve-every", type=int, default=300, help="measure the curves every N steps [300]")
+    p.add_argument("--curve-every", type=int, default=400, help="measure the curves every N steps [400]")
     p.add_argument("--sweep-ratios", type=float, nargs="*", default=[0.15, 0.5])
     p.add_argument("--sweep-methods", nargs="*", default=["diff-pruning@0.05", "magnitude"], choices=CHANNEL)
     p.add_argument("--num-samples", type=int, default=128, help="DDIM samples per model for FD-shapes/KID/SSIM")
