@@ -224,12 +224,13 @@ class Study:
         seeds), then the seed-0 extras."""
         c = self.cfg
         jobs: list[tuple[str, tuple]] = [("teacher_cell", ())]
-        for seed in c.seeds:
-            jobs += [("main_cell", (m, seed)) for m in c.methods]
-        if any(m.startswith("layer:") for m in c.methods):
-            jobs.append(("additivity_cell", ()))
-        jobs += [("curve_cell", (m, c.seeds[0])) for m in c.curve_methods]
-        jobs += [("main_cell", (m, c.seeds[0], r)) for r in c.sweep_ratios for m in c.sweep_methods]
+        if c.only in ("all", "main"):
+            jobs += [("main_cell", (m, seed)) for seed in c.seeds for m in c.methods]
+        if c.only in ("all", "extras"):
+            if any(m.startswith("layer:") for m in c.methods):
+                jobs.append(("additivity_cell", ()))
+            jobs += [("curve_cell", (m, c.seeds[0])) for m in c.curve_methods]
+            jobs += [("main_cell", (m, c.seeds[0], r)) for r in c.sweep_ratios for m in c.sweep_methods]
         return jobs
 
 
@@ -277,6 +278,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--shards", type=int, default=1, help="split the cells over this many processes")
     p.add_argument("--shard", type=int, default=0, help="this process's share: cells i with i %% shards == shard")
+    p.add_argument("--only", choices=("all", "main", "extras"), default="all",
+                   help="run only the main table or only the seed-0 extras (another process may run the rest in "
+                        "the same --work; the report covers every saved cell either way)")
     p.add_argument("--stop-after", type=float, default=0, help="start no new cell after this many seconds (0: never)")
     p.add_argument("--results", default=str(RESULTS))
     p.add_argument("--docs", default=str(Path(__file__).resolve().parents[1] / "docs" / "RESULTS.md"),

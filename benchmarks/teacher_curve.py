@@ -2,10 +2,11 @@
 
     python benchmarks/teacher_curve.py [--steps 3600] [--every 900] [--lr 2e-4] [--work runs/teacher_curve]
 
-The shipped teacher (checkpoints/tiny_shapes.pt) was trained for 8000 steps at lr 1e-3 and its run folder was
-not kept, so its optimizer state is gone: this continues from its EMA weights as a new train.py run (fresh Adam
-moments, a 100-step warm-up, another data-order seed), at a lower learning rate, which is the usual last phase
-of a DDPM schedule. The continuation itself is an ordinary train.py run: interrupted, it is resumed exactly
+--teacher (default: the shipped checkpoints/tiny_shapes.pt) carries its weights but not its optimizer state,
+so this continues from its EMA weights as a new train.py run (fresh Adam moments, a 100-step warm-up, another
+data-order seed), at a lower learning rate, which is the usual last phase of a DDPM schedule. The shipped
+teacher is itself the result of this script (step 3600 of a continuation of the 8000-step teacher of commit
+1f181fe, README "The tiny teacher"); run on it, the script continues it further. The continuation itself is an ordinary train.py run: interrupted, it is resumed exactly
 (``--resume``) by running this script again with the same --work. Every --every steps it keeps a checkpoint; each
 is measured once (FD-shapes, KID-shapes and the held-out eps-MSE through metrics/probe.py; SSIM to the shipped
 teacher's samples from the same noise) and the result cached in --work/eval, so a rerun only measures what is new.
@@ -37,7 +38,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def command(cfg: argparse.Namespace) -> str:
-    return (f"python benchmarks/teacher_curve.py --steps {cfg.steps} --every {cfg.every} --lr {cfg.lr} "
+    teacher = "" if Path(cfg.teacher) == Path(TEACHER_CHECKPOINT) else f"--teacher {cfg.teacher} "
+    return (f"python benchmarks/teacher_curve.py {teacher}--steps {cfg.steps} --every {cfg.every} --lr {cfg.lr} "
             f"--seed {cfg.seed} --num-samples {cfg.num_samples} --sample-steps {cfg.sample_steps}")
 
 
@@ -50,6 +52,12 @@ def continue_training(cfg: argparse.Namespace) -> Path:
     if runs:
         return train.main(tc, resume=str(runs[-1]))  # exact resume; only the total --steps is read from tc
     return train.main(tc)
+
+
+def teacher_steps(path: str | Path) -> int:
+    """Total training steps behind a checkpoint, from its meta (``total_steps`` of a continuation, else ``steps``)."""
+    meta = read_checkpoint(path).get("meta", {})
+    return int(meta.get("total_steps") or meta.get("steps") or 0)
 
 
 def checkpoints(run_dir: Path) -> dict[int, Path]:
@@ -72,7 +80,7 @@ def evaluate(cfg: argparse.Namespace, run_dir: Path) -> list[dict]:
                 probe = QualityProbe(ProbeConfig(num_samples=cfg.num_samples, sample_steps=cfg.sample_steps))
                 probe.set_reference(load(cfg.teacher))
             start = time.perf_counter()
-            row = {"step": step, "total_steps": 8000 + step, "checkpoint": str(path), **probe(load(path)),
+            row = {"step": step, "total_steps": teacher_steps(cfg.teacher) + step, "checkpoint": str(path), **probe(load(path)),
                    "seconds": round(time.perf_counter() - start, 1)}
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps(row, indent=2) + "\n")
@@ -88,7 +96,7 @@ def evaluate(cfg: argparse.Namespace, run_dir: Path) -> list[dict]:
 def report(cfg: argparse.Namespace, rows: list[dict], wall: float) -> None:
     probe = json.loads((Path(cfg.work) / "eval" / "probe.json").read_text())
     result = {"benchmark": "teacher_curve", "command": command(cfg), "teacher": str(cfg.teacher),
-              "continuation": {"from": "EMA weights of the shipped teacher (8000 steps at lr 1e-3)", "lr": cfg.lr,
+              "continuation": {"from": f"EMA weights of {cfg.teacher} ({teacher_steps(cfg.teacher)} steps)", "lr": cfg.lr,
                                "warmup": 100, "batch_size": 32, "ema_decay": 0.999, "seed": cfg.seed,
                                "loss_reduction": "mean", "steps": cfg.steps},
               "probe": probe, "rows": rows, "wall_seconds_this_invocation": round(wall, 1),
@@ -115,6 +123,9 @@ def report(cfg: argparse.Namespace, rows: list[dict], wall: float) -> None:
     axes[0].set(xlabel="total training steps", ylabel="FD-shapes", title="FD-shapes (lower is better)")
     axes[1].plot(steps, [r["heldout_loss"] for r in rows], "o-", color="C1")
     axes[1].set(xlabel="total training steps", ylabel="held-out eps-MSE", title="held-out loss")
+    for ax in axes:
+        ax.set_xticks(steps)
+        ax.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
     fig.savefig(RESULTS / "teacher_curve.png", dpi=110)
 
@@ -126,13 +137,13 @@ def ship(cfg: argparse.Namespace, run_dir: Path) -> None:
     src = checkpoints(run_dir)[cfg.ship]
     ckpt = read_checkpoint(src)
     meta = dict(ckpt.get("meta", {}))
+    base = read_checkpoint(cfg.teacher).get("meta", {})
     meta.update(note=f"EMA and raw weights of step {cfg.ship} of the continuation in benchmarks/teacher_curve.py "
-                     f"({command(cfg)}), which started from the EMA weights of the 8000-step teacher",
-                continuation_of={"command": "python train.py --model tiny --data shapes --steps 8000 --batch-size 32 "
-                                            "--lr 1e-3 --warmup 100 --loss-reduction mean --ema-decay 0.999 "
-                                            "--ckpt-every 500 --keep-every 1000 --heldout-images 256 --seed 0",
-                                 "steps": 8000},
-                total_steps=8000 + cfg.ship)
+                     f"({command(cfg)}), which started from the EMA weights of {cfg.teacher} "
+                     f"({teacher_steps(cfg.teacher)} steps)",
+                continuation_of={"command": base.get("command"), "note": base.get("note"),
+                                 "steps": teacher_steps(cfg.teacher)},
+                total_steps=teacher_steps(cfg.teacher) + cfg.ship)
     meta.pop("run_id", None)
     save_checkpoint(target, config=ModelConfig.from_dict(ckpt["model_config"]), state_dict=ckpt["state_dict"],
                     ema_state_dict=ckpt["ema_state_dict"], meta=meta)
@@ -150,7 +161,7 @@ def main(cfg: argparse.Namespace) -> None:
     report(cfg, rows, time.perf_counter() - wall)
 
 
-if __name__ == "__main__":
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--teacher", default=str(TEACHER_CHECKPOINT), help="the checkpoint continued [checkpoints/tiny_shapes.pt]")
     p.add_argument("--steps", type=int, default=3600, help="continuation steps (total of the new run) [3600]")
@@ -163,4 +174,8 @@ if __name__ == "__main__":
     p.add_argument("--work", default="runs/teacher_curve")
     p.add_argument("--ship", type=int, help="write the EMA weights of this continuation step to --ship-to")
     p.add_argument("--ship-to", help="checkpoint path for --ship (must not exist)")
-    main(p.parse_args())
+    return p
+
+
+if __name__ == "__main__":
+    main(build_parser().parse_args())

@@ -82,3 +82,28 @@ def test_verdict_rule_only_calls_separated_differences():
     assert report.verdict_beats(rows, "a", ["b", "c"])["verdict"].startswith("not supported")
     assert report.verdict_beats(rows, "a", ["b", "d"])["verdict"].startswith("contradicted")
     assert report.verdict_beats(rows, "a", ["missing"])["verdict"].startswith("incomplete")
+
+
+@pytest.mark.slow
+def test_teacher_curve_continues_measures_resumes_and_ships(tmp_path, monkeypatch):
+    curve = load_module("teacher_curve")
+    monkeypatch.setattr(curve, "RESULTS", tmp_path / "results")
+    argv = ["--steps", "2", "--every", "1", "--num-samples", "4", "--sample-steps", "1", "--threads", "1",
+            "--work", str(tmp_path / "work")]
+    parser = curve.build_parser()
+    curve.main(parser.parse_args(argv))
+    rows = json.loads((tmp_path / "results" / "teacher_curve.json").read_text())["rows"]
+    assert [r["step"] for r in rows] == [0, 1, 2] and rows[0]["ssim_to_teacher"] == pytest.approx(1.0)
+    assert all(r["fd_shapes"] > 0 and r["heldout_loss"] > 0 for r in rows)
+
+    # Rerun: the run is finished and every step is measured, so nothing is trained or sampled again.
+    monkeypatch.setattr(curve, "QualityProbe", lambda *a, **k: pytest.fail("a measured step was measured again"))
+    curve.main(parser.parse_args(argv))
+
+    target = tmp_path / "shipped.pt"
+    curve.main(parser.parse_args(argv + ["--ship", "2", "--ship-to", str(target)]))
+    from models.checkpoint import read_checkpoint
+    meta = read_checkpoint(target)["meta"]
+    assert meta["total_steps"] == curve.teacher_steps(curve.TEACHER_CHECKPOINT) + 2 and "teacher_curve.py" in meta["note"]
+    with pytest.raises(SystemExit, match="never overwritten"):
+        curve.main(parser.parse_args(argv + ["--ship", "2", "--ship-to", str(target)]))
