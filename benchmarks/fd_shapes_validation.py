@@ -154,7 +154,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", default=None, help="ShapesNet checkpoint [checkpoints/shapes_net.pt]")
-    p.add_argument("--sizes", type=int, nargs="+", default=[64, 256, 1024], help="sample sizes N [64 256 1024]")
+    p.add_argument("--sizes", type=int, nargs="+", default=[64, 128, 256, 1024], help="sample sizes N [64 128 256 1024]")
     p.add_argument("--pool", type=int, default=4096, help="real test images after the reference [4096]")
     p.add_argument("--max-sets", type=int, default=8, help="disjoint sets per size, at most [8]")
     p.add_argument("--disturb-size", type=int, default=1024, help="images of the disturbed set [1024]")

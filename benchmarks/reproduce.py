@@ -101,7 +101,13 @@ class Study:
             self._probe = QualityProbe(ProbeConfig(num_samples=c.num_samples, sample_steps=c.sample_steps,
                                                    heldout_images=c.heldout_images))
             self._probe.set_reference(self.teacher)
+            (self.work / "probe.json").write_text(json.dumps(self._probe.describe(), indent=2) + "\n")
         return self._probe
+
+    def probe_description(self) -> dict:
+        """The measurement settings (saved when the probe was first built; a report needs no sampling)."""
+        path = self.work / "probe.json"
+        return json.loads(path.read_text()) if path.exists() else self.probe.describe()
 
     def images(self, seed: int, count: int) -> torch.Tensor:
         """``count`` training images drawn by ``seed``: the gradient batch / calibration images of that seed."""
@@ -245,7 +251,7 @@ def main(cfg: argparse.Namespace) -> dict:
     study = Study(cfg)
     jobs = study.plan()
     for i, (fn, args) in enumerate(jobs):
-        if i % cfg.shards != cfg.shard:
+        if i % cfg.shards != cfg.shard or cfg.report_only:
             continue
         if cfg.stop_after and time.perf_counter() - wall > cfg.stop_after:
             print(f"[reproduce] --stop-after {cfg.stop_after} s reached; rerun to continue", flush=True)
@@ -278,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--shards", type=int, default=1, help="split the cells over this many processes")
     p.add_argument("--shard", type=int, default=0, help="this process's share: cells i with i %% shards == shard")
+    p.add_argument("--report-only", action="store_true",
+                   help="run nothing: rebuild the tables, plots and verdicts from the saved cells")
     p.add_argument("--only", choices=("all", "main", "extras"), default="all",
                    help="run only the main table or only the seed-0 extras (another process may run the rest in "
                         "the same --work; the report covers every saved cell either way)")

@@ -202,7 +202,7 @@ def write_report(cfg, study, jobs, wall: float) -> dict:
     result = {"benchmark": "reproduce", "partial": done < expected, "cells_done": done, "cells_expected": expected,
               "command": command, "teacher": str(cfg.teacher), "teacher_total_steps": teacher_steps,
               "finetune": {"steps": cfg.steps, "batch_size": 32, "lr": cfg.lr, "ema_decay": cfg.ema_decay},
-              "probe": study.probe.describe(), "seconds_all_cells": round(seconds, 1),
+              "probe": study.probe_description(), "seconds_all_cells": round(seconds, 1),
               "wall_seconds_this_invocation": round(wall, 1), "teacher_metrics": teacher, "rows": rows,
               "sweep": {str(r): s for r, s in sweep.items()}, "curves": curves, "verdicts": v,
               "additivity": cells.get("additivity"), "environment": environment(),
