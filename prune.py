@@ -194,7 +194,7 @@ def main(cfg: PruneConfig) -> Path:
     model_arg = os.path.relpath(cfg.model) if Path(cfg.model).exists() else cfg.model  # short, copy-pasteable
     print("\nnext:")
     print(f"  python train.py --model {run / 'pruned.pt'} --steps 1000 --lr 5e-4 --loss-reduction mean "
-          f"--ema-decay 0.999 --batch-size 32     # fine-tune (the teacher's recipe, ~1/8 of its steps)")
+          f"--ema-decay 0.999 --batch-size 32     # fine-tune (the teacher's recipe, under 10% of its steps)")
     print(f"  python evaluate.py {model_arg} {run / 'pruned.pt'} --reference {model_arg}     # compare with the original")
     return run
 
