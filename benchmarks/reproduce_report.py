@@ -125,17 +125,25 @@ def verdicts(rows: dict, curves: dict, teacher: dict | None, teacher_steps: int,
         out["C3"] = {"verdict": "incomplete (curve missing)"}
     thr = [f"diff-pruning@{t}" for t in ("0.0", "0.02", "0.05", "0.1")]
     if all(t in rows for t in thr):
+        # Two parts: does the threshold matter at all (best against worst), and is an intermediate one best?
         best = min(thr, key=lambda t: rows[t]["fd_shapes"]["mean"])
+        worst = max(thr, key=lambda t: rows[t]["fd_shapes"]["mean"])
+        matters = compare(rows[best], rows[worst], "fd_shapes") == "better"
         ends = [t for t in (thr[0], thr[-1]) if t != best]
         res = verdict_beats(rows, best, ends)
         intermediate = best in thr[1:3]
+        part1 = (f"the threshold matters ({best} beats {worst})" if matters else
+                 f"that the threshold matters is not resolved ({best} and {worst} overlap)")
         if intermediate and res["verdict"] == "supported":
-            v = f"supported: {best} beats the ends"
+            part2 = f"an intermediate one is best ({best} beats both ends): supported"
         elif not intermediate:
-            v = f"not supported: the best mean is an end point ({best})"
+            part2 = f"an intermediate one is best: not supported, the best mean is an end of the range ({best})"
         else:
-            v = f"not supported at this scale: {best} has the best mean but overlaps an end point"
-        out["C4"] = {"verdict": v, "pairs": res["pairs"], "best_mean": best}
+            part2 = f"an intermediate one is best: not supported at this scale ({best} overlaps an end)"
+        pairs = dict(res["pairs"])
+        pairs[f"{best} vs {worst} (fd_shapes)"] = compare(rows[best], rows[worst], "fd_shapes")
+        out["C4"] = {"verdict": f"{part1}; {part2}", "pairs": pairs, "best_mean": best, "worst_mean": worst,
+                     "matters": matters, "intermediate_best": intermediate and res["verdict"] == "supported"}
     else:
         out["C4"] = {"verdict": "incomplete (cells missing)"}
     c5 = verdict_beats(rows, "layer:output-loss", ["layer:random", "layer:handcrafted", "layer:taylor"])

@@ -109,3 +109,19 @@ def test_teacher_curve_continues_measures_resumes_and_ships(tmp_path, monkeypatc
     assert meta["total_steps"] == curve.teacher_steps(curve.TEACHER_CHECKPOINT) + 2 and "teacher_curve.py" in meta["note"]
     with pytest.raises(SystemExit, match="never overwritten"):
         curve.main(parser.parse_args(argv + ["--ship", "2", "--ship-to", str(target)]))
+
+
+def test_threshold_verdict_separates_mattering_from_intermediate_best():
+    load_module("reproduce")
+    report = sys.modules["benchmarks.reproduce_report"]
+
+    def rows(fds):
+        return {f"diff-pruning@{t}": {"fd_shapes": {"mean": fd, "std": 1.0, "n": 3},
+                                      "heldout_loss": {"mean": 0.01, "std": 0.001, "n": 3}}
+                for t, fd in zip(("0.0", "0.02", "0.05", "0.1"), fds)}
+    c4 = report.verdicts(rows([20, 15, 10, 20]), {}, None, 0, None)["C4"]
+    assert c4["matters"] and c4["intermediate_best"] and c4["best_mean"] == "diff-pruning@0.05"
+    c4 = report.verdicts(rows([40, 30, 20, 10]), {}, None, 0, None)["C4"]  # monotone: the best is an end
+    assert c4["matters"] and not c4["intermediate_best"] and "end of the range" in c4["verdict"]
+    c4 = report.verdicts(rows([10.5, 10, 11, 10.8]), {}, None, 0, None)["C4"]  # all within the spread
+    assert not c4["matters"] and not c4["intermediate_best"]
