@@ -135,9 +135,9 @@ def test_shipped_shapes_net_recognises_the_attributes():
     count_acc = (pred[:, s["count"]].argmax(1) == y[:, s["count"]].argmax(1)).float().mean().item()
     colour_acc = ((pred[:, s["colours"]] > 0).float() == y[:, s["colours"]]).float().mean().item()
     colour_majority = max(y[:, s["colours"]].mean().item(), 1 - y[:, s["colours"]].mean().item())
-    # Better than chance (1/3 for the count; "no colour present" guessed everywhere for the flags, about 0.77),
-    # though far from perfect: benchmarks/train_shapes_net.py trains it for only 360 steps.
-    assert count_acc > 0.6 and colour_acc > colour_majority + 0.03
+    # Far better than chance (1/3 for the count; "no colour present" guessed everywhere for the flags, about
+    # 0.77): checkpoints/shapes_net.json records 0.95 and 0.996 on 1024 of these images.
+    assert count_acc > 0.85 and colour_acc > colour_majority + 0.15
 
 
 @pytest.mark.slow
@@ -149,7 +149,11 @@ def test_reference_fd_floor_and_shifted_samples():
     shifted = (real + torch.tensor([0.2, 0.0, -0.2]).view(1, 3, 1, 1)).clamp(0, 1)
     a, b = ref.measure(real), ref.measure(shifted)
     assert same["fd_shapes"] == pytest.approx(0.0, abs=1e-6)
-    assert abs(same["kid_shapes"]) < 0.05 * b["kid_shapes"]  # O(1/N) for a set against itself (metrics/kid.py)
+    # A set against itself: the U-statistic leaves the diagonal out of the within-set sums but not out of the
+    # cross term, so MMD_u^2 = 2 / (N - 1) * (mean(K) - mean(diag K)) exactly, for any subset order.
+    K = polynomial_kernel(ref.features, ref.features)
+    assert same["kid_shapes"] == pytest.approx(2 / (256 - 1) * (K.mean() - np.diag(K).mean()), rel=1e-9)
+    assert abs(same["kid_shapes"]) < b["kid_shapes"]
     assert b["fd_shapes"] > 2 * a["fd_shapes"] > 0 and b["kid_shapes"] > a["kid_shapes"]
     assert a["shapes_net_sha256"] == net.weights_sha256 and a["fd_shapes_num_samples"] == 256
     with pytest.raises(ValueError, match="trained on 32x32"):
