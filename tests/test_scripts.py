@@ -364,7 +364,7 @@ def test_shared_flags_are_spelled_once():
         assert {"--model", "--preset", "--norm-groups", "--data", "--data-root", "--seed", "--out", "--device",
                 "--debug"} <= flags
         data = next(a for a in parser._actions if "--data" in a.option_strings)
-        assert tuple(data.choices) == ("shapes", "cifar10", "folder")
+        assert tuple(data.choices) == ("shapes", "cifar10", "folder", "celeba")
 
 
 def test_fid_stats_is_a_subcommand(capsys):
