@@ -14,8 +14,8 @@ the same data order and noise:
   distillation variant (output KD, feature KD, normalised feature KD; the dense teacher distils);
 - per seed: the pruning's own randomness (the random choice, the gradient batch x0 and its noise, the
   calibration set) and the fine-tune's;
-- once (the first seed): quality against fine-tuning steps up to --curve-steps for diff-pruning (thr 0.05) and scratch
-  (the papers' "10-20% of the training cost"), a ratio sweep (diff-pruning and magnitude at --sweep-ratios), the
+- once (the first seed): quality against fine-tuning steps up to --curve-steps for diff-pruning (thr 0.05)
+  (the papers' "10-20% of the training cost"), a ratio sweep (diff-pruning at --sweep-ratios), the
   L_t curve with each threshold's cut, and LAPTOP's additivity report for output-loss, taylor and random.
 
 Each model is measured by metrics/probe.py: FD-shapes and KID-shapes of --num-samples DDIM samples, SSIM to the
@@ -273,11 +273,11 @@ def build_parser() -> argparse.ArgumentParser:
                                                                  "the fine-tune budget")
     p.add_argument("--batch-size", type=int, default=8, help="the ONE gradient batch of taylor / diff-pruning [8]")
     p.add_argument("--calib-size", type=int, default=64, help="LAPTOP output-loss calibration triples [64]")
-    p.add_argument("--curve-methods", nargs="*", default=["diff-pruning@0.05", "scratch"], choices=CHANNEL)
+    p.add_argument("--curve-methods", nargs="*", default=["diff-pruning@0.05"], choices=CHANNEL)
     p.add_argument("--curve-steps", type=int, default=1200, help="length of the fine-tune curves [1200]")
     p.add_argument("--curve-every", type=int, default=400, help="measure the curves every N steps [400]")
     p.add_argument("--sweep-ratios", type=float, nargs="*", default=[0.15, 0.5])
-    p.add_argument("--sweep-methods", nargs="*", default=["diff-pruning@0.05", "magnitude"], choices=CHANNEL)
+    p.add_argument("--sweep-methods", nargs="*", default=["diff-pruning@0.05"], choices=CHANNEL)
     p.add_argument("--num-samples", type=int, default=128, help="DDIM samples per model for FD-shapes/KID/SSIM")
     p.add_argument("--sample-steps", type=int, default=50)
     p.add_argument("--heldout-images", type=int, default=256, help="test images of the held-out eps-MSE [256]")
