@@ -190,6 +190,13 @@ def plots(results: Path, cells: dict, curves: dict, teacher: dict | None, key: s
         plt.close(fig)
 
 
+def _relative(path) -> str:
+    """``path`` relative to the repository when it lies inside it (results stay valid in any clone)."""
+    root = Path(__file__).resolve().parents[1]
+    p = Path(path).resolve()
+    return str(p.relative_to(root)) if p.is_relative_to(root) else str(path)
+
+
 def write_report(cfg, study, jobs, wall: float) -> dict:
     work, results = Path(cfg.work), Path(cfg.results)
     results.mkdir(parents=True, exist_ok=True)
@@ -208,7 +215,7 @@ def write_report(cfg, study, jobs, wall: float) -> dict:
     command = (f"python benchmarks/reproduce.py --seeds {' '.join(map(str, cfg.seeds))} --steps {cfg.steps} "
                f"--num-samples {cfg.num_samples} --curve-steps {cfg.curve_steps}")
     result = {"benchmark": "reproduce", "partial": done < expected, "cells_done": done, "cells_expected": expected,
-              "command": command, "teacher": str(cfg.teacher), "teacher_total_steps": teacher_steps,
+              "command": command, "teacher": _relative(cfg.teacher), "teacher_total_steps": teacher_steps,
               "finetune": {"steps": cfg.steps, "batch_size": 32, "lr": cfg.lr, "ema_decay": cfg.ema_decay},
               "probe": study.probe_description(), "seconds_all_cells": round(seconds, 1),
               "wall_seconds_this_invocation": round(wall, 1), "teacher_metrics": teacher, "rows": rows,
