@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -238,11 +237,6 @@ class Study:
             jobs += [("curve_cell", (m, c.seeds[0])) for m in c.curve_methods]
             jobs += [("main_cell", (m, c.seeds[0], r)) for r in c.sweep_ratios for m in c.sweep_methods]
         return jobs
-
-
-def summarize(values: list[float]) -> dict:
-    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else 0.0,
-            "n": len(values)}
 
 
 def main(cfg: argparse.Namespace) -> dict:

@@ -14,7 +14,7 @@ quickly and identically, so they share this probe, built once:
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -36,7 +36,6 @@ class ProbeConfig:
     heldout_draws: int = 2     # (t, eps) draws per held-out image
     image_size: int = 32
     batch_size: int = 128      # sampling batch
-    extra: dict = field(default_factory=dict)  # recorded with the results, not used
 
 
 class QualityProbe:
