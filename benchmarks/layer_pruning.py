@@ -33,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
+from benchmarks.cells import CellStore  # noqa: E402
 from common.defaults import TEACHER_CHECKPOINT  # noqa: E402
 from data.procedural import ProceduralShapes  # noqa: E402
 from diffusion.ddpm import HeldOutLoss  # noqa: E402
@@ -56,7 +57,7 @@ class Bench:
     def __init__(self, cfg: argparse.Namespace):
         self.cfg = cfg
         self.work = Path(cfg.work)
-        (self.work / "cells").mkdir(parents=True, exist_ok=True)
+        self.cells = CellStore(self.work / "cells", tag="bench")
         self.teacher = load(cfg.teacher)
         size = self.teacher.config.image_size
         test = ProceduralShapes(image_size=size, split="test")
@@ -70,22 +71,9 @@ class Bench:
 
     # ------------------------------------------------------------------ cells
     def cell(self, name: str, fn, run: bool = True) -> dict | None:
-        """Run fn() once; its JSON result is kept in work/cells/<name>.json and reused on a rerun.
-        With run=False only a saved result is returned (None when there is none)."""
-        path = self.work / "cells" / f"{name}.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        if not run:
-            return None
-        start = time.perf_counter()
-        result = fn()
-        result["seconds"] = round(time.perf_counter() - start, 1)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(path)
-        print(f"[bench] {name}: {json.dumps({k: v for k, v in result.items() if not isinstance(v, (dict, list))})}",
-              flush=True)
-        return result
+        """Run fn() once; its JSON result is kept in work/cells/<name>.json and reused on a rerun
+        (benchmarks/cells.py). With run=False only a saved result is returned (None when there is none)."""
+        return self.cells.get(name, fn, run)
 
     def teacher_images(self) -> torch.Tensor:
         if self._teacher_images is None:

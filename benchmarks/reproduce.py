@@ -40,6 +40,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import train  # noqa: E402
 from common.defaults import TEACHER_CHECKPOINT  # noqa: E402
+from benchmarks.cells import CellStore  # noqa: E402
 from benchmarks.reproduce_report import write_report  # noqa: E402
 from common.runs import RUN_MARKER  # noqa: E402
 from data.procedural import ProceduralShapes  # noqa: E402
@@ -69,8 +70,9 @@ class Study:
     def __init__(self, cfg: argparse.Namespace):
         self.cfg = cfg
         self.work = Path(cfg.work)
-        for sub in ("cells", "pruned", "runs"):
+        for sub in ("pruned", "runs"):
             (self.work / sub).mkdir(parents=True, exist_ok=True)
+        self.cells = CellStore(self.work / "cells", tag="reproduce")
         self.teacher = load(cfg.teacher)
         self.train_set = ProceduralShapes(image_size=self.teacher.config.image_size, split="train")
         self._probe = None
@@ -78,20 +80,8 @@ class Study:
 
     # ------------------------------------------------------------------ bookkeeping
     def cell(self, name: str, fn) -> dict:
-        """fn()'s JSON result, computed once and kept in work/cells/<name>.json (written atomically)."""
-        path = self.work / "cells" / f"{name}.json"
-        if path.exists():
-            return json.loads(path.read_text())
-        start = time.perf_counter()
-        result = fn()
-        result["seconds"] = round(time.perf_counter() - start, 1)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(path)
-        short = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in result.items()
-                 if not isinstance(v, (dict, list))}
-        print(f"[reproduce] {name}: {json.dumps(short)}", flush=True)
-        return result
+        """fn()'s JSON result, computed once and kept in work/cells/<name>.json (benchmarks/cells.py)."""
+        return self.cells.get(name, fn)
 
     @property
     def probe(self) -> QualityProbe:

@@ -1,0 +1,49 @@
+"""A benchmark's resumable results: each named cell is computed once and kept as JSON.
+
+benchmarks/reproduce.py and benchmarks/layer_pruning.py are long runs made of independent cells (one method at
+one seed, an additivity report, ...). A cell's result is written to <directory>/<name>.json the moment it
+finishes; a rerun of the script reads it back instead of recomputing, so a run stopped at any point loses at
+most the cell in flight. Several processes may share one directory (reproduce.py's --shards): a file is
+written under a name private to the writing process and renamed into place, so a reader never sees half a
+file and two writers of the same cell leave one whole result.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Callable
+
+
+class CellStore:
+    def __init__(self, directory: str | Path, tag: str):
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.tag = tag  # prefix of the one-line log each finished cell prints
+
+    def path(self, name: str) -> Path:
+        return self.directory / f"{name}.json"
+
+    def load(self, name: str) -> dict | None:
+        """The saved result of cell `name`, or None when it has not finished yet."""
+        path = self.path(name)
+        return json.loads(path.read_text()) if path.exists() else None
+
+    def get(self, name: str, fn: Callable[[], dict], run: bool = True) -> dict | None:
+        """fn()'s result, computed only when no saved one exists (and run is True; otherwise None).
+        The result gains 'seconds', the wall time fn took."""
+        saved = self.load(name)
+        if saved is not None or not run:
+            return saved
+        start = time.perf_counter()
+        result = fn()
+        result["seconds"] = round(time.perf_counter() - start, 1)
+        path = self.path(name)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(path)
+        short = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in result.items()
+                 if not isinstance(v, (dict, list))}
+        print(f"[{self.tag}] {name}: {json.dumps(short)}", flush=True)
+        return result
