@@ -15,7 +15,8 @@ of benchmarks/reproduce_report.py:
 
 Per method it also gives the two means and their difference in units of the combined spread
 z = |mean_A - mean_B| / sqrt(std_A^2 + std_B^2) ("within noise" when z < 2). Writes
-benchmarks/results/reproduce_agreement.{json,md} (--out).
+benchmarks/results/reproduce_agreement.{json,md} (--out) and, with --docs, refreshes the block between this
+script's markers in that file (docs/RESULTS.md).
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ import math
 from pathlib import Path
 
 METRICS = ("fd_shapes", "ssim_to_teacher", "heldout_loss")
+BEGIN, END = ("<!-- reproduce_compare.py:begin (generated; edit benchmarks/reproduce_compare.py) -->",
+              "<!-- reproduce_compare.py:end -->")
 
 
 def pair_agreement(a: str | None, b: str | None) -> str:
@@ -120,6 +123,11 @@ def main(args: argparse.Namespace) -> dict:
         if r.get("benchmark") != "reproduce" or "verdicts" not in r:
             raise SystemExit(f"reproduce_compare: {p} is not a reproduce.py result (no 'verdicts')")
         runs.append(r)
+    if args.docs:  # checked before anything is written
+        docs = Path(args.docs)
+        text = docs.read_text() if docs.is_file() else ""
+        if BEGIN not in text or END not in text:
+            raise SystemExit(f"reproduce_compare: {docs} has no '{BEGIN}' ... '{END}' block to refresh")
     result = compare(*runs)
     result["inputs"] = [str(args.a), str(args.b)]
     out = Path(args.out)
@@ -127,6 +135,9 @@ def main(args: argparse.Namespace) -> dict:
     out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
     md = markdown(result)
     out.with_suffix(".md").write_text(md + "\n")
+    if args.docs:
+        head, rest = text.split(BEGIN, 1)
+        docs.write_text(head + BEGIN + "\n" + md + "\n" + END + rest.split(END, 1)[1])
     print(md)
     return result
 
@@ -137,4 +148,5 @@ if __name__ == "__main__":
     p.add_argument("b", help="reproduce.json of the second run")
     p.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "reproduce_agreement"),
                    help="path stem of the .json and .md written")
+    p.add_argument("--docs", default="", help="a markdown file whose generated block is refreshed (docs/RESULTS.md)")
     main(p.parse_args())

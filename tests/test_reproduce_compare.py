@@ -46,17 +46,34 @@ def test_identical_verdicts_agree_and_files_are_written(tmp_path):
     pa, pb = tmp_path / "a.json", tmp_path / "b.json"
     pa.write_text(json.dumps(a))
     pb.write_text(json.dumps(b))
-    args = reproduce_compare.argparse.Namespace(a=str(pa), b=str(pb), out=str(tmp_path / "agree"))
+    docs = tmp_path / "RESULTS.md"
+    docs.write_text(f"# Results\n\n{reproduce_compare.BEGIN}\nold table\n{reproduce_compare.END}\n\nhand-written\n")
+    args = reproduce_compare.argparse.Namespace(a=str(pa), b=str(pb), out=str(tmp_path / "agree"), docs=str(docs))
     r = reproduce_compare.main(args)
     assert r["claims"][0]["agreement"] == "agree"
     assert "| C1 | supported | supported | **agree** |" in (tmp_path / "agree.md").read_text()
     assert json.loads((tmp_path / "agree.json").read_text())["summary"]["agree"] == 1
+    text = docs.read_text()
+    assert "old table" not in text and "| C1 | supported | supported | **agree** |" in text
+    assert text.startswith("# Results\n") and text.endswith("hand-written\n")
 
 
 def test_a_missing_or_foreign_file_is_named(tmp_path):
     other = tmp_path / "speed.json"
     other.write_text(json.dumps({"benchmark": "speed"}))
     for a, expected in ((tmp_path / "nope.json", "does not exist"), (other, "not a reproduce.py result")):
-        args = reproduce_compare.argparse.Namespace(a=str(a), b=str(a), out=str(tmp_path / "x"))
+        args = reproduce_compare.argparse.Namespace(a=str(a), b=str(a), out=str(tmp_path / "x"), docs="")
         with pytest.raises(SystemExit, match=expected):
             reproduce_compare.main(args)
+
+
+def test_docs_without_the_block_is_refused_before_writing(tmp_path):
+    a = _run([0, 1, 2], "supported", {"p (fd_shapes)": "better"}, fd_dp=100.0)
+    pa = tmp_path / "a.json"
+    pa.write_text(json.dumps(a))
+    docs = tmp_path / "RESULTS.md"
+    docs.write_text("# Results without markers\n")
+    args = reproduce_compare.argparse.Namespace(a=str(pa), b=str(pa), out=str(tmp_path / "agree"), docs=str(docs))
+    with pytest.raises(SystemExit, match="RESULTS.md has no"):
+        reproduce_compare.main(args)
+    assert not (tmp_path / "agree.json").exists() and docs.read_text() == "# Results without markers\n"
