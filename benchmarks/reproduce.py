@@ -46,7 +46,7 @@ from common.runs import RUN_MARKER  # noqa: E402
 from data.procedural import ProceduralShapes  # noqa: E402
 from diffusion.schedule import DiffusionConfig, Schedule  # noqa: E402
 from metrics.probe import ProbeConfig, QualityProbe  # noqa: E402
-from models.checkpoint import read_checkpoint, save_checkpoint  # noqa: E402
+from models.checkpoint import save_checkpoint, training_steps  # noqa: E402
 from models.loading import load  # noqa: E402
 from pruning import prune  # noqa: E402
 from pruning.layers import make_calibration, prune_layers  # noqa: E402
@@ -105,8 +105,7 @@ class Study:
 
     def teacher_steps(self) -> int:
         """The teacher's total training steps (the unit of the papers' "share of the training cost")."""
-        meta = read_checkpoint(self.cfg.teacher).get("meta", {})
-        return int(meta.get("total_steps") or meta.get("steps") or 0)
+        return training_steps(self.cfg.teacher)
 
     # ------------------------------------------------------------------ pruning
     def layer_target(self) -> float:

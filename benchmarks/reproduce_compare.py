@@ -69,7 +69,8 @@ def method_rows(ra: dict, rb: dict) -> list[dict]:
             sa, sb = ra[m][metric], rb[m][metric]
             spread = math.hypot(sa["std"], sb["std"])
             z = abs(sa["mean"] - sb["mean"]) / spread if spread > 0 else math.inf
-            row[metric] = {"a": sa, "b": sb, "z": z, "within_noise": z < 2}
+            row[metric] = {"a": {"mean": sa["mean"], "std": sa["std"]}, "b": {"mean": sb["mean"], "std": sb["std"]},
+                           "z": z, "within_noise": z < 2}  # per-seed values stay in the runs' own files
         out.append(row)
     return out
 

@@ -6,10 +6,11 @@
 so this continues from its EMA weights as a new train.py run (fresh Adam moments, a 100-step warm-up, another
 data-order seed), at a lower learning rate, which is the usual last phase of a DDPM schedule. The shipped
 teacher is itself the result of this script (step 3600 of a continuation of the 8000-step teacher of commit
-1f181fe, README "The tiny teacher"); run on it, the script continues it further. The continuation itself is an ordinary train.py run: interrupted, it is resumed exactly
-(``--resume``) by running this script again with the same --work. Every --every steps it keeps a checkpoint; each
-is measured once (FD-shapes, KID-shapes and the held-out eps-MSE through metrics/probe.py; SSIM to the shipped
-teacher's samples from the same noise) and the result cached in --work/eval, so a rerun only measures what is new.
+1f181fe, README "The tiny teacher"); run on it, the script continues it further. The continuation itself is
+an ordinary train.py run: interrupted, it is resumed exactly (``--resume``) by running this script again with
+the same --work. Every --every steps it keeps a checkpoint; each is measured once (FD-shapes, KID-shapes and
+the held-out eps-MSE through metrics/probe.py; SSIM to the shipped teacher's samples from the same noise) and
+the result cached in --work/eval, so a rerun only measures what is new.
 
 Writes benchmarks/results/teacher_curve.json, .md and .png. ``--ship STEP --ship-to PATH`` writes the EMA
 weights of that step as a diffprune checkpoint with the continuation's full provenance (PATH must not exist).
@@ -30,7 +31,7 @@ import train  # noqa: E402
 from common.defaults import TEACHER_CHECKPOINT  # noqa: E402
 from common.runs import RUN_MARKER  # noqa: E402
 from metrics.probe import ProbeConfig, QualityProbe  # noqa: E402
-from models.checkpoint import environment, read_checkpoint, save_checkpoint  # noqa: E402
+from models.checkpoint import environment, read_checkpoint, save_checkpoint, training_steps  # noqa: E402
 from models.loading import load  # noqa: E402
 from models.config import ModelConfig  # noqa: E402
 
@@ -54,12 +55,6 @@ def continue_training(cfg: argparse.Namespace) -> Path:
     return train.main(tc)
 
 
-def teacher_steps(path: str | Path) -> int:
-    """Total training steps behind a checkpoint, from its meta (``total_steps`` of a continuation, else ``steps``)."""
-    meta = read_checkpoint(path).get("meta", {})
-    return int(meta.get("total_steps") or meta.get("steps") or 0)
-
-
 def checkpoints(run_dir: Path) -> dict[int, Path]:
     """Kept checkpoints by step (0: the shipped teacher)."""
     found = {0: Path(TEACHER_CHECKPOINT)}
@@ -73,6 +68,7 @@ def evaluate(cfg: argparse.Namespace, run_dir: Path) -> list[dict]:
     cache.mkdir(parents=True, exist_ok=True)
     probe = None
     rows = []
+    base_steps = training_steps(cfg.teacher)
     for step, path in checkpoints(run_dir).items():
         out = cache / f"step_{step:07d}.json"
         if not out.exists():
@@ -80,8 +76,8 @@ def evaluate(cfg: argparse.Namespace, run_dir: Path) -> list[dict]:
                 probe = QualityProbe(ProbeConfig(num_samples=cfg.num_samples, sample_steps=cfg.sample_steps))
                 probe.set_reference(load(cfg.teacher))
             start = time.perf_counter()
-            row = {"step": step, "total_steps": teacher_steps(cfg.teacher) + step, "checkpoint": str(path), **probe(load(path)),
-                   "seconds": round(time.perf_counter() - start, 1)}
+            row = {"step": step, "total_steps": base_steps + step, "checkpoint": str(path),
+                   **probe(load(path)), "seconds": round(time.perf_counter() - start, 1)}
             tmp = out.with_suffix(".tmp")
             tmp.write_text(json.dumps(row, indent=2) + "\n")
             tmp.replace(out)
@@ -96,7 +92,8 @@ def evaluate(cfg: argparse.Namespace, run_dir: Path) -> list[dict]:
 def report(cfg: argparse.Namespace, rows: list[dict], wall: float) -> None:
     probe = json.loads((Path(cfg.work) / "eval" / "probe.json").read_text())
     result = {"benchmark": "teacher_curve", "command": command(cfg), "teacher": str(cfg.teacher),
-              "continuation": {"from": f"EMA weights of {cfg.teacher} ({teacher_steps(cfg.teacher)} steps)", "lr": cfg.lr,
+              "continuation": {"from": f"EMA weights of {cfg.teacher} ({training_steps(cfg.teacher)} steps)",
+                               "lr": cfg.lr,
                                "warmup": 100, "batch_size": 32, "ema_decay": 0.999, "seed": cfg.seed,
                                "loss_reduction": "mean", "steps": cfg.steps},
               "probe": probe, "rows": rows, "wall_seconds_this_invocation": round(wall, 1),
@@ -138,12 +135,11 @@ def ship(cfg: argparse.Namespace, run_dir: Path) -> None:
     ckpt = read_checkpoint(src)
     meta = dict(ckpt.get("meta", {}))
     base = read_checkpoint(cfg.teacher).get("meta", {})
+    base_steps = training_steps(cfg.teacher)
     meta.update(note=f"EMA and raw weights of step {cfg.ship} of the continuation in benchmarks/teacher_curve.py "
-                     f"({command(cfg)}), which started from the EMA weights of {cfg.teacher} "
-                     f"({teacher_steps(cfg.teacher)} steps)",
-                continuation_of={"command": base.get("command"), "note": base.get("note"),
-                                 "steps": teacher_steps(cfg.teacher)},
-                total_steps=teacher_steps(cfg.teacher) + cfg.ship)
+                     f"({command(cfg)}), which started from the EMA weights of {cfg.teacher} ({base_steps} steps)",
+                continuation_of={"command": base.get("command"), "note": base.get("note"), "steps": base_steps},
+                total_steps=base_steps + cfg.ship)
     meta.pop("run_id", None)
     save_checkpoint(target, config=ModelConfig.from_dict(ckpt["model_config"]), state_dict=ckpt["state_dict"],
                     ema_state_dict=ckpt["ema_state_dict"], meta=meta)
@@ -163,7 +159,8 @@ def main(cfg: argparse.Namespace) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--teacher", default=str(TEACHER_CHECKPOINT), help="the checkpoint continued [checkpoints/tiny_shapes.pt]")
+    p.add_argument("--teacher", default=str(TEACHER_CHECKPOINT),
+                   help="the checkpoint continued [checkpoints/tiny_shapes.pt]")
     p.add_argument("--steps", type=int, default=3600, help="continuation steps (total of the new run) [3600]")
     p.add_argument("--every", type=int, default=900, help="keep and measure a checkpoint every N steps [900]")
     p.add_argument("--lr", type=float, default=2e-4, help="constant lr after a 100-step warm-up [2e-4]")

@@ -113,6 +113,13 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     return ckpt
 
 
+def training_steps(path: str | os.PathLike) -> int:
+    """Total training steps behind a checkpoint, from its meta: ``total_steps`` where a run continued an
+    earlier one (benchmarks/teacher_curve.py), else ``steps``; 0 when the meta records neither."""
+    meta = read_checkpoint(path).get("meta", {})
+    return int(meta.get("total_steps") or meta.get("steps") or 0)
+
+
 def validate_checkpoint(ckpt: Any, path: str | os.PathLike) -> None:
     """Check a loaded object is a diffprune checkpoint of this format version with its required keys."""
     if not is_project_checkpoint(ckpt):

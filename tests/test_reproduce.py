@@ -106,7 +106,7 @@ def test_teacher_curve_continues_measures_resumes_and_ships(tmp_path, monkeypatc
     curve.main(parser.parse_args(argv + ["--ship", "2", "--ship-to", str(target)]))
     from models.checkpoint import read_checkpoint
     meta = read_checkpoint(target)["meta"]
-    assert meta["total_steps"] == curve.teacher_steps(curve.TEACHER_CHECKPOINT) + 2 and "teacher_curve.py" in meta["note"]
+    assert meta["total_steps"] == curve.training_steps(curve.TEACHER_CHECKPOINT) + 2 and "teacher_curve.py" in meta["note"]
     with pytest.raises(SystemExit, match="never overwritten"):
         curve.main(parser.parse_args(argv + ["--ship", "2", "--ship-to", str(target)]))
 
