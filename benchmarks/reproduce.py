@@ -228,7 +228,20 @@ class Study:
         return jobs
 
 
+def check_args(cfg: argparse.Namespace) -> None:
+    """Refuse, in one line and before any work, what would run nothing or overwrite the committed results."""
+    if not 0 <= cfg.shard < cfg.shards:
+        raise SystemExit(f"reproduce: --shard {cfg.shard} is outside 0..{cfg.shards - 1} (--shards {cfg.shards})")
+    if not Path(cfg.teacher).is_file():
+        raise SystemExit(f"reproduce: --teacher {cfg.teacher} does not exist")
+    finished = [p for p in (Path(cfg.work) / "cells").glob("*-s*.json") if not p.name.startswith("pruned-")]
+    if cfg.report_only and not finished:
+        raise SystemExit(f"reproduce: --report-only, but {Path(cfg.work) / 'cells'} has no finished cell; "
+                         f"{cfg.results} is left as it is")
+
+
 def main(cfg: argparse.Namespace) -> dict:
+    check_args(cfg)
     torch.set_num_threads(cfg.threads)
     wall = time.perf_counter()
     study = Study(cfg)

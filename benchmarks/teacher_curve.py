@@ -55,9 +55,9 @@ def continue_training(cfg: argparse.Namespace) -> Path:
     return train.main(tc)
 
 
-def checkpoints(run_dir: Path) -> dict[int, Path]:
-    """Kept checkpoints by step (0: the shipped teacher)."""
-    found = {0: Path(TEACHER_CHECKPOINT)}
+def checkpoints(run_dir: Path, teacher: str | Path) -> dict[int, Path]:
+    """Kept checkpoints by step (0: the teacher the continuation started from)."""
+    found = {0: Path(teacher)}
     for p in sorted((run_dir / "checkpoints").glob("step_*.pt")):
         found[int(p.stem.split("_")[1])] = p
     return found
@@ -69,7 +69,7 @@ def evaluate(cfg: argparse.Namespace, run_dir: Path) -> list[dict]:
     probe = None
     rows = []
     base_steps = training_steps(cfg.teacher)
-    for step, path in checkpoints(run_dir).items():
+    for step, path in checkpoints(run_dir, cfg.teacher).items():
         out = cache / f"step_{step:07d}.json"
         if not out.exists():
             if probe is None:
@@ -131,7 +131,7 @@ def ship(cfg: argparse.Namespace, run_dir: Path) -> None:
     target = Path(cfg.ship_to)
     if target.exists():
         raise SystemExit(f"error: --ship-to {target} exists; it is never overwritten")
-    src = checkpoints(run_dir)[cfg.ship]
+    src = checkpoints(run_dir, cfg.teacher)[cfg.ship]
     ckpt = read_checkpoint(src)
     meta = dict(ckpt.get("meta", {}))
     base = read_checkpoint(cfg.teacher).get("meta", {})

@@ -125,3 +125,19 @@ def test_threshold_verdict_separates_mattering_from_intermediate_best():
     assert c4["matters"] and not c4["intermediate_best"] and "end of the range" in c4["verdict"]
     c4 = report.verdicts(rows([10.5, 10, 11, 10.8]), {}, None, 0, None)["C4"]  # all within the spread
     assert not c4["matters"] and not c4["intermediate_best"]
+
+
+def test_bad_arguments_are_refused_before_any_work(tmp_path):
+    reproduce = load_module("reproduce")
+    docs = tmp_path / "RESULTS.md"
+    docs.write_text("# Results\n")
+    base = tiny_argv(tmp_path, docs)
+    cases = [(["--shards", "2", "--shard", "2"], "--shard 2 is outside 0..1"),
+             (["--teacher", str(tmp_path / "missing.pt")], "missing.pt does not exist"),
+             (["--report-only"], "has no finished cell")]
+    for extra, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            reproduce.main(reproduce.build_parser().parse_args(base + extra))
+    # nothing was started or written: no work folder, no results, the docs untouched
+    assert not (tmp_path / "work").exists() and not (tmp_path / "results").exists()
+    assert docs.read_text() == "# Results\n"
