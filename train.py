@@ -7,7 +7,8 @@
 
 The recipe follows the DDIM codebase and Diff-Pruning (ermongroup/ddim and VainF/Diff-Pruning's ddpm_exp,
 configs/cifar10.yml and runners/diffusion.py): Adam, constant lr after an optional linear warm-up, grad-norm
-clipping, EMA from step 0, antithetic timesteps, random flips, eps-prediction loss summed over pixels.
+clipping, EMA with the latent-diffusion warm-up (common/ema.py), antithetic timesteps, random flips,
+eps-prediction loss summed over pixels.
 
 Determinism: the data order, timesteps, noise and flips of step s are pure functions of (seed, s) and
 of generator states saved in every checkpoint, and the GLOBAL batch is drawn identically on every rank
@@ -287,8 +288,8 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
     g = torch.Generator().manual_seed(cfg.seed)  # timesteps, noise, flips: identical on every rank
     start = 0
     if ckpt is not None:
-        ema.load_state_dict(ckpt["ema_state_dict"])
         ts = ckpt["train_state"]
+        ema.load_state_dict(ckpt["ema_state_dict"], num_updates=int(ts["step"]))  # continues the EMA warm-up
         opt.load_state_dict(ts["optimizer"])
         if distiller is not None:
             distiller.load_state_dict(ts["distill"]["projections"])
