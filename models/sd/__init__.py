@@ -1,0 +1,5 @@
+"""Stable Diffusion's conditional latent U-Net (diffusers ``UNet2DConditionModel`` semantics and names)."""
+from models.sd.config import UNetConditionConfig
+from models.sd.unet import UNet2DConditionModel
+
+__all__ = ["UNetConditionConfig", "UNet2DConditionModel"]
