@@ -5,7 +5,8 @@
 1. list the units the model still has, with the parameters and MACs each one saves (``units.find_units``);
 2. check the target is reachable (before any scoring);
 3. score every unit with the criterion (``criteria.LAYER_CRITERIA``);
-4. choose the units: exact knapsack, greedy by score per cost, or ranked (``knapsack.py``);
+4. choose the units: exact knapsack, greedy by score per cost, or ranked (``knapsack.py``), or the exhaustive
+   search of the measured L(S) over the subsets that just reach the target (``exhaustive.py``, <= 20 units);
 5. build the smaller network (``units.remove_units``): a new UNet whose config lists the removed units.
 
 ``model`` is left as it was. A channel-pruned model works the same way (its units are measured at their
@@ -22,7 +23,7 @@ import torch
 from diffusion.schedule import Schedule
 from metrics.macs import count_macs
 from models.unet import UNet
-from pruning.layers import knapsack
+from pruning.layers import exhaustive, knapsack
 from pruning.layers.criteria import (DEFAULT_CALIB_SIZE, DEFAULT_CALIB_TIMESTEPS, DEFAULT_SOLVER, LAYER_CRITERIA,
                                      Calibration, CriterionInputs, make_calibration)
 from pruning.layers.units import Unit, find_units, remove_units
@@ -126,14 +127,18 @@ def prune_layers(model: UNet, *, criterion: str = "output-loss", target_params: 
         raise ValueError(f"criterion {criterion!r} needs data: clean training images (images=x0)")
     if criterion == "taylor" and images is None and scores is None:
         raise ValueError("criterion 'taylor' needs images=x0 (its gradient batch)")
+    if solver == "exhaustive" and images is None and calib is None:
+        raise ValueError("solver 'exhaustive' measures L(S): it needs images=x0 or calib")
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     units = find_units(model)
     if not units:
         raise ValueError("the model has no removable unit left")
     need, total, macs_before = target_cost(model, units, what, fraction)
+    if solver == "exhaustive":
+        exhaustive.check_size(len(units))
     schedule = schedule or Schedule()
-    if criterion == "output-loss" and calib is None and scores is None:
+    if calib is None and ((criterion == "output-loss" and scores is None) or solver == "exhaustive"):
         calib = make_calibration(images, schedule, size=calib_size, timesteps=calib_timesteps, seed=seed)
     seconds["units"] = time.perf_counter() - start
     start = time.perf_counter()
@@ -146,7 +151,11 @@ def prune_layers(model: UNet, *, criterion: str = "output-loss", target_params: 
         raise ValueError(f"the given scores have no value for units {missing}")
     seconds["scores"] = time.perf_counter() - start
     start = time.perf_counter()
-    chosen = knapsack.select([scores[u.path] for u in units], [u.cost(what) for u in units], need, solver)
+    costs = [u.cost(what) for u in units]
+    if solver == "exhaustive":
+        chosen, _ = exhaustive.search(model, calib, units, costs, need, batch_size=batch_size)
+    else:
+        chosen = knapsack.select([scores[u.path] for u in units], costs, need, solver)
     removed = [units[i].path for i in chosen]
     small = remove_units(model, removed)
     c = small.config

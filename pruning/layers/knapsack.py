@@ -16,13 +16,17 @@ fraction. With an additive criterion, L(r) ~ sum_i r_i s_i, and this is a 0/1 kn
 ``greedy``    sort by score per unit of cost, s_i / c_i, and take units until the target is reached.
 ``ranked``    sort by score alone (the handcrafted rule's order), take units until the target is reached.
 
+A fourth solver, ``exhaustive`` (``exhaustive.py``), ignores the scores: it measures the output loss L(S) of
+every subset that just reaches the target and keeps the least, so it needs the model and a calibration set
+and is dispatched by ``api.prune_layers``, not by ``select``.
+
 All return indices into the given lists, in ascending order; an unreachable target is a ValueError.
 """
 from __future__ import annotations
 
 from typing import Sequence
 
-SOLVERS = ("knapsack", "greedy", "ranked")
+SOLVERS = ("knapsack", "greedy", "ranked", "exhaustive")
 
 
 def check_reachable(costs: Sequence[int], target: int, what: str = "cost") -> None:
@@ -83,4 +87,7 @@ def select(scores: Sequence[float], costs: Sequence[int], target: int, solver: s
     """Dispatch to a solver by name."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
+    if solver == "exhaustive":
+        raise ValueError("solver 'exhaustive' measures L(S) on the model; call pruning.layers.prune_layers "
+                         "(or exhaustive.search) instead of select")
     return {"knapsack": knapsack, "greedy": greedy, "ranked": ranked}[solver](scores, costs, target)
