@@ -60,6 +60,7 @@ class TrainConfig:
     warmup: int = 0                # linear lr warm-up steps
     grad_clip: float = 1.0         # max grad norm; 0 disables clipping
     ema_decay: float = 0.9999
+    ema_warmup: bool = True        # decay min(mu, (1+n)/(10+n)) at update n (latent-diffusion's LitEma)
     antithetic: bool = True        # t and T-1-t in one batch (DDIM codebase)
     random_flip: bool = True
     loss_reduction: str = "sum"    # sum over pixels (DDIM codebase) | mean
@@ -250,7 +251,8 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
         if meta.get("run_id") != marker["run_id"]:
             raise UserError(f"--resume {resume}: {ckpt_path} was written by another run than {run_dir} "
                             f"(run id {meta.get('run_id')!r} vs {marker['run_id']!r})")
-        saved = TrainConfig(**meta["train_config"])
+        # A run saved before ``ema_warmup`` existed was started without the warm-up: it continues without it.
+        saved = TrainConfig(**{"ema_warmup": False, **meta["train_config"]})
         cfg = dataclasses.replace(saved, steps=cfg.steps if cfg.steps is not None else saved.steps, device=cfg.device)
         start = int(ckpt["train_state"]["step"])
         if cfg.steps < start:
@@ -280,7 +282,7 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
                                 device=device)
     params = list(model.parameters()) + ([] if distiller is None else list(distiller.parameters()))  # + 1x1 taps
     dataset = build_dataset(cfg.data, root=cfg.data_root, image_size=model.config.image_size, split="train")
-    ema = EMA(model, cfg.ema_decay)
+    ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)
     diffusion = DiffusionConfig(loss_reduction=cfg.loss_reduction)
     schedule = Schedule(diffusion)
     opt = OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
@@ -458,6 +460,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--warmup", type=cli.nonnegative_int, help=f"linear lr warm-up steps [default: {d.warmup}]")
     p.add_argument("--grad-clip", type=cli.finite_float, help=f"max grad norm, 0 disables [default: {d.grad_clip}]")
     p.add_argument("--ema-decay", type=cli.finite_float, help=f"EMA decay mu in [0, 1) [default: {d.ema_decay}]")
+    p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction,
+                   help=f"EMA decay min(mu, (1+n)/(10+n)) at update n (common/ema.py) [default: {d.ema_warmup}]")
     p.add_argument("--antithetic", action=argparse.BooleanOptionalAction,
                    help=f"draw t and T-1-t in one batch (DDIM codebase) [default: {d.antithetic}]")
     p.add_argument("--random-flip", action=argparse.BooleanOptionalAction,
