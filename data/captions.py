@@ -195,6 +195,8 @@ def _parse_shapes(text: str, caption_text: str) -> tuple[tuple[int, int], ...]:
 def parse_caption(text: str) -> CaptionAttributes:
     """The attributes a caption states (any paraphrase of the grammar). Raises ValueError naming the caption."""
     clean = " ".join(text.strip().lower().split())
+    # A CLIP tokenizer decodes "red-to-blue" as "red - to - blue" and "disc," as "disc ,": read those too.
+    clean = re.sub(r" ?- ?", "-", clean).replace(" ,", ",")
     for template in _TEMPLATES:
         m = template.fullmatch(clean)
         if m is None:
