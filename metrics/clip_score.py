@@ -11,9 +11,11 @@ For image I and caption c, with a CLIP model's projected embeddings E_I(I) and E
                                        cosines, neither scaled nor clipped
 
 ``clip_score`` returns both; say which one a number is. BK-SDM scores with open_clip's ViT-g-14 trained on
-laion2b_s34b_b88k, a checkpoint published in open_clip's own format; ``KNOWN_CLIPS["ViT-g/14"]`` is the
-transformers-format ViT-g/14 (laion2B-s12B-b42K), the same architecture with other weights, so its scores
-are near, not equal, to BK-SDM's (unmeasured here).
+laion2b_s34b_b88k; ``KNOWN_CLIPS["ViT-g/14"]`` names that checkpoint's hub repository, which is in open_clip's
+own format (models/clip/open_clip.py reads it). Not reproduced: open_clip's text cleaning with ftfy (the
+tokenizer here normalises as transformers' does; the two differ on broken Unicode and HTML entities), its
+zero padding (the causal mask makes padding irrelevant to the pooled EOS state) and torchvision's rounded
+centre crop (identical to the floor used here on square images, such as BK-SDM's 256 x 256 ones).
 
 Preprocessing (``preprocess``) is CLIP's (Radford et al. 2021; transformers' CLIPImageProcessor, open_clip's
 ``image_transform``): resize the shorter side to S with bicubic interpolation (PIL, on the 8-bit image),

@@ -108,3 +108,37 @@ def test_model_and_tokenizer_from_one_folder(tmp_path):
     model, tok = load_clip_and_tokenizer(folder)
     assert isinstance(model, CLIPModel) and tok.model_max_length == 77
     assert isinstance(load_clip(folder, kind="CLIPVisionModelWithProjection"), CLIPVisionModelWithProjection)
+
+
+def test_open_clip_folder_reads_into_the_same_model(tmp_path):
+    from models.clip.load import build_clip
+    from models.clip.open_clip import config_from_open_clip, to_open_clip
+    # open_clip's quick_gelu flag sets both towers' activation: GELU in both here.
+    ref = build_clip("CLIPModel", {**FULL, "vision_config": {**VISION, "hidden_act": "gelu"}})
+    ref.load_state_dict(random_state(ref))
+    ref.eval()
+    oc_cfg = {"model_cfg": {"embed_dim": 8, "quick_gelu": False,
+                            "vision_cfg": {"image_size": 16, "layers": 1, "width": 16, "head_width": 8,
+                                           "mlp_ratio": 2.0, "patch_size": 8},
+                            "text_cfg": {"context_length": 12, "vocab_size": 60, "width": 16, "heads": 2,
+                                         "layers": 2, "mlp_ratio": 2.0}},
+              "preprocess_cfg": {"mean": [0.48145466, 0.4578275, 0.40821073]}}
+    folder = tmp_path / "oc"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps(oc_cfg))
+    oc_state = to_open_clip(ref.state_dict())
+    assert oc_state["transformer.resblocks.0.attn.in_proj_weight"].shape == (48, 16)
+    assert oc_state["visual.proj"].shape == (16, 8)
+    save_file({k: v.contiguous() for k, v in oc_state.items()}, str(folder / "open_clip_model.safetensors"))
+    model = load_clip(folder)
+    ids = torch.tensor([[58, 3, 4, 59, 0, 0]])  # open_clip pools at argmax: EOS holds the largest id
+    pixels = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(model.text_embeds(ids), ref.text_embeds(ids))
+        torch.testing.assert_close(model.image_embeds(pixels), ref.image_embeds(pixels))
+    assert model.config.text.eos_token_id == 2  # transformers' argmax rule
+    bad = {"model_cfg": {**oc_cfg["model_cfg"], "custom_text": True,
+                         "text_cfg": {**oc_cfg["model_cfg"]["text_cfg"], "hf_model_name": "roberta", "pool_type": "last"}}}
+    with pytest.raises(ValueError) as err:
+        config_from_open_clip(bad)
+    assert all(w in str(err.value) for w in ("custom_text=True", "text_cfg.hf_model_name", "pool_type='last'"))

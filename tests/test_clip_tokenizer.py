@@ -83,3 +83,12 @@ def test_bad_vocabulary_and_folder_errors(tmp_path):
     with pytest.raises(FileNotFoundError, match="merges.txt"):
         (tmp_path / "vocab.json").write_text("{}")
         CLIPTokenizer.from_folder(tmp_path)
+
+
+def test_tokenizer_json_alone_reads_the_same(tmp_path):
+    # Some open_clip repositories ship only the tokenizers-library file.
+    spec = {"model": {"type": "BPE", "vocab": VOCAB, "merges": [f"{a} {b}" for a, b in MERGES[:2]]
+                      + [list(m) for m in MERGES[2:]]}}
+    (tmp_path / "tokenizer.json").write_text(json.dumps(spec))
+    tok = CLIPTokenizer.from_folder(tmp_path)
+    assert tok.encode("a photo") == CLIPTokenizer(VOCAB, MERGES).encode("a photo")

@@ -104,6 +104,9 @@ def test_models_by_name_through_the_hub(monkeypatch, tmp_path):
         return str(tmp_path / ("pick" if "PickScore" in repo else "proc"))
     monkeypatch.setattr(huggingface_hub, "snapshot_download", fake)
     pick, tok = load_pickscore()
-    assert [c[0] for c in calls] == ["yuvalkirstain/PickScore_v1", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"]
-    assert "model.safetensors" not in calls[1][1]  # the tokenizer's repository: no weights downloaded
+    repos = list(dict.fromkeys(c[0] for c in calls))
+    assert repos == ["yuvalkirstain/PickScore_v1", "laion/CLIP-ViT-H-14-laion2B-s32B-b79K"]
+    # Configs first, then the weights, which the tokenizer's repository is never asked for.
+    assert calls[0][1] == calls[-1][1] and "model.safetensors" not in calls[0][1]
+    assert "model.safetensors" in calls[1][1] and calls[-1][0] == repos[1]
     assert isinstance(pick, CLIPModel) and tok.bos_token_id == VOCAB["<|startoftext|>"]

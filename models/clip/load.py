@@ -4,7 +4,8 @@
     model, tokenizer = load_clip_and_tokenizer("yuvalkirstain/PickScore_v1",
                                                tokenizer="laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
 
-The class is the config's ``architectures[0]`` (CLIPModel, CLIPTextModel, CLIPTextModelWithProjection,
+An open_clip folder (``open_clip_config.json``, no ``config.json``) is read by models/clip/open_clip.py.
+Otherwise the class is the config's ``architectures[0]`` (CLIPModel, CLIPTextModel, CLIPTextModelWithProjection,
 CLIPVisionModelWithProjection); where a config names none, a config with ``text_config`` and
 ``vision_config`` is a CLIPModel and a single tower is told apart by its ``model_type`` and whether the
 file holds its projection. ``kind=`` asks for one tower out of a CLIPModel folder.
@@ -25,6 +26,7 @@ import torch
 from torch import nn
 
 from models.clip.config import CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+from models.clip.open_clip import CONFIG_NAME as OPEN_CLIP_CONFIG, is_open_clip_folder, load_open_clip
 from models.clip.text import CLIPTextModel, CLIPTextModelWithProjection
 from models.clip.tokenizer import CLIPTokenizer
 from models.clip.vision import CLIPModel, CLIPVisionModelWithProjection
@@ -91,6 +93,10 @@ def load_clip(folder: str | os.PathLike, *, kind: str | None = None, dtype: torc
     kind: one of KINDS to override the folder's class (e.g. only the text tower of a CLIPModel folder).
     """
     folder = Path(folder)
+    if not (folder / "config.json").is_file() and is_open_clip_folder(folder):
+        if kind not in (None, "CLIPModel"):
+            raise ValueError(f"{folder}: an open_clip folder loads as a whole CLIPModel, not kind={kind!r}")
+        return load_open_clip(folder, dtype=dtype)
     config = read_config(folder)
     weights = open_weights(weight_file(folder, variant))
     kind = kind or clip_kind(config, weights)
@@ -105,24 +111,28 @@ def load_clip(folder: str | os.PathLike, *, kind: str | None = None, dtype: torc
 
 
 # ----------------------------------------------------------------------------------------------- hub names
-# The CLIPs the text-to-image metrics use, by the short names papers give them (transformers-format repos).
+# The CLIPs the text-to-image metrics use, by the short names papers give them.
 KNOWN_CLIPS = {
     "ViT-L/14": "openai/clip-vit-large-patch14",  # torchmetrics' CLIPScore default
     "ViT-H/14": "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",  # PickScore's processor and tokenizer
-    "ViT-g/14": "laion/CLIP-ViT-g-14-laion2B-s12B-b42K",  # see metrics/clip_score.py on BK-SDM's checkpoint
+    "ViT-g/14": "laion/CLIP-ViT-g-14-laion2B-s34B-b88K",  # BK-SDM's CLIP score model (open_clip format)
+    "ViT-g/14-s12B": "laion/CLIP-ViT-g-14-laion2B-s12B-b42K",  # an earlier ViT-g/14 (transformers format too)
     "PickScore": "yuvalkirstain/PickScore_v1",
 }
-_CONFIG_FILES = ["config.json", "vocab.json", "merges.txt", "tokenizer_config.json", "special_tokens_map.json"]
+_CONFIG_FILES = ["config.json", OPEN_CLIP_CONFIG, "vocab.json", "merges.txt", "tokenizer.json",
+                 "tokenizer_config.json", "special_tokens_map.json"]
 _SAFETENSORS = ["model.safetensors", "model-*.safetensors", "model.safetensors.index.json"]
 _BIN = ["pytorch_model.bin", "pytorch_model-*.bin", "pytorch_model.bin.index.json"]
+_OPEN_CLIP = {"safetensors": ["open_clip_model.safetensors"], "bin": ["open_clip_pytorch_model.bin"]}
 
 
 def fetch_clip(name: str, *, cache_dir: str | None = None, weights: bool = True) -> Path:
     """The local folder of hub CLIP ``name`` (a KNOWN_CLIPS short name or "owner/repo"), downloaded once.
 
-    Only the config, the tokenizer files and the transformers weights are fetched (safetensors, else .bin);
-    ``weights=False`` fetches the tokenizer and config alone. Offline without a cached copy: one-line
-    HubDownloadError naming the URL and how to pass a local folder instead.
+    The configs and tokenizer files come first; then ONE set of weights: the transformers files where the
+    repository has a config.json, else open_clip's (safetensors, else .bin). ``weights=False`` stops after
+    the first step. Offline without a cached copy: one-line HubDownloadError naming the URL and how to pass
+    a local folder instead.
     """
     repo = KNOWN_CLIPS.get(name, name)
     url = f"{HUB_URL}/{repo}"
@@ -130,21 +140,27 @@ def fetch_clip(name: str, *, cache_dir: str | None = None, weights: bool = True)
            f"{repo.split('/')[-1]}`) and pass that folder")
     try:
         from huggingface_hub import snapshot_download
-        folder = Path(snapshot_download(repo, allow_patterns=_CONFIG_FILES + (_SAFETENSORS if weights else []),
-                                        cache_dir=cache_dir))
-        if weights and not _has_weights(folder):  # an older repository with .bin weights only
-            folder = Path(snapshot_download(repo, allow_patterns=_CONFIG_FILES + _BIN, cache_dir=cache_dir))
+        folder = Path(snapshot_download(repo, allow_patterns=_CONFIG_FILES, cache_dir=cache_dir))
+        if weights:
+            native = (folder / "config.json").is_file() or not (folder / OPEN_CLIP_CONFIG).is_file()
+            formats = ([_SAFETENSORS, _BIN] if native else [_OPEN_CLIP["safetensors"], _OPEN_CLIP["bin"]])
+            for patterns in formats:  # safetensors first; an older repository may have .bin only
+                folder = Path(snapshot_download(repo, allow_patterns=_CONFIG_FILES + patterns, cache_dir=cache_dir))
+                if _has_weights(folder):
+                    break
     except Exception as e:  # offline, unknown repository, HTTP error: one message whatever the type
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise HubDownloadError(f"{name} is no local folder, and fetching it from {url} failed "
                                f"({type(e).__name__}: {reason}); {how}") from None
     if weights and not _has_weights(folder):
-        raise HubDownloadError(f"{url} holds no transformers CLIP weights (expected one of {_SAFETENSORS + _BIN})")
+        raise HubDownloadError(f"{url} holds no CLIP weights (expected one of "
+                               f"{_SAFETENSORS + _BIN + _OPEN_CLIP['safetensors'] + _OPEN_CLIP['bin']})")
     return folder
 
 
 def _has_weights(folder: Path) -> bool:
-    return any(folder.glob("model*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+    return (any(folder.glob("model*.safetensors")) or any(folder.glob("pytorch_model*.bin"))
+            or is_open_clip_folder(folder))
 
 
 def resolve(source: str | os.PathLike, *, weights: bool = True) -> Path:

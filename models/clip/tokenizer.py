@@ -125,13 +125,23 @@ class CLIPTokenizer:
     # ------------------------------------------------------------------------------------------- reading
     @classmethod
     def from_folder(cls, folder: str | Path) -> "CLIPTokenizer":
-        """A hub tokenizer folder: vocab.json, merges.txt, optional tokenizer_config.json / special_tokens_map.json."""
+        """A hub tokenizer folder: vocab.json + merges.txt (else tokenizer.json), optional tokenizer_config.json /
+        special_tokens_map.json."""
         folder = Path(folder)
         need = [folder / "vocab.json", folder / "merges.txt"]
         absent = [p.name for p in need if not p.is_file()]
-        if absent:
+        if absent and (folder / "tokenizer.json").is_file():
+            # Only the tokenizers-library file (some open_clip repositories): the same vocab and merges.
+            model = json.loads((folder / "tokenizer.json").read_text(encoding="utf-8")).get("model", {})
+            vocab, merges = model.get("vocab"), model.get("merges")
+            if model.get("type") != "BPE" or not isinstance(vocab, dict) or not isinstance(merges, list):
+                raise ValueError(f"{folder / 'tokenizer.json'}: not a BPE tokenizer with vocab and merges")
+            pairs = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in merges]
+            need, absent = [folder / "tokenizer.json"], []
+        elif absent:
             raise FileNotFoundError(f"{folder}: not a CLIP tokenizer folder (no {', '.join(absent)})")
-        vocab = json.loads(need[0].read_text(encoding="utf-8"))
+        else:
+            vocab, pairs = json.loads(need[0].read_text(encoding="utf-8")), read_merges(need[1])
         kw: dict[str, Any] = {}
         # special_tokens_map.json first, then tokenizer_config.json over it: they agree in the hub's folders.
         for name in ("special_tokens_map.json", "tokenizer_config.json"):
@@ -147,7 +157,7 @@ class CLIPTokenizer:
                 # Unset lengths are written as a huge sentinel (int(1e30)); CLIP's context is 77 then.
                 if isinstance(length, int) and 1 < length <= 1_000_000:
                     kw["model_max_length"] = length
-        return cls(vocab, read_merges(need[1]), source=str(need[0]), **kw)
+        return cls(vocab, pairs, source=str(need[0]), **kw)
 
     # ------------------------------------------------------------------------------------------ encoding
     def bpe(self, piece: str) -> list[str]:
