@@ -1,0 +1,137 @@
+"""Loading (and writing) the original single-file layout of SD-v1.x ``.ckpt`` / ``.safetensors`` files.
+
+    pipe = load_single_file("v1-5-pruned-emaonly.safetensors", config="sd15-configs/")
+
+The file holds the weights only (models/pipelines/original_layout.py has the table of its names); the
+architecture, the tokenizer and the scheduler come from ``config``: a diffusers pipeline folder (weights not
+needed: model_index.json, {unet,vae,text_encoder}/config.json, tokenizer/, scheduler/), or a hub name
+whose configs are fetched (``models.hub``; by default SD-v1.5's). Every module is built on the meta device
+and read tensor by tensor from the file; a file that does not fit names its missing, unexpected and
+mis-shaped tensors per component.
+
+EMA: files with a ``model_ema.*`` copy store it with the dots removed from the names; the raw weights
+(``model.diffusion_model.*``) are the ones loaded here (SD's "pruned-emaonly" files hold the EMA weights there).
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from diffusion.schedulers import scheduler_config
+from models.pipelines.component import BUILDERS, class_name, read_config
+from models.pipelines.original_layout import (TEXT_PREFIX, UNET_PREFIX, VAE_PREFIX, Source, UNetStructure,
+                                              original_source, text_source, to_original, unet_prefix_table,
+                                              vae_prefix_table)
+from models.pipelines.pipeline import SCHEDULER_FILE, Pipeline, listed_components, pipeline_kind, read_model_index
+from models.pipelines.weights import WeightFile, assign_weights, on_meta, open_weights
+
+DEFAULT_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SINGLE_FILE_SUFFIXES = (".ckpt", ".safetensors", ".pt", ".pth")
+# Parts of names in a single file that are not network weights (schedule buffers, the VAE's training loss).
+IGNORED = ("position_ids", "first_stage_model.loss.")
+
+
+def unet_structure(config: dict[str, Any]) -> UNetStructure:
+    """The original-layout structure of a diffusers U-Net config (UNet2DConditionModel or UNet2DModel)."""
+    levels = len(config["block_out_channels"])
+    per_level = config.get("layers_per_block", 2)
+    layers = tuple(per_level) if isinstance(per_level, list) else (int(per_level),) * levels
+    conditional = class_name(config) != "UNet2DModel"
+    return UNetStructure(layers_per_block=layers,
+                         attn_down=tuple("Attn" in t for t in config["down_block_types"]),
+                         attn_up=tuple("Attn" in t for t in config["up_block_types"]),
+                         mid=config.get("mid_block_type", "UNetMidBlock2DCrossAttn") is not None,
+                         transformer=conditional,
+                         head_dim=0 if conditional else int(config.get("attention_head_dim") or 8))
+
+
+def plans(modules: dict[str, nn.Module], configs: dict[str, dict], file_keys: list[str] | None = None
+          ) -> dict[str, dict[str, Source]]:
+    """{component: {diffusers name: Source in the single file}} for unet, vae and text_encoder."""
+    out: dict[str, dict[str, Source]] = {}
+    if "unet" in modules:
+        s = unet_structure(configs["unet"])
+        rows = unet_prefix_table(s)
+        out["unet"] = {k: original_source(k, rows, prefix=UNET_PREFIX, head_dim=s.head_dim, shape=tuple(v.shape))
+                       for k, v in modules["unet"].state_dict(keep_vars=True).items()}
+    if "vae" in modules:
+        rows = vae_prefix_table(len(configs["vae"]["block_out_channels"]))
+        out["vae"] = {k: original_source(k, rows, prefix=VAE_PREFIX)
+                      for k in modules["vae"].state_dict(keep_vars=True)}
+    if "text_encoder" in modules:
+        keys = set(file_keys) if file_keys is not None else None
+        out["text_encoder"] = {k: text_source(k, keys) for k in modules["text_encoder"].state_dict(keep_vars=True)}
+    return out
+
+
+PREFIXES = {"unet": UNET_PREFIX, "vae": VAE_PREFIX, "text_encoder": TEXT_PREFIX}
+
+
+def to_single_file(modules: dict[str, nn.Module], configs: dict[str, dict]) -> dict[str, torch.Tensor]:
+    """The original-layout state dict of diffusers-named modules (the inverse of ``load_single_file``)."""
+    out: dict[str, torch.Tensor] = {}
+    for name, plan in plans(modules, configs).items():
+        out.update(to_original(modules[name].state_dict(), plan))
+    return out
+
+
+def _config_folder(config: str | os.PathLike | None) -> Path:
+    if config is None:
+        config = DEFAULT_CONFIG
+    path = Path(config)
+    if path.is_dir():
+        return path
+    from models.hub import looks_like_hub_name
+    if looks_like_hub_name(str(config)):
+        from models.pipelines.hub import fetch_pipeline
+        return fetch_pipeline(str(config), weights=False)
+    raise FileNotFoundError(f"config {config}: no such folder (pass a diffusers pipeline folder or a hub name)")
+
+
+def load_single_file(path: str | os.PathLike, *, config: str | os.PathLike | None = None,
+                     dtype: torch.dtype | None = torch.float32) -> Pipeline:
+    """A ``Pipeline`` from an original-layout SD-v1.x file; ``config`` as in the module docstring."""
+    from models.clip.tokenizer import CLIPTokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no such file")
+    folder = _config_folder(config)
+    listed = listed_components(read_model_index(folder))
+    kind = pipeline_kind(folder, listed)
+    if kind == "sdxl":
+        raise ValueError(f"{path}: single-file SDXL checkpoints are not supported (use the diffusers folder)")
+    names = [n for n in ("unet", "vae", "text_encoder") if n in listed]
+    configs = {n: read_config(folder / n) for n in names}
+    for n in names:
+        if class_name(configs[n]) not in BUILDERS:
+            raise ValueError(f"{folder / n / 'config.json'}: class {class_name(configs[n])!r} is not supported "
+                             f"in a single file; supported: {', '.join(BUILDERS)}")
+    scheduler = json.loads((folder / "scheduler" / SCHEDULER_FILE).read_text())
+    scheduler_config(scheduler)
+    source = open_weights(path)
+    if not any(k.startswith(UNET_PREFIX) for k in source.keys()):
+        raise ValueError(f"{path}: no '{UNET_PREFIX}*' tensors: not an original-layout SD/LDM checkpoint "
+                         f"(a diffusers folder loads with load_pipeline)")
+    modules = {n: on_meta(BUILDERS[class_name(configs[n])], configs[n]) for n in names}
+    for n, plan in plans(modules, configs, source.keys()).items():
+        assign_weights(modules[n], plan, source, what=f"the {n} of {folder}", dtype=dtype,
+                       expected_prefixes=(PREFIXES[n],), ignore=IGNORED)
+    tokenizer = CLIPTokenizer.from_folder(folder / "tokenizer") if "tokenizer" in listed else None
+    return Pipeline(kind=kind, scheduler=scheduler, source=str(path), tokenizer=tokenizer, **modules)
+
+
+def is_single_file(source: str | os.PathLike) -> bool:
+    """A file (not a folder) with a single-file suffix whose names start with model.diffusion_model."""
+    path = Path(source)
+    if not path.is_file() or path.suffix not in SINGLE_FILE_SUFFIXES:
+        return False
+    try:
+        return any(k.startswith(UNET_PREFIX) for k in WeightFile([path]).keys())
+    except (ValueError, OSError):
+        return False

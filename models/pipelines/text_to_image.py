@@ -1,0 +1,207 @@
+"""Prompt (or class label) -> images with a ``Pipeline``: text encoding, guided sampling, the VAE decode.
+
+    request = Request(prompt="a red circle", guidance_scale=7.5, steps=25, scheduler="dpmpp_2m", num_images=4)
+    check_request(folder_info(folder), request)          # every bad input, one line each, before any weight is read
+    images = generate(pipe, request, indices=range(4))   # (4, 3, H, W) in [0, 1]
+
+Text conditioning, as the diffusers pipelines compute it:
+    sd1 / sd2   c = text_encoder(ids).last_hidden_state                 (B, 77, D)
+                (SD-2's diffusers text encoder already ends one layer early: the original's penultimate layer)
+    sdxl        c = cat(h1, h2) with h_k = encoder k's penultimate hidden state (no final LayerNorm),
+                text_embeds = encoder 2's projected pooled output, time_ids = (H, W, 0, 0, H, W)
+                (original size, crop top-left, target size: Podell et al. 2023, Sec. 2.2)
+The unconditional input is the encoding of the negative prompt (default ""), except that SDXL's pipeline
+uses zeros for an empty negative prompt (``force_zeros_for_empty_prompt``). Latent sample i starts from
+``initial_latents(seed, [i])`` (diffusion/guidance.py), so any split into batches gives the same images.
+"""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from diffusion.guidance import Conditioning, GuidedDenoiser, check_guidance_scale, initial_latents
+from diffusion.schedulers import SCHEDULERS, make_scheduler, sample_loop
+from models.pipelines.pipeline import Pipeline
+
+SDXL_TIME_IDS = 6
+
+
+@dataclass(frozen=True)
+class Request:
+    """What to generate. guidance_scale None: 7.5 for text pipelines, 1 (no guidance) otherwise.
+    scheduler None: the pipeline's own (scheduler/scheduler_config.json). height/width None: the U-Net's
+    sample_size times the VAE's scale factor. class_label: for class-conditional U-Nets."""
+
+    prompt: str = ""
+    negative_prompt: str | None = None
+    guidance_scale: float | None = None
+    steps: int = 25
+    scheduler: str | None = None
+    num_images: int = 1
+    seed: int = 0
+    height: int | None = None
+    width: int | None = None
+    class_label: int | None = None
+    batch_size: int = 4
+
+
+@dataclass(frozen=True)
+class PipelineInfo:
+    """What ``check_request`` needs to know, readable from a loaded ``Pipeline`` or from a folder's configs
+    before any weight is read (``pipeline_info``, ``folder_info``)."""
+
+    kind: str
+    source: str
+    has_text: bool
+    num_classes: int
+    scheduler: dict
+    sample_size: int
+    vae_scale: int
+    unet_levels: int
+
+
+def pipeline_info(pipe: Pipeline) -> PipelineInfo:
+    sample = getattr(pipe.unet.config, "sample_size", None) or 64
+    sample = sample[0] if isinstance(sample, (tuple, list)) else sample
+    return PipelineInfo(pipe.kind, pipe.source, pipe.has_text, pipe.num_classes, pipe.scheduler, int(sample),
+                        pipe.vae_scale, len(pipe.unet.config.block_out_channels))
+
+
+def folder_info(folder) -> PipelineInfo:
+    """The PipelineInfo of a pipeline folder from its JSON files alone (raises for a missing component)."""
+    import json
+    from pathlib import Path
+
+    from models.pipelines.component import read_config
+    from models.pipelines.pipeline import SCHEDULER_FILE, check_pipeline_folder
+    folder = Path(folder)
+    kind, listed = check_pipeline_folder(folder)
+    unet, vae = read_config(folder / "unet"), read_config(folder / "vae")
+    sample = unet.get("sample_size") or 64
+    sample = sample[0] if isinstance(sample, list) else sample
+    return PipelineInfo(kind, str(folder), "text_encoder" in listed, int(unet.get("num_class_embeds") or 0),
+                        json.loads((folder / "scheduler" / SCHEDULER_FILE).read_text()), int(sample),
+                        2 ** (len(vae["block_out_channels"]) - 1), len(unet["block_out_channels"]))
+
+
+def resolved_guidance(info: PipelineInfo, request: Request) -> float:
+    if request.guidance_scale is None:
+        return 7.5 if info.has_text else 1.0
+    return float(request.guidance_scale)
+
+
+def image_size(info: PipelineInfo, request: Request) -> tuple[int, int]:
+    """(H, W) in pixels."""
+    default = info.sample_size * info.vae_scale
+    return int(request.height or default), int(request.width or default)
+
+
+def check_request(info: PipelineInfo, request: Request) -> None:
+    """A one-line error for each bad input (the first found), before any network runs. Over-long prompts are
+    truncated by the tokenizer, with a one-line warning, as the reference pipelines do."""
+    from diffusion.schedulers import scheduler_config
+    scale = check_guidance_scale(resolved_guidance(info, request))
+    if request.negative_prompt is not None and not info.has_text:
+        raise ValueError(f"a negative prompt needs a text encoder; the {info.kind} pipeline {info.source} has none")
+    if request.prompt and not info.has_text:
+        raise ValueError(f"a prompt needs a text encoder; the {info.kind} pipeline {info.source} has none "
+                         f"(use a class label or no prompt)")
+    if scale > 1 and not info.has_text:
+        raise ValueError(f"guidance scale {scale} needs a text encoder (its unconditional input is the empty "
+                         f"prompt); the {info.kind} pipeline {info.source} has none: use 1")
+    classes = info.num_classes
+    if request.class_label is not None:
+        if classes == 0:
+            raise ValueError(f"class label {request.class_label} given, but the U-Net of {info.source} is not "
+                             f"class-conditional (no num_class_embeds)")
+        if not 0 <= request.class_label < classes:
+            raise ValueError(f"class label {request.class_label} is out of range: the U-Net has {classes} "
+                             f"classes (0..{classes - 1})")
+    elif classes:
+        raise ValueError(f"the U-Net of {info.source} is class-conditional ({classes} classes): pass a class label")
+    if request.scheduler is not None and request.scheduler not in SCHEDULERS:
+        raise ValueError(f"unknown scheduler {request.scheduler!r}; supported: {', '.join(SCHEDULERS)}")
+    scheduler_config(info.scheduler, request.scheduler)  # an unsupported setting of the folder's config fails here
+    if request.steps < 1 or request.num_images < 1 or request.batch_size < 1:
+        raise ValueError(f"steps, num_images and batch_size must be >= 1, got {request.steps}, "
+                         f"{request.num_images}, {request.batch_size}")
+    H, W = image_size(info, request)
+    multiple = info.vae_scale * 2 ** (info.unet_levels - 1)
+    if H % multiple or W % multiple:
+        raise ValueError(f"height and width must be multiples of {multiple} for this pipeline, got {H}x{W}")
+
+
+def _encode(encoder, tokenizer, texts: Sequence[str], *, penultimate: bool):
+    ids = tokenizer(list(texts)).to(next(encoder.parameters()).device)  # warns (one line) when it truncates
+    out = encoder(ids)
+    return (out.penultimate_hidden_state if penultimate else out.last_hidden_state), out
+
+
+def text_conditioning(pipe: Pipeline, prompts: Sequence[str], size: tuple[int, int]) -> Conditioning:
+    """The U-Net's conditional inputs for ``prompts`` (B texts) at image size ``size`` (H, W)."""
+    if pipe.kind != "sdxl":
+        states, _ = _encode(pipe.text_encoder, pipe.tokenizer, prompts, penultimate=False)
+        return Conditioning(encoder_hidden_states=states)
+    h1, _ = _encode(pipe.text_encoder, pipe.tokenizer, prompts, penultimate=True)
+    h2, out2 = _encode(pipe.text_encoder_2, pipe.tokenizer_2, prompts, penultimate=True)
+    H, W = size
+    time_ids = torch.tensor([[H, W, 0, 0, H, W]], dtype=h2.dtype, device=h2.device).expand(len(prompts), -1)
+    return Conditioning(encoder_hidden_states=torch.cat([h1, h2], dim=-1),
+                        added_cond_kwargs={"text_embeds": out2.text_embeds, "time_ids": time_ids})
+
+
+def _zeros_like(c: Conditioning) -> Conditioning:
+    added = None if c.added_cond_kwargs is None else {
+        k: (v if k == "time_ids" else torch.zeros_like(v)) for k, v in c.added_cond_kwargs.items()}
+    return Conditioning(torch.zeros_like(c.encoder_hidden_states), added)
+
+
+def _to(c: Conditioning, dtype: torch.dtype) -> Conditioning:
+    added = None if c.added_cond_kwargs is None else {k: v.to(dtype) for k, v in c.added_cond_kwargs.items()}
+    states = None if c.encoder_hidden_states is None else c.encoder_hidden_states.to(dtype)
+    return Conditioning(states, added, c.class_labels)
+
+
+@torch.inference_mode()
+def generate(pipe: Pipeline, request: Request, indices: Sequence[int], *, progress: bool = False) -> torch.Tensor:
+    """Images for the global sample ``indices`` of ``request`` (its seed): (N, 3, H, W) float32 in [0, 1], CPU."""
+    info = pipeline_info(pipe)
+    check_request(info, request)
+    scale = resolved_guidance(info, request)
+    H, W = image_size(info, request)
+    device = next(pipe.unet.parameters()).device
+    dtype = next(pipe.unet.parameters()).dtype
+    latent_shape = (pipe.latent_channels, H // pipe.vae_scale, W // pipe.vae_scale)
+    config = pipe.scheduler_config(request.scheduler)
+    out = []
+    for start in range(0, len(indices), request.batch_size):
+        batch = [int(i) for i in indices[start:start + request.batch_size]]
+        B = len(batch)
+        cond, uncond = Conditioning(), None
+        if pipe.has_text:
+            with warnings.catch_warnings():
+                if start > 0:  # the tokenizer's truncation warning, once per call rather than per batch
+                    warnings.simplefilter("ignore")
+                cond = text_conditioning(pipe, [request.prompt] * B, (H, W))
+            if scale > 1:
+                negative = request.negative_prompt or ""
+                with warnings.catch_warnings():
+                    if start > 0:
+                        warnings.simplefilter("ignore")
+                    uncond = text_conditioning(pipe, [negative] * B, (H, W))
+                if not negative and pipe.force_zeros_for_empty_prompt:
+                    uncond = _zeros_like(uncond)
+                uncond = _to(uncond, dtype)
+            cond = _to(cond, dtype)
+        if request.class_label is not None:
+            cond = Conditioning(class_labels=torch.full((B,), request.class_label, dtype=torch.long, device=device))
+        x_T = initial_latents(request.seed, batch, latent_shape, device=device)  # (B, C, h, w) float32
+        denoiser = GuidedDenoiser(pipe.unet, cond, uncond, scale)
+        latents = sample_loop(make_scheduler(config, request.steps), denoiser, x_T, progress=progress)
+        vae_dtype = next(pipe.vae.parameters()).dtype
+        images = pipe.vae.decode(pipe.vae.from_latent(latents.to(vae_dtype)))  # (B, 3, H, W) in about [-1, 1]
+        out.append(((images.float() + 1) / 2).clamp(0, 1).cpu())
+    return torch.cat(out) if out else torch.empty(0, 3, H, W)

@@ -1,0 +1,117 @@
+"""generate.py and models/pipelines/text_to_image.py on a TINY random-weight pipeline folder: the command's
+outputs, per-index reproducibility, every scheduler, class labels, and each bad input as one line before work."""
+from __future__ import annotations
+
+import json
+import warnings
+
+import pytest
+import torch
+from PIL import Image
+
+import generate
+from models.pipelines import load_pipeline
+from models.pipelines.text_to_image import Request, generate as generate_images
+from tiny_pipeline import MAX_TOKENS, write_tiny_pipeline
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    root = tmp_path_factory.mktemp("pipelines")
+    return {"text": write_tiny_pipeline(root / "text"), "class": write_tiny_pipeline(root / "class", text=False,
+                                                                                      class_cond=True)}
+
+
+@pytest.fixture(scope="module")
+def pipe(folders):
+    return load_pipeline(folders["text"])
+
+
+def _cfg(model, tmp_path, **kw):
+    return generate.GenerateConfig(model=str(model), out=str(tmp_path / "runs"), steps=2, progress=False, **kw)
+
+
+def test_main_writes_pngs_grid_and_timing(folders, tmp_path, capsys):
+    run = generate.main(_cfg(folders["text"], tmp_path, prompt="a red circle", negative_prompt="blue",
+                             num_images=3, batch_size=2, scheduler="dpmpp_2m"))
+    pngs = sorted(p.name for p in run.glob("0*.png"))
+    assert pngs == ["00000.png", "00001.png", "00002.png"] and (run / "grid.png").is_file()
+    assert Image.open(run / "00000.png").size == (16, 16)  # sample_size 8 x VAE scale 2
+    record = json.loads((run / "generate.json").read_text())
+    assert record["kind"] == "sd1" and record["seconds_per_image"] > 0
+    assert "s per image" in capsys.readouterr().out
+    assert run.parent.name == "runs" and run.name.startswith("00001-")
+
+
+def test_parse_args_builds_the_config():
+    cfg = generate.parse_args(["--model", "m", "--prompt", "p", "--guidance", "3", "--steps", "5",
+                               "--scheduler", "euler", "--num-images", "2", "--seed", "4"])
+    assert (cfg.model, cfg.prompt, cfg.guidance, cfg.steps, cfg.scheduler, cfg.num_images, cfg.seed) == \
+        ("m", "p", 3.0, 5, "euler", 2, 4)
+
+
+def test_an_image_does_not_depend_on_its_batch(pipe):
+    request = Request(prompt="red circle", guidance_scale=3.0, steps=2, seed=5, batch_size=3)
+    together = generate_images(pipe, request, [0, 1, 2])
+    alone = generate_images(pipe, Request(**{**request.__dict__, "batch_size": 1}), [2])
+    torch.testing.assert_close(together[2:], alone, atol=1e-5, rtol=1e-5)
+    assert together.shape == (3, 3, 16, 16) and 0 <= together.min() and together.max() <= 1
+    other_seed = generate_images(pipe, Request(**{**request.__dict__, "seed": 6}), [2])
+    assert not torch.allclose(other_seed, alone)
+
+
+@pytest.mark.parametrize("scheduler", ["ddim", "dpmpp_2m", "euler", "pndm"])
+def test_every_scheduler_runs(pipe, scheduler):
+    images = generate_images(pipe, Request(prompt="circle", steps=2, scheduler=scheduler), [0])
+    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+
+
+def test_guidance_one_runs_the_network_once_per_step(pipe, monkeypatch):
+    calls = []
+    forward = pipe.unet.forward
+    monkeypatch.setattr(pipe.unet, "forward", lambda x, *a, **k: calls.append(x.shape[0]) or forward(x, *a, **k))
+    generate_images(pipe, Request(prompt="circle", guidance_scale=1.0, steps=2, scheduler="ddim"), [0, 1])
+    assert calls == [2, 2]
+    calls.clear()
+    generate_images(pipe, Request(prompt="circle", guidance_scale=2.0, steps=2, scheduler="ddim"), [0, 1])
+    assert calls == [4, 4]  # [uncond; cond] in one forward
+
+
+def test_class_conditional_pipeline(folders, tmp_path):
+    run = generate.main(_cfg(folders["class"], tmp_path, class_label=7, num_images=1))
+    assert (run / "00000.png").is_file()
+
+
+def test_a_long_prompt_is_truncated_with_one_warning(pipe):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        generate_images(pipe, Request(prompt="red " * 40, steps=1, batch_size=1), [0, 1])
+    texts = [str(w.message) for w in caught if "truncated" in str(w.message)]
+    assert len(texts) == 1 and "\n" not in texts[0] and f"up to {MAX_TOKENS} tokens" in texts[0]
+
+
+@pytest.mark.parametrize("which, kw, match", [
+    ("text", {"guidance": 0.5}, "guidance scale must be >= 1"),
+    ("class", {"negative_prompt": "blurry", "class_label": 1}, "a negative prompt needs a text encoder"),
+    ("class", {"class_label": 10}, r"class label 10 is out of range: the U-Net has 10 classes \(0..9\)"),
+    ("class", {"class_label": 1, "guidance": 3.0}, "needs a text encoder"),
+    ("class", {}, "is class-conditional \\(10 classes\\): pass a class label"),
+    ("text", {"class_label": 2}, "is not class-conditional"),
+])
+def test_bad_input_is_one_line_before_any_weight_is_read(folders, tmp_path, monkeypatch, which, kw, match):
+    monkeypatch.setattr(generate, "load_latent", lambda *a, **k: pytest.fail("loaded weights"))
+    with pytest.raises(ValueError, match=match) as err:
+        generate.main(_cfg(folders[which], tmp_path, **kw))
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_missing_component_through_the_command(folders, tmp_path, capsys):
+    import shutil
+    broken = tmp_path / "broken"
+    shutil.copytree(folders["text"], broken)
+    shutil.rmtree(broken / "text_encoder")
+    from common import cli
+    status = cli.run(generate.main, generate.parse_args, ["--model", str(broken), "--out", str(tmp_path / "runs")])
+    err = capsys.readouterr().err.strip()
+    assert status == 2 and err.count("\n") == 0 and "component 'text_encoder' is missing" in err

@@ -1,0 +1,152 @@
+"""Loading the latent family (models/pipelines/): component folders (safetensors, .bin, fp16 variant, shards,
+legacy attention names), whole pipeline folders, and the one-line errors for files that do not fit."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from golden_recipe import load_entry, recipe_state_dict
+from models.pipelines import Pipeline, is_latent_source, load_component, load_latent, load_pipeline
+from models.pipelines.weights import on_meta
+from tiny_pipeline import write_tiny_pipeline
+
+
+def _unet_folder(tmp_path, name="unet"):
+    """The golden SD-1-style U-Net as a diffusers component folder (recipe weights). Returns (folder, entry, sd)."""
+    entry = load_entry("sd1")
+    config = json.loads(json.dumps(entry["config"], default=list))
+    config["_class_name"] = "UNet2DConditionModel"
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(config))
+    return folder, entry, recipe_state_dict(entry["weights"])
+
+
+def _golden_out(module, entry):
+    with torch.no_grad():
+        return module(entry["x"], entry["t"], encoder_hidden_states=entry["encoder_hidden_states"])
+
+
+def test_component_folder_matches_the_golden_output(tmp_path):
+    folder, entry, sd = _unet_folder(tmp_path)
+    save_file(sd, folder / "diffusion_pytorch_model.safetensors")
+    unet = load_component(folder)
+    assert not any(p.is_meta for p in unet.parameters()) and not unet.training
+    torch.testing.assert_close(_golden_out(unet, entry), entry["out"], atol=1e-4, rtol=1e-4)
+
+
+def test_bin_variant_and_sharded_files_load_the_same_weights(tmp_path):
+    folder, entry, sd = _unet_folder(tmp_path)
+    torch.save(sd, folder / "diffusion_pytorch_model.bin")
+    ref = load_component(folder).state_dict()
+    # fp16 variant: chosen by variant="fp16" (and taken when it is the only file), cast to float32.
+    save_file({k: v.half() for k, v in sd.items()}, folder / "diffusion_pytorch_model.fp16.safetensors")
+    half = load_component(folder, variant="fp16")
+    assert all(v.dtype == torch.float32 for v in half.state_dict().values())
+    torch.testing.assert_close(half.state_dict()["conv_in.weight"], ref["conv_in.weight"], atol=1e-3, rtol=1e-3)
+    kept = load_component(folder, variant="fp16", dtype=None)
+    assert next(kept.parameters()).dtype == torch.float16
+    # Two shards and their index.
+    sharded, _, _ = _unet_folder(tmp_path, "sharded")
+    names = sorted(sd)
+    shards = {"a.safetensors": names[: len(names) // 2], "b.safetensors": names[len(names) // 2:]}
+    for file, keys in shards.items():
+        save_file({k: sd[k] for k in keys}, sharded / file)
+    index = {"weight_map": {k: f for f, keys in shards.items() for k in keys}}
+    (sharded / "diffusion_pytorch_model.safetensors.index.json").write_text(json.dumps(index))
+    for k, v in load_component(sharded).state_dict().items():
+        torch.testing.assert_close(v, ref[k], atol=0, rtol=0)
+
+
+def test_a_misfit_file_names_missing_unexpected_and_misshaped_in_one_line(tmp_path):
+    folder, _, sd = _unet_folder(tmp_path)
+    sd = dict(sd)
+    del sd["conv_out.bias"]
+    sd["extra.weight"] = torch.zeros(3)
+    sd["conv_in.weight"] = torch.zeros(5, 4, 3, 3)
+    save_file(sd, folder / "diffusion_pytorch_model.safetensors")
+    with pytest.raises(ValueError) as err:
+        load_component(folder)
+    msg = str(err.value)
+    assert "\n" not in msg
+    assert "1 missing: conv_out.bias" in msg and "1 unexpected: extra.weight" in msg
+    assert "mis-shaped (file vs model): conv_in.weight (5, 4, 3, 3) vs conv_in.weight (32, 4, 3, 3)" in msg
+
+
+def test_unsupported_class_and_missing_weights_are_named(tmp_path):
+    folder, _, _ = _unet_folder(tmp_path)
+    with pytest.raises(FileNotFoundError, match="no weight file"):
+        load_component(folder)
+    (folder / "config.json").write_text(json.dumps({"_class_name": "VQModel"}))
+    with pytest.raises(ValueError, match="class 'VQModel' is not supported; supported: UNet2DConditionModel, "
+                                         "AutoencoderKL, CLIPTextModel"):
+        load_component(folder)
+
+
+def test_vae_with_legacy_attention_names(tmp_path):
+    """Older diffusers VAE files: query/key/value/proj_attn instead of to_q/to_k/to_v/to_out.0."""
+    entry = load_entry("vae")
+    sd = recipe_state_dict(entry["weights"])
+    legacy = {}
+    for k, v in sd.items():
+        for new, old in (("to_q", "query"), ("to_k", "key"), ("to_v", "value"), ("to_out.0", "proj_attn")):
+            k = k.replace(f".{new}.", f".{old}.")
+        legacy[k] = v
+    assert legacy.keys() != sd.keys()
+    folder = tmp_path / "vae"
+    folder.mkdir()
+    config = json.loads(json.dumps(entry["config"], default=list))
+    (folder / "config.json").write_text(json.dumps({**config, "_class_name": "AutoencoderKL"}))
+    save_file(legacy, folder / "diffusion_pytorch_model.safetensors")
+    vae = load_component(folder)
+    with torch.no_grad():
+        torch.testing.assert_close(vae.decode(entry["z"]), entry["decoded"], atol=1e-4, rtol=1e-4)
+
+
+def test_meta_construction_allocates_nothing():
+    from models.pipelines.component import BUILDERS
+    entry = load_entry("sd1")
+    config = {**json.loads(json.dumps(entry["config"], default=list)), "_class_name": "UNet2DConditionModel"}
+    unet = on_meta(BUILDERS["UNet2DConditionModel"], config)
+    assert all(p.is_meta for p in unet.parameters())
+
+
+def test_pipeline_folder(tmp_path):
+    folder = write_tiny_pipeline(tmp_path / "pipe")
+    assert is_latent_source(folder) and is_latent_source(folder / "unet")
+    pipe = load_latent(folder)
+    assert isinstance(pipe, Pipeline) and pipe.kind == "sd1" and pipe.has_text and pipe.num_classes == 0
+    assert type(pipe.unet).__name__ == "UNet2DConditionModel" and type(pipe.vae).__name__ == "AutoencoderKL"
+    assert pipe.tokenizer.model_max_length == 16 and pipe.scheduler["_class_name"] == "PNDMScheduler"
+    with pytest.raises(Exception):
+        pipe.kind = "sdxl"  # frozen
+
+
+def test_pipeline_folder_with_only_fp16_files(tmp_path):
+    folder = write_tiny_pipeline(tmp_path / "pipe", variant="fp16")
+    pipe = load_pipeline(folder)  # the lone variant files are taken
+    assert next(pipe.unet.parameters()).dtype == torch.float32
+
+
+@pytest.mark.parametrize("damage, match", [
+    (lambda f: shutil.rmtree(f / "vae"), "component 'vae' is missing"),
+    (lambda f: shutil.rmtree(f / "tokenizer"), "component 'tokenizer' is missing"),
+    (lambda f: (f / "model_index.json").write_text(json.dumps(
+        {k: v for k, v in json.loads((f / "model_index.json").read_text()).items() if k != "scheduler"})),
+     "needs component 'scheduler'"),
+    (lambda f: (f / "unet" / "diffusion_pytorch_model.safetensors").unlink(), "no weight file"),
+    (lambda f: (f / "scheduler" / "scheduler_config.json").write_text(json.dumps({"_class_name": "LMSDiscreteScheduler"})),
+     "scheduler class 'LMSDiscreteScheduler' is not supported"),
+])
+def test_a_broken_pipeline_folder_is_one_line_before_any_weight_is_read(tmp_path, damage, match, monkeypatch):
+    folder = write_tiny_pipeline(tmp_path / "pipe")
+    damage(folder)
+    import models.pipelines.pipeline as pipeline_module
+    monkeypatch.setattr(pipeline_module, "load_component", lambda *a, **k: pytest.fail("read weights"))
+    with pytest.raises((ValueError, FileNotFoundError), match=match) as err:
+        load_pipeline(folder)
+    assert "\n" not in str(err.value)
