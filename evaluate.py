@@ -38,7 +38,7 @@ from metrics.evaluation import (SamplerConfig, claim_sample_folder, format_table
                                 measure_latency, remove_partial_samples, sampling_key)
 from metrics.macs import count_macs
 from models.checkpoint import environment
-from models.inception import FID_FEATURE_DIM, FID_WEIGHTS_HASH_PREFIX
+from metrics.inception import FID_FEATURE_DIM, FID_WEIGHTS_HASH_PREFIX
 from models.loading import load_with_info
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def fid_setup(cfg: EvalConfig):
     if not (cfg.fid_stats or cfg.fid_data):
         return None, None, None, "no --fid-stats or --fid-data given"
     from metrics.fid import load_stats, stats_inception_sha256
-    from models.inception import load_fid_inception
+    from metrics.inception import load_fid_inception
 
     stats = None
     if cfg.fid_stats:  # readable and the right shape before the Inception is even built
@@ -309,7 +309,7 @@ def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats,
 def fid_stats(cfg: FidStatsConfig) -> Path:
     """``evaluate.py fid-stats IMAGE_DIR --out stats.npz``: Inception statistics of an image folder."""
     from metrics.fid import list_images, save_stats, stats_for_folder
-    from models.inception import load_fid_inception
+    from metrics.inception import load_fid_inception
 
     if not Path(cfg.image_dir).is_dir():
         raise UserError(f"fid-stats {cfg.image_dir}: no such image folder")

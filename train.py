@@ -41,10 +41,10 @@ from diffusion.ddpm import HeldOutLoss, eps_loss, sample_timesteps
 from diffusion.distill import MODES as DISTILL_MODES, build_distiller, check_distill_arguments
 from diffusion.schedule import DiffusionConfig, Schedule
 from models.checkpoint import environment, read_checkpoint, save_checkpoint
-from models.config import ModelConfig
+from models.ddpm.config import ModelConfig
 from models.loading import load_with_info
 from models.runtime import Runner, RuntimeOptions
-from models.unet import UNet, count_parameters
+from models.ddpm.unet import UNet, count_parameters
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from metrics.macs import count_macs, format_count  # noqa: E402
-from models.config import PRESETS  # noqa: E402
-from models.unet import UNet  # noqa: E402
+from models.ddpm.config import PRESETS  # noqa: E402
+from models.ddpm.unet import UNet  # noqa: E402
 from pruning import prune  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"

@@ -31,8 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import pruning  # noqa: E402
 from metrics.macs import count_macs  # noqa: E402
-from models.config import PRESETS  # noqa: E402
-from models.unet import UNet  # noqa: E402
+from models.ddpm.config import PRESETS  # noqa: E402
+from models.ddpm.unet import UNet  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -47,9 +47,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from diffusion.samplers import sample  # noqa: E402
 from diffusion.schedule import Schedule  # noqa: E402
 from metrics.macs import count_macs  # noqa: E402
-from models.config import PRESETS, ModelConfig  # noqa: E402
+from models.ddpm.config import PRESETS, ModelConfig  # noqa: E402
 from models.runtime import Runner, RuntimeOptions  # noqa: E402
-from models.unet import UNet  # noqa: E402
+from models.ddpm.unet import UNet  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("machine", "unet", "pruned", "prune", "gradient", "fid")
@@ -101,12 +101,12 @@ def diffusers_equivalent(model: UNet):
     """(UNet2DModel with the same configuration and weights as ``model``, max |eps difference|), or (None, why).
 
     The configuration is the one google/ddpm-cifar10-32 uses, with our preset's sizes (see
-    models/convert.py: config_from_diffusers for why each setting is needed)."""
+    models/ddpm/convert.py: config_from_diffusers for why each setting is needed)."""
     try:
         from diffusers import UNet2DModel
     except ImportError as e:
         return None, f"diffusers not importable ({e.__class__.__name__}): optional, pip install diffusers to compare"
-    from models.convert import diffusers_to_ddim
+    from models.ddpm.convert import diffusers_to_ddim
 
     c = model.config
     attn = [i for i in range(len(c.ch_mult)) if c.image_size // 2 ** i in c.attn_resolutions]
@@ -313,7 +313,7 @@ def section_gradient(args) -> dict:
 
 
 def section_fid(args) -> dict:
-    from models.inception import FIDInceptionV3
+    from metrics.inception import FIDInceptionV3
 
     torch.manual_seed(0)
     net = FIDInceptionV3().eval()  # random weights: the throughput does not depend on the values

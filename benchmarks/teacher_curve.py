@@ -33,7 +33,7 @@ from common.runs import RUN_MARKER  # noqa: E402
 from metrics.probe import ProbeConfig, QualityProbe  # noqa: E402
 from models.checkpoint import environment, read_checkpoint, save_checkpoint, training_steps  # noqa: E402
 from models.loading import load  # noqa: E402
-from models.config import ModelConfig  # noqa: E402
+from models.ddpm.config import ModelConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

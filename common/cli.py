@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from data import DATASETS
-from models.config import PRESETS
+from models.ddpm.config import PRESETS
 
 EXIT_USER_ERROR = 2  # as argparse's own "error: ..." for a bad flag
 

@@ -20,7 +20,7 @@ L_feat   feature KD over the stage taps l (``stage_taps``):
 
 Stage taps are the outputs of each encoder level (after its downsampler), of the mid block, and of each
 decoder level (after its upsampler). They exist in teacher and student whatever was pruned: a removed
-unit is still a module (``models/skipped.py``), and channel pruning changes widths only. Where a tap's
+unit is still a module (``models/ddpm/skipped.py``), and channel pruning changes widths only. Where a tap's
 widths differ (channel pruning), the student feature goes through P_l, a 1x1 conv (student width ->
 teacher width, PyTorch default init, seeded), trained with the student by the same optimizer; elsewhere
 P_l is the identity. The teacher runs frozen, in eval mode, without gradients.
@@ -36,7 +36,7 @@ from torch import nn
 
 from diffusion.ddpm import q_sample
 from diffusion.schedule import Schedule
-from models.config import ModelConfig
+from models.ddpm.config import ModelConfig
 
 MODES = ("none", "output", "feature", "feature-normalized")
 DEFAULT_LAMBDAS = {"output": {"task": 0.3, "out": 0.7, "feat": 0.0},
@@ -92,7 +92,7 @@ def feature_kd_terms(student: dict[str, torch.Tensor], teacher: dict[str, torch.
 def check_teacher(student: ModelConfig, teacher: ModelConfig, source: str) -> None:
     """The teacher must share the student's topology (the student is a pruned copy of it); widths and removed
     units may differ. The error names every field that does not match."""
-    from models.convert import topology_mismatches
+    from models.ddpm.convert import topology_mismatches
 
     problems = topology_mismatches(student, teacher)
     if student.image_size != teacher.image_size:

@@ -26,7 +26,7 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from models.config import ModelConfig
+from models.ddpm.config import ModelConfig
 
 FORMAT = "diffprune"
 FORMAT_VERSION = 1

@@ -7,7 +7,7 @@
     model, info = load_with_info(source)                      # + what was loaded, for scripts to print
 
 ``source`` is recognised in this order:
-  1. a ``str`` that is a preset name (models.config.PRESETS). A file named like a preset can be loaded
+  1. a ``str`` that is a preset name (models.ddpm.config.PRESETS). A file named like a preset can be loaded
      as ``Path("tiny")`` or ``"./tiny"``.
   2. a Hugging Face repository id ("owner/name", e.g. google/ddpm-cifar10-32) that is not a local path:
      downloaded once into the standard cache (models/hub.py), then read as the diffusers folder it is;
@@ -18,7 +18,7 @@
   5. any other file (torch.save or .safetensors): a diffprune checkpoint when it says so ('format':
      'diffprune', models/checkpoint.py), else a DDIM-codebase checkpoint (plain state dict, maybe with
      DataParallel's 'module.' prefix, or the list [model, optimizer, epoch, step, ema]) in DDIM or diffusers
-     tensor names, whose architecture is read from the weights (models/convert.py, infer_ddim_config).
+     tensor names, whose architecture is read from the weights (models/ddpm/convert.py, infer_ddim_config).
 Every file is read with ``weights_only=True``: a pickled module (``torch.save(model)``) is refused.
 
 Weights: the EMA weights where the source has them and ``ema=True``, else the raw ones. ``info["ema"]``
@@ -44,11 +44,11 @@ import torch
 from torch.torch_version import TorchVersion
 
 from models.checkpoint import check_state_dict, is_project_checkpoint, sniff_not_torch_file, validate_checkpoint
-from models.config import PRESETS, ModelConfig, preset as get_preset
-from models.convert import (config_from_diffusers, diffusers_to_ddim, infer_ddim_config, is_diffusers_naming,
+from models.ddpm.config import PRESETS, ModelConfig, preset as get_preset
+from models.ddpm.convert import (config_from_diffusers, diffusers_to_ddim, infer_ddim_config, is_diffusers_naming,
                             is_tensor_dict, topology_mismatches, unpack_ddim_checkpoint, with_image_size)
 from models.hub import DDIM_PREFIX, HUB_URL, fetch, fetch_ddim, looks_like_hub_name
-from models.unet import UNet, count_parameters
+from models.ddpm.unet import UNet, count_parameters
 
 # In the order diffusers itself prefers them.
 DIFFUSERS_WEIGHT_FILES = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")

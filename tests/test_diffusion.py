@@ -32,8 +32,8 @@ def golden():
 
 @pytest.fixture(scope="module")
 def golden_unet(golden):
-    from models.config import ModelConfig
-    from models.unet import UNet
+    from models.ddpm.config import ModelConfig
+    from models.ddpm.unet import UNet
     model = UNet(ModelConfig(**GOLDEN_CONFIG))
     model.load_state_dict(golden["state_dict_ddim_layout"], strict=True)
     return model.eval()

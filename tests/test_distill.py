@@ -10,8 +10,8 @@ import torch
 from diffusion.ddpm import eps_loss
 from diffusion.distill import Distiller, feature_kd_terms, stage_taps
 from diffusion.schedule import DiffusionConfig, Schedule
-from models.config import ModelConfig
-from models.unet import UNet
+from models.ddpm.config import ModelConfig
+from models.ddpm.unet import UNet
 from pruning.layers import remove_units
 
 CONFIG = ModelConfig(image_size=16, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0,

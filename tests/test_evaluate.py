@@ -15,9 +15,9 @@ from PIL import Image
 import evaluate
 from metrics.evaluation import SamplerConfig
 from models.checkpoint import save_checkpoint
-from models.config import ModelConfig
-from models.inception import FIDInceptionV3
-from models.unet import UNet
+from models.ddpm.config import ModelConfig
+from metrics.inception import FIDInceptionV3
+from models.ddpm.unet import UNet
 
 REPO = Path(__file__).resolve().parents[1]
 REPORT_FIELDS = {"name", "source", "format", "ema", "params", "params_M", "macs_paper", "macs_paper_G", "macs_full",
@@ -106,7 +106,7 @@ def test_fid_with_a_supplied_inception_file_and_fid_stats_command(tmp_path):
 
 def test_missing_inception_weights_are_an_error_before_sampling(tmp_path, monkeypatch):
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    import models.inception as inception
+    import metrics.inception as inception
 
     def offline(*args, **kwargs):
         raise OSError("no network")

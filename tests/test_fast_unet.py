@@ -12,10 +12,10 @@ import torch.nn.functional as F
 
 from diffusion.samplers import sample
 from diffusion.schedule import Schedule
-from models.blocks import AttnBlock, ResBlock
-from models.config import ModelConfig
+from models.ddpm.blocks import AttnBlock, ResBlock
+from models.ddpm.config import ModelConfig
 from models.runtime import Runner, RuntimeOptions
-from models.unet import UNet
+from models.ddpm.unet import UNet
 
 SMALL = ModelConfig(image_size=16, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0,
                     norm_groups=2, num_heads=2)

@@ -173,8 +173,8 @@ def test_evaluate_reports_fd_shapes_and_kid_for_a_shapes_model(tmp_path):
     import evaluate
     from metrics.evaluation import SamplerConfig
     from models.checkpoint import save_checkpoint
-    from models.config import ModelConfig
-    from models.unet import UNet
+    from models.ddpm.config import ModelConfig
+    from models.ddpm.unet import UNet
 
     torch.manual_seed(0)
     config = ModelConfig(image_size=32, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(), dropout=0.0,

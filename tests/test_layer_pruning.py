@@ -11,8 +11,8 @@ import torch
 from diffusion.schedule import Schedule
 from models import load
 from models.checkpoint import save_checkpoint
-from models.config import ModelConfig
-from models.unet import UNet, removable_units
+from models.ddpm.config import ModelConfig
+from models.ddpm.unet import UNet, removable_units
 from pruning.layers import find_units, make_calibration, mask_units, output_losses, prune_layers, remove_units
 from pruning.layers.additivity import additivity_report, format_report, plot_report
 from pruning.layers.criteria import LAYER_CRITERIA, CriterionInputs, handcrafted_order

@@ -15,9 +15,9 @@ import torch
 from safetensors.torch import save_file
 
 import models
-from models.config import ModelConfig
-from models.convert import config_from_diffusers
-from models.unet import UNet
+from models.ddpm.config import ModelConfig
+from models.ddpm.convert import config_from_diffusers
+from models.ddpm.unet import UNet
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden" / "unet_tiny.pt"
 

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from metrics.macs import KINDS, PAPER_KINDS, ROOT, count_macs, format_count
-from models.blocks import AttnBlock
-from models.config import PRESETS
-from models.unet import UNet
+from models.ddpm.blocks import AttnBlock
+from models.ddpm.config import PRESETS
+from models.ddpm.unet import UNet
 
 # (params, macs_paper) as Torch-Pruning's counter reports them for the DDIM U-Net (the author's log, VainF/Diff-Pruning issue #4).
 REFERENCE = {

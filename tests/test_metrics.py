@@ -18,7 +18,7 @@ from PIL import Image
 from metrics.fid import (FeatureStats, InvalidStatsFile, compute_stats, frechet_distance, load_stats,
                          save_stats, stats_for_folder, stats_from_features)
 from metrics.ssim import consistency, ssim
-from models.inception import (FIDInceptionV3, InceptionWeightsMismatch, InceptionWeightsUnavailable,
+from metrics.inception import (FIDInceptionV3, InceptionWeightsMismatch, InceptionWeightsUnavailable,
                               fid_weights_cache_path, load_fid_inception)
 
 DATA = Path(__file__).resolve().parent / "data"

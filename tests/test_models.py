@@ -6,9 +6,9 @@ import math
 import pytest
 import torch
 
-from models.blocks import timestep_embedding
-from models.config import PRESETS, ModelConfig, preset
-from models.unet import UNet, count_parameters, dense_widths
+from models.ddpm.blocks import timestep_embedding
+from models.ddpm.config import PRESETS, ModelConfig, preset
+from models.ddpm.unet import UNet, count_parameters, dense_widths
 
 SMALL = ModelConfig(image_size=16, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0, norm_groups=2)
 

@@ -13,9 +13,9 @@ import prune as prune_script
 import train
 from metrics.macs import count_macs
 from models.checkpoint import save_checkpoint
-from models.config import PRESETS, ModelConfig
+from models.ddpm.config import PRESETS, ModelConfig
 from models.loading import load
-from models.unet import UNet
+from models.ddpm.unet import UNet
 from pruning import METHODS, prune
 from pruning.trace.grouping import build_groups
 from pruning.surgery import apply_keeps, finalize

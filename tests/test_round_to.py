@@ -4,8 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from models.config import ModelConfig
-from models.unet import UNet
+from models.ddpm.config import ModelConfig
+from models.ddpm.unet import UNet
 from pruning.groups import Group
 from pruning.select import rounded_width, select_local
 

@@ -28,9 +28,9 @@ from common import cli
 from common.runs import RunLock, RunLocked
 from metrics.evaluation import SamplerConfig, SampleFolderMismatch, load_samples
 from models.checkpoint import read_checkpoint, save_checkpoint
-from models.config import ModelConfig
+from models.ddpm.config import ModelConfig
 from models.loading import load, load_with_info
-from models.unet import UNet
+from models.ddpm.unet import UNet
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(image_size=16, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), dropout=0.0, norm_groups=2)
@@ -457,7 +457,7 @@ def test_pruning_api_names_a_bad_head_mode():
 
 
 def test_fid_data_with_a_truncated_image_fails_before_sampling(tmp_path, monkeypatch):
-    import models.inception as inception
+    import metrics.inception as inception
 
     class FakeInception(torch.nn.Module):  # stands in for the 91 MB network: only the data path is tested
         weights_path, weights_sha256, is_fid_release = "fake.pth", "6726825d" + "0" * 56, True

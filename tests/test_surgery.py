@@ -15,9 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from diffusion.schedule import DiffusionConfig, Schedule
-from models.blocks import AttnBlock
-from models.config import ModelConfig
-from models.unet import UNet
+from models.ddpm.blocks import AttnBlock
+from models.ddpm.config import ModelConfig
+from models.ddpm.unet import UNet
 from pruning.groups import Group, Member
 from pruning.importance import accumulate_gradients, diff_pruning_importance, magnitude_importance
 from pruning.select import n_pruned, select_global, select_groups, select_local

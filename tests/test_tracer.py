@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.config import ModelConfig, preset
-from models.unet import UNet
+from models.ddpm.config import ModelConfig, preset
+from models.ddpm.unet import UNet
 from pruning import prune
 from pruning.trace.grouping import analyze, build_groups
 from pruning.trace.ops import OPS

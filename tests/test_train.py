@@ -12,8 +12,8 @@ import torch
 
 import train
 from models.checkpoint import read_checkpoint, save_checkpoint
-from models.config import ModelConfig
-from models.unet import UNet
+from models.ddpm.config import ModelConfig
+from models.ddpm.unet import UNet
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from scipy import stats
 
-from models.unet import UNet
+from models.ddpm.unet import UNet
 from pruning.layers.criteria import Calibration, output_losses
 
 

@@ -22,7 +22,7 @@ import torch
 
 from diffusion.schedule import Schedule
 from metrics.macs import count_macs
-from models.unet import UNet
+from models.ddpm.unet import UNet
 from pruning.layers import exhaustive, knapsack
 from pruning.layers.criteria import (DEFAULT_CALIB_SIZE, DEFAULT_CALIB_TIMESTEPS, DEFAULT_SOLVER, LAYER_CRITERIA,
                                      Calibration, CriterionInputs, make_calibration)

@@ -35,7 +35,7 @@ from torch import nn
 
 from diffusion.ddpm import q_sample
 from diffusion.schedule import Schedule
-from models.unet import UNet, removable_units
+from models.ddpm.unet import UNet, removable_units
 from pruning.importance import accumulate_gradients
 from pruning.layers.units import Unit, branch_parameters, mask_units
 

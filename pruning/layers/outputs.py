@@ -16,7 +16,7 @@ import torch
 from common.runs import write_json
 from diffusion.schedule import Schedule
 from models.checkpoint import save_checkpoint
-from models.unet import UNet
+from models.ddpm.unet import UNet
 from pruning.layers.additivity import additivity_report, plot_report
 from pruning.layers.api import LayerReport
 from pruning.layers.criteria import LAYER_CRITERIA, CriterionInputs, make_calibration

@@ -1,7 +1,7 @@
 """Removable units of the U-Net for layer pruning (LAPTOP-Diff, Zhang et al. 2024, arXiv 2404.11098, Sec. 3).
 
 A *unit* is one residual branch: a ResBlock's (norm1, conv1, temb_proj, norm2, conv2) or an attention
-block's (norm, q, k, v, proj_out). Removing unit i keeps its shortcut (``models/skipped.py``), so
+block's (norm, q, k, v, proj_out). Removing unit i keeps its shortcut (``models/ddpm/skipped.py``), so
 
     eps_theta^(-S)(x_t, t)     the network with every unit of S removed
 
@@ -24,8 +24,8 @@ import torch
 from torch import nn
 
 from metrics.macs import count_macs
-from models.blocks import AttnBlock, ResBlock
-from models.unet import UNet, removable_units
+from models.ddpm.blocks import AttnBlock, ResBlock
+from models.ddpm.unet import UNet, removable_units
 
 # The parameters of a ResBlock that belong to its branch; everything else of the block (nin_shortcut) stays.
 RES_BRANCH = ("norm1", "conv1", "temb_proj", "norm2", "conv2")
@@ -50,7 +50,7 @@ class Unit:
 
 def _check_unet(model: nn.Module) -> None:
     if not isinstance(model, UNet):
-        raise TypeError(f"layer pruning needs this project's UNet (models/unet.py), got {type(model).__name__}")
+        raise TypeError(f"layer pruning needs this project's UNet (models/ddpm/unet.py), got {type(model).__name__}")
 
 
 def branch_parameters(block: nn.Module) -> dict[str, nn.Parameter]:
@@ -104,7 +104,7 @@ def check_unit_paths(model: UNet, paths: Iterable[str]) -> list[str]:
 
 
 def shortcut_output(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
-    """What the block returns with its branch removed (``models/skipped.py``): x, or nin_shortcut(x)."""
+    """What the block returns with its branch removed (``models/ddpm/skipped.py``): x, or nin_shortcut(x)."""
     if isinstance(block, ResBlock) and block.nin_shortcut is not None:
         return block.nin_shortcut(x)
     return x

@@ -16,7 +16,7 @@ push/pop order once, at construction, to give every block its input width, so th
 in one place and never recomputed from shapes in ``forward``.
 
 Removed units (layer pruning, ``config.removed``): a listed ResBlock is built as ``ResShortcut`` and a listed
-attention block as ``RemovedAttn`` (models/skipped.py); the wiring is unchanged, so ``forward`` is too.
+attention block as ``RemovedAttn`` (models/ddpm/skipped.py); the wiring is unchanged, so ``forward`` is too.
 
 Widths: every conv/linear output width is looked up in ``config.widths`` (a pruned model) or falls
 back to the dense DDPM width (``dense_widths``). Input widths follow from the wiring. The keys are:
@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.blocks import AttnBlock, Downsample, ResBlock, TimeEmbedding, Upsample
-from models.config import ModelConfig
-from models.skipped import RemovedAttn, ResShortcut
+from models.ddpm.blocks import AttnBlock, Downsample, ResBlock, TimeEmbedding, Upsample
+from models.ddpm.config import ModelConfig
+from models.ddpm.skipped import RemovedAttn, ResShortcut
 
 
 def _blocks(cfg: ModelConfig) -> list[tuple[str, str]]:

@@ -35,7 +35,7 @@ from typing import Any, Mapping
 
 import torch
 
-from models.config import ModelConfig, preset
+from models.ddpm.config import ModelConfig, preset
 
 # The DDPM's GroupNorm: 32 groups, eps 1e-6 (DDIM codebase models/diffusion.py). Neither is stored in a
 # DDIM-codebase checkpoint, so these are assumptions that a preset or an argument can override.

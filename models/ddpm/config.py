@@ -13,10 +13,10 @@ rebuilds any pruned network without pickling a module (models/checkpoint.py).
 Next to the width table, ``removed`` lists the *removed units* of a layer-pruned network (LAPTOP-Diff,
 arXiv 2404.11098, Sec. 3): block paths such as ``down.1.block.0`` or ``mid.attn_1``. A removed ResBlock keeps
 only its shortcut (identity, or its 1x1 ``nin_shortcut`` where the dense block has one); a removed attention
-block is the identity. See ``models/skipped.py`` and ``pruning/layers/units.py``.
+block is the identity. See ``models/ddpm/skipped.py`` and ``pruning/layers/units.py``.
 
 Width names are module paths in the DDIM-codebase naming (``down.1.block.0.conv1``); see
-``models/unet.py`` for the full list. Attention head counts use the key ``<attn path>.heads``.
+``models/ddpm/unet.py`` for the full list. Attention head counts use the key ``<attn path>.heads``.
 """
 from __future__ import annotations
 

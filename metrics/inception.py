@@ -175,7 +175,7 @@ class InceptionE(nn.Module):
     def __init__(self, *, in_ch: int, pool: Literal["avg", "max"]):
         super().__init__()
         if pool not in ("avg", "max"):
-            raise ValueError(f"models/inception.py: InceptionE pool must be 'avg' or 'max', got {pool!r}")
+            raise ValueError(f"metrics/inception.py: InceptionE pool must be 'avg' or 'max', got {pool!r}")
         self.pool = pool
         self.branch1x1 = BasicConv2d(in_ch=in_ch, out_ch=320, kernel_size=1)
         self.branch3x3_1 = BasicConv2d(in_ch=in_ch, out_ch=384, kernel_size=1)
@@ -235,12 +235,12 @@ class FIDInceptionV3(nn.Module):
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
         """images01: (N, 3, H, W) float in [0, 1], any H, W. Returns (N, 2048) pool3 features."""
         if images01.ndim != 4 or images01.shape[1] != 3 or not images01.is_floating_point():
-            raise ValueError(f"models/inception.py: FIDInceptionV3 expects float images (N, 3, H, W) in [0, 1], "
+            raise ValueError(f"metrics/inception.py: FIDInceptionV3 expects float images (N, 3, H, W) in [0, 1], "
                              f"got dtype {images01.dtype} shape {tuple(images01.shape)}")
         lo, hi = float(images01.min()), float(images01.max())
         if lo < -1e-3 or hi > 1 + 1e-3:
             # The usual mistake is passing [-1, 1] model samples or 0..255 pixels; both give silently wrong FID.
-            raise ValueError(f"models/inception.py: FIDInceptionV3 expects images in [0, 1], got values in "
+            raise ValueError(f"metrics/inception.py: FIDInceptionV3 expects images in [0, 1], got values in "
                              f"[{lo:.4g}, {hi:.4g}]; map [-1, 1] samples with (x + 1) / 2 and uint8 with x / 255")
         # pytorch-fid's input handling: plain bilinear resize (no antialiasing, even when shrinking), then [-1, 1].
         x = F.interpolate(images01, size=(FID_INPUT_SIZE, FID_INPUT_SIZE), mode="bilinear",
@@ -270,7 +270,7 @@ def check_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Tensor], *
             shown = "; ".join(items[:10]) + (f"; ... ({len(items) - 10} more)" if len(items) > 10 else "")
             problems.append(f"{len(items)} {label}: {shown}")
     if problems:
-        raise InceptionWeightsMismatch(f"models/inception.py: {source} is not a FID Inception-v3 state dict "
+        raise InceptionWeightsMismatch(f"metrics/inception.py: {source} is not a FID Inception-v3 state dict "
                                        f"(expected {FID_WEIGHTS_FILENAME}): " + " | ".join(problems))
 
 
@@ -283,7 +283,7 @@ def _find_or_download_weights(weights_path: str | os.PathLike | None, *, downloa
     if weights_path is not None:
         path = Path(weights_path)
         if not path.is_file():
-            raise InceptionWeightsUnavailable(f"models/inception.py: FID Inception weights file {path} does not exist")
+            raise InceptionWeightsUnavailable(f"metrics/inception.py: FID Inception weights file {path} does not exist")
         return path
     cached = fid_weights_cache_path()
     if cached.is_file():
@@ -291,13 +291,13 @@ def _find_or_download_weights(weights_path: str | os.PathLike | None, *, downloa
     how = (f"Download {FID_WEIGHTS_URL} on a machine with network access and either pass its path "
            f"as weights_path or copy it to {cached}")
     if not download:
-        raise InceptionWeightsUnavailable(f"models/inception.py: no FID Inception weights at {cached} and "
+        raise InceptionWeightsUnavailable(f"metrics/inception.py: no FID Inception weights at {cached} and "
                                           f"download=False. {how}")
     cached.parent.mkdir(parents=True, exist_ok=True)
     try:
         torch.hub.download_url_to_file(FID_WEIGHTS_URL, str(cached), hash_prefix=FID_WEIGHTS_HASH_PREFIX)
     except Exception as err:  # offline, proxy, HTTP error or a hash mismatch: all end the same way
-        raise InceptionWeightsUnavailable(f"models/inception.py: could not download the FID Inception weights "
+        raise InceptionWeightsUnavailable(f"metrics/inception.py: could not download the FID Inception weights "
                                           f"({type(err).__name__}: {err}). {how}") from err
     return cached
 
@@ -332,10 +332,10 @@ def load_fid_inception(weights_path: str | os.PathLike | None = None, *, device:
     try:
         state_dict = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
-        raise InceptionWeightsMismatch(f"models/inception.py: cannot read {path} as a torch state dict "
+        raise InceptionWeightsMismatch(f"metrics/inception.py: cannot read {path} as a torch state dict "
                                        f"({type(err).__name__}: {err})") from err
     if not isinstance(state_dict, Mapping) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
-        raise InceptionWeightsMismatch(f"models/inception.py: {path} does not hold a flat dict of tensors "
+        raise InceptionWeightsMismatch(f"metrics/inception.py: {path} does not hold a flat dict of tensors "
                                        f"(got {type(state_dict).__name__})")
     model = FIDInceptionV3()
     check_state_dict(model, state_dict, source=str(path))
