@@ -142,3 +142,20 @@ def test_open_clip_folder_reads_into_the_same_model(tmp_path):
     with pytest.raises(ValueError) as err:
         config_from_open_clip(bad)
     assert all(w in str(err.value) for w in ("custom_text=True", "text_cfg.hf_model_name", "pool_type='last'"))
+
+
+def test_save_clip_round_trip_and_no_overwrite(tmp_path):
+    from models.clip.load import save_clip
+    ref = reference_full()
+    save_clip(ref, tmp_path / "saved")
+    back = load_clip(tmp_path / "saved")
+    assert back.config == ref.config
+    for k, v in ref.state_dict().items():
+        torch.testing.assert_close(back.state_dict()[k], v)
+    ids, pixels = torch.tensor([[58, 3, 59], [58, 59, 59]]), torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        logits = back.logits_per_text(ids, pixels)
+        cos = torch.nn.functional.cosine_similarity(back.text_embeds(ids)[:, None], back.image_embeds(pixels)[None], -1)
+    torch.testing.assert_close(logits, back.logit_scale.exp() * cos)
+    with pytest.raises(FileExistsError, match="already exist"):
+        save_clip(ref, tmp_path / "saved")

@@ -73,6 +73,10 @@ class CLIPTextConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "CLIPTextConfig":
         return cls(**_known(cls, d, "CLIPTextConfig"))
 
+    def to_transformers_config(self) -> dict[str, Any]:
+        """The ``config.json`` dict transformers writes for this tower (``from_transformers_config``'s inverse)."""
+        return {"model_type": "clip_text_model", **self.to_dict()}
+
     @classmethod
     def from_transformers_config(cls, d: Mapping[str, Any], *, source: str = "config.json") -> "CLIPTextConfig":
         """From a CLIPTextConfig dict, or the ``text_config`` of a full CLIPModel config."""
@@ -117,6 +121,9 @@ class CLIPVisionConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "CLIPVisionConfig":
         return cls(**_known(cls, d, "CLIPVisionConfig"))
 
+    def to_transformers_config(self) -> dict[str, Any]:
+        return {"model_type": "clip_vision_model", **self.to_dict()}
+
     @classmethod
     def from_transformers_config(cls, d: Mapping[str, Any], *, source: str = "config.json") -> "CLIPVisionConfig":
         """From a CLIPVisionConfig dict, or the ``vision_config`` of a full CLIPModel config."""
@@ -140,6 +147,11 @@ class CLIPConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> "CLIPConfig":
         return cls(text=CLIPTextConfig.from_dict(d["text"]), vision=CLIPVisionConfig.from_dict(d["vision"]),
                    projection_dim=int(d["projection_dim"]), logit_scale_init_value=float(d["logit_scale_init_value"]))
+
+    def to_transformers_config(self) -> dict[str, Any]:
+        return {"model_type": "clip", "projection_dim": self.projection_dim,
+                "logit_scale_init_value": self.logit_scale_init_value,
+                "text_config": self.text.to_transformers_config(), "vision_config": self.vision.to_transformers_config()}
 
     @classmethod
     def from_transformers_config(cls, d: Mapping[str, Any], *, source: str = "config.json") -> "CLIPConfig":

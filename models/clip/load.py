@@ -1,6 +1,7 @@
 """A CLIP model folder (transformers layout) -> the project's CLIP module, its tokenizer, and hub names.
 
     model = load_clip("PickScore_v1")                  # config.json + model.safetensors (or pytorch_model.bin)
+    save_clip(model, "out/text_encoder")               # the same layout, for a model trained here
     model, tokenizer = load_clip_and_tokenizer("yuvalkirstain/PickScore_v1",
                                                tokenizer="laion/CLIP-ViT-H-14-laion2B-s32B-b79K")
 
@@ -18,6 +19,7 @@ CLIPTextModel files, whose names lack the ``text_model.`` prefix of the hub's fi
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -108,6 +110,27 @@ def load_clip(folder: str | os.PathLike, *, kind: str | None = None, dtype: torc
         expected = ("text_model.", "text_projection") if "Text" in kind else ("vision_model.", "visual_projection")
     return assign_weights(module, prefix_plan(module, weights), weights, what=what, dtype=dtype,
                           expected_prefixes=expected, ignore=IGNORED)
+
+
+def save_clip(model: nn.Module, folder: str | os.PathLike) -> Path:
+    """Write ``model`` as a transformers folder (config.json + model.safetensors) that ``load_clip`` reads back.
+
+    The hub's names (``text_model.*``) are kept. An existing config.json or weight file is never overwritten.
+    """
+    from safetensors.torch import save_file
+    kind = type(model).__name__
+    if kind not in KINDS:
+        raise ValueError(f"save_clip: {kind} is not one of {', '.join(KINDS)}")
+    folder = Path(folder)
+    targets = [folder / "config.json", folder / "model.safetensors"]
+    present = [str(p) for p in targets if p.exists()]
+    if present:
+        raise FileExistsError(f"save_clip: {', '.join(present)} already exist; choose a new folder")
+    folder.mkdir(parents=True, exist_ok=True)
+    config = {"architectures": [kind], **model.config.to_transformers_config()}
+    save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, str(targets[1]))
+    targets[0].write_text(json.dumps(config, indent=2) + "\n")
+    return folder
 
 
 # ----------------------------------------------------------------------------------------------- hub names

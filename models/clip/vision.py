@@ -104,6 +104,14 @@ class CLIPModel(nn.Module):
         _check_pixels(pixel_values, self.config.vision)
         return self.visual_projection(self.vision_model(pixel_values))
 
+    def logits_per_text(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, *,
+                        attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """exp(logit_scale) * cos(text_i, image_j): (B_text, B_image), the logits of CLIP's symmetric
+        contrastive loss (Radford et al., Fig. 3: cross-entropy over rows and over columns, label i = i)."""
+        t = F.normalize(self.text_embeds(input_ids, attention_mask=attention_mask), dim=-1)
+        i = F.normalize(self.image_embeds(pixel_values), dim=-1)
+        return self.logit_scale.exp() * t @ i.T
+
     def cosine(self, input_ids: torch.Tensor, pixel_values: torch.Tensor) -> torch.Tensor:
         """cos(text_embeds[i], image_embeds[i]) for paired rows i. Returns (B,)."""
         return F.cosine_similarity(self.text_embeds(input_ids), self.image_embeds(pixel_values), dim=-1)
