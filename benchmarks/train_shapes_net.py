@@ -29,27 +29,29 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.runs import seed_everything  # noqa: E402
 from data.procedural import ProceduralShapes  # noqa: E402
 from models.checkpoint import environment  # noqa: E402
-from models.shapes_net import (TARGET_SLICES, ShapesNet, ShapesNetConfig, attribute_targets,  # noqa: E402
-                               save_shapes_net)
+from models.shapes_net import (NUM_BACKGROUND_NAMES, NUM_TARGETS, TARGET_SLICES, ShapesNet,  # noqa: E402
+                               ShapesNetConfig, attribute_targets, save_shapes_net)
 
 
-def render_split(split: str, count: int, image_size: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images (N, 3, S, S) float in [0, 1], targets (N, NUM_TARGETS)) of images start..start+count-1."""
+def render_split(split: str, count: int, image_size: int, start: int = 0, *,
+                 background_names: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """(images (N, 3, S, S) float in [0, 1], targets (N, NUM_TARGETS [+ 7])) of images start..start+count-1."""
     ds = ProceduralShapes(image_size=image_size, size=start + count, split=split)
     images, targets = [], []
     for i in range(start, start + count):
         img, attrs = ds.image_and_attributes(i)
         images.append(img)
-        targets.append(attribute_targets(attrs))
+        targets.append(attribute_targets(attrs, background_names=background_names))
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
     return x, torch.from_numpy(np.stack(targets))
 
 
 def attribute_loss(pred: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-    """Multi-label loss: CE(count) + BCE(kinds, colours, pairs) + MSE(background), each a per-item mean."""
+    """Multi-label loss: CE(count) + BCE(kinds, colours, pairs[, background names]) + MSE(background), each a
+    per-item mean (background names only when the targets carry them)."""
     s = TARGET_SLICES
     loss = F.cross_entropy(pred[:, s["count"]], y[:, s["count"]].argmax(1))
-    for key in ("kinds", "colours", "pairs"):
+    for key in ("kinds", "colours", "pairs") + (("background_names",) if y.shape[1] > NUM_TARGETS else ()):
         loss = loss + F.binary_cross_entropy_with_logits(pred[:, s[key]], y[:, s[key]])
     return loss + F.mse_loss(pred[:, s["background"]], y[:, s["background"]])
 
@@ -61,7 +63,7 @@ def attribute_accuracy(net: ShapesNet, x: torch.Tensor, y: torch.Tensor) -> dict
     pred = torch.cat([net.heads(net(b)) for b in x.split(256)])
     s = TARGET_SLICES
     out = {"count_acc": (pred[:, s["count"]].argmax(1) == y[:, s["count"]].argmax(1)).float().mean().item()}
-    for key in ("kinds", "colours", "pairs"):
+    for key in ("kinds", "colours", "pairs") + (("background_names",) if y.shape[1] > NUM_TARGETS else ()):
         exact = ((pred[:, s[key]] > 0).float() == y[:, s[key]]).all(dim=1)
         out[f"{key}_set_acc"] = exact.float().mean().item()
         out[f"{key}_flag_acc"] = ((pred[:, s[key]] > 0).float() == y[:, s[key]]).float().mean().item()
@@ -80,10 +82,13 @@ def main(args: argparse.Namespace) -> Path:
         raise SystemExit(f"train_shapes_net.py: --out must end in .pt, got {out}")
     torch.set_num_threads(args.threads)
     seed_everything(args.seed)
-    config = ShapesNetConfig(feature_dim=args.feature_dim, widths=tuple(args.widths))
+    config = ShapesNetConfig(feature_dim=args.feature_dim, widths=tuple(args.widths),
+                             background_names=NUM_BACKGROUND_NAMES if args.background_names else 0)
     start = time.perf_counter()
-    x_train, y_train = render_split("train", args.train_images, config.image_size)
-    x_val, y_val = render_split("test", args.val_images, config.image_size, start=args.val_start)
+    names = bool(config.background_names)
+    x_train, y_train = render_split("train", args.train_images, config.image_size, background_names=names)
+    x_val, y_val = render_split("test", args.val_images, config.image_size, start=args.val_start,
+                                background_names=names)
     print(f"[shapes_net] rendered {len(x_train)} train / {len(x_val)} val images in {time.perf_counter() - start:.1f} s")
 
     net = ShapesNet(config)
@@ -133,6 +138,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=2e-3, help="peak learning rate, cosine to 0 [2e-3]")
     p.add_argument("--feature-dim", type=int, default=64, help="feature dimension D [64]")
     p.add_argument("--widths", type=int, nargs=3, default=[16, 32, 48], help="conv widths [16 32 48]")
+    p.add_argument("--background-names", action="store_true",
+                   help="also train the background-name head (data/captions.py's names; metrics/attributes.py)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads [2]")
     p.add_argument("--seed", type=int, default=0, help="[0]")
     a = p.parse_args(argv)

@@ -13,6 +13,9 @@ trained to recognise what THIS data contains: the attributes each procedural ima
     background colours (RGB)           6 regressed values: (c0 + c1) / 2 and |c0 - c1| (an image with
                                        (c0, c1, theta) equals the one with (c1, c0, theta + pi), so the order
                                        of the two colours cannot be learned)
+    background names (optional)        7 sigmoids: which of data/captions.py's BACKGROUND_NAMES name an end
+                                       of the gradient (config.background_names = 7; 0 in the first weights),
+                                       what a caption says about the background (metrics/attributes.py)
 
 so its features are meant to respond to what a broken sample gets wrong: blobs instead of squares and
 triangles, muddy colours, the wrong number of shapes, wrong backgrounds. The shipped weights are briefly
@@ -49,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from data.captions import BACKGROUND_NAMES, caption_attributes
 from data.procedural import PALETTE, SHAPES, ImageAttributes
 
 FORMAT = "diffprune-shapes-net"
@@ -59,25 +63,28 @@ SHAPES_NET_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "s
 # their mean is regressed as (mean - 0.35) / 0.2 and their distance as |c0 - c1| / 0.2, targets of order 1.
 MAX_SHAPES = 3
 NUM_KINDS, NUM_COLOURS = len(SHAPES), len(PALETTE)
+NUM_BACKGROUND_NAMES = len(BACKGROUND_NAMES)
 TARGET_SLICES = {
     "count": slice(0, MAX_SHAPES),
     "kinds": slice(3, 3 + NUM_KINDS),
     "colours": slice(7, 7 + NUM_COLOURS),
     "pairs": slice(15, 15 + NUM_KINDS * NUM_COLOURS),
     "background": slice(47, 53),  # (c0 + c1) / 2 (3), then |c0 - c1| (3)
+    "background_names": slice(53, 53 + NUM_BACKGROUND_NAMES),  # only when config.background_names > 0
 }
-NUM_TARGETS = 53
+NUM_TARGETS = 53  # without the optional background names
 BACKGROUND_CENTRE, BACKGROUND_HALF_RANGE = 0.35, 0.2
 
 
-def attribute_targets(attrs: ImageAttributes) -> np.ndarray:
-    """The (NUM_TARGETS,) float32 training target of one image (layout: TARGET_SLICES).
+def attribute_targets(attrs: ImageAttributes, *, background_names: bool = False) -> np.ndarray:
+    """The (NUM_TARGETS,) float32 training target of one image (layout: TARGET_SLICES); with
+    background_names, (NUM_TARGETS + NUM_BACKGROUND_NAMES,): the caption's background-name flags appended.
 
     count is one-hot (the index is num_shapes - 1); kinds, colours and (kind, colour) pairs are 0/1 presence
     flags; background is the two gradient colours' mean and absolute difference, rescaled. A shape entirely covered by a later one still
     counts: the generator drew it, and such cases are rare (a few percent) label noise.
     """
-    y = np.zeros(NUM_TARGETS, dtype=np.float32)
+    y = np.zeros(NUM_TARGETS + (NUM_BACKGROUND_NAMES if background_names else 0), dtype=np.float32)
     y[TARGET_SLICES["count"].start + attrs.num_shapes - 1] = 1.0
     for s in attrs.shapes:
         y[TARGET_SLICES["kinds"].start + s.kind] = 1.0
@@ -86,6 +93,9 @@ def attribute_targets(attrs: ImageAttributes) -> np.ndarray:
     c0, c1 = np.asarray(attrs.background, dtype=np.float64)
     y[TARGET_SLICES["background"]] = np.concatenate([((c0 + c1) / 2 - BACKGROUND_CENTRE), np.abs(c0 - c1)]) \
         / BACKGROUND_HALF_RANGE
+    if background_names:
+        for name in caption_attributes(attrs).background:
+            y[TARGET_SLICES["background_names"].start + name] = 1.0
     return y
 
 
@@ -94,10 +104,14 @@ class ShapesNetConfig:
     image_size: int = 32
     widths: tuple[int, int, int] = (16, 32, 48)
     feature_dim: int = 64     # D of the features FD-shapes and KID are computed on (half average-, half max-pooled)
+    background_names: int = 0  # NUM_BACKGROUND_NAMES to read the background's colour names, 0 for no such head
 
     def __post_init__(self):
         if self.feature_dim < 2 or self.feature_dim % 2:
             raise ValueError(f"models/shapes_net.py: feature_dim must be even and >= 2, got {self.feature_dim}")
+        if self.background_names not in (0, NUM_BACKGROUND_NAMES):
+            raise ValueError(f"models/shapes_net.py: background_names must be 0 or {NUM_BACKGROUND_NAMES}, "
+                             f"got {self.background_names}")
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -137,7 +151,7 @@ class ShapesNet(nn.Module):
             ConvNormAct(in_ch=w2, out_ch=w2, stride=1),
             ConvNormAct(in_ch=w2, out_ch=config.feature_dim // 2, stride=2),
         )
-        self.head = nn.Linear(config.feature_dim, NUM_TARGETS)
+        self.head = nn.Linear(config.feature_dim, NUM_TARGETS + config.background_names)
         self.weights_sha256: str | None = None  # set by load_shapes_net: which weights the features came from
 
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
@@ -149,7 +163,8 @@ class ShapesNet(nn.Module):
         return torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, feature_dim)
 
     def heads(self, features: torch.Tensor) -> torch.Tensor:
-        """The attribute predictions (logits for count/kinds/colours/pairs, values for background)."""
+        """(B, NUM_TARGETS [+ background_names]) attribute predictions: logits for count, kinds, colours, pairs
+        and background names, values for the background colours (layout: TARGET_SLICES)."""
         return self.head(features)
 
 
