@@ -32,7 +32,7 @@ images/s = batch / median, speed-up = dense median / median, MAC ratio = dense M
 with the attention products, batch 1), and the key figure (speed-up) / (MAC ratio): 1.0 means the pruned
 network is exactly as much faster as its arithmetic says.
 
-Results: benchmarks/results/latency_<device>[_<tag>].{json,md} with the machine (GPU name or CPU model, torch,
+Results: benchmarks/results/latency_<device>[_<tag>].{json,md} (``--macs-only``: latency_macs[_<tag>]) with the machine (GPU name or CPU model, torch,
 CUDA), the load average before and after each group (os.getloadavg), the settings and the command. An
 existing result file is never overwritten: the run refuses before any work and asks for another ``--tag``.
 CPU figures taken at a load average above the core count measure the other processes, not the model.
@@ -334,7 +334,8 @@ def main(argv: list[str] | None = None) -> dict:
                          f"{args.repeats}, {args.warmup})")
     if any(not 0 < r < 1 for r in args.ratios):
         raise SystemExit(f"--ratios must lie in (0, 1), got {args.ratios}")
-    stem = f"latency_{device_slug(device)}" + (f"_{args.tag}" if args.tag else "") + ("_macs" if args.macs_only else "")
+    # MACs do not depend on the device: a --macs-only table is latency_macs[_tag]
+    stem = ("latency_macs" if args.macs_only else f"latency_{device_slug(device)}") + (f"_{args.tag}" if args.tag else "")
     json_path, md_path = args.out_dir / f"{stem}.json", args.out_dir / f"{stem}.md"
     for path in (json_path, md_path):
         if path.exists():  # before any work: a result is never overwritten

@@ -54,18 +54,18 @@ def markdown(result: dict) -> str:
              f"Command: `{result['command']}`", ""]
     loads = [f"{g}: {e['loadavg_before']} -> {e['loadavg_after']}" for g, e in result["groups"].items()]
     lines += [f"Load average (1, 5, 15 min) before -> after each group: {'; '.join(loads)}."]
-    if m["device"] == "cpu":
+    if m["device"] == "cpu" and not result["macs_only"]:
         busy = [g for g, e in result["groups"].items() if e["loadavg_before"] and e["loadavg_before"][0] > m["cores"]]
-        if busy and not result["macs_only"]:
+        if busy:
             lines += [f"**LOADED MACHINE ({', '.join(busy)}): load average above the {m['cores']} cores; these CPU "
                       "timings are not results.**"]
         lines += ["A CPU figure means something only where the load average stays near the benchmark's own threads "
                   f"({m['torch_threads']}); above the core count ({m['cores']}) it measures the other processes."]
     s = result["settings"]
-    lines += ["", f"Settings: batch sizes {s['batch_sizes']}, dtypes {s['dtypes']}, channels-last {s['channels_last']}, "
+    lines += [] if result["macs_only"] else ["", f"Settings: batch sizes {s['batch_sizes']}, dtypes {s['dtypes']}, channels-last {s['channels_last']}, "
               f"compile {s['compile']}, sdpa {s['sdpa']}, {s['warmup']} warm-up + {s['repeats']} timed forwards "
-              "per model (interleaved), seed " + str(s["seed"]) + ".", "",
-              "MAC ratio = dense MACs / MACs (with the attention products, batch 1, metrics/macs.py); speed-up = "
+              "per model (interleaved), seed " + str(s["seed"]) + "."]
+    lines += ["", "MAC ratio = dense MACs / MACs (with the attention products, batch 1, metrics/macs.py); speed-up = "
               "dense median / median in the same setting and batch; speed-up / MAC ratio = 1 means the pruned "
               "network is as much faster as its arithmetic says.", "", "## MACs", ""]
     lines += mac_table(result["groups"])
