@@ -151,3 +151,14 @@ def test_configs_from_transformers_dicts_and_errors():
         CLIPTextConfig(hidden_size=10, num_attention_heads=4)
     with pytest.raises(ValueError, match="not a CLIPModel config"):
         CLIPConfig.from_transformers_config({"hidden_size": 8})
+
+
+def test_legacy_config_dict_decides_like_transformers():
+    # transformers 4.1x configs: text_config_dict overrides text_config (absent fields at the defaults).
+    d = {"model_type": "clip", "projection_dim": 16,
+         "text_config": {"hidden_size": 512, "hidden_act": "gelu", "num_attention_heads": 8},
+         "text_config_dict": {"hidden_size": 64, "num_attention_heads": 4},
+         "vision_config": {"hidden_size": 32, "num_attention_heads": 4}, "vision_config_dict": None,
+         "_commit_hash": "abc"}
+    cfg = CLIPConfig.from_transformers_config(d)
+    assert (cfg.text.hidden_size, cfg.text.hidden_act, cfg.vision.hidden_size) == (64, "quick_gelu", 32)

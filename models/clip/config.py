@@ -30,8 +30,8 @@ GENERIC_KEYS = frozenset("""
     early_stopping encoder_no_repeat_ngram_size exponential_decay_length_penalty length_penalty max_length
     min_length no_repeat_ngram_size num_beam_groups num_beams num_return_sequences output_scores
     remove_invalid_values repetition_penalty return_dict_in_generate temperature top_k top_p typical_p
-    tf_legacy_loss gradient_checkpointing initializer_range initializer_factor dropout
-""".split())
+    tf_legacy_loss gradient_checkpointing initializer_range initializer_factor dropout attn_implementation
+""".split())  # and every key starting with "_" (_commit_hash, _attn_implementation, ...)
 
 TEXT_MODEL_TYPES = ("clip_text_model", "clip")
 VISION_MODEL_TYPES = ("clip_vision_model", "clip")
@@ -157,8 +157,9 @@ class CLIPConfig:
     def from_transformers_config(cls, d: Mapping[str, Any], *, source: str = "config.json") -> "CLIPConfig":
         """From a full CLIPModel ``config.json`` (``text_config`` and ``vision_config`` sub-dicts)."""
         missing = [k for k in ("text_config", "vision_config") if not isinstance(_sub_or_none(d, k), Mapping)]
-        top = set(d) - GENERIC_KEYS - {"text_config", "vision_config", "text_config_dict", "vision_config_dict",
-                                       "projection_dim", "logit_scale_init_value"}
+        top = {k for k in d if not k.startswith("_")} - GENERIC_KEYS - {
+            "text_config", "vision_config", "text_config_dict", "vision_config_dict", "projection_dim",
+            "logit_scale_init_value"}
         problems = [f"missing {missing} (not a CLIPModel config)"] if missing else []
         problems += [f"unsupported keys {sorted(top)}"] if top else []
         if d.get("model_type", "clip") != "clip":
@@ -175,8 +176,11 @@ class CLIPConfig:
 
 # --------------------------------------------------------------------------------------------------- helpers
 def _sub_or_none(d: Mapping[str, Any], key: str) -> Any:
-    # transformers 4.2x wrote both "text_config" and a legacy "text_config_dict"; the former wins.
-    return d.get(key) if d.get(key) is not None else d.get(key + "_dict")
+    # Configs of transformers 4.1x-4.2x hold "text_config" and a legacy "text_config_dict". transformers builds
+    # the tower from the latter (its missing fields at CLIPTextConfig's defaults, which are this dataclass's)
+    # and overwrites the former with it, so the "_dict" one decides the network.
+    legacy = d.get(key + "_dict")
+    return legacy if isinstance(legacy, Mapping) else d.get(key)
 
 
 def _sub(d: Mapping[str, Any], key: str) -> Mapping[str, Any]:
@@ -187,7 +191,7 @@ def _sub(d: Mapping[str, Any], key: str) -> Mapping[str, Any]:
 def _parse(cls, d: Mapping[str, Any], model_types: tuple[str, ...], source: str):
     known = {f.name for f in dataclasses.fields(cls)}
     problems = []
-    unknown = sorted(k for k in d if k not in known and k not in GENERIC_KEYS)
+    unknown = sorted(k for k in d if k not in known and k not in GENERIC_KEYS and not k.startswith("_"))
     if unknown:
         problems.append(f"unsupported keys {unknown}")
     if d.get("model_type", model_types[0]) not in model_types:
