@@ -134,3 +134,20 @@ def test_single_file_that_does_not_fit(tmp_path, tiny):
     with pytest.raises(ValueError, match="no 'model.diffusion_model.\\*' tensors"):
         save_file({"x": torch.zeros(1)}, tmp_path / "other.safetensors")
         load_single_file(tmp_path / "other.safetensors", config=folder)
+
+
+def test_ldm_single_file_with_a_vq_first_stage(tmp_path):
+    """A CompVis LDM file: model.diffusion_model.* and a VQ first_stage_model.* (quantize.embedding kept)."""
+    from models.pipelines import load_pipeline
+    folder = write_tiny_pipeline(tmp_path / "ldm", text=False, vq=True)
+    pipe = load_pipeline(folder)
+    configs = tiny_configs(text=False)
+    configs["vae"] = configs["vqvae"]
+    original = to_single_file({"unet": pipe.unet, "vae": pipe.vae}, configs)
+    assert "first_stage_model.quantize.embedding.weight" in original
+    assert "first_stage_model.decoder.up.0.block.1.conv2.weight" in original
+    save_file({k: v.contiguous() for k, v in original.items()}, tmp_path / "ldm.ckpt.safetensors")
+    back = load_single_file(tmp_path / "ldm.ckpt.safetensors", config=folder)
+    assert back.kind == "ldm" and type(back.vae).__name__ == "VQModel"
+    for k, v in pipe.vae.state_dict().items():
+        torch.testing.assert_close(back.vae.state_dict()[k], v, atol=0, rtol=0)

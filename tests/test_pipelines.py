@@ -81,9 +81,9 @@ def test_unsupported_class_and_missing_weights_are_named(tmp_path):
     folder, _, _ = _unet_folder(tmp_path)
     with pytest.raises(FileNotFoundError, match="no weight file"):
         load_component(folder)
-    (folder / "config.json").write_text(json.dumps({"_class_name": "VQModel"}))
-    with pytest.raises(ValueError, match="class 'VQModel' is not supported; supported: UNet2DConditionModel, "
-                                         "AutoencoderKL, CLIPTextModel"):
+    (folder / "config.json").write_text(json.dumps({"_class_name": "UNet3DConditionModel"}))
+    with pytest.raises(ValueError, match="class 'UNet3DConditionModel' is not supported; supported: "
+                                         "UNet2DConditionModel, AutoencoderKL, VQModel, CLIPTextModel"):
         load_component(folder)
 
 
@@ -150,3 +150,62 @@ def test_a_broken_pipeline_folder_is_one_line_before_any_weight_is_read(tmp_path
     with pytest.raises((ValueError, FileNotFoundError), match=match) as err:
         load_pipeline(folder)
     assert "\n" not in str(err.value)
+
+
+def test_vq_model_matches_the_reference(tmp_path):
+    """tests/data/reference/vq_model_tiny.pt: diffusers' VQModel with recipe weights (benchmarks/make_vq_reference.py)."""
+    from pathlib import Path
+    ref = torch.load(Path(__file__).parent / "data" / "reference" / "vq_model_tiny.pt", weights_only=True)
+    folder = tmp_path / "vqvae"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps(ref["config"]))
+    save_file(recipe_state_dict({"keys": ref["keys"], "shapes": ref["shapes"], "recipe_seed": ref["recipe_seed"]}),
+              folder / "diffusion_pytorch_model.safetensors")
+    vq = load_component(folder)
+    assert type(vq).__name__ == "VQModel"
+    with torch.no_grad():
+        torch.testing.assert_close(vq.encode(ref["x"]), ref["z"], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(vq.decode(ref["z"]), ref["decoded"], atol=1e-4, rtol=1e-4)
+
+
+def test_ldm_pipeline_with_a_vq_autoencoder(tmp_path):
+    from models.pipelines.text_to_image import Request, generate
+    folder = write_tiny_pipeline(tmp_path / "ldm", text=False, vq=True)
+    pipe = load_pipeline(folder)
+    assert pipe.kind == "ldm" and not pipe.has_text and type(pipe.vae).__name__ == "VQModel"
+    images = generate(pipe, Request(steps=2, scheduler="ddim"), [0, 1])
+    assert images.shape == (2, 3, 16, 16) and torch.isfinite(images).all()
+    shutil.rmtree(folder / "vqvae")
+    with pytest.raises(FileNotFoundError, match="component 'vqvae' is missing"):
+        load_pipeline(folder)
+
+
+def test_hub_names_go_through_the_cache_and_fail_offline_in_one_line(tmp_path, monkeypatch):
+    import huggingface_hub
+
+    from models.hub import HubDownloadError
+    from models.pipelines import KNOWN_PIPELINES, hub
+    for name in ("stable-diffusion-v1-5/stable-diffusion-v1-5", "stabilityai/stable-diffusion-2-1-base",
+                 "stabilityai/stable-diffusion-xl-base-1.0", "nota-ai/bk-sdm-small", "CompVis/ldm-celebahq-256"):
+        assert name in KNOWN_PIPELINES and is_latent_source(name)
+    folder = write_tiny_pipeline(tmp_path / "cached")
+    asked = {}
+
+    def fake_download(name, *, allow_patterns, cache_dir=None):
+        asked.update(name=name, patterns=allow_patterns)
+        return str(folder)
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", fake_download)
+    pipe = load_latent("nota-ai/bk-sdm-small")
+    assert pipe.kind == "sd1" and asked["name"] == "nota-ai/bk-sdm-small"
+    assert "unet/diffusion_pytorch_model.safetensors" in asked["patterns"] and "tokenizer/*" in asked["patterns"]
+    hub.fetch_pipeline("nota-ai/bk-sdm-small", variant="fp16")
+    assert "vae/diffusion_pytorch_model.fp16.safetensors" in asked["patterns"]
+
+    def offline(name, **kw):
+        raise OSError("We couldn't connect to 'https://huggingface.co'\nsecond line")
+
+    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
+    with pytest.raises(HubDownloadError) as err:
+        load_latent("stabilityai/stable-diffusion-2-1-base")
+    assert "\n" not in str(err.value) and "https://huggingface.co/stabilityai/stable-diffusion-2-1-base" in str(err.value)

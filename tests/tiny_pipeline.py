@@ -26,22 +26,25 @@ def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
 
 
-def tiny_configs(class_cond: bool = False) -> dict[str, dict]:
+def tiny_configs(class_cond: bool = False, text: bool = True) -> dict[str, dict]:
     golden = torch.load(SD_FAMILY, weights_only=True)
     unet = _jsonable(golden["class_cond" if class_cond else "sd1"]["config"])
     unet.pop("_use_default_values", None)
     unet.update(_class_name="UNet2DConditionModel", cross_attention_dim=32)
-    if class_cond:  # a class-conditional LDM without text: no cross-attention anywhere
+    if not text:  # an LDM without text: no cross-attention anywhere
         unet.update(down_block_types=["DownBlock2D"] * 2, up_block_types=["UpBlock2D"] * 2, mid_block_type=None)
     vae = _jsonable(golden["vae"]["config"])
     vae.pop("_use_default_values", None)
     vae["_class_name"] = "AutoencoderKL"
-    text = _jsonable(golden["clip_text"]["config"])
-    text["architectures"] = ["CLIPTextModel"]
+    text_config = _jsonable(golden["clip_text"]["config"])
+    text_config["architectures"] = ["CLIPTextModel"]
     scheduler = {"_class_name": "PNDMScheduler", "beta_start": 0.00085, "beta_end": 0.012,
                  "beta_schedule": "scaled_linear", "num_train_timesteps": 1000, "set_alpha_to_one": False,
                  "skip_prk_steps": True, "steps_offset": 1, "clip_sample": False, "trained_betas": None}
-    return {"unet": unet, "vae": vae, "text_encoder": text, "scheduler": scheduler}
+    vq = {"_class_name": "VQModel", "block_out_channels": [16, 32], "down_block_types": ["DownEncoderBlock2D"] * 2,
+          "up_block_types": ["UpDecoderBlock2D"] * 2, "layers_per_block": 1, "latent_channels": 4,
+          "num_vq_embeddings": 64, "norm_num_groups": 8, "sample_size": 16}
+    return {"unet": unet, "vae": vae, "vqvae": vq, "text_encoder": text_config, "scheduler": scheduler}
 
 
 def write_tokenizer(folder: Path) -> None:
@@ -57,24 +60,29 @@ def write_tokenizer(folder: Path) -> None:
                                                               "pad_token": "<|endoftext|>"}))
 
 
-def write_tiny_pipeline(folder: str | Path, *, text: bool = True, class_cond: bool = False, seed: int = 0,
-                        variant: str | None = None) -> Path:
-    """A pipeline folder: model_index.json, unet/, vae/, scheduler/, and with ``text`` text_encoder/ + tokenizer/.
-    variant "fp16" writes half-precision diffusion_pytorch_model.fp16.safetensors files only."""
+def write_tiny_pipeline(folder: str | Path, *, text: bool = True, class_cond: bool = False, vq: bool = False,
+                        seed: int = 0, variant: str | None = None) -> Path:
+    """A pipeline folder: model_index.json, unet/, vae/ (vqvae/ with ``vq``), scheduler/, and with ``text``
+    text_encoder/ + tokenizer/. variant "fp16" writes half-precision ``*.fp16.safetensors`` files only."""
+    from models.pipelines.vq_model import VQModel
     from models.clip import CLIPTextConfig, CLIPTextModel
     from models.sd.config import UNetConditionConfig
     from models.sd.unet import UNet2DConditionModel
     from models.vae import AutoencoderKL
 
     folder = Path(folder)
-    configs = tiny_configs(class_cond)
+    configs = tiny_configs(class_cond, text)
     torch.manual_seed(seed)
-    modules = {"unet": UNet2DConditionModel(UNetConditionConfig.from_diffusers(configs["unet"])),
-               "vae": AutoencoderKL.from_diffusers_config(configs["vae"])}
+    modules = {"unet": UNet2DConditionModel(UNetConditionConfig.from_diffusers(configs["unet"]))}
+    if vq:
+        modules["vqvae"] = VQModel.from_diffusers_config(configs["vqvae"])
+    else:
+        modules["vae"] = AutoencoderKL.from_diffusers_config(configs["vae"])
     if text:
         modules["text_encoder"] = CLIPTextModel(CLIPTextConfig.from_transformers_config(configs["text_encoder"]))
     index = {"_class_name": "StableDiffusionPipeline" if text else "LDMPipeline", "scheduler": ["diffusers", "PNDMScheduler"],
-             "unet": ["diffusers", "UNet2DConditionModel"], "vae": ["diffusers", "AutoencoderKL"],
+             "unet": ["diffusers", "UNet2DConditionModel"],
+             **({"vqvae": ["diffusers", "VQModel"]} if vq else {"vae": ["diffusers", "AutoencoderKL"]}),
              "safety_checker": [None, None]}
     tag = f".{variant}" if variant else ""
     for name, module in modules.items():

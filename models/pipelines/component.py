@@ -12,7 +12,9 @@ without one the plain file is preferred and a lone variant file is taken):
     the same names + ".index.json": a sharded checkpoint
 
 The module is built on the meta device and filled tensor by tensor (models/pipelines/weights.py).
-UNet2DModel (the pixel-space DDPM U-Net) goes through the DDPM family's own loader, ``models.loading``.
+UNet2DModel (the pixel-space DDPM U-Net) goes through the DDPM family's own loader, ``models.loading``
+(which accepts the DDPM's settings only; the CompVis LDMs' UNet2DModel, with flip_sin_to_cos=True,
+freq_shift=0 and downsample_padding=1, is refused there with a one-line error naming the setting).
 """
 from __future__ import annotations
 
@@ -43,6 +45,11 @@ def _vae(config: dict) -> nn.Module:
     return AutoencoderKL.from_diffusers_config(config)
 
 
+def _vq(config: dict) -> nn.Module:
+    from models.pipelines.vq_model import VQModel
+    return VQModel.from_diffusers_config(config)
+
+
 def _text(with_projection: bool) -> Callable[[dict], nn.Module]:
     def build(config: dict) -> nn.Module:
         from models.clip import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -55,6 +62,7 @@ def _text(with_projection: bool) -> Callable[[dict], nn.Module]:
 BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
     "UNet2DConditionModel": _unet,
     "AutoencoderKL": _vae,
+    "VQModel": _vq,
     "CLIPTextModel": _text(False),
     "CLIPTextModelWithProjection": _text(True),
 }
@@ -133,7 +141,8 @@ def load_component(folder: str | os.PathLike, *, variant: str | None = None,
     name = class_name(config)
     if name in DDPM_CLASSES:
         from models.loading import load as load_ddpm
-        return load_ddpm(folder)
+        unet = load_ddpm(folder)
+        return unet if dtype is None else unet.to(dtype)
     if name not in BUILDERS:
         raise ValueError(f"{folder / 'config.json'}: class {name!r} is not supported; supported: "
                          f"{', '.join(SUPPORTED)}")

@@ -17,9 +17,9 @@ KNOWN_PIPELINES = {
     "stabilityai/stable-diffusion-2-1-base": "SD-2.1-base, 512 px, eps-prediction",
     "stabilityai/stable-diffusion-xl-base-1.0": "SDXL base 1.0 (LAPTOP-Diff prunes its U-Net)",
     "nota-ai/bk-sdm-small": "BK-SDM-Small: SD-v1.4 with blocks and the mid-block removed (Kim et al. 2023)",
-    "CompVis/ldm-celebahq-256": "unconditional LDM, CelebA-HQ 256 (its autoencoder is a VQModel: unsupported)",
+    "CompVis/ldm-celebahq-256": "unconditional LDM, CelebA-HQ 256 (VQModel autoencoder; its U-Net needs the DDPM loader to accept LDM settings)",
 }
-COMPONENTS = ("unet", "vae", "text_encoder", "text_encoder_2")
+COMPONENTS = ("unet", "vae", "vqvae", "text_encoder", "text_encoder_2")
 CONFIG_PATTERNS = ["model_index.json", "*/config.json", "scheduler/scheduler_config.json", "tokenizer/*",
                    "tokenizer_2/*", "vqvae/config.json"]
 

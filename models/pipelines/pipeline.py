@@ -8,7 +8,7 @@ component. Which components a pipeline needs (``REQUIRED``):
 
     sd1 / sd2   unet/ vae/ text_encoder/ tokenizer/ scheduler/      (StableDiffusionPipeline)
     sdxl        the same plus text_encoder_2/ tokenizer_2/            (StableDiffusionXLPipeline)
-    ldm         unet/ vae/ scheduler/, no text: unconditional or class-conditional (num_class_embeds)
+    ldm         unet/ vae/ (or vqvae/, a VQModel) scheduler/, no text: unconditional or class-conditional
 
 sd2 is told from sd1 by the U-Net's cross_attention_dim (1024, OpenCLIP-H) -- the same code serves both:
 diffusers' SD-2 text_encoder folder already stops one layer early (the original's "penultimate" layer).
@@ -28,13 +28,15 @@ import torch
 from torch import nn
 
 from diffusion.schedulers import SchedulerConfig, scheduler_config
-from models.pipelines.component import SUPPORTED, class_name, load_component, read_config, weight_file
+from models.pipelines.component import (DDPM_CLASSES, SUPPORTED, class_name, load_component, read_config,
+                                        weight_file)
 
 KINDS = ("sd1", "sd2", "sdxl", "ldm")
 REQUIRED = {"sd1": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
             "sd2": ("unet", "vae", "text_encoder", "tokenizer", "scheduler"),
             "sdxl": ("unet", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "scheduler"),
-            "ldm": ("unet", "vae", "scheduler")}
+            "ldm": ("unet", "vae", "scheduler")}  # "vae" stands for "vqvae" where the folder has that instead
+AUTOENCODERS = ("vae", "vqvae")
 UNUSED = ("safety_checker", "feature_extractor", "image_encoder")
 SCHEDULER_FILE = "scheduler_config.json"
 
@@ -136,11 +138,10 @@ def check_pipeline_folder(folder: str | os.PathLike) -> tuple[str, dict[str, str
     folder = Path(folder)
     index = read_model_index(folder)
     listed = listed_components(index)
-    if "vqvae" in listed and "vae" not in listed:
-        raise ValueError(f"{folder}: its autoencoder is a VQModel (vqvae/), which is not supported; supported: "
-                         f"AutoencoderKL (vae/)")
     kind = pipeline_kind(folder, listed)
     for name in REQUIRED[kind]:
+        if name == "vae" and "vae" not in listed and "vqvae" in listed:
+            name = "vqvae"
         if name not in listed:
             raise ValueError(f"{folder}/model_index.json: the {kind} pipeline needs component {name!r}, "
                              f"which it does not list")
@@ -161,17 +162,18 @@ def load_pipeline(folder: str | os.PathLike, *, variant: str | None = None,
     kind, listed = check_pipeline_folder(folder)
     scheduler = json.loads((folder / "scheduler" / SCHEDULER_FILE).read_text())
     scheduler_config(scheduler)  # an unsupported scheduler class fails here, before any weight is read
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
+    for name in ("unet", "vae", "vqvae", "text_encoder", "text_encoder_2"):
         if name in listed:  # unsupported classes fail here too, before any weight is read
             found = class_name(read_config(folder / name))
             if found not in SUPPORTED:
                 raise ValueError(f"{folder / name / 'config.json'}: class {found!r} is not supported; "
                                  f"supported: {', '.join(SUPPORTED)}")
-            weight_file(folder / name, variant)  # a component without weights fails here
+            if found not in DDPM_CLASSES:
+                weight_file(folder / name, variant)  # a component without weights fails here
     parts: dict[str, Any] = {}
-    for name in ("unet", "vae", "text_encoder", "text_encoder_2"):
-        if name in listed:
-            parts[name] = load_component(folder / name, variant=variant, dtype=dtype)
+    for name in ("unet", "vae", "vqvae", "text_encoder", "text_encoder_2"):
+        if name in listed:  # the autoencoder is ``vae`` whichever folder it came from
+            parts["vae" if name == "vqvae" else name] = load_component(folder / name, variant=variant, dtype=dtype)
     for name in ("tokenizer", "tokenizer_2"):
         if name in listed:
             parts[name] = CLIPTokenizer.from_folder(folder / name)

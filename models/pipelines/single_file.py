@@ -1,4 +1,4 @@
-"""Loading (and writing) the original single-file layout of SD-v1.x ``.ckpt`` / ``.safetensors`` files.
+"""Loading (and writing) the original single-file layout of SD-v1.x and CompVis LDM ``.ckpt`` / ``.safetensors``.
 
     pipe = load_single_file("v1-5-pruned-emaonly.safetensors", config="sd15-configs/")
 
@@ -8,6 +8,11 @@ needed: model_index.json, {unet,vae,text_encoder}/config.json, tokenizer/, sched
 whose configs are fetched (``models.hub``; by default SD-v1.5's). Every module is built on the meta device
 and read tensor by tensor from the file; a file that does not fit names its missing, unexpected and
 mis-shaped tensors per component.
+
+CompVis LDMs: the first stage may be a VQ autoencoder (the config folder's vqvae/, a VQModel: the same
+encoder/decoder names plus quantize.embedding); the U-Net must be one this project builds from the config
+(UNet2DConditionModel: SD-style, unconditional or class-conditional through num_class_embeds). LDMs that
+condition through a cond_stage_model other than CLIP (cin256's ClassEmbedder, BERT) are not supported.
 
 EMA: files with a ``model_ema.*`` copy store it with the dots removed from the names; the raw weights
 (``model.diffusion_model.*``) are the ones loaded here (SD's "pruned-emaonly" files hold the EMA weights there).
@@ -106,11 +111,13 @@ def load_single_file(path: str | os.PathLike, *, config: str | os.PathLike | Non
     kind = pipeline_kind(folder, listed)
     if kind == "sdxl":
         raise ValueError(f"{path}: single-file SDXL checkpoints are not supported (use the diffusers folder)")
-    names = [n for n in ("unet", "vae", "text_encoder") if n in listed]
-    configs = {n: read_config(folder / n) for n in names}
+    # The autoencoder is first_stage_model.* whether the folder calls it vae/ (KL) or vqvae/ (VQ, the LDMs').
+    folders = {"unet": "unet", "vae": "vae" if "vae" in listed else "vqvae", "text_encoder": "text_encoder"}
+    names = [n for n in ("unet", "vae", "text_encoder") if folders[n] in listed]
+    configs = {n: read_config(folder / folders[n]) for n in names}
     for n in names:
         if class_name(configs[n]) not in BUILDERS:
-            raise ValueError(f"{folder / n / 'config.json'}: class {class_name(configs[n])!r} is not supported "
+            raise ValueError(f"{folder / folders[n] / 'config.json'}: class {class_name(configs[n])!r} is not supported "
                              f"in a single file; supported: {', '.join(BUILDERS)}")
     scheduler = json.loads((folder / "scheduler" / SCHEDULER_FILE).read_text())
     scheduler_config(scheduler)

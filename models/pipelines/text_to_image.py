@@ -64,10 +64,12 @@ class PipelineInfo:
 
 
 def pipeline_info(pipe: Pipeline) -> PipelineInfo:
-    sample = getattr(pipe.unet.config, "sample_size", None) or 64
+    c = pipe.unet.config  # a UNetConditionConfig, or the DDPM family's ModelConfig (image_size, ch_mult)
+    sample = getattr(c, "sample_size", None) or getattr(c, "image_size", None) or 64
     sample = sample[0] if isinstance(sample, (tuple, list)) else sample
+    levels = len(getattr(c, "block_out_channels", None) or getattr(c, "ch_mult"))
     return PipelineInfo(pipe.kind, pipe.source, pipe.has_text, pipe.num_classes, pipe.scheduler, int(sample),
-                        pipe.vae_scale, len(pipe.unet.config.block_out_channels))
+                        pipe.vae_scale, levels)
 
 
 def folder_info(folder) -> PipelineInfo:
@@ -79,7 +81,8 @@ def folder_info(folder) -> PipelineInfo:
     from models.pipelines.pipeline import SCHEDULER_FILE, check_pipeline_folder
     folder = Path(folder)
     kind, listed = check_pipeline_folder(folder)
-    unet, vae = read_config(folder / "unet"), read_config(folder / "vae")
+    unet = read_config(folder / "unet")
+    vae = read_config(folder / ("vae" if "vae" in listed else "vqvae"))
     sample = unet.get("sample_size") or 64
     sample = sample[0] if isinstance(sample, list) else sample
     return PipelineInfo(kind, str(folder), "text_encoder" in listed, int(unet.get("num_class_embeds") or 0),
