@@ -19,6 +19,10 @@
      'diffprune', models/checkpoint.py), else a DDIM-codebase checkpoint (plain state dict, maybe with
      DataParallel's 'module.' prefix, or the list [model, optimizer, epoch, step, ema]) in DDIM or diffusers
      tensor names, whose architecture is read from the weights (models/ddpm/convert.py, infer_ddim_config).
+Before 2-5, the latent family (models/pipelines/): a diffusers pipeline folder whose U-Net is not a
+UNet2DModel, a UNet2DConditionModel / AutoencoderKL / VQModel / CLIP text component folder, an
+original-layout SD-v1.x or CompVis LDM single file, or a known pipeline hub name (models/pipelines/hub.py)
+returns a ``Pipeline`` (or that one module) instead of a DDPM ``UNet``, with ``info["format"] == "latent"``.
 Every file is read with ``weights_only=True``: a pickled module (``torch.save(model)``) is refused.
 
 Weights: the EMA weights where the source has them and ``ema=True``, else the raw ones. ``info["ema"]``
@@ -84,6 +88,12 @@ def load_with_info(source: str | os.PathLike, *, ema: bool = True, preset: str |
     meta        (diffprune checkpoints only) the checkpoint's meta dict
     """
     overrides = dict(preset_name=preset, image_size=image_size, norm_groups=norm_groups, dropout=dropout)
+    from models.pipelines import is_latent_source, load_latent  # the latent family (SD, LDM): models/pipelines/
+    if not (isinstance(source, str) and source in PRESETS) and is_latent_source(source):
+        loaded = load_latent(source).to(device)
+        kind = getattr(loaded, "kind", type(loaded).__name__)
+        return loaded, {"format": "latent", "source": str(source), "kind": kind, "ema": None,
+                        "weights": str(source), "notes": []}
     if isinstance(source, str) and source in PRESETS:
         config, state_dict, info = _from_preset(source, seed=seed, **overrides)
     elif isinstance(source, str) and source.startswith(DDIM_PREFIX):

@@ -209,3 +209,12 @@ def test_hub_names_go_through_the_cache_and_fail_offline_in_one_line(tmp_path, m
     with pytest.raises(HubDownloadError) as err:
         load_latent("stabilityai/stable-diffusion-2-1-base")
     assert "\n" not in str(err.value) and "https://huggingface.co/stabilityai/stable-diffusion-2-1-base" in str(err.value)
+
+
+def test_models_load_dispatches_latent_sources(tmp_path):
+    from models import load, load_with_info
+    folder = write_tiny_pipeline(tmp_path / "pipe")
+    pipe, info = load_with_info(folder)
+    assert isinstance(pipe, Pipeline) and info["format"] == "latent" and info["kind"] == "sd1"
+    assert type(load(folder / "vae")).__name__ == "AutoencoderKL"
+    assert type(load("tiny")).__name__ == "UNet"  # the DDPM family is untouched

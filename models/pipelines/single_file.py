@@ -135,10 +135,15 @@ def load_single_file(path: str | os.PathLike, *, config: str | os.PathLike | Non
 
 def is_single_file(source: str | os.PathLike) -> bool:
     """A file (not a folder) with a single-file suffix whose names start with model.diffusion_model."""
+    import zipfile
     path = Path(source)
     if not path.is_file() or path.suffix not in SINGLE_FILE_SUFFIXES:
         return False
+    # A probe, called on every file models.load sees: torch files are looked into only in the zip format
+    # (memory-mapped, cheap; SD and LDM checkpoints are zips), and any failure means "not one of ours".
+    if path.suffix != ".safetensors" and not zipfile.is_zipfile(path):
+        return False
     try:
         return any(k.startswith(UNET_PREFIX) for k in WeightFile([path]).keys())
-    except (ValueError, OSError):
+    except Exception:
         return False
