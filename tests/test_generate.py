@@ -115,3 +115,20 @@ def test_missing_component_through_the_command(folders, tmp_path, capsys):
     status = cli.run(generate.main, generate.parse_args, ["--model", str(broken), "--out", str(tmp_path / "runs")])
     err = capsys.readouterr().err.strip()
     assert status == 2 and err.count("\n") == 0 and "component 'text_encoder' is missing" in err
+
+
+def test_sdxl_pipeline_conditions_on_both_encoders(tmp_path, monkeypatch):
+    folder = write_tiny_pipeline(tmp_path / "xl", sdxl=True)
+    pipe = load_pipeline(folder)
+    assert pipe.kind == "sdxl" and pipe.force_zeros_for_empty_prompt
+    seen = []
+    forward = pipe.unet.forward
+    monkeypatch.setattr(pipe.unet, "forward", lambda x, t, **k: seen.append(k) or forward(x, t, **k))
+    images = generate_images(pipe, Request(prompt="circle", guidance_scale=2.0, steps=1, height=16, width=16), [0])
+    assert images.shape == (1, 3, 16, 16)
+    k = seen[0]
+    assert k["encoder_hidden_states"].shape == (2, MAX_TOKENS, 64)  # [uncond; cond], 32 + 32 channels
+    assert k["added_cond_kwargs"]["text_embeds"].shape == (2, 24)
+    assert k["added_cond_kwargs"]["time_ids"].tolist() == [[16, 16, 0, 0, 16, 16]] * 2
+    # No negative prompt gives SDXL's zero unconditional embedding.
+    assert k["encoder_hidden_states"][0].abs().sum() == 0 and k["added_cond_kwargs"]["text_embeds"][0].abs().sum() == 0

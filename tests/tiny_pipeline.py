@@ -26,11 +26,13 @@ def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=lambda v: list(v) if isinstance(v, tuple) else str(v)))
 
 
-def tiny_configs(class_cond: bool = False, text: bool = True) -> dict[str, dict]:
+def tiny_configs(class_cond: bool = False, text: bool = True, sdxl: bool = False) -> dict[str, dict]:
     golden = torch.load(SD_FAMILY, weights_only=True)
-    unet = _jsonable(golden["class_cond" if class_cond else "sd1"]["config"])
+    unet = _jsonable(golden["sdxl" if sdxl else "class_cond" if class_cond else "sd1"]["config"])
     unet.pop("_use_default_values", None)
     unet.update(_class_name="UNet2DConditionModel", cross_attention_dim=32)
+    if sdxl:  # two 32-wide text towers side by side; text_embeds (24) + 6 time ids x 8
+        unet.update(cross_attention_dim=64, projection_class_embeddings_input_dim=24 + 6 * 8)
     if not text:  # an LDM without text: no cross-attention anywhere
         unet.update(down_block_types=["DownBlock2D"] * 2, up_block_types=["UpBlock2D"] * 2, mid_block_type=None)
     vae = _jsonable(golden["vae"]["config"])
@@ -44,7 +46,10 @@ def tiny_configs(class_cond: bool = False, text: bool = True) -> dict[str, dict]
     vq = {"_class_name": "VQModel", "block_out_channels": [16, 32], "down_block_types": ["DownEncoderBlock2D"] * 2,
           "up_block_types": ["UpDecoderBlock2D"] * 2, "layers_per_block": 1, "latent_channels": 4,
           "num_vq_embeddings": 64, "norm_num_groups": 8, "sample_size": 16}
-    return {"unet": unet, "vae": vae, "vqvae": vq, "text_encoder": text_config, "scheduler": scheduler}
+    text_2 = _jsonable(golden["clip_text_proj"]["config"])
+    text_2["architectures"] = ["CLIPTextModelWithProjection"]
+    return {"unet": unet, "vae": vae, "vqvae": vq, "text_encoder": text_config, "text_encoder_2": text_2,
+            "scheduler": scheduler}
 
 
 def write_tokenizer(folder: Path) -> None:
@@ -61,9 +66,9 @@ def write_tokenizer(folder: Path) -> None:
 
 
 def write_tiny_pipeline(folder: str | Path, *, text: bool = True, class_cond: bool = False, vq: bool = False,
-                        seed: int = 0, variant: str | None = None) -> Path:
+                        sdxl: bool = False, seed: int = 0, variant: str | None = None) -> Path:
     """A pipeline folder: model_index.json, unet/, vae/ (vqvae/ with ``vq``), scheduler/, and with ``text``
-    text_encoder/ + tokenizer/. variant "fp16" writes half-precision ``*.fp16.safetensors`` files only."""
+    text_encoder/ + tokenizer/; ``sdxl`` adds text_encoder_2/ + tokenizer_2/ (SDXL's layout). variant "fp16" writes half-precision ``*.fp16.safetensors`` files only."""
     from models.pipelines.vq_model import VQModel
     from models.clip import CLIPTextConfig, CLIPTextModel
     from models.sd.config import UNetConditionConfig
@@ -71,7 +76,8 @@ def write_tiny_pipeline(folder: str | Path, *, text: bool = True, class_cond: bo
     from models.vae import AutoencoderKL
 
     folder = Path(folder)
-    configs = tiny_configs(class_cond, text)
+    from models.clip import CLIPTextModelWithProjection
+    configs = tiny_configs(class_cond, text, sdxl)
     torch.manual_seed(seed)
     modules = {"unet": UNet2DConditionModel(UNetConditionConfig.from_diffusers(configs["unet"]))}
     if vq:
@@ -80,6 +86,9 @@ def write_tiny_pipeline(folder: str | Path, *, text: bool = True, class_cond: bo
         modules["vae"] = AutoencoderKL.from_diffusers_config(configs["vae"])
     if text:
         modules["text_encoder"] = CLIPTextModel(CLIPTextConfig.from_transformers_config(configs["text_encoder"]))
+    if sdxl:
+        modules["text_encoder_2"] = CLIPTextModelWithProjection(
+            CLIPTextConfig.from_transformers_config(configs["text_encoder_2"]))
     index = {"_class_name": "StableDiffusionPipeline" if text else "LDMPipeline", "scheduler": ["diffusers", "PNDMScheduler"],
              "unet": ["diffusers", "UNet2DConditionModel"],
              **({"vqvae": ["diffusers", "VQModel"]} if vq else {"vae": ["diffusers", "AutoencoderKL"]}),
@@ -88,12 +97,17 @@ def write_tiny_pipeline(folder: str | Path, *, text: bool = True, class_cond: bo
     for name, module in modules.items():
         (folder / name).mkdir(parents=True, exist_ok=True)
         (folder / name / "config.json").write_text(json.dumps(configs[name]))
-        stem = "model" if name == "text_encoder" else "diffusion_pytorch_model"
+        stem = "model" if name.startswith("text_encoder") else "diffusion_pytorch_model"
         state = {k: (v.half() if variant == "fp16" else v).contiguous() for k, v in module.state_dict().items()}
         save_file(state, folder / name / f"{stem}{tag}.safetensors")
     if text:
         index.update(text_encoder=["transformers", "CLIPTextModel"], tokenizer=["transformers", "CLIPTokenizer"])
         write_tokenizer(folder / "tokenizer")
+    if sdxl:
+        index.update(_class_name="StableDiffusionXLPipeline", force_zeros_for_empty_prompt=True,
+                     text_encoder_2=["transformers", "CLIPTextModelWithProjection"],
+                     tokenizer_2=["transformers", "CLIPTokenizer"])
+        write_tokenizer(folder / "tokenizer_2")
     (folder / "scheduler").mkdir(parents=True, exist_ok=True)
     (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(configs["scheduler"]))
     (folder / "model_index.json").write_text(json.dumps(index))

@@ -11,7 +11,7 @@ Text conditioning, as the diffusers pipelines compute it:
                 text_embeds = encoder 2's projected pooled output, time_ids = (H, W, 0, 0, H, W)
                 (original size, crop top-left, target size: Podell et al. 2023, Sec. 2.2)
 The unconditional input is the encoding of the negative prompt (default ""), except that SDXL's pipeline
-uses zeros for an empty negative prompt (``force_zeros_for_empty_prompt``). Latent sample i starts from
+uses zeros when no negative prompt is given (``force_zeros_for_empty_prompt``; an explicit "" is encoded). Latent sample i starts from
 ``initial_latents(seed, [i])`` (diffusion/guidance.py), so any split into batches gives the same images.
 """
 from __future__ import annotations
@@ -195,7 +195,7 @@ def generate(pipe: Pipeline, request: Request, indices: Sequence[int], *, progre
                     if start > 0:
                         warnings.simplefilter("ignore")
                     uncond = text_conditioning(pipe, [negative] * B, (H, W))
-                if not negative and pipe.force_zeros_for_empty_prompt:
+                if request.negative_prompt is None and pipe.force_zeros_for_empty_prompt:
                     uncond = _zeros_like(uncond)
                 uncond = _to(uncond, dtype)
             cond = _to(cond, dtype)
