@@ -3,9 +3,12 @@ Torch-Pruning), against the known answer in tests/data/golden/diffpruning_paper.
 holds): the kept timesteps and L_t, the order in which the groups are visited, every layer's kept channels in
 dense coordinates, the parameter count and the pruned network's output, at ratios 0.3 and 0.5.
 
-The network is the replica of the DDIM codebase's ``Model`` (tests/replicas/ddim.py) with the golden file's
-weight recipe. The order is not listed anywhere here: it comes from the replica's own autograd graph
-(pruning/trace/autograd_order.py), as in the paper's pruner.
+Two implementations of that network carry the golden file's weight recipe: the replica of the DDIM codebase's
+``Model`` (tests/replicas/ddim.py, written op for op as that forward runs) and this project's U-Net loaded from
+the same DDIM-layout state dict by ``models.load`` (fused attention, ``h += x`` residual adds: another autograd
+graph). Both must prune to the paper's network: the order is the DDIM codebase's graph walk, derived from the
+layer names (pruning/trace/canonical_order.py), and that walk is checked against the replica's own autograd
+graph (pruning/trace/autograd_order.py) on several architectures.
 """
 from __future__ import annotations
 
@@ -15,9 +18,13 @@ import numpy as np
 import pytest
 import torch
 
+from models import load
 from pruning import prune
+from pruning.trace.canonical_order import ddim_order
 from pruning.trace.grouping import analyze
+from pruning.trace.tracer import trace
 from tests.replicas.ddim import Model
+from tests.replicas.diffusers_style import TinyUNet2D
 
 GOLDEN = Path(__file__).resolve().parent / "data" / "golden" / "diffpruning_paper.pt"
 
@@ -44,10 +51,21 @@ def build(golden) -> Model:
     return model
 
 
+def ours(golden, tmp_path: Path):
+    """This project's U-Net with the same weights, read by ``models.load`` from the DDIM-layout state dict."""
+    path = tmp_path / "golden_ddim.pt"
+    torch.save(build(golden).state_dict(), path)
+    return load(path, image_size=int(golden["config"]["image_size"]), norm_groups=int(golden["config"]["norm_groups"]))
+
+
+IMPLEMENTATIONS = {"replica": lambda golden, tmp_path: build(golden), "ours": ours}
+
+
+@pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
 @pytest.mark.parametrize("ratio", [0.3, 0.5])
-def test_default_diff_pruning_reproduces_the_paper_code(golden, ratio):
+def test_default_diff_pruning_reproduces_the_paper_code(golden, ratio, implementation, tmp_path):
     expect = golden[f"ratio_{ratio}"]
-    model = build(golden)
+    model = IMPLEMENTATIONS[implementation](golden, tmp_path)
     example = (torch.randn(1, 3, 16, 16), torch.ones(1, dtype=torch.long))  # the paper's example inputs
     model, report = prune(model, example, method="diff-pruning", ratio=ratio, data=golden["x0"], eps=golden["eps"],
                           thr=float(golden["thr"]), ignored=["conv_out"], micro_batch=64, progress=False)
@@ -71,15 +89,56 @@ def test_default_diff_pruning_reproduces_the_paper_code(golden, ratio):
                                    rtol=1e-4, atol=1e-4)
 
 
-def test_the_order_is_derived_from_the_autograd_graph(golden):
-    """The grouping alone (no scoring, no gradients) gives the paper's order, from the replica's autograd graph."""
-    model = build(golden)
+@pytest.mark.parametrize("implementation", sorted(IMPLEMENTATIONS))
+def test_the_grouping_alone_gives_the_paper_order(golden, implementation, tmp_path):
+    """The grouping alone (no scoring, no gradients) gives the paper's order, on either implementation."""
+    model = IMPLEMENTATIONS[implementation](golden, tmp_path)
     example = (torch.randn(1, 3, 16, 16), torch.ones(1, dtype=torch.long))
     analysis = analyze(model, example, ignored=["conv_out"], attn_grouping="joint")
     order = [analysis.roots[g] for g in analysis.paper_order]
+    assert analysis.order_source == "ddim"
     assert order == list(golden["ratio_0.3"]["group_order"])
     # The walk starts at the output: conv_out's input space (up.0's last block, entered through its shortcut) first.
     assert order[0] == "up.0.block.2.nin_shortcut"
+
+
+def test_our_unet_has_another_autograd_order(golden, tmp_path):
+    """Why the canonical walk is needed: our forward's own graph meets the layers in another order."""
+    example = (torch.randn(1, 3, 16, 16), torch.ones(1, dtype=torch.long))
+    assert trace(ours(golden, tmp_path), example).autograd_order != trace(build(golden), example).autograd_order
+
+
+ARCHITECTURES = {  # DDIM Model keyword arguments beyond the golden's: other levels, blocks, attention, resampling
+    "golden": {},
+    "three_levels": dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(16, 4)),
+    "avg_pool": dict(ch=32, ch_mult=(1, 2), num_res_blocks=3, attn_resolutions=(), resamp_with_conv=False),
+    "one_level": dict(ch=32, ch_mult=(2,), num_res_blocks=2, attn_resolutions=(16,)),
+}
+
+
+@pytest.mark.parametrize("arch", sorted(ARCHITECTURES))
+def test_the_canonical_walk_is_the_ddim_models_autograd_walk(golden, arch):
+    """The DDIM graph built from layer names alone (canonical_order.py) is the graph the DDIM code's forward
+    builds: the walk lists every layer in the same order as the walk of the replica's real autograd graph."""
+    c = golden["config"]
+    kw = dict(ch=c["ch"], out_ch=c["out_ch"], ch_mult=c["ch_mult"], num_res_blocks=c["num_res_blocks"],
+              attn_resolutions=c["attn_resolutions"], dropout=0.0, in_channels=3, resolution=16, groups=8)
+    model = Model(**{**kw, **ARCHITECTURES[arch]})
+    example = (torch.randn(1, 3, 16, 16), torch.ones(1, dtype=torch.long))
+    names = [n for n, m in model.named_modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear, torch.nn.GroupNorm))]
+    walk = ddim_order(names)
+    assert walk is not None and sorted(walk) == sorted(names)
+    assert walk == trace(model, example).autograd_order
+
+
+def test_other_names_keep_their_own_autograd_order():
+    """A network without the DDIM codebase's names (diffusers' naming) is walked on its own graph; a name
+    set that is almost the DDIM one (a layer missing from a block) is not taken for it."""
+    analysis = analyze(TinyUNet2D(), (torch.randn(1, 3, 16, 16), torch.ones(1)), attn_grouping="joint")
+    assert analysis.order_source == "autograd"
+    names = ["conv_in", "temb.dense.0", "temb.dense.1", "down.0.block.0.norm1", "down.0.block.0.conv1", "up.0.block.0.conv2",
+             "norm_out", "conv_out"]
+    assert ddim_order(names) is None
 
 
 def test_the_principled_options_differ_from_the_paper_code(golden):

@@ -29,10 +29,9 @@ Grouping, in three steps:
    changes, as in the paper's code, whose ``ch_groups = num_groups`` for every group with a GroupNorm
    gives the same blocks).
 
-Worked example (the tiny U-Net's first up block normalises cat([h (16 ch), skip (8 ch)]) with
-GroupNorm(2): blocks of 12 channels; the 16-channel run at offset 0 ends inside block 1, so
-``up.0.block.0.norm1`` is regrouped, exactly as the paper's code does to 2 of the 51 norms of the
-CIFAR-10 U-Net, e.g. 384 = 256 + 128 channels in blocks of 12).
+Worked example (the tiny U-Net's first up block normalises cat([h (16 ch), skip (8 ch)]) with GroupNorm(2):
+blocks of 12 channels; the 16-channel run at offset 0 ends inside block 1, so ``up.0.block.0.norm1`` is
+regrouped, as the paper's code does to 2 of the 51 norms of the CIFAR-10 U-Net, e.g. 384 = 256 + 128 in 12s).
 """
 from __future__ import annotations
 
@@ -44,9 +43,9 @@ import numpy as np
 from torch import nn
 
 from pruning.groups import Group, Member
+from pruning.trace.canonical_order import ddim_order
 from pruning.trace.record import BlockConstraint, Trace
 from pruning.trace.tracer import trace
-
 
 # ---------------------------------------------------------------------------------------------------
 # What the tracer hands over
@@ -73,8 +72,9 @@ class Analysis:
     """``build_groups``' result with its report: the groups, the regrouped norms and the trace.
 
     paper_order: the indices of the prunable groups in the order the paper's pruner visits them (the first
-                 Conv2d/Linear producer of each group in ``trace.autograd_order``; groups it never meets
-                 follow in trace order).
+                 Conv2d/Linear producer of each group in the layer walk; groups it never meets follow in trace
+                 order). order_source says which walk: "ddim" (layers with the DDIM codebase's names: its
+                 graph, whatever implementation is traced, ``canonical_order.py``) or "autograd" (the model's own).
     classes, chains: each label's class and each group's classes in channel order (``new_width`` reads them).
     """
 
@@ -83,6 +83,7 @@ class Analysis:
     trace: Trace | None = None
     paper_order: list[int] = field(default_factory=list)
     roots: dict[int, str] = field(default_factory=dict)  # the layer that brings each group up in that order
+    order_source: str = "autograd"
     classes: np.ndarray | None = None
     chains: list[np.ndarray] = field(default_factory=list)
 
@@ -311,16 +312,18 @@ def group_trace(trace: Trace, *, ignored: tuple[str, ...] = (),
 def _paper_order(groups: list[Group], trace: Trace, root_types: tuple[type, ...]) -> dict:
     """Prunable groups in the order the paper's pruner builds them (``pruning/trace/autograd_order.py``): walk
     the layers in its graph-table order; a root-type layer whose output space is a group not yet visited
-    brings that group up. Groups it never meets follow in trace order."""
+    brings that group up. Groups it never meets follow in trace order. DDIM layer names: that code's graph."""
     producer = {m.module: g for g, group in enumerate(groups) for m in group.members if m.role == "out"}
+    canonical = ddim_order(p for p, m in trace.layers.items() if isinstance(m, (nn.Conv2d, nn.Linear, nn.GroupNorm)))
     roots: dict[int, str] = {}
-    for path in trace.autograd_order:
+    for path in canonical if canonical is not None else trace.autograd_order:
         g = producer.get(path)
         if g is not None and g not in roots and isinstance(trace.layers.get(path), root_types):
             roots[g] = path
     order = [g for g in roots if groups[g].prunable]
     order += [g for g, group in enumerate(groups) if group.prunable and g not in roots]
-    return {"paper_order": order, "roots": {g: roots.get(g, groups[g].name) for g in order}}
+    return {"paper_order": order, "roots": {g: roots.get(g, groups[g].name) for g in order},
+            "order_source": "autograd" if canonical is None else "ddim"}
 
 
 def _at(where: str) -> str:
