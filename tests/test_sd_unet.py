@@ -96,6 +96,7 @@ def test_config_round_trips_and_writes_diffusers_form():
     back = UNetConditionConfig.from_dict(json.loads(json.dumps(cfg.to_dict())))
     assert back == cfg and hash(back) == hash(cfg)
     assert UNetConditionConfig.from_diffusers(cfg.to_diffusers()) == cfg
+    assert UNet2DConditionModel.from_diffusers_config(load_entry("sd1")["config"]).config.num_attention_heads == (2, 2)
     pruned = cfg.with_widths({"conv_in": 256}).with_removed(["up_blocks.0.resnets.2"])
     assert UNetConditionConfig.from_dict(json.loads(json.dumps(pruned.to_dict()))) == pruned
     with pytest.raises(ValueError, match="no diffusers config.json form"):

@@ -93,6 +93,11 @@ class UNet2DConditionModel(nn.Module):
         self.conv_norm_out = nn.GroupNorm(config.norm_num_groups, plan["out"]["in"], eps=config.norm_eps)
         self.conv_out = nn.Conv2d(plan["out"]["in"], config.out_channels, k_out, padding=(k_out - 1) // 2)
 
+    @classmethod
+    def from_diffusers_config(cls, config: dict) -> "UNet2DConditionModel":
+        """The dense network of a diffusers ``config.json`` dict (unsupported keys: one error naming them all)."""
+        return cls(UNetConditionConfig.from_diffusers(config))
+
     # ------------------------------------------------------------------ construction helpers
     def _make(self, kind: str, path: str, level: int, p: dict, dense_p: dict, passthrough: frozenset, T: int) -> nn.Module:
         cfg = self.config
