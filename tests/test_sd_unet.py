@@ -187,3 +187,18 @@ def test_odd_latents_scalar_timestep_and_example_inputs():
         example = model.example_inputs(batch=2)
         assert model(*example).shape == (2, 4, 8, 8)
         assert example[4]["text_embeds"].shape == (2, 16) and example[4]["time_ids"].shape == (2, 6)
+
+
+@pytest.mark.parametrize("name", ["sdxl", "class_cond"])
+def test_half_precision_network_runs(name):
+    """Weights and inputs in bfloat16 (as a pipeline loaded with dtype=bfloat16 runs): the float32 sinusoids are
+    cast like the reference's, and the result stays near the float32 answer."""
+    model, entry = golden_model(name)
+    inputs = golden_inputs(entry)
+    half = {k: v.to(torch.bfloat16) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inputs.items()}
+    if half["added_cond_kwargs"]:
+        half["added_cond_kwargs"] = {k: v.to(torch.bfloat16) for k, v in half["added_cond_kwargs"].items()}
+    with torch.no_grad():
+        out = model.to(torch.bfloat16)(entry["x"].to(torch.bfloat16), entry["t"], **half)
+    assert out.dtype == torch.bfloat16
+    assert (out.float() - entry["out"]).abs().max() < 0.1 * entry["out"].abs().max()

@@ -180,18 +180,20 @@ class UNet2DConditionModel(nn.Module):
         return (x, t, text) if labels is None else (x, t, text, labels)
 
     # ------------------------------------------------------------------ forward
-    def _embed(self, t: torch.Tensor, B: int, class_labels, added_cond_kwargs) -> torch.Tensor:
-        """temb (B, T): the time embedding plus the class / SDXL added embeddings."""
+    def _embed(self, t: torch.Tensor, B: int, dtype: torch.dtype, class_labels, added_cond_kwargs) -> torch.Tensor:
+        """temb (B, T): the time embedding plus the class / SDXL added embeddings. The sinusoids are computed in
+        float32 and cast to ``dtype`` (the latents'), so a half-precision network runs as the reference does."""
         if t.dim() == 0:
             t = t.expand(B)
-        emb = self.time_embedding(self.time_proj(t))  # (B, T)
+        emb = self.time_embedding(self.time_proj(t).to(dtype))  # (B, T)
         if self.class_embedding is not None:
-            emb = emb + self.class_embedding(class_labels)  # the class added to the time (LDM class conditioning)
+            emb = emb + self.class_embedding(class_labels).to(emb.dtype)  # the class added to the time (LDM)
         if self.add_embedding is not None:
             text_embeds, time_ids = added_cond_kwargs["text_embeds"], added_cond_kwargs["time_ids"]
             # Each micro-conditioning id gets its own sinusoid, concatenated after the pooled text embedding.
             time_embeds = self.add_time_proj(time_ids.flatten()).reshape(B, -1)  # (B, n_ids * addition_time_embed_dim)
-            emb = emb + self.add_embedding(torch.cat([text_embeds, time_embeds.to(text_embeds.dtype)], dim=-1))
+            added = torch.cat([text_embeds, time_embeds.to(text_embeds.dtype)], dim=-1).to(emb.dtype)
+            emb = emb + self.add_embedding(added)
         return emb
 
     def forward(self, x: torch.Tensor, t: torch.Tensor | float | int, encoder_hidden_states: torch.Tensor | None = None,
@@ -202,7 +204,7 @@ class UNet2DConditionModel(nn.Module):
         self._check_inputs(x, encoder_hidden_states, class_labels, added_cond_kwargs)
         if not torch.is_tensor(t):
             t = torch.tensor(t, device=x.device)
-        temb = self._embed(t.to(x.device), x.shape[0], class_labels, added_cond_kwargs)
+        temb = self._embed(t.to(x.device), x.shape[0], x.dtype, class_labels, added_cond_kwargs)
         ctx = encoder_hidden_states
         if self.config.center_input_sample:
             x = 2 * x - 1.0
