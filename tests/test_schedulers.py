@@ -170,3 +170,13 @@ def test_each_run_has_its_own_state():
     torch.testing.assert_close(runs[0], runs[1], atol=0, rtol=0)
     with pytest.raises(ValueError, match="num_inference_steps must be in"):
         make_scheduler(cfg, 0)
+
+
+def test_family_defaults_are_the_references():
+    """A config dict that omits a field gets the family's own default, as diffusers' from_config does."""
+    assert scheduler_config({}, "euler").timestep_spacing == "linspace"
+    assert scheduler_config({}, "dpmpp_2m").timestep_spacing == "linspace"
+    assert scheduler_config({}, "ddim").timestep_spacing == "leading"
+    assert scheduler_config({"skip_prk_steps": True}, "pndm").timestep_spacing == "leading"
+    assert scheduler_config({}, "ddim").set_alpha_to_one is True
+    assert scheduler_config({"skip_prk_steps": True}, "pndm").set_alpha_to_one is False

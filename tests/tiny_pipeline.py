@@ -104,6 +104,7 @@ def write_tiny_pipeline(folder: str | Path, *, text: bool = True, class_cond: bo
         index.update(text_encoder=["transformers", "CLIPTextModel"], tokenizer=["transformers", "CLIPTokenizer"])
         write_tokenizer(folder / "tokenizer")
     if sdxl:
+        index.pop("safety_checker")
         index.update(_class_name="StableDiffusionXLPipeline", force_zeros_for_empty_prompt=True,
                      text_encoder_2=["transformers", "CLIPTextModelWithProjection"],
                      tokenizer_2=["transformers", "CLIPTokenizer"])

@@ -28,6 +28,7 @@ class EulerConfig(SchedulerConfig):
     """diffusers ``EulerDiscreteScheduler`` fields. Only its defaults for the sigma options are implemented:
     linear interpolation of sigma_VE over t, discrete timesteps, a final sigma of zero."""
 
+    timestep_spacing: str = "linspace"  # diffusers' default for this family (DDIM's and PNDM's is "leading")
     FIXED: ClassVar[dict[str, Any]] = {**SchedulerConfig.FIXED, "interpolation_type": "linear",
                                        "timestep_type": "discrete", "final_sigmas_type": "zero",
                                        "sigma_min": None, "sigma_max": None}
