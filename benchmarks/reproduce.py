@@ -1,14 +1,17 @@
 """Benchmark: both papers' tables in miniature on the embedded default, with seeds, spreads and verdicts.
 
-    python benchmarks/reproduce.py                       # the committed run (resumable; see docs/RESULTS.md)
-    python benchmarks/reproduce.py --shards 2 --shard 0  # and --shard 1 in a second process: same cells, split
+    python benchmarks/reproduce.py                       # the first study (resumable; see docs/RESULTS.md)
+    python benchmarks/reproduce.py --study converged --teacher checkpoints/tiny_shapes_16400.pt \
+        --shards 2 --shard 0 --threads 1                 # and --shard 1 in a second process: same cells, split
 
-What it runs, on the shipped teacher (checkpoints/tiny_shapes.pt), every cell with the same fine-tune recipe
-(train.py, batch 32, Adam lr --lr, EMA --ema-decay, --steps steps) and, per seed, the same fine-tune seed and so
-the same data order and noise:
+The two studies' settings are benchmarks/reproduce_config.py's presets (every flag can still override them).
+What it runs, on --teacher, every cell with the same fine-tune recipe (train.py, batch 32, Adam lr --lr, EMA
+--ema-decay with or without warm-up, --steps steps) and, per seed, the same fine-tune seed and so the same data
+order and noise:
 
-- ratio 0.3, the Diff-Pruning paper's local rule (Fang et al. 2023, Sec. 4.1): random, magnitude, taylor,
-  diff-pruning at thr 0.0, 0.02, 0.05 and 0.1, scratch (random pruning, re-initialised);
+- ratio 0.3, the Diff-Pruning paper's local rule (Fang et al. 2023, Sec. 4.1): the rows of --methods (first
+  study: random, magnitude, taylor-first-order, diff-pruning at thr 0.0, 0.02, 0.05 and 0.1, scratch;
+  converged study: random, magnitude, taylor (the paper's), diff-pruning at 0.05, 0.1, 0.2, scratch);
 - LAPTOP-Diff layer pruning (Zhang et al. 2024, Sec. 3) at the parameter count of the ratio-0.3 channel model:
   the output-loss, random, handcrafted and taylor criteria with plain fine-tuning, and output-loss with each
   distillation variant (output KD, feature KD, normalised feature KD; the dense teacher distils);
@@ -16,14 +19,17 @@ the same data order and noise:
   calibration set) and the fine-tune's;
 - once (the first seed): quality against fine-tuning steps up to --curve-steps for diff-pruning (thr 0.05)
   (the papers' "10-20% of the training cost"), a ratio sweep (diff-pruning at --sweep-ratios), the
-  L_t curve with each threshold's cut, and LAPTOP's additivity report for output-loss, taylor and random.
+  L_t curve with each threshold's cut, LAPTOP's additivity report for output-loss, taylor and random, and
+  the per-stage feature-KD losses of the layer-pruned student before and after normalisation.
 
 Each model is measured by metrics/probe.py: FD-shapes and KID-shapes of --num-samples DDIM samples, SSIM to the
-teacher's samples from the same noise, the held-out eps-MSE, params and MACs. Every cell's result is written to
+teacher's samples from the same noise, the held-out eps-MSE, params and MACs; with --measure-raw the raw
+(non-EMA) weights too (keys ``*_raw``). Every cell's result is written to
 --work/cells/<name>.json when it finishes and never recomputed (an interrupted fine-tune resumes exactly from its
 last checkpoint), so the script can be stopped and rerun at any time; cells are run seed-major, so a partial
-run has every method at the first seeds. Verdicts (benchmarks/reproduce_report.py) compare means only where the
-seeds' mean +- std intervals do not overlap. Writes benchmarks/results/reproduce.json, reproduce.md and the plots.
+run has every method at the first seeds. Verdicts (benchmarks/reproduce_report.py, benchmarks/stats.py): Welch's
+t-test per pair, Holm-corrected within each claim, with the difference of means and its bootstrap interval.
+Writes reproduce.json, reproduce.md and the plots into --results.
 """
 from __future__ import annotations
 
@@ -41,6 +47,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import train  # noqa: E402
 from common.defaults import TEACHER_CHECKPOINT  # noqa: E402
 from benchmarks.cells import CellStore  # noqa: E402
+from benchmarks.reproduce_config import (ALL_METHODS, CHANNEL, STUDIES, kd_lambdas, seeds_of,  # noqa: E402
+                                         split_method)
 from benchmarks.reproduce_report import write_report  # noqa: E402
 from common.runs import RUN_MARKER  # noqa: E402
 from data.procedural import ProceduralShapes  # noqa: E402
@@ -52,18 +60,6 @@ from pruning import prune  # noqa: E402
 from pruning.layers import make_calibration, prune_layers  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-CHANNEL = ("random", "magnitude", "taylor", "diff-pruning@0.0", "diff-pruning@0.02", "diff-pruning@0.05",
-           "diff-pruning@0.1", "scratch")
-LAYER = ("layer:output-loss", "layer:random", "layer:handcrafted", "layer:taylor",
-         "layer:output-loss+output", "layer:output-loss+feature", "layer:output-loss+feature-normalized")
-
-
-def split_method(name: str) -> tuple[str, float | None, str]:
-    """'diff-pruning@0.05' -> ('diff-pruning', 0.05, 'none'); 'layer:output-loss+feature' -> ('layer:output-loss',
-    None, 'feature')."""
-    base, _, distill = name.partition("+")
-    method, _, thr = base.partition("@")
-    return method, (float(thr) if thr else None), distill or "none"
 
 
 class Study:
@@ -88,6 +84,7 @@ class Study:
         if self._probe is None:
             c = self.cfg
             self._probe = QualityProbe(ProbeConfig(num_samples=c.num_samples, sample_steps=c.sample_steps,
+                                                   skip_type=c.skip_type, clip_x0=c.clip_x0,
                                                    heldout_images=c.heldout_images))
             self._probe.set_reference(self.teacher)
             (self.work / "probe.json").write_text(json.dumps(self._probe.describe(), indent=2) + "\n")
@@ -142,7 +139,8 @@ class Study:
                 small, report = prune(load(self.cfg.teacher), self.example(), method=method, ratio=ratio,
                                       data=self.images(seed, self.cfg.batch_size),
                                       schedule=Schedule(DiffusionConfig(loss_reduction="sum")),
-                                      thr=thr if thr is not None else 0.05, micro_batch=64, seed=seed, progress=False)
+                                      thr=thr if thr is not None else 0.05, micro_batch=64, seed=seed, progress=False,
+                                      max_timesteps=self.cfg.max_timesteps)
                 if report.timesteps is not None:
                     ts = report.timesteps
                     info = {"kept_timesteps": len(ts.kept), "losses": ts.losses, "stopped_at": ts.stopped_at,
@@ -160,10 +158,11 @@ class Study:
         """Fine-tune ``pruned`` (resuming an interrupted run of the same name); returns the run folder."""
         c = self.cfg
         out = self.work / "runs" / name
-        kd = {} if distill == "none" else {"distill": distill, "teacher": str(c.teacher)}
+        kd = {} if distill == "none" else {"distill": distill, "teacher": str(c.teacher),
+                                           **{k: v for k, v in kd_lambdas(c.kd_weights, distill).items() if v}}
         tc = train.TrainConfig(model=str(pruned), steps=steps, batch_size=32, lr=c.lr, loss_reduction="mean",
-                               ema_decay=c.ema_decay, ckpt_every=keep_every or steps, keep_every=keep_every,
-                               heldout_images=0, seed=seed, out=str(out), **kd)
+                               ema_decay=c.ema_decay, ema_warmup=c.ema_warmup, ckpt_every=keep_every or steps,
+                               keep_every=keep_every, heldout_images=0, seed=seed, out=str(out), **kd)
         runs = sorted(p.parent for p in out.glob(f"*/{RUN_MARKER}"))
         return train.main(tc, resume=str(runs[-1])) if runs else train.main(tc)
 
@@ -173,9 +172,17 @@ class Study:
 
         def run() -> dict:
             path, pruned = self.pruned(method_name, seed, ratio)
+            start = time.perf_counter()
             run_dir = self.finetune(path, name, seed, split_method(method_name)[2], self.cfg.steps)
-            return {"method": method_name, "seed": seed, "ratio": ratio, "pruned_heldout_loss": pruned["heldout_loss"],
-                    **self.probe(load(run_dir / "model.pt"))}
+            tuned = time.perf_counter()
+            out = {"method": method_name, "seed": seed, "ratio": ratio, "pruned_heldout_loss": pruned["heldout_loss"],
+                   **self.probe(load(run_dir / "model.pt"))}
+            if self.cfg.measure_raw:  # the raw weights: the EMA's effect is measured, not assumed
+                raw = self.probe(load(run_dir / "model.pt", ema=False))
+                out.update({f"{k}_raw": raw[k] for k in ("fd_shapes", "kid_shapes", "ssim_to_teacher", "heldout_loss")})
+            out["timing"] = {"prune_s": pruned.get("seconds"), "finetune_s": round(tuned - start, 1),
+                             "measure_s": round(time.perf_counter() - tuned, 1)}
+            return out
         return self.cell(name, run)
 
     def curve_cell(self, method_name: str, seed: int = 0) -> dict:
@@ -209,6 +216,29 @@ class Study:
             return {"stats": {k: v["stats"] for k, v in rep["criteria"].items()}}
         return self.cell("additivity", run)
 
+    def feature_spread_cell(self) -> dict:
+        """C6's premise: the per-stage feature-KD terms (diffusion/distill.py) of the output-loss layer-pruned
+        student (first seed, before fine-tuning) against the teacher on one batch of 64 (x_t, t), as plain MSE
+        and normalised; the spread (largest / smallest stage) is what normalisation is meant to remove."""
+        from diffusion.ddpm import q_sample
+        from diffusion.distill import capture, feature_kd_terms, stage_taps
+
+        def run() -> dict:
+            path, _ = self.pruned("layer:output-loss", self.cfg.seeds[0], self.cfg.ratio)
+            student, g = load(path), torch.Generator().manual_seed(0)
+            x0 = self.images(1000, 64)
+            t = torch.randint(0, 1000, (64,), generator=g)
+            x_t = q_sample(Schedule(), x0, t, torch.randn(x0.shape, generator=g))
+            taps = stage_taps(self.teacher.config)
+            with torch.no_grad(), capture(student, taps) as f_s, capture(self.teacher, taps) as f_t:
+                student(x_t, t.float())
+                self.teacher(x_t, t.float())
+                terms = {k: {n: float(v) for n, v in feature_kd_terms(f_s, f_t, normalized=k == "normalized").items()}
+                         for k in ("mse", "normalized")}
+            spread = {k: max(v.values()) / max(min(v.values()), 1e-30) for k, v in terms.items()}
+            return {"terms": terms, "spread": spread, "student": path.name}
+        return self.cell("feature-spread", run)
+
     def teacher_cell(self) -> dict:
         return self.cell("teacher", lambda: {"method": "teacher", **self.probe(self.teacher)})
 
@@ -219,10 +249,12 @@ class Study:
         c = self.cfg
         jobs: list[tuple[str, tuple]] = [("teacher_cell", ())]
         if c.only in ("all", "main"):
-            jobs += [("main_cell", (m, seed)) for seed in c.seeds for m in c.methods]
+            for group in ([m for m in c.methods if not m.startswith("layer:")],
+                          [m for m in c.methods if m.startswith("layer:")]):  # channel rows first
+                jobs += [("main_cell", (m, seed)) for seed in c.seeds for m in group if seed in seeds_of(c, m)]
         if c.only in ("all", "extras"):
             if any(m.startswith("layer:") for m in c.methods):
-                jobs.append(("additivity_cell", ()))
+                jobs += [("additivity_cell", ()), ("feature_spread_cell", ())]
             jobs += [("curve_cell", (m, c.seeds[0])) for m in c.curve_methods]
             jobs += [("main_cell", (m, c.seeds[0], r)) for r in c.sweep_ratios for m in c.sweep_methods]
         return jobs
@@ -257,25 +289,42 @@ def main(cfg: argparse.Namespace) -> dict:
     return write_report(cfg, study, jobs, time.perf_counter() - wall)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(study: str = "first") -> argparse.ArgumentParser:
+    """The flags, with ``study``'s preset (benchmarks/reproduce_config.py) as their defaults."""
+    d = STUDIES[study]
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--study", choices=sorted(STUDIES), default=study,
+                   help="which study's settings are the defaults (benchmarks/reproduce_config.py) [first]")
     p.add_argument("--teacher", default=str(TEACHER_CHECKPOINT))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--methods", nargs="+", default=list(CHANNEL + LAYER), choices=CHANNEL + LAYER)
+    p.add_argument("--seeds", type=int, nargs="+", default=d["seeds"])
+    p.add_argument("--few-seeds", type=int, default=d["few_seeds"], help="seeds of the --few-seed-methods rows")
+    p.add_argument("--few-seed-methods", nargs="*", default=d["few_seed_methods"], choices=ALL_METHODS)
+    p.add_argument("--methods", nargs="+", default=d["methods"], choices=ALL_METHODS)
     p.add_argument("--ratio", type=float, default=0.3, help="channel sparsity of the main table [0.3]")
-    p.add_argument("--steps", type=int, default=200, help="fine-tune steps of every main cell [200]")
-    p.add_argument("--lr", type=float, default=5e-4)
-    p.add_argument("--ema-decay", type=float, default=0.99, help="a ~100-step EMA horizon, short enough for "
-                                                                 "the fine-tune budget")
-    p.add_argument("--batch-size", type=int, default=8, help="the ONE gradient batch of taylor / diff-pruning [8]")
+    p.add_argument("--steps", type=int, default=d["steps"], help="fine-tune steps of every main cell")
+    p.add_argument("--lr", type=float, default=d["lr"])
+    p.add_argument("--ema-decay", type=float, default=d["ema_decay"])
+    p.add_argument("--ema-warmup", action=argparse.BooleanOptionalAction, default=d["ema_warmup"],
+                   help="EMA decay min(mu, (1+n)/(10+n)) at update n (common/ema.py)")
+    p.add_argument("--kd-weights", choices=("paper", "equal"), default=d["kd_weights"],
+                   help="output KD at Diff-Pruning's 0.3/0.7 ('paper') or at 1/1 like the feature variants")
+    p.add_argument("--measure-raw", action=argparse.BooleanOptionalAction, default=d["measure_raw"],
+                   help="measure the raw (non-EMA) weights too")
+    p.add_argument("--batch-size", type=int, default=d["batch_size"],
+                   help="the ONE gradient batch of taylor / diff-pruning (the paper's: 128)")
+    p.add_argument("--max-timesteps", type=int, default=None,
+                   help="cap the gradient loop's timesteps (timing runs only; changes the method)")
     p.add_argument("--calib-size", type=int, default=64, help="LAPTOP output-loss calibration triples [64]")
-    p.add_argument("--curve-methods", nargs="*", default=["diff-pruning@0.05"], choices=CHANNEL)
-    p.add_argument("--curve-steps", type=int, default=1200, help="length of the fine-tune curves [1200]")
-    p.add_argument("--curve-every", type=int, default=400, help="measure the curves every N steps [400]")
-    p.add_argument("--sweep-ratios", type=float, nargs="*", default=[0.15, 0.5])
+    p.add_argument("--curve-methods", nargs="*", default=d["curve_methods"], choices=CHANNEL)
+    p.add_argument("--curve-steps", type=int, default=d["curve_steps"], help="length of the fine-tune curves")
+    p.add_argument("--curve-every", type=int, default=d["curve_every"], help="measure the curves every N steps")
+    p.add_argument("--sweep-ratios", type=float, nargs="*", default=d["sweep_ratios"])
     p.add_argument("--sweep-methods", nargs="*", default=["diff-pruning@0.05"], choices=CHANNEL)
-    p.add_argument("--num-samples", type=int, default=128, help="DDIM samples per model for FD-shapes/KID/SSIM")
-    p.add_argument("--sample-steps", type=int, default=50)
+    p.add_argument("--num-samples", type=int, default=d["num_samples"], help="DDIM samples per model")
+    p.add_argument("--sample-steps", type=int, default=d["sample_steps"])
+    p.add_argument("--skip-type", choices=("uniform", "quad"), default=d["skip_type"], help="DDIM timestep spacing")
+    p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=d["clip_x0"],
+                   help="clamp the predicted x0 to [-1, 1] at every DDIM step")
     p.add_argument("--heldout-images", type=int, default=256, help="test images of the held-out eps-MSE [256]")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--shards", type=int, default=1, help="split the cells over this many processes")
@@ -286,12 +335,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run only the main table or only the seed-0 extras (another process may run the rest in "
                         "the same --work; the report covers every saved cell either way)")
     p.add_argument("--stop-after", type=float, default=0, help="start no new cell after this many seconds (0: never)")
-    p.add_argument("--results", default=str(RESULTS))
+    p.add_argument("--results", default=str(RESULTS / d["results_sub"]))
     p.add_argument("--docs", default=str(Path(__file__).resolve().parents[1] / "docs" / "RESULTS.md"),
-                   help="RESULTS.md whose generated block is refreshed ('' to leave it alone)")
-    p.add_argument("--work", default="runs/reproduce")
+                   help="RESULTS.md whose generated block (of this study) is refreshed ('' to leave it alone)")
+    p.add_argument("--work", default=d["work"])
     return p
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Two passes: --study picks the preset, then every other flag may override it."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--study", choices=sorted(STUDIES), default="first")
+    study = pre.parse_known_args(argv)[0].study
+    return build_parser(study).parse_args(argv)
+
+
 if __name__ == "__main__":
-    main(build_parser().parse_args())
+    main(parse_args())

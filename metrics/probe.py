@@ -4,9 +4,12 @@ evaluate.py is the user-facing path (PNG folders, resumable, FID). The benchmark
 quickly and identically, so they share this probe, built once:
 
 - held-out eps-MSE: ``diffusion.ddpm.HeldOutLoss`` on fixed (x0, t, eps) triples from the shapes test split;
-- samples: deterministic DDIM (eta = 0, x0 clipped to [-1, 1]) from the noise of global indices 0..N-1 of
-  seed 0 (``diffusion.samplers.IndexedNoise``), so every model starts from the same x_T, as the Diff-Pruning
-  paper's SSIM protocol needs (Fang et al. 2023, Sec. 4.1);
+- samples: deterministic DDIM (eta = 0) from the noise of global indices 0..N-1 of seed 0
+  (``diffusion.samplers.IndexedNoise``), so every model starts from the same x_T, as the Diff-Pruning
+  paper's SSIM protocol needs (Fang et al. 2023, Sec. 4.1). ``ProbeConfig``'s defaults are the first study's
+  (DDIM-50, uniform skip, x0 clipped to [-1, 1]); ``STUDY`` is the paper's sampler (Fang et al. 2023,
+  Table 1: DDIM with 100 steps; VainF/Diff-Pruning's ddpm_exp samples with the quad skip and no x0
+  clipping) at 256 samples;
 - FD-shapes and KID-shapes of those samples against held-out data (metrics/fd_shapes.py), after the same uint8
   quantisation the real side gets (and that PNGs would apply);
 - SSIM of those samples to a reference model's samples from the same noise (metrics/ssim.py);
@@ -32,10 +35,16 @@ from metrics.ssim import consistency
 class ProbeConfig:
     num_samples: int = 256     # generated samples of FD-shapes / KID / SSIM
     sample_steps: int = 50     # DDIM steps
+    skip_type: str = "uniform"  # DDIM timestep spacing: "uniform" or "quad" (diffusion.samplers.ddim_timesteps)
+    clip_x0: bool = True       # clamp the predicted x0 to [-1, 1] at every DDIM step
     heldout_images: int = 256  # test-split images of the held-out eps-MSE
     heldout_draws: int = 2     # (t, eps) draws per held-out image
     image_size: int = 32
     batch_size: int = 128      # sampling batch
+
+
+# The study's measurement (docs/RESULTS.md, "Setup"): the Diff-Pruning paper's sampler at 256 samples.
+STUDY = ProbeConfig(num_samples=256, sample_steps=100, skip_type="quad", clip_x0=False)
 
 
 class QualityProbe:
@@ -53,8 +62,8 @@ class QualityProbe:
         """(N, 3, S, S) in [-1, 1], quantised to the uint8 grid a PNG would hold."""
         c = self.cfg
         x = sample(model.eval(), Schedule(), indices=list(range(c.num_samples)), seed=0,
-                   image_shape=(3, c.image_size, c.image_size), steps=c.sample_steps, batch_size=c.batch_size,
-                   clip_x0=True)
+                   image_shape=(3, c.image_size, c.image_size), steps=c.sample_steps, skip_type=c.skip_type,
+                   batch_size=c.batch_size, clip_x0=c.clip_x0)
         return ((x + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
 
     def set_reference(self, model: nn.Module) -> torch.Tensor:
@@ -75,7 +84,8 @@ class QualityProbe:
 
     def describe(self) -> dict:
         c = self.cfg
-        return {"num_samples": c.num_samples, "ddim_steps": c.sample_steps, "eta": 0.0, "clip_x0": True,
+        return {"num_samples": c.num_samples, "ddim_steps": c.sample_steps, "skip_type": c.skip_type, "eta": 0.0,
+                "clip_x0": c.clip_x0,
                 "noise_seed": 0, "heldout_images": c.heldout_images, "heldout_draws": c.heldout_draws,
                 "heldout_seed": 1234, "fd_shapes_reference": self.fd.description,
                 "shapes_net_sha256": self.fd.net.weights_sha256}

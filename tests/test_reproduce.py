@@ -36,7 +36,7 @@ def test_reproduce_saves_cells_and_a_rerun_recomputes_nothing(tmp_path, monkeypa
     docs = tmp_path / "RESULTS.md"
     docs.write_text(f"# Results\n\nHand-written.\n\n{report.BEGIN}\nold tables\n{report.END}\n\nVerdict text.\n")
     argv = tiny_argv(tmp_path, docs)
-    args = reproduce.build_parser().parse_args(argv)
+    args = reproduce.parse_args(argv)
     first = reproduce.main(args)
 
     cells = tmp_path / "work" / "cells"
@@ -59,7 +59,7 @@ def test_reproduce_saves_cells_and_a_rerun_recomputes_nothing(tmp_path, monkeypa
     second = reproduce.main(args)
     assert second["rows"] == first["rows"]
     assert {p.name: p.stat().st_mtime_ns for p in cells.glob("*.json")} == mtimes
-    assert reproduce.main(reproduce.build_parser().parse_args(argv + ["--report-only"]))["rows"] == first["rows"]
+    assert reproduce.main(reproduce.parse_args(argv + ["--report-only"]))["rows"] == first["rows"]
 
     # A lost result cell is rebuilt from the saved pruned model and the finished fine-tune run, to the same numbers.
     monkeypatch.undo()
@@ -69,21 +69,24 @@ def test_reproduce_saves_cells_and_a_rerun_recomputes_nothing(tmp_path, monkeypa
     assert third["rows"]["random"]["fd_shapes"] == first["rows"]["random"]["fd_shapes"]
 
 
-def test_verdict_rule_only_calls_separated_differences():
+def test_verdict_rule_is_welch_with_holm_per_claim():
     load_module("reproduce")
     report = sys.modules["benchmarks.reproduce_report"]
 
-    def row(fd, std, n=3):
-        return {"fd_shapes": {"mean": fd, "std": std, "n": n}, "heldout_loss": {"mean": 0.01, "std": 0.001, "n": n}}
-    rows = {"a": row(10.0, 1.0), "b": row(13.0, 1.0), "c": row(11.5, 1.0), "d": row(5.0, 0.5)}
-    assert report.compare(rows["a"], rows["b"], "fd_shapes") == "better"
-    assert report.compare(rows["a"], rows["c"], "fd_shapes") == "overlap"
-    assert report.compare(rows["a"], rows["d"], "fd_shapes") == "worse"
-    assert report.compare(row(10.0, 0.0, n=1), row(20.0, 0.0, n=1), "fd_shapes") == "overlap"  # one seed: no spread
-    assert report.verdict_beats(rows, "a", ["b"])["verdict"] == "supported"
-    assert report.verdict_beats(rows, "a", ["b", "c"])["verdict"].startswith("not supported")
-    assert report.verdict_beats(rows, "a", ["b", "d"])["verdict"].startswith("contradicted")
-    assert report.verdict_beats(rows, "a", ["missing"])["verdict"].startswith("incomplete")
+    def row(values):
+        return {"fd_shapes": report.stats(values), "heldout_loss": report.stats([0.01, 0.011, 0.012])}
+    rows = {"a": row([10.0, 10.5, 9.5, 10.2, 9.8]), "far": row([20.0, 21.0, 19.0, 20.5, 19.5]),
+            "near": row([10.4, 10.9, 9.9, 10.6, 10.1]), "better": row([5.0, 5.5, 4.5, 5.2, 4.8]),
+            "fixed": row([11.0, 11.0, 11.0]), "noisy": row([11.0, 11.5, 16.0])}
+    assert report.verdict_beats(rows, "a", ["far"])["verdict"] == "supported"
+    assert report.verdict_beats(rows, "a", ["far", "near"])["verdict"] == "not supported at this scale"
+    assert report.verdict_beats(rows, "a", ["far", "better"])["verdict"] == "contradicted"
+    assert report.verdict_beats(rows, "a", ["missing"])["verdict"].startswith("untested")
+    # A deterministic row (std 0) against a noisy one: the old interval rule said "better", Welch does not.
+    v = report.verdict_beats(rows, "fixed", ["noisy"])
+    assert v["verdict"] == "not supported at this scale"
+    (c,) = v["comparisons"].values()
+    assert c["p_holm"] > 0.2 and "95% CI" in report.st.describe(c)
 
 
 @pytest.mark.slow
@@ -114,16 +117,17 @@ def test_teacher_curve_continues_measures_resumes_and_ships(tmp_path, monkeypatc
 def test_threshold_verdict_separates_mattering_from_intermediate_best():
     load_module("reproduce")
     report = sys.modules["benchmarks.reproduce_report"]
+    jitter = [-0.6, 0.3, 0.0, 0.6, -0.3]
 
-    def rows(fds):
-        return {f"diff-pruning@{t}": {"fd_shapes": {"mean": fd, "std": 1.0, "n": 3},
-                                      "heldout_loss": {"mean": 0.01, "std": 0.001, "n": 3}}
-                for t, fd in zip(("0.0", "0.02", "0.05", "0.1"), fds)}
-    c4 = report.verdicts(rows([20, 15, 10, 20]), {}, None, 0, None)["C4"]
-    assert c4["matters"] and c4["intermediate_best"] and c4["best_mean"] == "diff-pruning@0.05"
+    def rows(fds, names=("taylor", "diff-pruning@0.05", "diff-pruning@0.1", "diff-pruning@0.2")):
+        return {m: {"fd_shapes": report.stats([fd + j for j in jitter]),
+                    "heldout_loss": report.stats([0.01, 0.011, 0.012])} for m, fd in zip(names, fds)}
+    c4 = report.verdicts(rows([20, 15, 10, 20]), {}, None, 0, None)["C4"]  # taylor stands for thr 0.0
+    assert c4["thresholds"] == [0.0, 0.05, 0.1, 0.2]
+    assert c4["matters"] and c4["intermediate_best"] and c4["best_mean"] == "diff-pruning@0.1"
     c4 = report.verdicts(rows([40, 30, 20, 10]), {}, None, 0, None)["C4"]  # monotone: the best is an end
-    assert c4["matters"] and not c4["intermediate_best"] and "end of the range" in c4["verdict"]
-    c4 = report.verdicts(rows([10.5, 10, 11, 10.8]), {}, None, 0, None)["C4"]  # all within the spread
+    assert c4["matters"] and not c4["intermediate_best"] and "end of the" in c4["verdict"]
+    c4 = report.verdicts(rows([10.2, 10, 10.3, 10.1]), {}, None, 0, None)["C4"]  # all within the noise
     assert not c4["matters"] and not c4["intermediate_best"]
 
 
@@ -137,7 +141,7 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path):
              (["--report-only"], "has no finished cell")]
     for extra, message in cases:
         with pytest.raises(SystemExit, match=message):
-            reproduce.main(reproduce.build_parser().parse_args(base + extra))
+            reproduce.main(reproduce.parse_args(base + extra))
     # nothing was started or written: no work folder, no results, the docs untouched
     assert not (tmp_path / "work").exists() and not (tmp_path / "results").exists()
     assert docs.read_text() == "# Results\n"
