@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from metrics.fd_shapes import (REFERENCE_IMAGES, FDShapesReference, fd_from_features, kid_from_features,  # noqa: E402
                                real_images, shapes_features)
 from models.checkpoint import environment  # noqa: E402
-from models.shapes_net import load_shapes_net  # noqa: E402
+from metrics.shapes_net import load_shapes_net  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = {

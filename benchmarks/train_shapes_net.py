@@ -1,4 +1,4 @@
-"""Train ShapesNet (models/shapes_net.py), the feature network of FD-shapes, on the procedural shapes' attributes.
+"""Train ShapesNet (metrics/shapes_net.py), the feature network of FD-shapes, on the procedural shapes' attributes.
 
     python benchmarks/train_shapes_net.py --out checkpoints/shapes_net.pt   # the shipped checkpoint's command
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common.runs import seed_everything  # noqa: E402
 from data.procedural import ProceduralShapes  # noqa: E402
 from models.checkpoint import environment  # noqa: E402
-from models.shapes_net import (NUM_BACKGROUND_NAMES, NUM_TARGETS, TARGET_SLICES, ShapesNet,  # noqa: E402
+from metrics.shapes_net import (NUM_BACKGROUND_NAMES, NUM_TARGETS, TARGET_SLICES, ShapesNet,  # noqa: E402
                                ShapesNetConfig, attribute_targets, save_shapes_net)
 
 

@@ -10,7 +10,7 @@ Image i of a split is a pure function of (seed, split, i, image_size): no files,
 resolution. The train and test splits use disjoint random streams, so the test split serves as
 held-out data for the held-out denoising loss. ``ProceduralShapes.attributes(i)`` returns the latent
 attributes image i was drawn from (background colours, number, kinds and colours of the shapes): the labels
-of the feature network behind FD-shapes (models/shapes_net.py).
+of the feature network behind FD-shapes (metrics/shapes_net.py).
 """
 from __future__ import annotations
 

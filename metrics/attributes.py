@@ -2,7 +2,7 @@
 
 Text-to-image models are judged by how well the images follow the prompt (CLIP score, PickScore; LAPTOP-Diff,
 arXiv 2404.11098, section 4, reports PickScore). For the captioned shapes (data/captions.py) the prompt's
-content is known exactly, so it can be checked attribute by attribute: ShapesNet (models/shapes_net.py, the
+content is known exactly, so it can be checked attribute by attribute: ShapesNet (metrics/shapes_net.py, the
 weights with the background-name head, checkpoints/shapes_net_t2i.pt) reads each image, and the reading is
 compared with what ``parse_caption`` says the caption asks for:
 
@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from data.captions import CaptionAttributes, parse_caption
-from models.shapes_net import TARGET_SLICES, ShapesNet, load_shapes_net
+from metrics.shapes_net import TARGET_SLICES, ShapesNet, load_shapes_net
 
 ATTRIBUTES = ("count", "kinds", "colours", "background", "pairs", "all")
 ATTRIBUTE_READER_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "shapes_net_t2i.pt"

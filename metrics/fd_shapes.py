@@ -2,7 +2,7 @@
 
 FID (Heusel et al. 2017) fits a Gaussian to a network's features of generated and of real images and reports
 the Frechet distance between the two Gaussians (metrics/fid.py, ``frechet_distance``). FD-shapes is the same
-distance, computed with the same code, on the D = 64 pooled features of ShapesNet (models/shapes_net.py: a
+distance, computed with the same code, on the D = 64 pooled features of ShapesNet (metrics/shapes_net.py: a
 small CNN trained on the procedural shapes' latent attributes) instead of Inception-v3's 2048 pool3 features.
 The real side is held-out data: the first ``REFERENCE_IMAGES`` images of the shapes test split (seed 0), which
 neither the shipped teacher nor ShapesNet was trained on. KID-shapes (metrics/kid.py; Binkowski et al. 2018)
@@ -23,7 +23,7 @@ import torch
 from data.procedural import ProceduralShapes
 from metrics.fid import frechet_distance, stats_from_features
 from metrics.kid import kid
-from models.shapes_net import ShapesNet, load_shapes_net
+from metrics.shapes_net import ShapesNet, load_shapes_net
 
 REFERENCE_IMAGES = 2048  # test-split images of the real side: shapes test split [0, 2048)
 KID_SUBSET_SIZE, KID_SUBSETS = 1000, 100  # Binkowski et al.'s subset size; min(1000, N) for fewer samples

@@ -8,7 +8,7 @@ import torch
 from data.captions import CaptionAttributes, CaptionedShapes, caption, caption_attributes, parse_caption
 from data.procedural import ProceduralShapes
 from metrics.attributes import ATTRIBUTE_READER_CHECKPOINT, attribute_accuracy, load_attribute_reader, read_attributes
-from models.shapes_net import (NUM_BACKGROUND_NAMES, NUM_TARGETS, TARGET_SLICES, ShapesNet, ShapesNetConfig,
+from metrics.shapes_net import (NUM_BACKGROUND_NAMES, NUM_TARGETS, TARGET_SLICES, ShapesNet, ShapesNetConfig,
                                attribute_targets)
 
 RED_DISCS = CaptionAttributes(shapes=((0, 0), (0, 0), (1, 2)), background=(0, 4))  # two red discs, a blue square

@@ -12,7 +12,7 @@ import torch
 from data.procedural import PALETTE, SHAPES, ProceduralShapes
 from metrics.fd_shapes import FDShapesReference, fd_from_features, real_images, shapes_features
 from metrics.kid import kid, mmd2_unbiased, polynomial_kernel
-from models.shapes_net import (SHAPES_NET_CHECKPOINT, TARGET_SLICES, ShapesNet, ShapesNetConfig,
+from metrics.shapes_net import (SHAPES_NET_CHECKPOINT, TARGET_SLICES, ShapesNet, ShapesNetConfig,
                                attribute_targets, load_shapes_net)
 
 REPO = Path(__file__).resolve().parents[1]

@@ -108,9 +108,9 @@ class ShapesNetConfig:
 
     def __post_init__(self):
         if self.feature_dim < 2 or self.feature_dim % 2:
-            raise ValueError(f"models/shapes_net.py: feature_dim must be even and >= 2, got {self.feature_dim}")
+            raise ValueError(f"metrics/shapes_net.py: feature_dim must be even and >= 2, got {self.feature_dim}")
         if self.background_names not in (0, NUM_BACKGROUND_NAMES):
-            raise ValueError(f"models/shapes_net.py: background_names must be 0 or {NUM_BACKGROUND_NAMES}, "
+            raise ValueError(f"metrics/shapes_net.py: background_names must be 0 or {NUM_BACKGROUND_NAMES}, "
                              f"got {self.background_names}")
 
     def to_dict(self) -> dict:
@@ -120,7 +120,7 @@ class ShapesNetConfig:
     def from_dict(cls, d: dict) -> "ShapesNetConfig":
         unknown = set(d) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
-            raise ValueError(f"models/shapes_net.py: unknown ShapesNetConfig keys {sorted(unknown)}")
+            raise ValueError(f"metrics/shapes_net.py: unknown ShapesNetConfig keys {sorted(unknown)}")
         return cls(**{**d, "widths": tuple(d.get("widths", cls.widths))})
 
 
@@ -157,7 +157,7 @@ class ShapesNet(nn.Module):
     def forward(self, images01: torch.Tensor) -> torch.Tensor:
         s = self.config.image_size
         if images01.ndim != 4 or tuple(images01.shape[1:]) != (3, s, s):
-            raise ValueError(f"models/shapes_net.py: ShapesNet takes (B, 3, {s}, {s}) images in [0, 1], "
+            raise ValueError(f"metrics/shapes_net.py: ShapesNet takes (B, 3, {s}, {s}) images in [0, 1], "
                              f"got {tuple(images01.shape)}")
         h = self.body(images01 * 2 - 1)  # the diffusion models' [-1, 1] range
         return torch.cat([h.mean(dim=(2, 3)), h.amax(dim=(2, 3))], dim=1)  # (B, feature_dim)
@@ -190,11 +190,11 @@ def load_shapes_net(path: str | os.PathLike | None = None, *, device: str | torc
     """The ShapesNet of a checkpoint (default: the shipped checkpoints/shapes_net.pt), in eval mode."""
     path = Path(path) if path is not None else SHAPES_NET_CHECKPOINT
     if not path.is_file():
-        raise FileNotFoundError(f"models/shapes_net.py: ShapesNet checkpoint {path} does not exist "
+        raise FileNotFoundError(f"metrics/shapes_net.py: ShapesNet checkpoint {path} does not exist "
                                 "(train one with benchmarks/train_shapes_net.py)")
     ckpt = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
-        raise ValueError(f"models/shapes_net.py: {path} is not a ShapesNet checkpoint (format "
+        raise ValueError(f"metrics/shapes_net.py: {path} is not a ShapesNet checkpoint (format "
                          f"{ckpt.get('format') if isinstance(ckpt, dict) else type(ckpt).__name__!r}, "
                          f"expected {FORMAT!r})")
     net = ShapesNet(ShapesNetConfig.from_dict(ckpt["config"]))
