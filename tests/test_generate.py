@@ -132,3 +132,19 @@ def test_sdxl_pipeline_conditions_on_both_encoders(tmp_path, monkeypatch):
     assert k["added_cond_kwargs"]["time_ids"].tolist() == [[16, 16, 0, 0, 16, 16]] * 2
     # No negative prompt gives SDXL's zero unconditional embedding.
     assert k["encoder_hidden_states"][0].abs().sum() == 0 and k["added_cond_kwargs"]["text_embeds"][0].abs().sum() == 0
+
+
+def test_a_pruned_unet_replaces_the_pipelines(folders, tmp_path):
+    """--unet: a diffprune checkpoint whose model_config is a (layer-pruned) UNetConditionConfig."""
+    from models.checkpoint import save_checkpoint
+    from models.sd.config import UNetConditionConfig
+    from models.sd.unet import UNet2DConditionModel
+    from models.sd.wiring import removable_units
+    config = UNetConditionConfig.from_diffusers(json.loads((folders["text"] / "unet" / "config.json").read_text()))
+    pruned = config.with_removed([u for u in removable_units(config) if ".attentions." in u][:1])
+    unet = UNet2DConditionModel(pruned)
+    assert sum(p.numel() for p in unet.parameters()) < sum(p.numel() for p in UNet2DConditionModel(config).parameters())
+    save_checkpoint(tmp_path / "pruned.pt", config=pruned, state_dict=unet.state_dict())
+    run = generate.main(_cfg(folders["text"], tmp_path, prompt="circle", unet=str(tmp_path / "pruned.pt")))
+    assert (run / "00000.png").is_file()
+    assert json.loads((run / "generate.json").read_text())["unet"].endswith("pruned.pt")
