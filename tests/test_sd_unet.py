@@ -87,6 +87,9 @@ def test_from_diffusers_reports_every_unsupported_key_at_once():
         assert part in msg, part
     with pytest.raises(ValueError, match="mid_block_type.*UNetMidBlock2DSimpleCrossAttn"):
         UNetConditionConfig.from_diffusers({**DIFFUSERS_CONFIGS["sd-v1.5"], "mid_block_type": "UNetMidBlock2DSimpleCrossAttn"})
+    assert UNetConditionConfig.from_diffusers({**DIFFUSERS_CONFIGS["sd-v1.5"], "only_cross_attention": [False] * 4}) == PRESETS["sd-v1.5"]
+    with pytest.raises(ValueError, match="only_cross_attention=\\[True, False\\]"):
+        UNetConditionConfig.from_diffusers({**DIFFUSERS_CONFIGS["sd-v1.5"], "only_cross_attention": [True, False]})
     with pytest.raises(ValueError, match="attention_head_dim.*3 entries for 4 levels"):
         UNetConditionConfig.from_diffusers({**DIFFUSERS_CONFIGS["sd-v1.5"], "attention_head_dim": [5, 10, 20]})
 

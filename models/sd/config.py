@@ -135,7 +135,7 @@ class UNetConditionConfig:
 
     def __post_init__(self) -> None:
         L = len(self.block_out_channels)
-        tuples = ("down_block_types", "up_block_types", "block_out_channels") + _PER_LEVEL + ("num_attention_heads",)
+        tuples = ("down_block_types", "up_block_types", "block_out_channels", "sample_size") + _PER_LEVEL + ("num_attention_heads",)
         for name in tuples:  # lists (JSON, checkpoints) -> tuples, so the config stays hashable
             value = getattr(self, name)
             object.__setattr__(self, name, tuple(value) if isinstance(value, (list, tuple)) else value)
@@ -227,7 +227,10 @@ class UNetConditionConfig:
         supported = set(_COPIED) | set(_PER_LEVEL) | set(_IGNORED) | set(_FIXED) | {"attention_head_dim", "num_attention_heads"}
         problems = [f"unknown key {k!r}" for k in sorted(config) if not k.startswith("_") and k not in supported]
         for key, allowed in _FIXED.items():
-            if key in config and config[key] not in allowed:
+            value = config.get(key)
+            if key == "only_cross_attention" and isinstance(value, (list, tuple)) and not any(value):
+                continue  # the per-level form, all False, is the default
+            if key in config and value not in allowed:
                 problems.append(f"{key}={config[key]!r} unsupported; supported: {list(allowed)}")
         for key, allowed in (("down_block_types", DOWN_BLOCK_TYPES), ("up_block_types", UP_BLOCK_TYPES)):
             bad = [t for t in config.get(key, ()) if t not in allowed]
