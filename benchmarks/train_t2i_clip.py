@@ -1,0 +1,220 @@
+"""Train the tiny CLIP of the embedded text-to-image world on captioned shapes; resumable; ships a CLIPModel folder.
+
+    OMP_NUM_THREADS=1 nohup python benchmarks/train_t2i_clip.py --run runs/t2i_clip \\
+        --ship checkpoints/t2i_shapes/clip > runs/t2i_clip.log 2>&1 &       # the shipped model's command
+
+Both towers are models/clip's (transformers' CLIPModel semantics): a causal text transformer pooled at the
+EOS token and a ViT on 4x4 patches of the 32x32 image, each with a linear projection to a shared space, and the
+learned temperature. The loss is CLIP's (Radford et al. 2021, Fig. 3): logits_ij = exp(t) cos(T_i, I_j) over
+a batch of N pairs, cross-entropy over rows and over columns with label i for row i, averaged; exp(t) is
+clipped at 100 as in Sec. 2.5. Each step draws N train images (data/rendered.py) and gives each a random
+paraphrase of its caption (data/captions.py), so the text tower sees every template. Images are normalised as
+metrics/clip_score.py's ``preprocess`` does for 32 px input (CLIP's mean and std), with no flips: a flip
+would swap the ends of the background the caption names in order.
+
+Held-out retrieval (test split, its own captions, ``--eval-pairs`` pairs): top-1 / top-5 accuracy of
+image -> text and text -> image in the full pair matrix, and "same attributes" top-1 (the retrieved caption
+states the same attributes; many held-out captions coincide in content). The text tower of this model is the
+teacher's frozen text encoder, as CLIP's is for SD. Re-running the command resumes ``--run``; when the run is
+complete, ``--ship`` writes the folder (never over an existing one) and benchmarks/results/t2i_clip.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from common.resumable import machine, open_run, save_state, warmup_cosine  # noqa: E402
+from data.captions import NUM_VARIANTS, caption  # noqa: E402
+from data.rendered import rendered_split  # noqa: E402
+from metrics.clip_score import CLIP_MEAN, CLIP_STD  # noqa: E402
+from models.clip import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig  # noqa: E402
+from models.clip.tokenizer import CLIPTokenizer  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+TOKENIZER = REPO / "checkpoints" / "t2i_shapes" / "tokenizer"
+MAX_LOGIT_SCALE = float(np.log(100.0))
+
+
+def clip_config(tok: CLIPTokenizer, *, width: int, layers: int, heads: int) -> CLIPConfig:
+    """The tiny CLIP: both towers ``layers`` deep and ``width`` wide, 4x4 patches, context = the tokenizer's."""
+    text = CLIPTextConfig(vocab_size=len(tok.vocab), hidden_size=width, intermediate_size=4 * width,
+                          projection_dim=width, num_hidden_layers=layers, num_attention_heads=heads,
+                          max_position_embeddings=tok.model_max_length, pad_token_id=tok.pad_token_id,
+                          bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    vision = CLIPVisionConfig(hidden_size=width, intermediate_size=4 * width, projection_dim=width,
+                              num_hidden_layers=layers, num_attention_heads=heads, image_size=32, patch_size=4)
+    return CLIPConfig(text=text, vision=vision, projection_dim=width)
+
+
+def init_weights(model: CLIPModel) -> None:
+    """Small normal initialisation (std 0.02 for weights and embeddings, as CLIP's reference code starts
+    its towers; zero biases): PyTorch's default Embedding N(0, 1) would swamp the positions."""
+    for name, p in model.named_parameters():
+        if name == "logit_scale":
+            continue
+        if p.dim() >= 2 or "embedding" in name:
+            torch.nn.init.normal_(p, std=0.02)
+        elif name.endswith("bias"):
+            torch.nn.init.zeros_(p)
+
+
+def pixels(images_uint8: np.ndarray) -> torch.Tensor:
+    """uint8 (N, 32, 32, 3) -> CLIP-normalised (N, 3, 32, 32) (metrics/clip_score.py preprocess at 32 px)."""
+    x = torch.from_numpy(images_uint8).permute(0, 3, 1, 2).float() / 255.0
+    return (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
+
+
+def contrastive_loss(model: CLIPModel, ids: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
+    """Symmetric cross-entropy over the (N, N) text-image logits (Radford et al. 2021, Fig. 3)."""
+    logits = model.logits_per_text(ids, pix)  # (N_text, N_image)
+    labels = torch.arange(len(ids))
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+@torch.no_grad()
+def retrieval(model: CLIPModel, tok: CLIPTokenizer, images: np.ndarray, attrs: list) -> dict:
+    """Held-out retrieval accuracies over all pairs (canonical captions, variant 0)."""
+    model.eval()
+    texts = [caption(a, 0) for a in attrs]
+    t = torch.cat([F.normalize(model.text_embeds(tok(texts[i:i + 256])), dim=-1) for i in range(0, len(texts), 256)])
+    im = torch.cat([F.normalize(model.image_embeds(pixels(images[i:i + 256])), dim=-1)
+                    for i in range(0, len(images), 256)])
+    sim = im @ t.T  # (N_image, N_text)
+    n = len(attrs)
+    truth = torch.arange(n)
+    top5_i2t, top5_t2i = sim.topk(5, dim=1).indices, sim.T.topk(5, dim=1).indices
+    i2t, t2i = sim.argmax(1), sim.argmax(0)
+    same = lambda pred: float(np.mean([attrs[int(p)] == attrs[k] for k, p in enumerate(pred)]))  # noqa: E731
+    model.train()
+    return {"pairs": n, "image_to_text_top1": (i2t == truth).float().mean().item(),
+            "image_to_text_top5": (top5_i2t == truth[:, None]).any(1).float().mean().item(),
+            "text_to_image_top1": (t2i == truth).float().mean().item(),
+            "text_to_image_top5": (top5_t2i == truth[:, None]).any(1).float().mean().item(),
+            "image_to_text_same_attributes_top1": same(i2t), "text_to_image_same_attributes_top1": same(t2i),
+            "chance_top1": 1.0 / n}
+
+
+def main(args: argparse.Namespace) -> None:
+    torch.set_num_threads(args.threads)
+    session_only = ("argv", "ship", "results", "threads", "stop_after", "cache")  # may change between sessions
+    settings = {k: v for k, v in vars(args).items() if k not in session_only}
+    folder, state = open_run(args.run, settings)
+    tok = CLIPTokenizer.from_folder(TOKENIZER)
+    torch.manual_seed(args.seed)
+    model = CLIPModel(clip_config(tok, width=args.width, layers=args.layers, heads=args.heads))
+    init_weights(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
+    gen = torch.Generator().manual_seed(args.seed)
+    step, wall, curve = 0, 0.0, []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["generator"])
+        step, wall, curve = int(state["step"]), float(state["wall_seconds"]), json.loads(state["curve"])
+        print(f"[clip] resumed {folder} at step {step}", flush=True)
+    cache = Path(args.cache)
+    start = time.perf_counter() - wall
+    train_images, train_attrs = rendered_split("train", args.train_images, cache_dir=cache)
+    val_images, val_attrs = rendered_split("test", args.eval_pairs, cache_dir=cache)
+    print(f"[clip] data ready ({time.perf_counter() - start:.0f} s); {sum(p.numel() for p in model.parameters())} "
+          f"parameters", flush=True)
+
+    model.train()
+    stop = min(args.steps, args.stop_after or args.steps)
+    while step < stop:
+        lr = warmup_cosine(step, total=args.steps, peak=args.lr, warmup=args.warmup)
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(len(train_attrs), (args.batch_size,), generator=gen)
+        variants = torch.randint(NUM_VARIANTS, (args.batch_size,), generator=gen)
+        ids = tok([caption(train_attrs[i], int(v)) for i, v in zip(idx.tolist(), variants)])
+        loss = contrastive_loss(model, ids, pixels(train_images[idx.numpy()]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)  # exp(t) <= 100 (Radford et al. 2021, Sec. 2.5)
+        step += 1
+        if step % args.log_every == 0 or step == stop:
+            entry = {"step": step, "loss": round(loss.item(), 4), "temperature": round(model.logit_scale.exp().item(), 2),
+                     "seconds": round(time.perf_counter() - start, 1)}
+            if step % args.eval_every == 0 or step == args.steps:
+                entry.update(retrieval(model, tok, val_images, val_attrs))
+            curve.append(entry)
+            print("[clip] " + json.dumps(entry), flush=True)
+            save_state(folder, {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
+                                "step": step, "wall_seconds": time.perf_counter() - start, "curve": json.dumps(curve)})
+    if step < args.steps:
+        print(f"[clip] stopped at step {step} of {args.steps} (--stop-after); rerun the command to continue", flush=True)
+        return
+    wall = time.perf_counter() - start
+    final = retrieval(model, tok, val_images, val_attrs)
+    print("[clip] held-out retrieval: " + json.dumps(final), flush=True)
+    if args.ship:
+        ship(model, Path(args.ship), args, final, curve, wall)
+
+
+def ship(model: CLIPModel, out: Path, args: argparse.Namespace, final: dict, curve: list, wall: float) -> None:
+    from models.clip.load import save_clip
+
+    if out.exists():
+        print(f"[clip] {out} exists; not overwritten (remove it to ship this run)", flush=True)
+        return
+    save_clip(model.eval(), out)
+    result = {"command": "OMP_NUM_THREADS=1 python benchmarks/train_t2i_clip.py " + shlex.join(args.argv),
+              "folder": str(out), "heldout_retrieval": final,
+              "parameters": sum(p.numel() for p in model.parameters()), "wall_seconds": round(wall, 1),
+              "wall_note": "summed over resumed sessions, on a CPU shared with other jobs (see load_average_1m)",
+              "machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "argv"}, "curve": curve}
+    results = Path(args.results)
+    results.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"[clip] shipped {out} and {results}", flush=True)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--run", required=True, help="run folder (state.pt, args.json); rerun to resume")
+    p.add_argument("--ship", default=None, help="CLIPModel folder to write when done (never overwritten)")
+    p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "t2i_clip.json"),
+                   help="results JSON written with --ship [benchmarks/results/t2i_clip.json]")
+    p.add_argument("--steps", type=int, default=3000, help="[3000]")
+    p.add_argument("--batch-size", type=int, default=128, help="pairs per contrastive batch [128]")
+    p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate [1e-3]")
+    p.add_argument("--warmup", type=int, default=100, help="[100]")
+    p.add_argument("--weight-decay", type=float, default=0.05, help="[0.05]")
+    p.add_argument("--width", type=int, default=64, help="both towers' width and the projection dim [64]")
+    p.add_argument("--layers", type=int, default=3, help="[3]")
+    p.add_argument("--heads", type=int, default=4, help="[4]")
+    p.add_argument("--train-images", type=int, default=20000, help="[20000]")
+    p.add_argument("--eval-pairs", type=int, default=512, help="held-out test-split pairs [512]")
+    p.add_argument("--log-every", type=int, default=50, help="[50]")
+    p.add_argument("--eval-every", type=int, default=500, help="[500]")
+    p.add_argument("--stop-after", type=int, default=None, help="end this session at that step (resume later)")
+    p.add_argument("--cache", default=str(REPO / "runs" / "t2i_cache"), help="rendered-images cache folder")
+    p.add_argument("--threads", type=int, default=1, help="[1]")
+    p.add_argument("--seed", type=int, default=0, help="[0]")
+    a = p.parse_args(argv)
+    for name in ("steps", "batch_size", "width", "layers", "heads", "train_images", "log_every", "eval_every"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if a.eval_every % a.log_every:
+        p.error("--eval-every must be a multiple of --log-every")
+    if a.eval_pairs < 5:
+        p.error("--eval-pairs must be >= 5 (top-5 retrieval)")
+    a.argv = argv
+    return a
+
+
+if __name__ == "__main__":
+    main(parse_args())

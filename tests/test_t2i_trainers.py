@@ -1,0 +1,83 @@
+"""The tiny CLIP and VAE trainers (benchmarks/train_t2i_clip.py, train_t2i_vae.py): exact resume, shipping, loading."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from data.captions import caption_attributes
+from data.procedural import ProceduralShapes
+from data.rendered import rendered_split
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+CLIP_TINY = ["--steps", "4", "--batch-size", "4", "--width", "16", "--layers", "1", "--heads", "2",
+             "--train-images", "12", "--eval-pairs", "6", "--log-every", "1", "--eval-every", "2", "--warmup", "1"]
+VAE_TINY = ["--steps", "4", "--batch-size", "2", "--widths", "8", "16", "16", "--groups", "4", "--train-images", "8",
+            "--eval-images", "4", "--scale-images", "4", "--log-every", "1", "--eval-every", "2", "--warmup", "1"]
+
+
+def _run(module, tmp_path: Path, run: str, extra: list[str]) -> dict:
+    tiny = CLIP_TINY if module.__name__ == "train_t2i_clip" else VAE_TINY
+    module.main(module.parse_args(["--run", str(tmp_path / run), "--cache", str(tmp_path / "cache"), *tiny, *extra]))
+    return torch.load(tmp_path / run / "state.pt", weights_only=True)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["train_t2i_clip", "train_t2i_vae"])
+def test_two_sessions_equal_one_and_the_shipped_folder_loads(tmp_path, name):
+    module = _script(name)
+    straight = _run(module, tmp_path, "straight", [])
+    first = _run(module, tmp_path, "resumed", ["--stop-after", "2"])
+    assert first["step"] == 2
+    out, results = tmp_path / "shipped", tmp_path / "results.json"
+    resumed = _run(module, tmp_path, "resumed", ["--ship", str(out), "--results", str(results)])
+    assert resumed["step"] == straight["step"] == 4
+    for key, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][key]), key
+    record = json.loads(results.read_text())
+    assert record["command"].startswith("OMP_NUM_THREADS=1 python benchmarks/") and record["wall_seconds"] > 0
+    assert len(record["curve"]) == 4 and "machine" in record
+    if name == "train_t2i_clip":
+        from models.clip.load import load_clip
+
+        model = load_clip(out)
+        assert type(model).__name__ == "CLIPModel" and model.config.text.max_position_embeddings == 32
+        assert 0.0 <= record["heldout_retrieval"]["image_to_text_top1"] <= 1.0
+        text = load_clip(out, kind="CLIPTextModelWithProjection")  # the teacher's text encoder is this tower
+        ids = torch.tensor([[600, 353, 535, 562, 550, 353, 570, 521, 601]])  # "a red disc on a grey background"
+        torch.testing.assert_close(text(ids).text_embeds, model.text_embeds(ids))
+    else:
+        from models.pipelines.component import load_component
+
+        vae = load_component(out)
+        assert vae.config.scaling_factor == record["test_split"]["scaling_factor"] > 0
+        z = vae.encode(torch.zeros(1, 3, 32, 32)).mean
+        assert z.shape == (1, 4, 8, 8)
+    # A resumed run refuses other settings, and shipping never overwrites.
+    with pytest.raises(ValueError, match="started with other settings"):
+        _run(module, tmp_path, "resumed", ["--lr", "0.5"])
+    before = sorted(p.stat().st_mtime_ns for p in out.iterdir())
+    _run(module, tmp_path, "resumed", ["--ship", str(out), "--results", str(tmp_path / "again.json")])
+    assert sorted(p.stat().st_mtime_ns for p in out.iterdir()) == before
+
+
+def test_rendered_cache_round_trips(tmp_path):
+    images, attrs = rendered_split("test", 3, start=5, cache_dir=tmp_path)
+    again, attrs_again = rendered_split("test", 3, start=5, cache_dir=tmp_path)  # read from the cache
+    assert len(list(tmp_path.iterdir())) == 1
+    ds = ProceduralShapes(size=8, split="test")
+    for j in range(3):
+        assert (again[j] == ds.image_uint8(5 + j)).all() and (images[j] == again[j]).all()
+        assert attrs[j] == attrs_again[j] == caption_attributes(ds.attributes(5 + j))
