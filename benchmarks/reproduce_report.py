@@ -92,25 +92,25 @@ def published(method: str) -> str:
     return f"{fc:.2f} / {sc:.3f} | {fa:.2f} / {sa:.3f}"
 
 
-def table(rows: dict[str, dict], teacher: dict | None, paper: bool = False) -> list[str]:
+def table(rows: dict[str, dict], teacher: dict | None, paper: bool = False, minutes: bool = True) -> list[str]:
     """Mean ± std over seeds; with raw-weight measurements, FD and SSIM of the raw weights too."""
     raw = any("fd_shapes_raw" in r for r in rows.values())
-    extra = (" FD-shapes raw | SSIM raw |" if raw else "") + " cell min |" + \
+    extra = (" FD-shapes raw | SSIM raw |" if raw else "") + (" cell min |" if minutes else "") + \
         (" paper CIFAR-10 FID / SSIM | paper CelebA-64 FID / SSIM |" if paper else "")
     lines = ["| method | params | MACs | eps-MSE after pruning | FD-shapes | KID-shapes | SSIM to teacher | "
-             "eps-MSE fine-tuned | seeds |" + extra, "|---" * (10 + 2 * raw + 2 * paper) + "|"]
+             "eps-MSE fine-tuned | seeds |" + extra, "|---" * (9 + minutes + 2 * raw + 2 * paper) + "|"]
     if teacher:
         lines.append(f"| teacher (dense) | {teacher['params'] / 1e6:.3f}M | {teacher['macs_paper'] / 1e6:.1f}M | - | "
                      f"{teacher['fd_shapes']:.2f} | {teacher['kid_shapes']:.3f} | 1 | {teacher['heldout_loss']:.5f} | - |"
-                     + (" - | - |" if raw else "") + " - |" + (f" {published('teacher')} |" if paper else ""))
+                     + (" - | - |" if raw else "") + (" - |" if minutes else "") + (f" {published('teacher')} |" if paper else ""))
     for r in rows.values():
         cols = (f" {fmt(r['fd_shapes_raw'], '.2f')} | {fmt(r['ssim_to_teacher_raw'], '.3f')} |"
                 if raw and "fd_shapes_raw" in r else " - | - |" if raw else "")
-        minutes = f" {r['cell_minutes']['mean']:.0f} |" if "cell_minutes" in r else " - |"
+        mins = "" if not minutes else f" {r['cell_minutes']['mean']:.0f} |" if "cell_minutes" in r else " - |"
         lines.append(f"| {r['method']} | {r['params'] / 1e6:.3f}M | {r['macs_paper'] / 1e6:.1f}M | "
                      f"{fmt(r['pruned_heldout_loss'], '.4f')} | {fmt(r['fd_shapes'], '.2f')} | "
                      f"{fmt(r['kid_shapes'], '.3f')} | {fmt(r['ssim_to_teacher'], '.3f')} | "
-                     f"{fmt(r['heldout_loss'], '.5f')} | {len(r['seeds'])} |" + cols + minutes
+                     f"{fmt(r['heldout_loss'], '.5f')} | {len(r['seeds'])} |" + cols + mins
                      + (f" {published(r['method'])} |" if paper else ""))
     return lines
 
@@ -172,9 +172,13 @@ def verdicts(rows: dict, curves: dict, teacher: dict | None, teacher_steps: int,
         inter = verdict_beats(rows, best, ends, metrics=("fd_shapes",))
         is_inter = best not in (names[0], names[-1])
         part1 = "the threshold matters: " + matters["verdict"] + f" ({best} against {worst})"
-        part2 = ("an intermediate one is best: " + inter["verdict"] if is_inter else
-                 f"an intermediate one is best: not supported at this scale (the best mean, {best}, is an end of the "
-                 f"tested range {thr[0][0]}-{thr[-1][0]})")
+        if is_inter:
+            part2 = "an intermediate one is best: " + inter["verdict"]
+        elif best == names[-1]:  # nothing above the largest threshold was run: whether it is the peak is open
+            part2 = (f"an intermediate one is best: untested (the best mean is the largest threshold run, {best}; "
+                     f"none above {thr[-1][0]} was tried)")
+        else:
+            part2 = f"an intermediate one is best: not supported at this scale (the best mean is the smallest, {best})"
         out["C4"] = {"verdict": f"{part1}; {part2}", "comparisons": {**matters["comparisons"], **inter["comparisons"]},
                      "best_mean": best, "worst_mean": worst, "matters": matters["verdict"] == "supported",
                      "intermediate_best": is_inter and inter["verdict"] == "supported", "thresholds": [t for t, _ in thr]}

@@ -1,0 +1,45 @@
+"""benchmarks/reproduce_pool.py: seeds of runs of one configuration pool into one sample; runs of different
+settings or with a shared seed are refused; the first study's "taylor" row is the first-order variant."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import reproduce_pool  # noqa: E402
+from benchmarks.reproduce_report import stats  # noqa: E402
+
+
+def run(seeds, fd, path: Path, steps=200) -> Path:
+    def row(m, vals):
+        return {"method": m, "seeds": seeds, "params": 1, "macs_paper": 1, "pruned_heldout_loss": stats([0.1] * len(vals)),
+                **{k: stats(vals) for k in ("fd_shapes", "kid_shapes", "ssim_to_teacher", "heldout_loss")}}
+    data = {"command": f"run {seeds}", "teacher": "t.pt", "teacher_total_steps": 100, "finetune": {"steps": steps},
+            "probe": {"num_samples": 4}, "teacher_metrics": {"fd_shapes": 1.0, "params": 2, "macs_paper": 2,
+                                                             "kid_shapes": 0.0, "heldout_loss": 0.01},
+            "rows": {"taylor": row("taylor", fd), "diff-pruning@0.05": row("diff-pruning@0.05", [v / 2 for v in fd])}}
+    path.write_text(json.dumps(data))
+    return path
+
+
+def test_pool_concatenates_seeds_and_renames_the_first_order_taylor(tmp_path):
+    a = run([0, 1, 2], [10.0, 11.0, 12.0], tmp_path / "a.json")
+    b = run([3, 4, 5], [13.0, 14.0, 15.0], tmp_path / "b.json")
+    r = reproduce_pool.main(reproduce_pool.build_parser().parse_args([str(a), str(b), "--out", str(tmp_path / "out")]))
+    row = r["rows"]["taylor-first-order"]
+    assert row["seeds"] == [0, 1, 2, 3, 4, 5] and row["fd_shapes"]["values"] == [10.0, 11.0, 12.0, 13.0, 14.0, 15.0]
+    assert row["fd_shapes"]["mean"] == pytest.approx(12.5) and "taylor" not in r["rows"]
+    assert (tmp_path / "out" / "reproduce_pooled.md").read_text().count("taylor-first-order") >= 1
+
+
+def test_pool_refuses_shared_seeds_and_different_settings(tmp_path):
+    a = run([0, 1, 2], [10.0, 11.0, 12.0], tmp_path / "a.json")
+    with pytest.raises(SystemExit, match="seed"):
+        reproduce_pool.main(reproduce_pool.build_parser().parse_args([str(a), str(a), "--out", str(tmp_path)]))
+    c = run([3, 4, 5], [13.0, 14.0, 15.0], tmp_path / "c.json", steps=2000)
+    with pytest.raises(SystemExit, match="finetune"):
+        reproduce_pool.main(reproduce_pool.build_parser().parse_args([str(a), str(c), "--out", str(tmp_path)]))
