@@ -163,7 +163,7 @@ def fd_shapes_reference(cfg: EvalConfig, image_size: int, in_channels: int):
     if cfg.data != "shapes":
         return None, f"FD-shapes is defined on the procedural shapes data only (--data {cfg.data})"
     from metrics.fd_shapes import FDShapesReference
-    from models.shapes_net import load_shapes_net
+    from metrics.shapes_net import load_shapes_net
 
     net = load_shapes_net(device=cfg.device)
     if (in_channels, image_size) != (3, net.config.image_size):
@@ -262,8 +262,7 @@ def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats,
         images = load_samples(folder, cfg.num_samples)  # (N, C, H, W) in [0, 1]
         save_grid(images[:64] * 2 - 1, run_dir / name / "grid.png", nrow=8, scale=2)
         c = model.config
-        macs = count_macs(model, (torch.zeros(1, c.in_channels, c.image_size, c.image_size, device=cfg.device),
-                                  torch.ones(1, device=cfg.device)))
+        macs = count_macs(model, model.example_inputs())
         t = timing[src] if timing[src]["generated"] else measure_latency(model, schedule, cfg=cfg.sampler,
                                                                           batch=min(cfg.batch_size, 8), device=cfg.device)
         row = {"name": name, "source": src, "format": info["format"], "ema": info["ema"],

@@ -87,8 +87,7 @@ class Bench:
                       batch_size=self.cfg.num_samples, clip_x0=True)
 
     def measure(self, model) -> dict:
-        c = model.config
-        macs = count_macs(model, (torch.zeros(1, 3, c.image_size, c.image_size), torch.ones(1)))
+        macs = count_macs(model, model.example_inputs())
         ssim = consistency((self.samples(model) + 1) / 2, (self.teacher_images() + 1) / 2)
         return {"params": macs.params, "macs_paper": macs.macs_paper, "heldout_loss": self.heldout(model.eval()),
                 "ssim_to_teacher": ssim}

@@ -42,7 +42,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def measure(model, teacher_images, heldout, cfg) -> dict:
     c = model.config
-    macs = count_macs(model, (torch.zeros(1, 3, c.image_size, c.image_size), torch.ones(1)))
+    macs = count_macs(model, model.example_inputs())
     images = sample(model.eval(), Schedule(), indices=list(range(cfg.num_samples)), seed=0,
                     image_shape=(3, c.image_size, c.image_size), steps=50, batch_size=cfg.num_samples, clip_x0=True)
     return {"params": macs.params, "macs_paper": macs.macs_paper, "heldout_loss": heldout(model.eval()),
@@ -65,7 +65,7 @@ def main(cfg: argparse.Namespace) -> dict:
     for method in cfg.methods:
         model = load(cfg.teacher)
         start = time.perf_counter()
-        model, report = prune(model, (torch.zeros(1, 3, 32, 32), torch.ones(1)), method=method, ratio=cfg.ratio,
+        model, report = prune(model, model.example_inputs(), method=method, ratio=cfg.ratio,
                               data=x0, schedule=Schedule(DiffusionConfig(loss_reduction="sum")), thr=cfg.thr,
                               micro_batch=cfg.batch_size, seed=0, progress=False)
         if cfg.finetune_steps:

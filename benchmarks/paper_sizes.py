@@ -37,9 +37,9 @@ def main(args: argparse.Namespace) -> list[dict]:
     rows = []
     for name in args.presets:
         config = PRESETS[name]
-        example = (torch.zeros(1, 3, config.image_size, config.image_size), torch.ones(1))
         torch.manual_seed(0)
         model = UNet(config).eval()
+        example = model.example_inputs()
         before = count_macs(model, example)
         start = time.perf_counter()
         model, _ = prune(model, example, method="random", ratio=args.ratio, progress=False)

@@ -103,7 +103,7 @@ def main(args: argparse.Namespace) -> dict:
     config = PRESETS[args.preset]
     torch.manual_seed(0)
     dense = UNet(config).eval()
-    example = (torch.zeros(1, config.in_channels, config.image_size, config.image_size), torch.ones(1))
+    example = dense.example_inputs()
     models = {"dense": dense}
     can_round = "round_to" in inspect.signature(pruning.prune).parameters
     for ratio in args.ratios:

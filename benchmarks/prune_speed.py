@@ -32,7 +32,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def one_run(seed: int) -> dict[str, float]:
     torch.manual_seed(seed)
     model = UNet(PRESETS["cifar10"]).eval()
-    example = (torch.zeros(1, 3, 32, 32), torch.ones(1))
+    example = model.example_inputs()
     t0 = time.perf_counter()
     _, report = prune(model, example, method="random", ratio=0.3, seed=seed, progress=False)
     total = time.perf_counter() - t0

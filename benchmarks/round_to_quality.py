@@ -47,7 +47,7 @@ def main(args: argparse.Namespace) -> dict:
     idx = torch.randperm(len(train), generator=g)[:8].tolist()
     x0 = torch.stack([train[i] for i in idx])
     x0 = torch.where((torch.rand(8, generator=g) < 0.5)[:, None, None, None], x0.flip(-1), x0)
-    example = (torch.zeros(1, c.in_channels, c.image_size, c.image_size), torch.ones(1))
+    example = teacher.example_inputs()
     rows = [{"method": "teacher (dense)", "ratio": 0.0, "round_to": None, "heldout": heldout(teacher),
              **_size(teacher, example)}]
     for method in args.methods:

@@ -92,8 +92,7 @@ def build(config: ModelConfig, seed: int = 0) -> UNet:
 
 
 def macs_of(model: UNet) -> tuple[int, int]:
-    c = model.config
-    r = count_macs(model, (torch.zeros(1, c.in_channels, c.image_size, c.image_size), torch.ones(1)))
+    r = count_macs(model, model.example_inputs())
     return r.macs_paper, r.macs_full
 
 
@@ -222,7 +221,7 @@ def pruned_models(config: ModelConfig, ratios: list[float], round_to: list[int])
 
     dense = build(config)
     models, notes = {"dense": dense}, {}
-    example = (torch.zeros(1, config.in_channels, config.image_size, config.image_size), torch.ones(1))
+    example = dense.example_inputs()
     can_round = "round_to" in inspect.signature(pruning.prune).parameters
     for ratio in ratios:
         for n in [0] + round_to:
@@ -274,10 +273,10 @@ def _speedups(times: dict, macs: dict, B: int) -> dict:
 def section_prune(args) -> dict:
     import pruning
 
-    example = (torch.zeros(1, 3, 32, 32), torch.ones(1))
     runs = []
     for i in range(args.warmup + args.repeats):
         model = build(PRESETS["cifar10"], seed=i)
+        example = model.example_inputs()
         start = time.perf_counter()
         _, report = pruning.prune(model, example, method="random", ratio=0.3, seed=i, progress=False)
         total = time.perf_counter() - start

@@ -14,6 +14,8 @@ of one CIFAR image is then ~3072x the mean, which makes grad-norm clipping at 1.
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -39,10 +41,15 @@ def q_posterior(schedule: Schedule, x0: torch.Tensor, x_t: torch.Tensor, t: torc
     return mean, Schedule.at(schedule.posterior_variance, t, x_t)
 
 
-def predict_x0(schedule: Schedule, x_t: torch.Tensor, t: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
-    """Invert eq. 4 for x0 given a noise estimate: x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t)."""
-    alpha_bar_t = Schedule.at(schedule.alpha_bars, t, x_t)
-    return (x_t - (1.0 - alpha_bar_t).sqrt() * eps) / alpha_bar_t.sqrt()
+def predict_x0(x_t: torch.Tensor, eps: torch.Tensor, alpha_bar_t: float | torch.Tensor) -> torch.Tensor:
+    """Invert eq. 4 for x0 given a noise estimate: x0 = (x_t - sqrt(1 - alpha_bar_t) eps) / sqrt(alpha_bar_t).
+
+    x_t, eps: (B, C, H, W). alpha_bar_t: a Python float (samplers: one t for the whole batch, computed in
+    float64 before it meets the tensor) or a tensor broadcastable to x_t (``Schedule.at(schedule.alpha_bars, t, x_t)``).
+    """
+    if isinstance(alpha_bar_t, torch.Tensor):
+        return (x_t - (1.0 - alpha_bar_t).sqrt() * eps) / alpha_bar_t.sqrt()
+    return (x_t - math.sqrt(1.0 - alpha_bar_t) * eps) / math.sqrt(alpha_bar_t)
 
 
 def eps_loss_per_sample(model: nn.Module, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor,
@@ -73,6 +80,14 @@ def sample_timesteps(batch_size: int, num_timesteps: int, generator: torch.Gener
     return torch.cat([t, num_timesteps - 1 - t])[:batch_size]
 
 
+def stratified_timesteps(n: int, num_timesteps: int, generator: torch.Generator) -> torch.Tensor:
+    """n integer timesteps, one uniform draw inside each of n equal bins of [0, T), in shuffled order, so
+    every part of the chain is represented (held-out losses, layer-pruning calibration). Returns (n,) int64.
+    Draws n float64 uniforms, then one permutation, from ``generator``."""
+    u = (torch.arange(n, dtype=torch.float64) + torch.rand(n, generator=generator, dtype=torch.float64)) / n
+    return (u * num_timesteps).long().clamp_(0, num_timesteps - 1)[torch.randperm(n, generator=generator)]
+
+
 class HeldOutLoss:
     """The held-out denoising loss: eps-MSE over a FIXED, seeded set of (x0, t, eps) triples.
 
@@ -90,10 +105,7 @@ class HeldOutLoss:
         n, T = images.shape[0], schedule.num_timesteps
         self.schedule = schedule
         self.x0 = images.repeat(draws, 1, 1, 1)  # (N*draws, C, H, W)
-        # Stratified timesteps: one uniform draw inside each of N*draws equal bins of [0, T), then shuffled.
-        m = n * draws
-        u = (torch.arange(m, dtype=torch.float64) + torch.rand(m, generator=g, dtype=torch.float64)) / m
-        self.t = (u * T).long().clamp_(0, T - 1)[torch.randperm(m, generator=g)]
+        self.t = stratified_timesteps(n * draws, T, g)  # (N*draws,)
         self.eps = torch.randn(self.x0.shape, generator=g)
 
     @torch.no_grad()

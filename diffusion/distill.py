@@ -133,10 +133,8 @@ class Distiller(nn.Module):
         self.to(next(student.parameters()).device)
 
     def _tap_widths(self, model: nn.Module) -> dict[str, int]:
-        c = model.config
-        device = next(model.parameters()).device
         with torch.no_grad(), capture(model, self.taps) as feats:
-            model(torch.zeros(1, c.in_channels, c.image_size, c.image_size, device=device), torch.ones(1, device=device))
+            model(*model.example_inputs())
         return {k: v.shape[1] for k, v in feats.items()}
 
     def forward(self, student_fn: nn.Module, student: nn.Module, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor,

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from diffusion.ddpm import predict_x0
 from diffusion.schedule import Schedule
 
 SAMPLERS = ("ddim", "ddpm")
@@ -149,7 +150,7 @@ def ddim_sample(model: nn.Module, schedule: Schedule, x_T: torch.Tensor, timeste
         alpha_bar_t = float(schedule.alpha_bar(torch.tensor(t)))
         alpha_bar_next = float(schedule.alpha_bar(torch.tensor(t_next)))
         eps = model(x_t, torch.full((B,), float(t), device=x_t.device))  # (B, C, H, W)
-        x0_pred = (x_t - math.sqrt(1.0 - alpha_bar_t) * eps) / math.sqrt(alpha_bar_t)
+        x0_pred = predict_x0(x_t, eps, alpha_bar_t)
         if clip_x0:
             x0_pred, eps = _clip(x_t, x0_pred, alpha_bar_t)
         # Eq. 16; t == t_next gives 1 - alpha_bar_t / alpha_bar_next = 0 exactly, so no noise is added.
@@ -199,8 +200,7 @@ def ddpm_sample(model: nn.Module, schedule: Schedule, x_T: torch.Tensor, *, vari
         alpha_bar_t = float(schedule.alpha_bars[t])
         eps = model(x_t, torch.full((B,), float(t), device=x_t.device))  # (B, C, H, W)
         if clip_x0:
-            x0 = (x_t - math.sqrt(1.0 - alpha_bar_t) * eps) / math.sqrt(alpha_bar_t)
-            _, eps = _clip(x_t, x0, alpha_bar_t)
+            _, eps = _clip(x_t, predict_x0(x_t, eps, alpha_bar_t), alpha_bar_t)
         mean = (x_t - beta_t / math.sqrt(1.0 - alpha_bar_t) * eps) / math.sqrt(alpha_t)  # Algorithm 2, line 4
         x_t = mean + math.sqrt(float(sigma2[t])) * noise_fn(x_t) if t > 0 else mean
     return x_t

@@ -94,7 +94,7 @@ def test_the_shipped_teacher_prunes_to_the_same_channels_with_batched_timesteps(
 
     teacher = models.load(str(TEACHER_CHECKPOINT)).eval()
     x0 = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    example = (torch.zeros(1, 3, 32, 32), torch.ones(1))
+    example = teacher.example_inputs()
     runs = [pruning.prune(copy.deepcopy(teacher), example, method="diff-pruning", ratio=0.3, data=x0, thr=0.05,
                           micro_batch=mb, max_timesteps=8, progress=False) for mb in (8, 64)]
     (one, r1), (batched, r8) = runs

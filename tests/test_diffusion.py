@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from diffusion.ddpm import HeldOutLoss, eps_loss, predict_x0, q_posterior, q_sample, sample_timesteps
+from diffusion.ddpm import (HeldOutLoss, eps_loss, predict_x0, q_posterior, q_sample, sample_timesteps,
+                            stratified_timesteps)
 from diffusion.samplers import IndexedNoise, ddim_sample, ddim_timesteps, ddpm_sample, sample
 from diffusion.schedule import DiffusionConfig, Schedule
 
@@ -135,7 +136,7 @@ def test_predict_x0_inverts_q_sample():
     x0 = torch.rand((4, 3, 8, 8), generator=g, dtype=torch.float64) * 2 - 1
     eps = torch.randn(x0.shape, generator=g, dtype=torch.float64)
     t = torch.tensor([0, 1, 500, 999])
-    torch.testing.assert_close(predict_x0(schedule, q_sample(schedule, x0, t, eps), t, eps), x0, rtol=0, atol=1e-10)
+    torch.testing.assert_close(predict_x0(q_sample(schedule, x0, t, eps), eps, Schedule.at(schedule.alpha_bars, t, x0)), x0, rtol=0, atol=1e-10)
 
 
 def test_eps_loss_sum_is_mean_times_pixels():
@@ -157,6 +158,15 @@ def test_antithetic_timesteps_pair_to_T_minus_1(batch_size):
     assert t.shape == (batch_size,) and t.min() >= 0 and t.max() < T
     n = batch_size // 2 + 1  # first n are the draws, the rest their mirrors T-1-t
     assert torch.all(t[: batch_size - n] + t[n:] == T - 1)
+
+
+@pytest.mark.parametrize("n, T", [(10, 1000), (7, 1000), (1000, 1000), (16, 10)])
+def test_stratified_timesteps_put_one_draw_in_each_bin(n, T):
+    t = stratified_timesteps(n, T, torch.Generator().manual_seed(5))
+    assert t.dtype == torch.int64 and t.shape == (n,)
+    bins = torch.sort(t).values.double() * n / T  # draw i of the sorted list lies in bin [i, i+1) (up to flooring)
+    assert torch.all(bins >= torch.arange(n) * 1.0 - n / T) and torch.all(bins < torch.arange(n) + 1.0)
+    assert not torch.equal(t, torch.sort(t).values) or n == 1  # shuffled, not in bin order
 
 
 def test_held_out_loss_deterministic_and_model_symmetric():

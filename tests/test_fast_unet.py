@@ -87,7 +87,7 @@ def test_channels_last_matches_and_prunes_to_the_same_network():
     assert out.is_contiguous() and out.dtype == torch.float32
     torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
 
-    example = (torch.zeros(1, 3, 16, 16), torch.ones(1))
+    example = model.example_inputs()
     dense, _ = pruning.prune(model, example, method="magnitude", ratio=0.4, progress=False)
     cl, _ = pruning.prune(fast.model, example, method="magnitude", ratio=0.4, progress=False)
     assert cl.widths() == dense.widths() != small_model().widths()

@@ -227,7 +227,7 @@ def test_channel_and_layer_pruning_compose(tmp_path, order):
     from pruning import prune
 
     model = small_model()
-    example = (torch.zeros(1, 3, 16, 16), torch.ones(1))
+    example = model.example_inputs()
     g = torch.Generator().manual_seed(0)
     images = torch.rand(4, 3, 16, 16, generator=g) * 2 - 1
     x, t = inputs()

@@ -33,6 +33,16 @@ def test_forward_shape_and_float_timesteps():
     torch.testing.assert_close(model(x, torch.tensor(7.0)), model(x, torch.tensor([7.0, 7.0])))
 
 
+def test_example_inputs_follow_the_config():
+    config = ModelConfig(image_size=8, in_channels=1, out_channels=1, ch=8, ch_mult=(1, 2), num_res_blocks=1,
+                         attn_resolutions=(4,), dropout=0.0, norm_groups=2)
+    model = UNet(config).eval()
+    x, t = model.example_inputs(batch=3)
+    assert x.shape == (3, 1, 8, 8) and t.shape == (3,) and x.dtype == t.dtype == torch.float32
+    assert model(x, t).shape == x.shape
+    assert model.to("meta").example_inputs()[0].device.type == "meta"  # follows the model's device
+
+
 def test_timestep_embedding_closed_form():
     dim, t = 8, torch.tensor([0.0, 10.0])
     emb = timestep_embedding(t, dim)

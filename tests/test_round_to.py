@@ -55,7 +55,7 @@ def test_prune_with_round_to_gives_multiples_and_a_working_model(heads):
     torch.manual_seed(0)
     model = UNet(config).eval()
     dense = model.widths()
-    example = (torch.zeros(1, 3, 16, 16), torch.ones(1))
+    example = model.example_inputs()
     model, report = pruning.prune(model, example, method="magnitude", ratio=0.3, round_to=8, progress=False)
     widths = model.widths()
     assert report.round_to == 8 and report.summary()["round_to"] == 8
@@ -77,5 +77,5 @@ def test_round_to_needs_the_local_channel_rule():
     model = UNet(ModelConfig(image_size=16, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,),
                              dropout=0.0, norm_groups=2))
     with pytest.raises(ValueError, match="round_to applies to the local rule"):
-        pruning.prune(model, (torch.zeros(1, 3, 16, 16), torch.ones(1)), method="random", scope="global",
+        pruning.prune(model, model.example_inputs(), method="random", scope="global",
                       round_to=8, progress=False)

@@ -451,9 +451,9 @@ def test_readme_commands_parse():
 def test_pruning_api_names_a_bad_head_mode():
     from pruning.api import prune
     config = ModelConfig(**SMALL)
-    x, t = torch.zeros(1, 3, 16, 16), torch.ones(1)
+    model = UNet(config).eval()
     with pytest.raises(ValueError, match="head_mode must be one of .* got 'head'"):
-        prune(UNet(config).eval(), (x, t), method="random", ratio=0.3, head_mode="head", progress=False)
+        prune(model, model.example_inputs(), method="random", ratio=0.3, head_mode="head", progress=False)
 
 
 def test_fid_data_with_a_truncated_image_fails_before_sampling(tmp_path, monkeypatch):

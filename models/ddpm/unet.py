@@ -197,6 +197,13 @@ class UNet(nn.Module):
                 raise ValueError(f"{path}.conv2 width {p['out']} != block input width {p['in']}; "
                                  "this block has no 1x1 shortcut, so its residual add needs equal widths")
 
+    def example_inputs(self, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+        """Positional inputs of one forward pass, on the model's device, for tracing and MAC counting:
+        (x (batch, C, H, W) zeros, t (batch,) ones). Their values never matter, only shapes and dtypes."""
+        c, device = self.config, self.conv_in.weight.device
+        return (torch.zeros(batch, c.in_channels, c.image_size, c.image_size, device=device),
+                torch.ones(batch, device=device))
+
     def widths(self) -> dict[str, int]:
         """The width table read back from the weights; equals the config's table after correct surgery."""
         w = {}
