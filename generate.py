@@ -5,10 +5,12 @@
                        --scheduler dpmpp_2m --num-images 4 --seed 0
     python generate.py --model v1-5-pruned-emaonly.safetensors --config sd15-configs/ --prompt "..."
     python generate.py --model sd15/ --unet runs/prune/00003-sd/pruned.pt --prompt "..."    # a pruned U-Net
-    python generate.py --model ldm-cin/ --class-label 7                                     # class-conditional
+    python generate.py --model cin256-v2/model.ckpt --config ldm-cin256-v2 --class-label 207 --guidance 3 \
+                       --scheduler ddim --steps 20        # Diff-Pruning's ImageNet LDM, as its sampling script
 
 --model: a diffusers pipeline folder (model_index.json), a hub name (models/pipelines/hub.py), or an
-original-layout SD-v1.x single file (with --config for its architecture, tokenizer and scheduler).
+original-layout SD-v1.x / CompVis LDM single file (with --config: a pipeline folder, a hub name or a
+built-in layout such as ldm-cin256-v2, for its architecture, tokenizer and scheduler).
 Writes a new numbered folder under runs/generate/ with one PNG per image (sample i uses the initial noise of
 index i of --seed, so images do not depend on --batch-size), grid.png and generate.json (the request and
 seconds per image). Bad input is one line before any weight is read: a pipeline folder missing a
@@ -35,7 +37,8 @@ from diffusion.guidance import check_guidance_scale
 from diffusion.schedulers import SCHEDULERS
 from models.pipelines import is_latent_source, load_latent
 from models.pipelines.pipeline import Pipeline
-from models.pipelines.text_to_image import Request, check_request, folder_info, generate, pipeline_info
+from models.pipelines.presets import PIPELINE_PRESETS
+from models.pipelines.text_to_image import Request, check_request, folder_info, generate, layout_info, pipeline_info
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -93,6 +96,10 @@ def precheck(cfg: GenerateConfig) -> None:
     folder = Path(cfg.model)
     if folder.is_dir() and (folder / "model_index.json").is_file():
         check_request(folder_info(folder), request_of(cfg))
+    elif cfg.config in PIPELINE_PRESETS:  # a single file described by a built-in layout
+        check_request(layout_info(PIPELINE_PRESETS[cfg.config], cfg.model), request_of(cfg))
+    elif cfg.config is not None and Path(cfg.config).is_dir():
+        check_request(folder_info(cfg.config), request_of(cfg))
     elif not Path(cfg.model).exists() and not is_latent_source(cfg.model):
         raise cli.UserError(f"--model {cfg.model}: no such file or folder, and not a known pipeline hub name")
 
@@ -141,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--height", type=cli.positive_int, default=None)
     p.add_argument("--width", type=cli.positive_int, default=None)
     p.add_argument("--batch-size", type=cli.positive_int, default=d.batch_size)
-    p.add_argument("--config", default=None, help="for a single file: the pipeline folder or hub name of its configs")
+    p.add_argument("--config", default=None, help="for a single file: the pipeline folder, hub name or built-in "
+                                                  f"layout ({', '.join(PIPELINE_PRESETS)}) of its configs")
     p.add_argument("--unet", default=None, help="a replacement (e.g. pruned) U-Net: component folder or checkpoint")
     p.add_argument("--variant", default=None, help="weight-file variant, e.g. fp16")
     p.add_argument("--dtype", choices=tuple(DTYPES), default=d.dtype)

@@ -94,7 +94,7 @@ def test_a_long_prompt_is_truncated_with_one_warning(pipe):
     ("text", {"guidance": 0.5}, "guidance scale must be >= 1"),
     ("class", {"negative_prompt": "blurry", "class_label": 1}, "a negative prompt needs a text encoder"),
     ("class", {"class_label": 10}, r"class label 10 is out of range: the U-Net has 10 classes \(0..9\)"),
-    ("class", {"class_label": 1, "guidance": 3.0}, "needs a text encoder"),
+    ("class", {"class_label": 1, "guidance": 3.0}, "needs an unconditional input"),
     ("class", {}, "is class-conditional \\(10 classes\\): pass a class label"),
     ("text", {"class_label": 2}, "is not class-conditional"),
 ])
@@ -148,3 +148,28 @@ def test_a_pruned_unet_replaces_the_pipelines(folders, tmp_path):
     run = generate.main(_cfg(folders["text"], tmp_path, prompt="circle", unet=str(tmp_path / "pruned.pt")))
     assert (run / "00000.png").is_file()
     assert json.loads((run / "generate.json").read_text())["unet"].endswith("pruned.pt")
+
+
+def test_class_embedder_pipeline_guides_with_the_unconditional_class(tmp_path, monkeypatch):
+    folder = write_tiny_pipeline(tmp_path / "cin", text=False, vq=True, class_embedder=True)
+    pipe = load_pipeline(folder)
+    seen = []
+    forward = pipe.unet.forward
+    monkeypatch.setattr(pipe.unet, "forward", lambda x, t, **k: seen.append(k) or forward(x, t, **k))
+    images = generate_images(pipe, Request(class_label=3, guidance_scale=3.0, steps=2, scheduler="ddim"), [0])
+    assert images.shape == (1, 3, 16, 16) and torch.isfinite(images).all()
+    states = seen[0]["encoder_hidden_states"]  # (2, 1, 32): [no class; class 3]
+    emb = pipe.class_embedder.embedding.weight
+    torch.testing.assert_close(states[:, 0], torch.stack([emb[10], emb[3]]))
+    with pytest.raises(ValueError, match=r"class label 10 is out of range: the U-Net has 10 classes \(0..9\)"):
+        generate.main(_cfg(folder, tmp_path, class_label=10))
+
+
+def test_single_file_with_a_preset_is_checked_before_loading(tmp_path, monkeypatch):
+    monkeypatch.setattr(generate, "load_latent", lambda *a, **k: pytest.fail("loaded weights"))
+    (tmp_path / "model.ckpt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"class label 1000 is out of range: the U-Net has 1000 classes"):
+        generate.main(_cfg(tmp_path / "model.ckpt", tmp_path, config="ldm-cin256-v2", class_label=1000))
+    with pytest.raises(ValueError, match="a negative prompt needs a text encoder"):
+        generate.main(_cfg(tmp_path / "model.ckpt", tmp_path, config="ldm-cin256-v2", class_label=1,
+                           negative_prompt="x"))

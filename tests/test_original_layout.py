@@ -151,3 +151,44 @@ def test_ldm_single_file_with_a_vq_first_stage(tmp_path):
     assert back.kind == "ldm" and type(back.vae).__name__ == "VQModel"
     for k, v in pipe.vae.state_dict().items():
         torch.testing.assert_close(back.vae.state_dict()[k], v, atol=0, rtol=0)
+
+
+def test_class_embedder_ldm_single_file(tmp_path):
+    """The ImageNet-LDM layout: cross-attention U-Net, VQ first stage, cond_stage_model.embedding.weight."""
+    from models.pipelines import load_pipeline
+    folder = write_tiny_pipeline(tmp_path / "cin", text=False, vq=True, class_embedder=True)
+    pipe = load_pipeline(folder)
+    configs = tiny_configs()
+    configs["vae"] = configs["vqvae"]
+    modules = {"unet": pipe.unet, "vae": pipe.vae, "class_embedder": pipe.class_embedder}
+    original = to_single_file(modules, configs)
+    assert original["cond_stage_model.embedding.weight"].shape == (11, 32)
+    save_file({k: v.contiguous() for k, v in original.items()}, tmp_path / "cin.safetensors")
+    back = load_single_file(tmp_path / "cin.safetensors", config=folder)
+    assert back.kind == "ldm" and back.num_classes == 10 and back.has_unconditional
+    for name, module in modules.items():
+        for k, v in module.state_dict().items():
+            torch.testing.assert_close(getattr(back, name).state_dict()[k], v, atol=0, rtol=0)
+
+
+def test_cin256_v2_preset_builds_with_the_original_names():
+    """Diff-Pruning's ImageNet LDM (latent-diffusion's cin256-v2.yaml) as a preset: the networks build (on the
+    meta device) and the table gives the names its model.ckpt uses."""
+    from models.pipelines.component import BUILDERS
+    from models.pipelines.presets import LDM_CIN256_V2 as P
+    from models.pipelines.single_file import plans
+    from models.pipelines.weights import on_meta
+    modules = {"unet": on_meta(BUILDERS["UNet2DConditionModel"], P["unet"]),
+               "vae": on_meta(BUILDERS["VQModel"], P["vqvae"]),
+               "class_embedder": on_meta(BUILDERS["ClassEmbedder"], P["class_embedder"])}
+    names = {src.key: tuple(modules[c].state_dict()[k].shape)
+             for c, plan in plans(modules, {"unet": P["unet"], "vae": P["vqvae"]}).items() for k, src in plan.items()}
+    assert names["model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"] == (384, 512)
+    assert names["model.diffusion_model.input_blocks.9.0.op.weight"] == (576, 576, 3, 3)
+    assert names["model.diffusion_model.middle_block.1.proj_in.weight"] == (960, 960, 1, 1)
+    assert names["model.diffusion_model.output_blocks.8.2.conv.weight"] == (384, 384, 3, 3)
+    assert "model.diffusion_model.output_blocks.11.1.norm.weight" not in names  # level 0 has no attention
+    assert names["first_stage_model.quantize.embedding.weight"] == (8192, 3)
+    assert names["first_stage_model.decoder.up.2.block.2.conv2.weight"] == (512, 512, 3, 3)
+    assert names["cond_stage_model.embedding.weight"] == (1001, 512)
+    assert modules["class_embedder"].num_classes == 1000

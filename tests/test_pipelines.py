@@ -83,7 +83,7 @@ def test_unsupported_class_and_missing_weights_are_named(tmp_path):
         load_component(folder)
     (folder / "config.json").write_text(json.dumps({"_class_name": "UNet3DConditionModel"}))
     with pytest.raises(ValueError, match="class 'UNet3DConditionModel' is not supported; supported: "
-                                         "UNet2DConditionModel, AutoencoderKL, VQModel, CLIPTextModel"):
+                                         "UNet2DConditionModel, AutoencoderKL, VQModel, ClassEmbedder, CLIPTextModel"):
         load_component(folder)
 
 

@@ -66,9 +66,12 @@ def write_tokenizer(folder: Path) -> None:
 
 
 def write_tiny_pipeline(folder: str | Path, *, text: bool = True, class_cond: bool = False, vq: bool = False,
-                        sdxl: bool = False, seed: int = 0, variant: str | None = None) -> Path:
+                        sdxl: bool = False, class_embedder: bool = False, seed: int = 0,
+                        variant: str | None = None) -> Path:
     """A pipeline folder: model_index.json, unet/, vae/ (vqvae/ with ``vq``), scheduler/, and with ``text``
-    text_encoder/ + tokenizer/; ``sdxl`` adds text_encoder_2/ + tokenizer_2/ (SDXL's layout). variant "fp16" writes half-precision ``*.fp16.safetensors`` files only."""
+    text_encoder/ + tokenizer/; ``sdxl`` adds text_encoder_2/ + tokenizer_2/ (SDXL's layout); ``class_embedder``
+    (with text=False) is the ImageNet LDM's layout: a cross-attention U-Net and class_embedder/ (10 classes +
+    the unconditional row, 32 wide). variant "fp16" writes half-precision ``*.fp16.safetensors`` files only."""
     from models.pipelines.vq_model import VQModel
     from models.clip import CLIPTextConfig, CLIPTextModel
     from models.sd.config import UNetConditionConfig
@@ -77,7 +80,9 @@ def write_tiny_pipeline(folder: str | Path, *, text: bool = True, class_cond: bo
 
     folder = Path(folder)
     from models.clip import CLIPTextModelWithProjection
-    configs = tiny_configs(class_cond, text, sdxl)
+    from models.pipelines.class_embedder import ClassEmbedder, ClassEmbedderConfig
+    configs = tiny_configs(class_cond, text or class_embedder, sdxl)  # the class token needs cross-attention
+    configs["class_embedder"] = ClassEmbedderConfig(n_classes=11, embed_dim=32, unconditional_class=10).to_dict()
     torch.manual_seed(seed)
     modules = {"unet": UNet2DConditionModel(UNetConditionConfig.from_diffusers(configs["unet"]))}
     if vq:
@@ -86,6 +91,8 @@ def write_tiny_pipeline(folder: str | Path, *, text: bool = True, class_cond: bo
         modules["vae"] = AutoencoderKL.from_diffusers_config(configs["vae"])
     if text:
         modules["text_encoder"] = CLIPTextModel(CLIPTextConfig.from_transformers_config(configs["text_encoder"]))
+    if class_embedder:
+        modules["class_embedder"] = ClassEmbedder(ClassEmbedderConfig.from_dict(configs["class_embedder"]))
     if sdxl:
         modules["text_encoder_2"] = CLIPTextModelWithProjection(
             CLIPTextConfig.from_transformers_config(configs["text_encoder_2"]))
@@ -103,6 +110,8 @@ def write_tiny_pipeline(folder: str | Path, *, text: bool = True, class_cond: bo
     if text:
         index.update(text_encoder=["transformers", "CLIPTextModel"], tokenizer=["transformers", "CLIPTokenizer"])
         write_tokenizer(folder / "tokenizer")
+    if class_embedder:
+        index.update(_class_name="LDMClassConditionalPipeline", class_embedder=["diffprune", "ClassEmbedder"])
     if sdxl:
         index.pop("safety_checker")
         index.update(_class_name="StableDiffusionXLPipeline", force_zeros_for_empty_prompt=True,

@@ -50,6 +50,11 @@ def _vq(config: dict) -> nn.Module:
     return VQModel.from_diffusers_config(config)
 
 
+def _class_embedder(config: dict) -> nn.Module:
+    from models.pipelines.class_embedder import ClassEmbedder, ClassEmbedderConfig
+    return ClassEmbedder(ClassEmbedderConfig.from_dict(config))
+
+
 def _text(with_projection: bool) -> Callable[[dict], nn.Module]:
     def build(config: dict) -> nn.Module:
         from models.clip import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
@@ -63,6 +68,7 @@ BUILDERS: dict[str, Callable[[dict], nn.Module]] = {
     "UNet2DConditionModel": _unet,
     "AutoencoderKL": _vae,
     "VQModel": _vq,
+    "ClassEmbedder": _class_embedder,
     "CLIPTextModel": _text(False),
     "CLIPTextModelWithProjection": _text(True),
 }

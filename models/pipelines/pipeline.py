@@ -8,7 +8,9 @@ component. Which components a pipeline needs (``REQUIRED``):
 
     sd1 / sd2   unet/ vae/ text_encoder/ tokenizer/ scheduler/      (StableDiffusionPipeline)
     sdxl        the same plus text_encoder_2/ tokenizer_2/            (StableDiffusionXLPipeline)
-    ldm         unet/ vae/ (or vqvae/, a VQModel) scheduler/, no text: unconditional or class-conditional
+    ldm         unet/ vae/ (or vqvae/, a VQModel) scheduler/, no text: unconditional, class-conditional through
+                the U-Net's num_class_embeds, or through class_embedder/ (cross-attention to a class token,
+                the CompVis ImageNet LDM's way: models/pipelines/class_embedder.py)
 
 sd2 is told from sd1 by the U-Net's cross_attention_dim (1024, OpenCLIP-H) -- the same code serves both:
 diffusers' SD-2 text_encoder folder already stops one layer early (the original's "penultimate" layer).
@@ -58,6 +60,7 @@ class Pipeline:
     tokenizer: Any = None
     text_encoder_2: nn.Module | None = None
     tokenizer_2: Any = None
+    class_embedder: nn.Module | None = None
     source: str = ""
     force_zeros_for_empty_prompt: bool = False
 
@@ -74,9 +77,19 @@ class Pipeline:
 
     @property
     def num_classes(self) -> int:
-        """The U-Net's number of class embeddings (0: not class-conditional)."""
+        """The class labels the pipeline takes (0: not class-conditional): the class embedder's classes, else
+        the U-Net's num_class_embeds."""
+        if self.class_embedder is not None:
+            return int(self.class_embedder.num_classes)
         config = getattr(self.unet, "config", None)
         return int(getattr(config, "num_class_embeds", None) or 0)
+
+    @property
+    def has_unconditional(self) -> bool:
+        """Whether classifier-free guidance has an unconditional input: the empty prompt or the "no class" row."""
+        if self.class_embedder is not None:
+            return self.class_embedder.config.unconditional_class is not None
+        return self.has_text
 
     @property
     def latent_channels(self) -> int:
@@ -88,7 +101,7 @@ class Pipeline:
         return 2 ** (len(self.vae.config.block_out_channels) - 1)
 
     def modules(self) -> dict[str, nn.Module]:
-        return {name: m for name in ("unet", "vae", "text_encoder", "text_encoder_2")
+        return {name: m for name in ("unet", "vae", "text_encoder", "text_encoder_2", "class_embedder")
                 if isinstance(m := getattr(self, name), nn.Module)}
 
     def to(self, device: torch.device | str) -> "Pipeline":
@@ -121,15 +134,13 @@ def listed_components(index: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-def pipeline_kind(folder: Path, listed: dict[str, str]) -> str:
+def pipeline_kind(listed: dict[str, str], unet_config: dict | None) -> str:
     """"sdxl" with a second text encoder, "ldm" without text, else "sd2" for 1024-wide cross-attention, "sd1"."""
     if "text_encoder_2" in listed or "tokenizer_2" in listed:
         return "sdxl"
     if "text_encoder" not in listed and "tokenizer" not in listed:
         return "ldm"
-    unet_config = folder / "unet" / "config.json"
-    cross = read_config(unet_config.parent).get("cross_attention_dim") if unet_config.is_file() else None
-    return "sd2" if cross == 1024 else "sd1"
+    return "sd2" if (unet_config or {}).get("cross_attention_dim") == 1024 else "sd1"
 
 
 def check_pipeline_folder(folder: str | os.PathLike) -> tuple[str, dict[str, str]]:
@@ -137,7 +148,8 @@ def check_pipeline_folder(folder: str | os.PathLike) -> tuple[str, dict[str, str
     folder = Path(folder)
     index = read_model_index(folder)
     listed = listed_components(index)
-    kind = pipeline_kind(folder, listed)
+    unet_config = folder / "unet" / "config.json"
+    kind = pipeline_kind(listed, read_config(unet_config.parent) if unet_config.is_file() else None)
     for name in REQUIRED[kind]:
         if name == "vae" and "vae" not in listed and "vqvae" in listed:
             name = "vqvae"
@@ -161,7 +173,7 @@ def load_pipeline(folder: str | os.PathLike, *, variant: str | None = None,
     kind, listed = check_pipeline_folder(folder)
     scheduler = json.loads((folder / "scheduler" / SCHEDULER_FILE).read_text())
     scheduler_config(scheduler)  # an unsupported scheduler class fails here, before any weight is read
-    for name in ("unet", "vae", "vqvae", "text_encoder", "text_encoder_2"):
+    for name in ("unet", "vae", "vqvae", "text_encoder", "text_encoder_2", "class_embedder"):
         if name in listed:  # unsupported classes fail here too, before any weight is read
             found = class_name(read_config(folder / name))
             if found not in SUPPORTED:
@@ -170,7 +182,7 @@ def load_pipeline(folder: str | os.PathLike, *, variant: str | None = None,
             if found not in DDPM_CLASSES:
                 weight_file(folder / name, variant)  # a component without weights fails here
     parts: dict[str, Any] = {}
-    for name in ("unet", "vae", "vqvae", "text_encoder", "text_encoder_2"):
+    for name in ("unet", "vae", "vqvae", "text_encoder", "text_encoder_2", "class_embedder"):
         if name in listed:  # the autoencoder is ``vae`` whichever folder it came from
             parts["vae" if name == "vqvae" else name] = load_component(folder / name, variant=variant, dtype=dtype)
     for name in ("tokenizer", "tokenizer_2"):

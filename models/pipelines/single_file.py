@@ -11,8 +11,9 @@ mis-shaped tensors per component.
 
 CompVis LDMs: the first stage may be a VQ autoencoder (the config folder's vqvae/, a VQModel: the same
 encoder/decoder names plus quantize.embedding); the U-Net must be one this project builds from the config
-(UNet2DConditionModel: SD-style, unconditional or class-conditional through num_class_embeds). LDMs that
-condition through a cond_stage_model other than CLIP (cin256's ClassEmbedder, BERT) are not supported.
+(UNet2DConditionModel: SD-style, unconditional or class-conditional through num_class_embeds); the
+ImageNet LDM's cond_stage_model is a ClassEmbedder (class_embedder/, models/pipelines/class_embedder.py).
+LDMs conditioned by BERT (txt2img-1p4B) are not supported.
 
 EMA: files with a ``model_ema.*`` copy store it with the dots removed from the names; the raw weights
 (``model.diffusion_model.*``) are the ones loaded here (SD's "pruned-emaonly" files hold the EMA weights there).
@@ -33,6 +34,7 @@ from models.pipelines.original_layout import (TEXT_PREFIX, UNET_PREFIX, VAE_PREF
                                               original_source, text_source, to_original, unet_prefix_table,
                                               vae_prefix_table)
 from models.pipelines.pipeline import SCHEDULER_FILE, Pipeline, listed_components, pipeline_kind, read_model_index
+from models.pipelines.presets import PIPELINE_PRESETS
 from models.pipelines.weights import WeightFile, assign_weights, on_meta, open_weights
 
 DEFAULT_CONFIG = "stable-diffusion-v1-5/stable-diffusion-v1-5"
@@ -71,10 +73,13 @@ def plans(modules: dict[str, nn.Module], configs: dict[str, dict], file_keys: li
     if "text_encoder" in modules:
         keys = set(file_keys) if file_keys is not None else None
         out["text_encoder"] = {k: text_source(k, keys) for k in modules["text_encoder"].state_dict(keep_vars=True)}
+    if "class_embedder" in modules:  # latent-diffusion's ClassEmbedder: cond_stage_model.embedding.weight
+        out["class_embedder"] = {k: Source(CLASS_PREFIX + k) for k in modules["class_embedder"].state_dict()}
     return out
 
 
-PREFIXES = {"unet": UNET_PREFIX, "vae": VAE_PREFIX, "text_encoder": TEXT_PREFIX}
+CLASS_PREFIX = "cond_stage_model."
+PREFIXES = {"unet": UNET_PREFIX, "vae": VAE_PREFIX, "text_encoder": TEXT_PREFIX, "class_embedder": CLASS_PREFIX}
 
 
 def to_single_file(modules: dict[str, nn.Module], configs: dict[str, dict]) -> dict[str, torch.Tensor]:
@@ -85,17 +90,26 @@ def to_single_file(modules: dict[str, nn.Module], configs: dict[str, dict]) -> d
     return out
 
 
-def _config_folder(config: str | os.PathLike | None) -> Path:
-    if config is None:
-        config = DEFAULT_CONFIG
-    path = Path(config)
-    if path.is_dir():
-        return path
-    from models.hub import looks_like_hub_name
-    if looks_like_hub_name(str(config)):
+def _layout(config: str | os.PathLike | None) -> tuple[dict[str, dict], Path | None, str]:
+    """({"model_index": ..., component: config dict, "scheduler": ...}, tokenizer folder or None, description)
+    of a pipeline preset name (models/pipelines/presets.py), a pipeline folder, or a hub name."""
+    config = DEFAULT_CONFIG if config is None else config
+    if isinstance(config, str) and config in PIPELINE_PRESETS:
+        return PIPELINE_PRESETS[config], None, f"preset {config}"
+    folder = Path(config)
+    if not folder.is_dir():
+        from models.hub import looks_like_hub_name
+        if not looks_like_hub_name(str(config)):
+            raise FileNotFoundError(f"config {config}: no such folder (pass a diffusers pipeline folder, a hub name "
+                                    f"or a preset: {', '.join(PIPELINE_PRESETS)})")
         from models.pipelines.hub import fetch_pipeline
-        return fetch_pipeline(str(config), weights=False)
-    raise FileNotFoundError(f"config {config}: no such folder (pass a diffusers pipeline folder or a hub name)")
+        folder = fetch_pipeline(str(config), weights=False)
+    index = read_model_index(folder)
+    layout = {"model_index": index, "scheduler": json.loads((folder / "scheduler" / SCHEDULER_FILE).read_text())}
+    for name in listed_components(index):
+        if (folder / name / "config.json").is_file():
+            layout[name] = read_config(folder / name)
+    return layout, (folder / "tokenizer" if (folder / "tokenizer").is_dir() else None), str(folder)
 
 
 def load_single_file(path: str | os.PathLike, *, config: str | os.PathLike | None = None,
@@ -106,31 +120,34 @@ def load_single_file(path: str | os.PathLike, *, config: str | os.PathLike | Non
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such file")
-    folder = _config_folder(config)
-    listed = listed_components(read_model_index(folder))
-    kind = pipeline_kind(folder, listed)
+    layout, tokenizer_folder, where = _layout(config)
+    listed = listed_components(layout["model_index"])
+    kind = pipeline_kind(listed, layout.get("unet"))
     if kind == "sdxl":
         raise ValueError(f"{path}: single-file SDXL checkpoints are not supported (use the diffusers folder)")
-    # The autoencoder is first_stage_model.* whether the folder calls it vae/ (KL) or vqvae/ (VQ, the LDMs').
-    folders = {"unet": "unet", "vae": "vae" if "vae" in listed else "vqvae", "text_encoder": "text_encoder"}
-    names = [n for n in ("unet", "vae", "text_encoder") if folders[n] in listed]
-    configs = {n: read_config(folder / folders[n]) for n in names}
+    # The autoencoder is first_stage_model.* whether the layout calls it vae (KL) or vqvae (VQ, the LDMs').
+    folders = {"unet": "unet", "vae": "vae" if "vae" in listed else "vqvae", "text_encoder": "text_encoder",
+               "class_embedder": "class_embedder"}
+    names = [n for n in folders if folders[n] in listed]
+    missing = [folders[n] for n in names if folders[n] not in layout]
+    if missing:
+        raise FileNotFoundError(f"config {where}: component(s) {missing} have no config.json")
+    configs = {n: layout[folders[n]] for n in names}
     for n in names:
         if class_name(configs[n]) not in BUILDERS:
-            raise ValueError(f"{folder / folders[n] / 'config.json'}: class {class_name(configs[n])!r} is not supported "
-                             f"in a single file; supported: {', '.join(BUILDERS)}")
-    scheduler = json.loads((folder / "scheduler" / SCHEDULER_FILE).read_text())
-    scheduler_config(scheduler)
+            raise ValueError(f"config {where}: the {folders[n]} class {class_name(configs[n])!r} is not supported in "
+                             f"a single file; supported: {', '.join(BUILDERS)}")
+    scheduler_config(layout["scheduler"])
     source = open_weights(path)
     if not any(k.startswith(UNET_PREFIX) for k in source.keys()):
         raise ValueError(f"{path}: no '{UNET_PREFIX}*' tensors: not an original-layout SD/LDM checkpoint "
                          f"(a diffusers folder loads with load_pipeline)")
     modules = {n: on_meta(BUILDERS[class_name(configs[n])], configs[n]) for n in names}
     for n, plan in plans(modules, configs, source.keys()).items():
-        assign_weights(modules[n], plan, source, what=f"the {n} of {folder}", dtype=dtype,
+        assign_weights(modules[n], plan, source, what=f"the {n} of {where}", dtype=dtype,
                        expected_prefixes=(PREFIXES[n],), ignore=IGNORED)
-    tokenizer = CLIPTokenizer.from_folder(folder / "tokenizer") if "tokenizer" in listed else None
-    return Pipeline(kind=kind, scheduler=scheduler, source=str(path), tokenizer=tokenizer, **modules)
+    tokenizer = CLIPTokenizer.from_folder(tokenizer_folder) if "tokenizer" in listed and tokenizer_folder else None
+    return Pipeline(kind=kind, scheduler=layout["scheduler"], source=str(path), tokenizer=tokenizer, **modules)
 
 
 def is_single_file(source: str | os.PathLike) -> bool:

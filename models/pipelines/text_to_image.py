@@ -61,6 +61,7 @@ class PipelineInfo:
     sample_size: int
     vae_scale: int
     unet_levels: int
+    has_unconditional: bool = False  # guidance possible (text, or a class embedder's "no class" row)
 
 
 def pipeline_info(pipe: Pipeline) -> PipelineInfo:
@@ -69,7 +70,26 @@ def pipeline_info(pipe: Pipeline) -> PipelineInfo:
     sample = sample[0] if isinstance(sample, (tuple, list)) else sample
     levels = len(getattr(c, "block_out_channels", None) or getattr(c, "ch_mult"))
     return PipelineInfo(pipe.kind, pipe.source, pipe.has_text, pipe.num_classes, pipe.scheduler, int(sample),
-                        pipe.vae_scale, levels)
+                        pipe.vae_scale, levels, pipe.has_unconditional)
+
+
+def layout_info(layout: dict, source: str) -> PipelineInfo:
+    """The PipelineInfo of a pipeline layout: {"model_index": ..., component: config dict, "scheduler": ...}
+    (a folder's JSON files, or a preset of models/pipelines/presets.py)."""
+    from models.pipelines.class_embedder import ClassEmbedderConfig
+    from models.pipelines.pipeline import listed_components, pipeline_kind
+    listed = listed_components(layout["model_index"])
+    unet = layout["unet"]
+    vae = layout["vae" if "vae" in listed else "vqvae"]
+    sample = unet.get("sample_size") or 64
+    sample = sample[0] if isinstance(sample, list) else sample
+    classes, unconditional = int(unet.get("num_class_embeds") or 0), "text_encoder" in listed
+    if "class_embedder" in listed:
+        embedder = ClassEmbedderConfig.from_dict(layout["class_embedder"])
+        classes, unconditional = embedder.num_classes, embedder.unconditional_class is not None
+    return PipelineInfo(pipeline_kind(listed, unet), source, "text_encoder" in listed, classes, layout["scheduler"],
+                        int(sample), 2 ** (len(vae["block_out_channels"]) - 1), len(unet["block_out_channels"]),
+                        unconditional)
 
 
 def folder_info(folder) -> PipelineInfo:
@@ -80,19 +100,18 @@ def folder_info(folder) -> PipelineInfo:
     from models.pipelines.component import read_config
     from models.pipelines.pipeline import SCHEDULER_FILE, check_pipeline_folder
     folder = Path(folder)
-    kind, listed = check_pipeline_folder(folder)
-    unet = read_config(folder / "unet")
-    vae = read_config(folder / ("vae" if "vae" in listed else "vqvae"))
-    sample = unet.get("sample_size") or 64
-    sample = sample[0] if isinstance(sample, list) else sample
-    return PipelineInfo(kind, str(folder), "text_encoder" in listed, int(unet.get("num_class_embeds") or 0),
-                        json.loads((folder / "scheduler" / SCHEDULER_FILE).read_text()), int(sample),
-                        2 ** (len(vae["block_out_channels"]) - 1), len(unet["block_out_channels"]))
+    _, listed = check_pipeline_folder(folder)
+    layout = {"model_index": json.loads((folder / "model_index.json").read_text()),
+              "scheduler": json.loads((folder / "scheduler" / SCHEDULER_FILE).read_text())}
+    for name in ("unet", "vae", "vqvae", "class_embedder"):
+        if name in listed:
+            layout[name] = read_config(folder / name)
+    return layout_info(layout, str(folder))
 
 
 def resolved_guidance(info: PipelineInfo, request: Request) -> float:
     if request.guidance_scale is None:
-        return 7.5 if info.has_text else 1.0
+        return 7.5 if info.has_text else 1.0  # class-conditional LDMs: no guidance unless asked for
     return float(request.guidance_scale)
 
 
@@ -112,9 +131,10 @@ def check_request(info: PipelineInfo, request: Request) -> None:
     if request.prompt and not info.has_text:
         raise ValueError(f"a prompt needs a text encoder; the {info.kind} pipeline {info.source} has none "
                          f"(use a class label or no prompt)")
-    if scale > 1 and not info.has_text:
-        raise ValueError(f"guidance scale {scale} needs a text encoder (its unconditional input is the empty "
-                         f"prompt); the {info.kind} pipeline {info.source} has none: use 1")
+    if scale > 1 and not info.has_unconditional:
+        raise ValueError(f"guidance scale {scale} needs an unconditional input (a text encoder's empty prompt or "
+                         f"a class embedder's 'no class' row); the {info.kind} pipeline {info.source} has none: "
+                         f"use 1")
     classes = info.num_classes
     if request.class_label is not None:
         if classes == 0:
@@ -200,7 +220,13 @@ def generate(pipe: Pipeline, request: Request, indices: Sequence[int], *, progre
                 uncond = _to(uncond, dtype)
             cond = _to(cond, dtype)
         if request.class_label is not None:
-            cond = Conditioning(class_labels=torch.full((B,), request.class_label, dtype=torch.long, device=device))
+            labels = torch.full((B,), request.class_label, dtype=torch.long, device=device)
+            if pipe.class_embedder is not None:  # a class token for cross-attention (the CompVis ImageNet LDM)
+                cond = _to(Conditioning(encoder_hidden_states=pipe.class_embedder(labels)), dtype)
+                if scale > 1:
+                    uncond = _to(Conditioning(encoder_hidden_states=pipe.class_embedder.unconditional(B, device)), dtype)
+            else:
+                cond = Conditioning(class_labels=labels)
         x_T = initial_latents(request.seed, batch, latent_shape, device=device)  # (B, C, h, w) float32
         denoiser = GuidedDenoiser(pipe.unet, cond, uncond, scale)
         latents = sample_loop(make_scheduler(config, request.steps), denoiser, x_T, progress=progress)
