@@ -181,7 +181,8 @@ def test_cin256_v2_preset_builds_with_the_original_names():
     modules = {"unet": on_meta(BUILDERS["UNet2DConditionModel"], P["unet"]),
                "vae": on_meta(BUILDERS["VQModel"], P["vqvae"]),
                "class_embedder": on_meta(BUILDERS["ClassEmbedder"], P["class_embedder"])}
-    names = {src.key: tuple(modules[c].state_dict()[k].shape)
+    states = {c: m.state_dict() for c, m in modules.items()}
+    names = {src.key: tuple(states[c][k].shape)
              for c, plan in plans(modules, {"unet": P["unet"], "vae": P["vqvae"]}).items() for k, src in plan.items()}
     assert names["model.diffusion_model.input_blocks.4.1.transformer_blocks.0.attn2.to_k.weight"] == (384, 512)
     assert names["model.diffusion_model.input_blocks.9.0.op.weight"] == (576, 576, 3, 3)
