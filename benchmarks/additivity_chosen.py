@@ -132,13 +132,21 @@ class Search:
         done = {}
         self.singles_cell()
         self.random_subsets_cell()
-        chosen = [self.chosen_cell(k, s) for k in CRITERIA for s in (c.seeds if k != "handcrafted" else c.seeds[:1])]
-        sets = {tuple(x["removed"]): self.set_cell(x["removed"]) for x in chosen}
-        for i in range(n_chunks):
+        # Cheap criteria first, taylor (a gradient pass per seed) at its first seed, then the covers, then the
+        # remaining taylor seeds: an interrupted run has the optimum before the repeats.
+        first = [(k, s) for k in CRITERIA for s in c.seeds if k != "taylor" and (k != "handcrafted" or s == c.seeds[0])]
+        jobs = [*first, ("taylor", c.seeds[0]), *[("covers", i) for i in range(n_chunks)],
+                *[("taylor", s) for s in c.seeds[1:]]]
+        chosen, sets = [], {}
+        for kind, arg in jobs:
             if c.stop_after and time.perf_counter() - c.started > c.stop_after:
                 print(f"[additivity] --stop-after {c.stop_after} s reached; rerun to continue", flush=True)
                 break
-            done[i] = self.cover_chunk_cell(i)
+            if kind == "covers":
+                done[arg] = self.cover_chunk_cell(arg)
+                continue
+            chosen.append(self.chosen_cell(kind, arg))
+            sets.setdefault(tuple(chosen[-1]["removed"]), self.set_cell(chosen[-1]["removed"]))
         return {"chosen": chosen, "sets": list(sets.values()), "chunks": done, "n_chunks": n_chunks}
 
     def saved(self) -> dict:

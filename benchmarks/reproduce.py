@@ -247,7 +247,7 @@ class Study:
         """Every cell, in run order: the main table seed by seed (a partial run has every method at the first
         seeds), then the seed-0 extras."""
         c = self.cfg
-        jobs: list[tuple[str, tuple]] = [("teacher_cell", ())]
+        jobs: list[tuple[str, tuple]] = [] if c.only == "spread" else [("teacher_cell", ())]
         if c.only in ("all", "main"):
             for group in ([m for m in c.methods if not m.startswith("layer:")],
                           [m for m in c.methods if m.startswith("layer:")]):  # channel rows first
@@ -257,6 +257,8 @@ class Study:
                 jobs += [("additivity_cell", ()), ("feature_spread_cell", ())]
             jobs += [("curve_cell", (m, c.seeds[0])) for m in c.curve_methods]
             jobs += [("main_cell", (m, c.seeds[0], r)) for r in c.sweep_ratios for m in c.sweep_methods]
+        if c.only == "spread":
+            jobs.append(("feature_spread_cell", ()))
         return jobs
 
 
@@ -331,7 +333,7 @@ def build_parser(study: str = "first") -> argparse.ArgumentParser:
     p.add_argument("--shard", type=int, default=0, help="this process's share: cells i with i %% shards == shard")
     p.add_argument("--report-only", action="store_true",
                    help="run nothing: rebuild the tables, plots and verdicts from the saved cells")
-    p.add_argument("--only", choices=("all", "main", "extras"), default="all",
+    p.add_argument("--only", choices=("all", "main", "extras", "spread"), default="all",
                    help="run only the main table or only the seed-0 extras (another process may run the rest in "
                         "the same --work; the report covers every saved cell either way)")
     p.add_argument("--stop-after", type=float, default=0, help="start no new cell after this many seconds (0: never)")
