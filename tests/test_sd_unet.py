@@ -112,6 +112,13 @@ def tiny_config(**changes) -> UNetConditionConfig:
     return UNetConditionConfig.from_diffusers({**load_entry("sd1")["config"], **changes})
 
 
+@pytest.mark.parametrize("name", ["sdxl", "class_cond", "bk-sdm-tiny"])
+def test_dense_widths_read_back(name):
+    cfg = PRESETS[name] if name in PRESETS else UNetConditionConfig.from_diffusers(load_entry(name)["config"])
+    with torch.device("meta"):
+        assert UNet2DConditionModel(cfg).widths() == dense_widths(cfg)
+
+
 def test_pruned_widths_build_run_and_read_back():
     cfg = tiny_config()
     table = {"time_embedding.linear_1": 96, "conv_in": 24, "down_blocks.0.resnets.0.conv1": 16,
