@@ -1,7 +1,7 @@
 """Benchmark: the SD-v1.5-size conditional U-Net forward (models/sd) on this machine, beside diffusers'.
 
-    python benchmarks/sd_unet_speed.py                                   # ours only (the project environment)
-    PYTHONPATH=. /work/refenv/bin/python benchmarks/sd_unet_speed.py     # + diffusers' UNet2DConditionModel
+    python -m benchmarks.sd_unet_speed                                   # ours only (the project environment)
+    /work/refenv/bin/python -m benchmarks.sd_unet_speed     # + diffusers' UNet2DConditionModel
 
 What it does, in one process:
 
@@ -35,11 +35,9 @@ from typing import Callable
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.runtime import Runner, RuntimeOptions  # noqa: E402
-from models.sd import UNet2DConditionModel, UNetConditionConfig  # noqa: E402
-from models.sd.presets import DIFFUSERS_CONFIGS  # noqa: E402
+from models.runtime import Runner, RuntimeOptions
+from models.sd import UNet2DConditionModel, UNetConditionConfig
+from models.sd.presets import DIFFUSERS_CONFIGS
 
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("eager", "diffusers", "channels_last", "bf16", "channels_last+bf16")
@@ -164,6 +162,20 @@ def run(diffusers_config: dict, *, batch_sizes: list[int], modes: list[str], rep
     return result
 
 
+def render(result: dict) -> str:
+    """The result as a markdown table: per batch size and mode, median / min seconds, latents/s, and the time
+    relative to our eager fp32 forward (below 1 = faster), with the load average around each batch."""
+    lines = ["| batch | mode | median s | min s | latents/s | time vs eager | loadavg before -> after |",
+             "|---|---|---|---|---|---|---|"]
+    for B, entry in result["batches"].items():
+        eager = entry["times"].get("eager", {}).get("median_s")
+        for mode, tm in entry["times"].items():
+            rel = f"{tm['median_s'] / eager:.3f}" if eager else "-"
+            lines.append(f"| {B} | {mode} | {tm['median_s']:.2f} | {tm['min_s']:.2f} | {int(B) / tm['median_s']:.3f} | "
+                         f"{rel} | {entry['loadavg_before']} -> {entry['loadavg_after']} |")
+    return "\n".join(lines)
+
+
 def machine() -> dict:
     cpu = platform.processor() or "unknown"
     try:
@@ -201,10 +213,11 @@ def main(args: argparse.Namespace) -> dict:
     out = free_path(args.out)
     result = run(DIFFUSERS_CONFIGS[args.preset], batch_sizes=args.batch_sizes, modes=args.modes,
                  repeats=args.repeats, warmup=args.warmup, latent=args.latent)
-    result["command"] = "python benchmarks/sd_unet_speed.py " + " ".join(sys.argv[1:])
+    result["command"] = "python -m benchmarks.sd_unet_speed " + " ".join(sys.argv[1:])
     result["preset"] = args.preset
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
+    print(render(result))
     print(f"wrote {out.relative_to(ROOT) if out.is_relative_to(ROOT) else out}")
     if result.get("parity", {}).get("ok") is False:
         raise SystemExit("parity check FAILED: our U-Net does not compute diffusers' output")

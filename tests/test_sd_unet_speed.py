@@ -7,7 +7,7 @@ import importlib.util
 
 import torch
 
-from benchmarks.sd_unet_speed import Conditioned, free_path, ours_with, run
+from benchmarks.sd_unet_speed import Conditioned, free_path, ours_with, render, run
 from golden_recipe import load_entry, recipe_state_dict
 from models.runtime import Runner, RuntimeOptions
 from models.sd import UNetConditionConfig
@@ -34,5 +34,7 @@ def test_modes_run_and_agree(tmp_path):
     assert {"eager", "channels_last"} <= set(times) and all(t["median_s"] > 0 for t in times.values())
     if importlib.util.find_spec("diffusers") is None:
         assert "diffusers" not in times and "comparison skipped" in result["reference"]
+    table = render(result)
+    assert table.count("\n") == 1 + len(times) and "| 1 | eager |" in table and "| 1.000 |" in table
     (tmp_path / "r.json").write_text("{}")
     assert free_path(tmp_path / "r.json").name == "r_1.json"
