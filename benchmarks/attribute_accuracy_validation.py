@@ -1,7 +1,7 @@
 """Validate attribute accuracy (metrics/attributes.py) as FD-shapes was validated: real images with their own
 captions give the ceiling, mismatched captions the floor, and disturbances of the images lower it steadily.
 
-    python benchmarks/attribute_accuracy_validation.py
+    python -m benchmarks.attribute_accuracy_validation
 
 On ``--images`` real test-split images (data/captions.py captions, canonical variant), with the attribute
 reader checkpoints/shapes_net_t2i.pt, it scores:
@@ -24,14 +24,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from common.resumable import machine  # noqa: E402
-from data.captions import CaptionAttributes  # noqa: E402
-from data.rendered import rendered_split, to_minus_one_one  # noqa: E402
-from fd_shapes_validation import disturb  # noqa: E402
-from metrics.attributes import ATTRIBUTES, attribute_accuracy, load_attribute_reader  # noqa: E402
+from benchmarks.fd_shapes_validation import disturb
+from common.resumable import machine
+from data.captions import CaptionAttributes
+from data.rendered import rendered_split, to_minus_one_one
+from metrics.attributes import ATTRIBUTES, attribute_accuracy, load_attribute_reader
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = {
@@ -68,7 +65,7 @@ def main(args: argparse.Namespace) -> dict:
         series = [{"level": lv, **attribute_accuracy(net, disturb(x01, kind, lv, seed=0), attrs)} for lv in levels]
         alls = [r["all"] for r in series]
         disturbances[kind] = {"rows": series, "all_monotone": all(a >= b for a, b in zip(alls, alls[1:]))}
-    result = {"command": "python benchmarks/attribute_accuracy_validation.py " + shlex.join(args.argv),
+    result = {"command": "python -m benchmarks.attribute_accuracy_validation " + shlex.join(args.argv),
               "reader": str(args.checkpoint or "checkpoints/shapes_net_t2i.pt"), "reader_sha256": net.weights_sha256,
               "images": f"ProceduralShapes(split='test', seed=0)[{args.start}:{args.start + args.images}]",
               "rows": rows, "disturbances": disturbances, "wall_seconds": round(time.perf_counter() - start, 1),
@@ -89,11 +86,12 @@ def markdown(r: dict) -> str:
              f"images {r['images']}. Fractions of images whose read attribute equals the caption's; `all` = count, "
              "kinds, colours and background together (pairs, the colour-kind binding, reported apart).\n",
              "| captions " + head, "|---" * (len(ATTRIBUTES) + 1) + "|"]
-    lines += [f"| {name} | " + " | ".join(f"{row[k]:.3f}" for k in ATTRIBUTES) + " |" for name, row in r["rows"].items()]
+    cells = lambda row: " | ".join(f"{row[k]:.3f}" for k in ATTRIBUTES)  # noqa: E731
+    lines += [f"| {name} | {cells(row)} |" for name, row in r["rows"].items()]
     for kind, d in r["disturbances"].items():
         lines += ["", f"**{kind}** (all monotone: {d['all_monotone']})\n", "| level " + head,
                   "|---" * (len(ATTRIBUTES) + 1) + "|"]
-        lines += [f"| {row['level']:g} | " + " | ".join(f"{row[k]:.3f}" for k in ATTRIBUTES) + " |" for row in d["rows"]]
+        lines += [f"| {row['level']:g} | {cells(row)} |" for row in d["rows"]]
     return "\n".join(lines) + "\n"
 
 

@@ -1,7 +1,7 @@
 """diffprune's text-to-image path against diffusers' own pipelines, end to end, on tiny random-weight folders.
 
 NEEDS THE REFERENCE ENVIRONMENT (diffusers + transformers installed) and the repository on the path:
-    PYTHONPATH=. /path/to/refenv/bin/python benchmarks/compare_pipelines.py
+    /path/to/refenv/bin/python -m benchmarks.compare_pipelines
 Writes two tiny pipeline folders (tests/tiny_pipeline.py: SD-1 style and SDXL style), generates 2 images
 with each scheduler (3 steps, guidance 3, a negative prompt, 16x16) with models/pipelines and with
 diffusers' StableDiffusionPipeline / StableDiffusionXLPipeline from the same initial latents, and prints
@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+sys.path.insert(0, str(ROOT / "tests"))  # the tiny pipeline writer of the tests (tests/tiny_pipeline.py)
 OUT = ROOT / "benchmarks" / "results" / "pipelines_vs_diffusers.json"
 
 

@@ -1,7 +1,7 @@
 """Validate FD-shapes and KID-shapes the way Heusel et al. 2017 (Sec. 4 / Fig. 1 and their appendix) validated
 FID: the distance between two sets of real images (the noise floor), and its rise under increasing disturbances.
 
-    python benchmarks/fd_shapes_validation.py
+    python -m benchmarks.fd_shapes_validation
 
 The reference is metrics/fd_shapes.py's: ShapesNet features (checkpoints/shapes_net.pt) of the shapes test
 split [0, 2048). The compared sets come from the test split after it, [2048, 2048 + --pool), so they are
@@ -27,12 +27,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from metrics.fd_shapes import (REFERENCE_IMAGES, FDShapesReference, fd_from_features, kid_from_features,  # noqa: E402
+from metrics.fd_shapes import (REFERENCE_IMAGES, FDShapesReference, fd_from_features, kid_from_features,
                                real_images, shapes_features)
-from models.checkpoint import environment  # noqa: E402
-from metrics.shapes_net import load_shapes_net  # noqa: E402
+from models.checkpoint import environment
+from metrics.shapes_net import load_shapes_net
 
 RESULTS = Path(__file__).resolve().parent / "results"
 LEVELS = {
@@ -115,7 +113,7 @@ def main(args: argparse.Namespace) -> dict:
                               "fd_monotone": bool(all(b > a for a, b in zip(fd_series, fd_series[1:]))),
                               "kid_monotone": bool(all(b > a for a, b in zip(kid_series, kid_series[1:])))}
     wall = time.perf_counter() - start
-    result = {"command": ("python benchmarks/fd_shapes_validation.py " + shlex.join(args.argv)).strip(),
+    result = {"command": ("python -m benchmarks.fd_shapes_validation " + shlex.join(args.argv)).strip(),
               "args": {k: v for k, v in vars(args).items() if k != "argv"},
               "shapes_net_sha256": net.weights_sha256, "reference": ref.description,
               "pool": f"shapes test split (seed 0) [{REFERENCE_IMAGES}, {REFERENCE_IMAGES + args.pool})",

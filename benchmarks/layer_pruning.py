@@ -1,6 +1,6 @@
 """Benchmark: LAPTOP-Diff layer pruning on the shipped tiny teacher (criteria, additivity, distillation).
 
-    python benchmarks/layer_pruning.py [--steps 100] [--seeds 0 1 2] [--num-samples 16]
+    python -m benchmarks.layer_pruning [--steps 100] [--seeds 0 1 2] [--num-samples 16]
 
 1. Additivity (LAPTOP-Diff, arXiv 2404.11098, Sec. 3): the single-unit scores of output-loss, taylor and
    random on the teacher; random unit subsets of sizes 2, 4, 6, 8 with their measured output loss L(S);
@@ -24,29 +24,27 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train  # noqa: E402
-from benchmarks.cells import CellStore  # noqa: E402
-from common.defaults import TEACHER_CHECKPOINT  # noqa: E402
-from data.procedural import ProceduralShapes  # noqa: E402
-from diffusion.ddpm import HeldOutLoss  # noqa: E402
-from diffusion.distill import Distiller  # noqa: E402
-from diffusion.samplers import sample  # noqa: E402
-from diffusion.schedule import Schedule  # noqa: E402
-from metrics.macs import count_macs  # noqa: E402
-from metrics.ssim import consistency  # noqa: E402
-from models.checkpoint import environment, save_checkpoint  # noqa: E402
-from models.loading import load  # noqa: E402
-from pruning.layers import find_units, make_calibration, prune_layers  # noqa: E402
-from pruning.layers.additivity import additivity_report, format_report, plot_report  # noqa: E402
-from pruning.layers.criteria import LAYER_CRITERIA, CriterionInputs  # noqa: E402
+import train
+from benchmarks.cells import CellStore
+from common.defaults import TEACHER_CHECKPOINT
+from data.procedural import ProceduralShapes
+from diffusion.ddpm import HeldOutLoss
+from diffusion.distill import Distiller
+from diffusion.samplers import sample
+from diffusion.schedule import Schedule
+from metrics.macs import count_macs
+from metrics.ssim import consistency
+from models.checkpoint import environment, save_checkpoint
+from models.loading import load
+from pruning.layers import LayerPruning, find_units, make_calibration, prune_layers
+from pruning.layers.additivity import additivity_report, format_report
+from pruning.layers.criteria import LAYER_CRITERIA, CriterionInputs
+from reports.plots import plot_additivity
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CRITERIA = ("output-loss", "random", "handcrafted", "taylor")
@@ -137,11 +135,11 @@ class Bench:
         path = self.work / f"{key}.pt"
 
         def run():
-            small, report = prune_layers(self.teacher, criterion=criterion, target_params=self.cfg.target,
-                                         images=self.images if criterion != "taylor" else self.images[:self.cfg.taylor_batch],
-                                         calib_size=self.cfg.calib_size, thr=self.cfg.thr,
-                                         micro_batch=self.cfg.taylor_batch, seed=seed if criterion == "random" else 0,
-                                         scores=scores)
+            spec = LayerPruning.applicable(criterion=criterion, target_params=self.cfg.target,
+                                           calib_size=self.cfg.calib_size, thr=self.cfg.thr,
+                                           batch_size=self.cfg.taylor_batch, micro_batch=self.cfg.taylor_batch,
+                                           seed=seed if criterion == "random" else 0)
+            small, report = prune_layers(self.teacher, spec, self.images, scores=scores)
             save_checkpoint(path, config=small.config, state_dict=small.state_dict(),
                             meta={"layer_report": report.summary()})
             print(report.table(), flush=True)
@@ -176,7 +174,7 @@ def main(cfg: argparse.Namespace) -> dict:
     print(format_report(add), flush=True)
     print("output-loss ranking stability (Spearman):", add["stability_spearman"], flush=True)
     results_dir.mkdir(exist_ok=True)
-    plot_report(add, results_dir / "layer_pruning_additivity.png")
+    plot_additivity(add, results_dir / "layer_pruning_additivity.png")
 
     rows: dict[str, dict[str, list[dict]]] = {}
     expected = 0
@@ -221,7 +219,7 @@ def main(cfg: argparse.Namespace) -> dict:
                 entry[f"{stage}_{metric}"] = summarize([x[metric] for x in r[stage]])
         entry["finetune_seconds"] = summarize([x["seconds"] for x in r["finetuned"]])
         table.append(entry)
-    command = (f"python benchmarks/layer_pruning.py --steps {cfg.steps} --batch-size {cfg.batch_size} "
+    command = (f"python -m benchmarks.layer_pruning --steps {cfg.steps} --batch-size {cfg.batch_size} "
                f"--ema-decay {cfg.ema_decay} --seeds {' '.join(map(str, cfg.seeds))} --num-samples {cfg.num_samples} "
                f"--sample-steps {cfg.sample_steps} --heldout-images {cfg.heldout_images} "
                f"--heldout-draws {cfg.heldout_draws} --subsets {cfg.subsets} --calib-size {cfg.calib_size}")

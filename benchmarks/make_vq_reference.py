@@ -1,7 +1,7 @@
 """Make tests/data/reference/vq_model_tiny.pt: known answers of diffusers' VQModel (the CompVis LDMs' autoencoder).
 
 NEEDS THE REFERENCE ENVIRONMENT (diffusers installed), never the project's: run it as
-    /path/to/refenv/bin/python benchmarks/make_vq_reference.py
+    /path/to/refenv/bin/python -m benchmarks.make_vq_reference
 It writes a RECIPE, not weights: tensor i (from 0) of the state dict, in diffusers' order, is
 z = randn(shape, generator=manual_seed(RECIPE_SEED + i)), used as 1 + 0.2 z for normalisation weights (the
 second-to-last name part contains "norm") and 0.1 z otherwise (tests/golden_recipe.py's rule). Stored: the

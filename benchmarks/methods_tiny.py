@@ -1,6 +1,6 @@
 """Benchmark: the five pruning methods on the shipped tiny teacher, the Diff-Pruning table in miniature.
 
-    python benchmarks/methods_tiny.py [--ratio 0.3] [--finetune-steps 0] [--num-samples 64]
+    python -m benchmarks.methods_tiny [--ratio 0.3] [--finetune-steps 0] [--num-samples 64]
 
 For each method (random, magnitude, taylor, diff-pruning, scratch) the teacher is pruned at the same ratio
 (so every pruned model has the same widths), optionally fine-tuned with train.py, and measured:
@@ -17,25 +17,22 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train  # noqa: E402
-from common.defaults import TEACHER_CHECKPOINT  # noqa: E402
-from data.procedural import ProceduralShapes  # noqa: E402
-from diffusion.ddpm import HeldOutLoss  # noqa: E402
-from diffusion.samplers import sample  # noqa: E402
-from diffusion.schedule import DiffusionConfig, Schedule  # noqa: E402
-from metrics.macs import count_macs  # noqa: E402
-from metrics.ssim import consistency  # noqa: E402
-from models.checkpoint import save_checkpoint  # noqa: E402
-from models.loading import load  # noqa: E402
-from pruning import METHODS, prune  # noqa: E402
+import train
+from common.defaults import TEACHER_CHECKPOINT
+from data.procedural import ProceduralShapes
+from diffusion.ddpm import HeldOutLoss
+from diffusion.samplers import sample
+from diffusion.schedule import DiffusionConfig, Schedule
+from metrics.macs import count_macs
+from metrics.ssim import consistency
+from models.checkpoint import save_checkpoint
+from models.loading import load
+from pruning import METHODS, ChannelPruning, prune
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,9 +62,10 @@ def main(cfg: argparse.Namespace) -> dict:
     for method in cfg.methods:
         model = load(cfg.teacher)
         start = time.perf_counter()
-        model, report = prune(model, model.example_inputs(), method=method, ratio=cfg.ratio,
-                              data=x0, schedule=Schedule(DiffusionConfig(loss_reduction="sum")), thr=cfg.thr,
-                              micro_batch=cfg.batch_size, seed=0, progress=False)
+        spec = ChannelPruning.applicable(method=method, ratio=cfg.ratio, thr=cfg.thr, batch_size=cfg.batch_size,
+                                         micro_batch=cfg.batch_size, seed=0)
+        model, report = prune(model, model.example_inputs(), spec, x0 if spec.gradient else None,
+                              schedule=Schedule(DiffusionConfig(loss_reduction="sum")), progress=False)
         if cfg.finetune_steps:
             path = Path(cfg.work) / f"{method}.pt"
             save_checkpoint(path, config=model.config, state_dict=model.state_dict())
@@ -88,7 +86,7 @@ def main(cfg: argparse.Namespace) -> dict:
               "ema_decay": cfg.ema_decay,
               "gradient_batch": cfg.batch_size, "finetune_steps": cfg.finetune_steps, "num_samples": cfg.num_samples,
               "torch": str(torch.__version__), "rows": rows,
-              "command": f"python benchmarks/methods_tiny.py --ratio {cfg.ratio} --thr {cfg.thr} --batch-size "
+              "command": f"python -m benchmarks.methods_tiny --ratio {cfg.ratio} --thr {cfg.thr} --batch-size "
                          f"{cfg.batch_size} --finetune-steps {cfg.finetune_steps} --num-samples {cfg.num_samples}"
                          f" --ema-decay {cfg.ema_decay} --methods {' '.join(cfg.methods)}"}
     RESULTS.mkdir(exist_ok=True)

@@ -1,6 +1,6 @@
 """Benchmark: #params and MACs of the published DDPM U-Nets before and after pruning at the paper's ratio.
 
-    python benchmarks/paper_sizes.py [--ratio 0.3] [--presets cifar10 celeba64 church256]
+    python -m benchmarks.paper_sizes [--ratio 0.3] [--presets cifar10 celeba64 church256]
 
 Widths do not depend on the importance criterion (the paper's local rule fixes how many channels each
 group loses), so random importance on the untrained presets gives exactly the architectures of the
@@ -14,18 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from metrics.macs import count_macs, format_count  # noqa: E402
-from models.ddpm.config import PRESETS  # noqa: E402
-from models.ddpm.unet import UNet  # noqa: E402
-from pruning import prune  # noqa: E402
+from metrics.macs import count_macs, format_count
+from models.ddpm.config import PRESETS
+from models.ddpm.unet import UNet
+from pruning import prune
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PAPER = {"cifar10": ("35.7M -> 19.8M", "6.1G -> 3.4G"), "celeba64": ("78.7M -> 43.7M", "23.9G -> 13.3G"),
@@ -55,7 +52,7 @@ def main(args: argparse.Namespace) -> list[dict]:
               f"(paper: {' / '.join(PAPER.get(name, ('-', '-')))})")
     RESULTS.mkdir(exist_ok=True)
     out = {"benchmark": "paper_sizes", "rows": rows, "torch": str(torch.__version__),
-           "command": f"python benchmarks/paper_sizes.py --ratio {args.ratio} --presets {' '.join(args.presets)}"}
+           "command": f"python -m benchmarks.paper_sizes --ratio {args.ratio} --presets {' '.join(args.presets)}"}
     (RESULTS / "paper_sizes.json").write_text(json.dumps(out, indent=2) + "\n")
     return rows
 

@@ -1,6 +1,6 @@
 """Profile: where the forward time of a dense and of pruned U-Nets goes, by op kind, with convolution throughput.
 
-    python benchmarks/profile_pruned.py [--preset cifar10] [--batch 16] [--ratios 0.3 0.5] [--round-to 8]
+    python -m benchmarks.profile_pruned [--preset cifar10] [--batch 16] [--ratios 0.3 0.5] [--round-to 8]
 
 A pruned network is only as fast as its MAC ratio says when every op shrinks with the MACs. Convolutions do
 (their cost is C_in x C_out x k^2 x H x W), but GroupNorm, SiLU, the residual adds and the skip
@@ -27,12 +27,10 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import pruning  # noqa: E402
-from metrics.macs import count_macs  # noqa: E402
-from models.ddpm.config import PRESETS  # noqa: E402
-from models.ddpm.unet import UNet  # noqa: E402
+import pruning
+from metrics.macs import count_macs
+from models.ddpm.config import PRESETS
+from models.ddpm.unet import UNet
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -117,7 +115,7 @@ def main(args: argparse.Namespace) -> dict:
     load = " ".join(Path("/proc/loadavg").read_text().split()[:3]) if Path("/proc/loadavg").exists() else "unknown"
     out = {"preset": args.preset, "batch": args.batch, "iters": args.iters, "threads": args.threads,
            "torch": str(torch.__version__), "load_before": load, "models": {},
-           "command": "python benchmarks/profile_pruned.py " + " ".join(sys.argv[1:])}
+           "command": "python -m benchmarks.profile_pruned " + " ".join(sys.argv[1:])}
     accs = {label: {"per_kind": {}, "other": {}, "convs": {}, "forwards": 0} for label in models}
     with torch.inference_mode():
         for model in models.values():  # warm-up: oneDNN primitive creation is not what we measure

@@ -1,6 +1,6 @@
 """Benchmark: trace + group + surgery time of pruning the CIFAR-10 DDPM U-Net (35.7M params) at ratio 0.3.
 
-    python benchmarks/prune_speed.py [--repeats 5] [--threads 2]
+    python -m benchmarks.prune_speed [--repeats 5] [--threads 2]
 
 Times the structural part of pruning only (``pruning.prune`` with random importance, so no gradient pass):
 building the coupling groups from one traced forward pass, selecting and physically slicing every group in
@@ -14,17 +14,14 @@ import argparse
 import json
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from models.ddpm.config import PRESETS  # noqa: E402
-from models.ddpm.unet import UNet  # noqa: E402
-from pruning import prune  # noqa: E402
+from models.ddpm.config import PRESETS
+from models.ddpm.unet import UNet
+from pruning import prune
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -51,7 +48,7 @@ def main(args: argparse.Namespace) -> dict:
               "repeats": args.repeats, "threads": args.threads, "params_after": runs[0]["params_after"],
               "seconds": summary, "target_total_s": 0.5, "meets_target": summary["total_s"]["median"] < 0.5,
               "torch": str(torch.__version__), "python": platform.python_version(), "cpu": platform.processor() or platform.machine(),
-              "command": f"python benchmarks/prune_speed.py --repeats {args.repeats} --threads {args.threads}"}
+              "command": f"python -m benchmarks.prune_speed --repeats {args.repeats} --threads {args.threads}"}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "prune_speed.json").write_text(json.dumps(result, indent=2) + "\n")
     for key, s in summary.items():

@@ -1,6 +1,6 @@
 """Do two runs of benchmarks/reproduce.py with different seed lists reach the same verdicts?
 
-    python benchmarks/reproduce_compare.py benchmarks/results/reproduce.json runs/reproduce2/results/reproduce.json
+    python -m benchmarks.reproduce_compare benchmarks/results/reproduce.json runs/reproduce2/results/reproduce.json
 
 The committed study (seeds 0 1 2) is one draw; its verdicts are only worth something if an independent draw
 (e.g. seeds 3 4 5, its own pruning randomness, gradient batches and fine-tune data order) reads the same. For

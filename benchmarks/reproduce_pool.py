@@ -1,7 +1,7 @@
 """Pool the seeds of several runs of one study and give each claim its verdict by the statistics of
 benchmarks/stats.py (Welch's t-test, Holm within a claim, effect size with a bootstrap interval).
 
-    python benchmarks/reproduce_pool.py benchmarks/results/reproduce.json \
+    python -m benchmarks.reproduce_pool benchmarks/results/reproduce.json \
         benchmarks/results/reproduce_seeds345/reproduce.json --docs docs/RESULTS.md
 
 Two seed lists of the same configuration (the first study ran seeds 0-2 and 3-5 with identical settings) are
@@ -16,13 +16,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import reproduce_report as rr  # noqa: E402
+from benchmarks import reproduce_report as rr
 
 BEGIN, END = ("<!-- reproduce_pool.py:begin (generated; edit benchmarks/reproduce_pool.py) -->",
               "<!-- reproduce_pool.py:end -->")

@@ -252,7 +252,7 @@ def write_report(cfg, study, jobs, wall: float) -> dict:
                f"{args[0]}-r{args[2] if len(args) > 2 else cfg.ratio}-s{args[1]}" in cells)
     expected = sum(1 for fn, _ in jobs if fn == "main_cell")
     seconds = sum(c.get("seconds", 0) for k, c in cells.items() if not k.startswith("pruned-"))
-    command = (f"python benchmarks/reproduce.py --study {cfg.study} --teacher {_relative(cfg.teacher)} --seeds "
+    command = (f"python -m benchmarks.reproduce --study {cfg.study} --teacher {_relative(cfg.teacher)} --seeds "
                f"{' '.join(map(str, cfg.seeds))} --steps {cfg.steps} --num-samples {cfg.num_samples} "
                f"--curve-steps {cfg.curve_steps}")
     result = {"benchmark": "reproduce", "partial": done < expected, "cells_done": done, "cells_expected": expected,
@@ -324,7 +324,7 @@ def markdown(r: dict, cfg) -> str:
                   "|---" * (len(fs["terms"]["mse"]) + 2) + "|"]
         for k in ("mse", "normalized"):
             lines.append(f"| {k} | " + " | ".join(f"{v:.3g}" for v in fs["terms"][k].values()) +
-                         f" | {fs['spread'][k]:.0f}x |")
+                         f" | {fs['spread'][k]:.0f}x (stages above 0) |")
     lines += ["", "### Verdicts (rule: benchmarks/reproduce_report.py, benchmarks/stats.py)", ""]
     lines += verdict_lines(r["verdicts"])
     return "\n".join(lines)

@@ -1,6 +1,6 @@
 """Benchmark: what ``--round-to N`` costs in quality, on the shipped tiny teacher right after pruning.
 
-    python benchmarks/round_to_quality.py [--ratios 0.3 0.5] [--round-to 8] [--methods magnitude diff-pruning]
+    python -m benchmarks.round_to_quality [--ratios 0.3 0.5] [--round-to 8] [--methods magnitude diff-pruning]
 
 For each method and ratio, the teacher is pruned with the paper's widths and with every width rounded to a
 multiple of N (``pruning/select.py``), and each pruned model's held-out eps-MSE is measured on the same fixed
@@ -22,15 +22,13 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import models  # noqa: E402
-import pruning  # noqa: E402
-from common.defaults import TEACHER_CHECKPOINT  # noqa: E402
-from data import build_dataset  # noqa: E402
-from diffusion.ddpm import HeldOutLoss  # noqa: E402
-from diffusion.schedule import Schedule  # noqa: E402
-from metrics.macs import count_macs  # noqa: E402
+import models
+import pruning
+from common.defaults import TEACHER_CHECKPOINT
+from data import build_dataset
+from diffusion.ddpm import HeldOutLoss
+from diffusion.schedule import Schedule
+from metrics.macs import count_macs
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -54,8 +52,10 @@ def main(args: argparse.Namespace) -> dict:
         for ratio in args.ratios:
             for n in [None] + args.round_to:
                 start = time.perf_counter()
-                model, report = pruning.prune(copy.deepcopy(teacher), example, method=method, ratio=ratio, data=x0,
-                                              schedule=schedule, thr=0.05, micro_batch=64, round_to=n, progress=False)
+                spec = pruning.ChannelPruning.applicable(method=method, ratio=ratio, thr=0.05, micro_batch=64,
+                                                         batch_size=len(x0), round_to=n)
+                model, report = pruning.prune(copy.deepcopy(teacher), example, spec, x0, schedule=schedule,
+                                              progress=False)
                 model.eval()
                 rows.append({"method": method, "ratio": ratio, "round_to": n, "heldout": heldout(model),
                              "seconds": time.perf_counter() - start, **_size(model, example)})
@@ -68,7 +68,7 @@ def main(args: argparse.Namespace) -> dict:
 
 def _write(rows: list[dict], args: argparse.Namespace) -> dict:
     out = {"teacher": str(TEACHER_CHECKPOINT.name), "rows": rows, "torch": str(torch.__version__),
-           "threads": args.threads, "command": "python benchmarks/round_to_quality.py " + " ".join(sys.argv[1:])}
+           "threads": args.threads, "command": "python -m benchmarks.round_to_quality " + " ".join(sys.argv[1:])}
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "round_to_quality.json").write_text(json.dumps(out, indent=1) + "\n")
     return out

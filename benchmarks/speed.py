@@ -1,7 +1,7 @@
 """Benchmark: how fast the U-Net, pruned U-Nets, the pruning machinery and the FID Inception run here.
 
-    python benchmarks/speed.py                      # everything, defaults below (tens of minutes on 2 cores)
-    python benchmarks/speed.py --sections unet --presets cifar10 --batch-sizes 16 --modes eager diffusers
+    python -m benchmarks.speed                      # everything, defaults below (tens of minutes on 2 cores)
+    python -m benchmarks.speed --sections unet --presets cifar10 --batch-sizes 16 --modes eager diffusers
 
 Sections (``--sections``; each is saved to the JSON as soon as it finishes, so an interrupted run is resumed
 by running the missing sections again):
@@ -42,14 +42,12 @@ from typing import Callable
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from diffusion.samplers import sample  # noqa: E402
-from diffusion.schedule import Schedule  # noqa: E402
-from metrics.macs import count_macs  # noqa: E402
-from models.ddpm.config import PRESETS, ModelConfig  # noqa: E402
-from models.runtime import Runner, RuntimeOptions  # noqa: E402
-from models.ddpm.unet import UNet  # noqa: E402
+from diffusion.samplers import sample
+from diffusion.schedule import Schedule
+from metrics.macs import count_macs
+from models.ddpm.config import PRESETS, ModelConfig
+from models.runtime import Runner, RuntimeOptions
+from models.ddpm.unet import UNet
 
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("machine", "unet", "pruned", "prune", "gradient", "fid")
@@ -432,7 +430,7 @@ def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
     out = Path(args.out)
     results = json.loads(out.read_text()) if out.exists() and not args.fresh else {}
-    command = "python benchmarks/speed.py " + " ".join(sys.argv[1:]) if args.command is None else args.command
+    command = "python -m benchmarks.speed " + " ".join(sys.argv[1:]) if args.command is None else args.command
     for name in args.sections:
         before = loadavg()
         print(f"[speed] {name} (load average {before}) ...", flush=True)

@@ -1,6 +1,6 @@
 """Benchmark: continue the shipped teacher's training and measure it against steps (FD-shapes, held-out loss).
 
-    python benchmarks/teacher_curve.py [--steps 3600] [--every 900] [--lr 2e-4] [--work runs/teacher_curve]
+    python -m benchmarks.teacher_curve [--steps 3600] [--every 900] [--lr 2e-4] [--work runs/teacher_curve]
 
 --teacher (default: the shipped checkpoints/tiny_shapes.pt) carries its weights but not its optimizer state,
 so this continues from its EMA weights as a new train.py run (fresh Adam moments, a 100-step warm-up, another
@@ -19,28 +19,25 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import train  # noqa: E402
-from common.defaults import TEACHER_CHECKPOINT  # noqa: E402
-from common.runs import RUN_MARKER  # noqa: E402
-from metrics.probe import ProbeConfig, QualityProbe  # noqa: E402
-from models.checkpoint import environment, read_checkpoint, save_checkpoint, training_steps  # noqa: E402
-from models.loading import load  # noqa: E402
-from models.ddpm.config import ModelConfig  # noqa: E402
+import train
+from common.defaults import TEACHER_CHECKPOINT
+from common.runs import RUN_MARKER
+from metrics.probe import ProbeConfig, QualityProbe
+from models.checkpoint import environment, read_checkpoint, save_checkpoint, training_steps
+from models.loading import load
+from models.ddpm.config import ModelConfig
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def command(cfg: argparse.Namespace) -> str:
     teacher = "" if Path(cfg.teacher) == Path(TEACHER_CHECKPOINT) else f"--teacher {cfg.teacher} "
-    return (f"python benchmarks/teacher_curve.py {teacher}--steps {cfg.steps} --every {cfg.every} --lr {cfg.lr} "
+    return (f"python -m benchmarks.teacher_curve {teacher}--steps {cfg.steps} --every {cfg.every} --lr {cfg.lr} "
             f"--seed {cfg.seed} --num-samples {cfg.num_samples} --sample-steps {cfg.sample_steps}")
 
 

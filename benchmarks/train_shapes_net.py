@@ -1,6 +1,6 @@
 """Train ShapesNet (metrics/shapes_net.py), the feature network of FD-shapes, on the procedural shapes' attributes.
 
-    python benchmarks/train_shapes_net.py --out checkpoints/shapes_net.pt   # the shipped checkpoint's command
+    python -m benchmarks.train_shapes_net --out checkpoints/shapes_net.pt   # the shipped checkpoint's command
 
 Renders ``--train-images`` images of the shapes train split (data/procedural.py, seed 0, 32x32) with their
 latent attributes once, then trains multi-label (cross-entropy on the shape count, binary cross-entropy on
@@ -24,12 +24,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common.runs import seed_everything  # noqa: E402
-from data.procedural import ProceduralShapes  # noqa: E402
-from models.checkpoint import environment  # noqa: E402
-from metrics.shapes_net import (NUM_BACKGROUND_NAMES, NUM_TARGETS, TARGET_SLICES, ShapesNet,  # noqa: E402
+from common.runs import seed_everything
+from data.procedural import ProceduralShapes
+from models.checkpoint import environment
+from metrics.shapes_net import (NUM_BACKGROUND_NAMES, NUM_TARGETS, TARGET_SLICES, ShapesNet,
                                ShapesNetConfig, attribute_targets, save_shapes_net)
 
 
@@ -114,7 +112,7 @@ def main(args: argparse.Namespace) -> Path:
     wall = time.perf_counter() - start
     acc = attribute_accuracy(net, x_val, y_val)
     print("[shapes_net] held-out accuracy: " + ", ".join(f"{k} {v:.4f}" for k, v in acc.items()))
-    meta = {"command": "python benchmarks/train_shapes_net.py " + shlex.join(args.argv),
+    meta = {"command": "python -m benchmarks.train_shapes_net " + shlex.join(args.argv),
             "args": {k: v for k, v in vars(args).items() if k != "argv"}, "config": config.to_dict(),
             "heldout_accuracy": acc, "wall_seconds": round(wall, 1), "environment": environment(),
             "data": {"train": f"ProceduralShapes(split='train', seed=0, image_size={config.image_size})[0:{args.train_images}]",

@@ -1,6 +1,6 @@
 """Train the tiny CLIP of the embedded text-to-image world on captioned shapes; resumable; ships a CLIPModel folder.
 
-    OMP_NUM_THREADS=1 nohup python benchmarks/train_t2i_clip.py --run runs/t2i_clip \\
+    OMP_NUM_THREADS=1 nohup python -m benchmarks.train_t2i_clip --run runs/t2i_clip \\
         --ship checkpoints/t2i_shapes/clip > runs/t2i_clip.log 2>&1 &       # the shipped model's command
 
 Both towers are models/clip's (transformers' CLIPModel semantics): a causal text transformer pooled at the
@@ -31,14 +31,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common.resumable import machine, open_run, save_state, warmup_cosine  # noqa: E402
-from data.captions import NUM_VARIANTS, caption  # noqa: E402
-from data.rendered import rendered_split  # noqa: E402
-from metrics.clip_score import CLIP_MEAN, CLIP_STD  # noqa: E402
-from models.clip import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig  # noqa: E402
-from models.clip.tokenizer import CLIPTokenizer  # noqa: E402
+from common.resumable import machine, open_run, save_state, warmup_cosine
+from data.captions import NUM_VARIANTS, caption
+from data.rendered import rendered_split
+from metrics.clip_score import CLIP_MEAN, CLIP_STD
+from models.clip import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+from models.clip.tokenizer import CLIPTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TOKENIZER = REPO / "checkpoints" / "t2i_shapes" / "tokenizer"
@@ -146,16 +144,18 @@ def main(args: argparse.Namespace) -> None:
             model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)  # exp(t) <= 100 (Radford et al. 2021, Sec. 2.5)
         step += 1
         if step % args.log_every == 0 or step == stop:
-            entry = {"step": step, "loss": round(loss.item(), 4), "temperature": round(model.logit_scale.exp().item(), 2),
+            entry = {"step": step, "loss": round(loss.item(), 4),
+                     "temperature": round(model.logit_scale.exp().item(), 2),
                      "seconds": round(time.perf_counter() - start, 1)}
             if step % args.eval_every == 0 or step == args.steps:
                 entry.update(retrieval(model, tok, val_images, val_attrs))
             curve.append(entry)
             print("[clip] " + json.dumps(entry), flush=True)
-            save_state(folder, {"model": model.state_dict(), "optimizer": opt.state_dict(), "generator": gen.get_state(),
-                                "step": step, "wall_seconds": time.perf_counter() - start, "curve": json.dumps(curve)})
+            save_state(folder, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                "generator": gen.get_state(), "step": step,
+                                "wall_seconds": time.perf_counter() - start, "curve": json.dumps(curve)})
     if step < args.steps:
-        print(f"[clip] stopped at step {step} of {args.steps} (--stop-after); rerun the command to continue", flush=True)
+        print(f"[clip] stopped at step {step} of {args.steps} (--stop-after); rerun to continue", flush=True)
         return
     wall = time.perf_counter() - start
     final = retrieval(model, tok, val_images, val_attrs)
@@ -171,7 +171,7 @@ def ship(model: CLIPModel, out: Path, args: argparse.Namespace, final: dict, cur
         print(f"[clip] {out} exists; not overwritten (remove it to ship this run)", flush=True)
         return
     save_clip(model.eval(), out)
-    result = {"command": "OMP_NUM_THREADS=1 python benchmarks/train_t2i_clip.py " + shlex.join(args.argv),
+    result = {"command": "OMP_NUM_THREADS=1 python -m benchmarks.train_t2i_clip " + shlex.join(args.argv),
               "folder": str(out), "heldout_retrieval": final,
               "parameters": sum(p.numel() for p in model.parameters()), "wall_seconds": round(wall, 1),
               "wall_note": "summed over resumed sessions, on a CPU shared with other jobs (see load_average_1m)",

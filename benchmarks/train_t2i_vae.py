@@ -1,6 +1,6 @@
 """Train the tiny VAE of the embedded text-to-image world (32x32x3 -> 8x8x4); resumable; ships a diffusers folder.
 
-    OMP_NUM_THREADS=1 nohup python benchmarks/train_t2i_vae.py --run runs/t2i_vae \\
+    OMP_NUM_THREADS=1 nohup python -m benchmarks.train_t2i_vae --run runs/t2i_vae \\
         --ship checkpoints/t2i_shapes/vae > runs/t2i_vae.log 2>&1 &        # the shipped model's command
 
 The network is models/vae's AutoencoderKL (diffusers' semantics and names) at a small width: three levels
@@ -32,11 +32,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from common.resumable import machine, open_run, save_state, warmup_cosine  # noqa: E402
-from data.rendered import rendered_split, to_minus_one_one  # noqa: E402
-from models.vae import AutoencoderKL, AutoencoderKLConfig  # noqa: E402
+from common.resumable import machine, open_run, save_state, warmup_cosine
+from data.rendered import rendered_split, to_minus_one_one
+from models.vae import AutoencoderKL, AutoencoderKLConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -149,7 +147,7 @@ def ship(vae: AutoencoderKL, out: Path, args: argparse.Namespace, final: dict, c
     save_file({k: v.detach().contiguous() for k, v in vae.state_dict().items()},
               str(out / "diffusion_pytorch_model.safetensors"))
     (out / "config.json").write_text(json.dumps(vae.config.to_diffusers_config(), indent=2) + "\n")
-    result = {"command": "OMP_NUM_THREADS=1 python benchmarks/train_t2i_vae.py " + shlex.join(args.argv),
+    result = {"command": "OMP_NUM_THREADS=1 python -m benchmarks.train_t2i_vae " + shlex.join(args.argv),
               "folder": str(out), "test_split": final,
               "kl_weight": args.kl_weight, "parameters": sum(p.numel() for p in vae.parameters()),
               "wall_seconds": round(wall, 1),

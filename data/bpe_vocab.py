@@ -30,9 +30,7 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from data.captions import NUM_VARIANTS, CaptionedShapes, caption, caption_attributes  # noqa: E402
+from data.captions import NUM_VARIANTS, CaptionedShapes, caption, caption_attributes
 
 START, END = "<|startoftext|>", "<|endoftext|>"
 END_OF_WORD = "</w>"

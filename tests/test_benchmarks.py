@@ -2,20 +2,15 @@
 checks that each figure is produced, consistent and written, never how fast anything is)."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
+from benchmarks import speed as speed_benchmark
 
 
 def load_speed():
-    spec = importlib.util.spec_from_file_location("speed_benchmark", SPEED)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return speed_benchmark
 
 
 @pytest.mark.slow

@@ -1,13 +1,9 @@
 """benchmarks/cells.py: a cell is computed once, saved whole, and read back instead of recomputed."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.cells import CellStore  # noqa: E402
+from benchmarks.cells import CellStore
 
 
 def test_cell_is_computed_once_and_reused(tmp_path):

@@ -1,13 +1,9 @@
 """benchmarks/reproduce_compare.py: the agreement between two runs' verdicts, on hand-made results."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import reproduce_compare  # noqa: E402
+from benchmarks import reproduce_compare
 
 
 def _stats(mean, std):
@@ -17,7 +13,7 @@ def _stats(mean, std):
 def _run(seeds, c1, c1_pairs, fd_dp):
     rows = {m: {"method": m, "seeds": seeds, "fd_shapes": _stats(fd, 10.0), "ssim_to_teacher": _stats(0.5, 0.1),
                 "heldout_loss": _stats(0.01, 0.001)} for m, fd in (("diff-pruning@0.05", fd_dp), ("random", 500.0))}
-    return {"benchmark": "reproduce", "command": f"python benchmarks/reproduce.py --seeds {seeds}",
+    return {"benchmark": "reproduce", "command": f"python -m benchmarks.reproduce --seeds {seeds}",
             "rows": rows, "verdicts": {"C1": {"verdict": c1, "pairs": c1_pairs},
                                        "C3": {"verdict": "incomplete (curve missing)"}}}
 

@@ -3,15 +3,12 @@ settings or with a shared seed are refused; the first study's "taylor" row is th
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks import reproduce_pool  # noqa: E402
-from benchmarks.reproduce_report import stats  # noqa: E402
+from benchmarks import reproduce_pool
+from benchmarks.reproduce_report import stats
 
 
 def run(seeds, fd, path: Path, steps=200) -> Path:

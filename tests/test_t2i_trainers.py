@@ -47,7 +47,7 @@ def test_two_sessions_equal_one_and_the_shipped_folder_loads(tmp_path, name):
     for key, value in straight["model"].items():
         assert torch.equal(value, resumed["model"][key]), key
     record = json.loads(results.read_text())
-    assert record["command"].startswith("OMP_NUM_THREADS=1 python benchmarks/") and record["wall_seconds"] > 0
+    assert record["command"].startswith("OMP_NUM_THREADS=1 python -m benchmarks.") and record["wall_seconds"] > 0
     assert len(record["curve"]) == 4 and "machine" in record
     if name == "train_t2i_clip":
         from models.clip.load import load_clip
