@@ -218,3 +218,15 @@ def test_models_load_dispatches_latent_sources(tmp_path):
     assert isinstance(pipe, Pipeline) and info["format"] == "latent" and info["kind"] == "sd1"
     assert type(load(folder / "vae")).__name__ == "AutoencoderKL"
     assert type(load("tiny")).__name__ == "UNet"  # the DDPM family is untouched
+
+
+def test_clip_text_weights_without_the_text_model_level(tmp_path):
+    """transformers 5 saves CLIPTextModel as embeddings.* / encoder.* (no ``text_model.``); both load the same."""
+    folder = write_tiny_pipeline(tmp_path / "pipe")
+    from safetensors.torch import load_file
+    te = folder / "text_encoder"
+    sd = load_file(te / "model.safetensors")
+    ref = load_component(te).state_dict()
+    save_file({k.removeprefix("text_model."): v for k, v in sd.items()}, te / "model.safetensors")
+    for k, v in load_component(te).state_dict().items():
+        torch.testing.assert_close(v, ref[k], atol=0, rtol=0)

@@ -180,3 +180,11 @@ def test_family_defaults_are_the_references():
     assert scheduler_config({"skip_prk_steps": True}, "pndm").timestep_spacing == "leading"
     assert scheduler_config({}, "ddim").set_alpha_to_one is True
     assert scheduler_config({"skip_prk_steps": True}, "pndm").set_alpha_to_one is False
+
+
+def test_keys_marked_as_defaults_take_the_new_familys_defaults():
+    d = {"_class_name": "DDIMScheduler", "timestep_spacing": "leading", "steps_offset": 1,
+         "_use_default_values": ["timestep_spacing"]}
+    assert scheduler_config(d, "euler").timestep_spacing == "linspace"
+    assert scheduler_config(d, "euler").steps_offset == 1
+    assert scheduler_config({**d, "_use_default_values": []}, "euler").timestep_spacing == "leading"

@@ -84,6 +84,9 @@ class SchedulerConfig:
         """Build from a diffusers scheduler_config.json dict. Keys this class has no field for are ignored
         (diffusers itself passes one scheduler's config to another family this way); keys in ``FIXED`` with
         another value are refused, naming the key."""
+        # Keys diffusers marks as "took the default" are dropped, as its from_config does: a config written by
+        # one family then gets the other family's defaults for them (e.g. Euler's timestep_spacing).
+        d = {k: v for k, v in d.items() if k not in d.get("_use_default_values", ())}
         for key, default in cls.FIXED.items():
             if key in d and d[key] != default and d[key] is not None:
                 raise ValueError(f"{cls.__name__}: {key}={d[key]!r} is not supported (only {default!r})")

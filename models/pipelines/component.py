@@ -29,6 +29,7 @@ from torch import nn
 from models.pipelines.weights import WeightFile, assign_weights, on_meta, open_weights
 
 WEIGHT_STEMS = ("diffusion_pytorch_model", "model", "pytorch_model")
+TEXT_MODEL = "text_model."
 # Older diffusers VAE files name the attention projections query/key/value/proj_attn (the loader of diffusers
 # renames them on load; so do we). Applied only where the module has the new name and the file the old.
 LEGACY_ATTENTION_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_out.0": "proj_attn"}
@@ -119,11 +120,16 @@ def weight_file(folder: str | os.PathLike, variant: str | None = None) -> Path:
 
 
 def legacy_plan(module: nn.Module, source: WeightFile) -> dict:
-    """Sources for module names that the file holds under the older attention names (see LEGACY_ATTENTION_NAMES)."""
+    """Sources for module names that the file holds under other names: the older attention names
+    (LEGACY_ATTENTION_NAMES), and CLIP text towers saved by transformers 5, which drop the ``text_model.``
+    level (``embeddings.*``, ``encoder.*``, ``final_layer_norm.*``) that the hub's files and ours keep."""
     from models.pipelines.original_layout import Source
     plan = {}
     for name in module.state_dict().keys():
         if name in source:
+            continue
+        if name.startswith(TEXT_MODEL) and name[len(TEXT_MODEL):] in source:
+            plan[name] = Source(name[len(TEXT_MODEL):])
             continue
         for new, old in LEGACY_ATTENTION_NAMES.items():
             marker = f".{new}."

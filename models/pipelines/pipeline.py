@@ -157,10 +157,11 @@ def check_pipeline_folder(folder: str | os.PathLike) -> tuple[str, dict[str, str
             raise ValueError(f"{folder}/model_index.json: the {kind} pipeline needs component {name!r}, "
                              f"which it does not list")
         sub = folder / name
-        probe = sub / (SCHEDULER_FILE if name == "scheduler" else
-                       "vocab.json" if name.startswith("tokenizer") else "config.json")
-        if not probe.is_file():
-            raise FileNotFoundError(f"{folder}: component {name!r} is missing ({probe} not found)")
+        # A tokenizer folder holds vocab.json + merges.txt, or (written by transformers 5) tokenizer.json alone.
+        probes = ([sub / "vocab.json", sub / "tokenizer.json"] if name.startswith("tokenizer") else
+                  [sub / (SCHEDULER_FILE if name == "scheduler" else "config.json")])
+        if not any(p.is_file() for p in probes):
+            raise FileNotFoundError(f"{folder}: component {name!r} is missing ({probes[0]} not found)")
     return kind, listed
 
 
