@@ -31,8 +31,9 @@ def open_run(run: str | os.PathLike, settings: dict[str, Any]) -> tuple[Path, di
         before = json.loads(saved_args.read_text())
         diff = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
         if diff:
-            raise ValueError(f"{folder}: started with other settings ({', '.join(f'{k}={before.get(k)!r}' for k in diff)}"
-                             f"); rerun with those or choose a new --run folder")
+            was = ", ".join(f"{k}={before.get(k)!r}" for k in diff)
+            raise ValueError(f"{folder}: started with other settings ({was}); rerun with those or choose a new "
+                             "--run folder")
     else:
         folder.mkdir(parents=True, exist_ok=True)
         saved_args.write_text(json.dumps(settings, indent=2) + "\n")

@@ -59,7 +59,8 @@ def load_attribute_reader(path: str | os.PathLike | None = None, *, device: str 
 def read_attributes(net: ShapesNet, images01: torch.Tensor, *, batch_size: int = 256) -> list[Reading]:
     """images01: (N, 3, S, S) in [0, 1] -> one Reading per image (flags at logit > 0, count by argmax)."""
     if not net.config.background_names:
-        raise ValueError("metrics/attributes.py: this ShapesNet has no background-name head (config.background_names=0)")
+        raise ValueError("metrics/attributes.py: this ShapesNet has no background-name head "
+                         "(config.background_names=0)")
     net.eval()
     device = next(net.parameters()).device
     s = TARGET_SLICES
