@@ -1,8 +1,9 @@
 """The original-layout table against CompVis' own latent-diffusion code, on a tiny cin256-v2-like LDM.
 
 NEEDS THE REFERENCE ENVIRONMENT (torch + einops) and a checkout of CompVis/latent-diffusion (its ``ldm``
-package is imported from --ldm-src; omegaconf, used there only for an isinstance check, is stubbed):
-    PYTHONPATH=. /path/to/refenv/bin/python benchmarks/compare_ldm_original.py --ldm-src /path/to/latent-diffusion
+package is imported from --ldm-src; omegaconf, used there only for an isinstance check, is stubbed); run
+from the repository root:
+    /path/to/refenv/bin/python -m benchmarks.compare_ldm_original --ldm-src /path/to/latent-diffusion
 Builds, with that code, an openaimodel.UNetModel (SpatialTransformer, one head, context 16), the VQ
 autoencoder's Encoder/Decoder with quant convs and a codebook, and a ClassEmbedder table, fills them with
 seeded random weights, writes them as ONE original single file (model.diffusion_model.*, first_stage_model.*,
@@ -27,7 +28,7 @@ OUT = ROOT / "benchmarks" / "results" / "ldm_vs_original.json"
 
 
 def original_modules(ldm_src: str) -> dict[str, torch.nn.Module]:
-    sys.path.insert(0, ldm_src)
+    sys.path.insert(0, ldm_src)  # the external reference code itself (not this repository)
     stub, listconfig = types.ModuleType("omegaconf"), types.ModuleType("omegaconf.listconfig")
     listconfig.ListConfig = type("ListConfig", (list,), {})
     stub.listconfig = listconfig

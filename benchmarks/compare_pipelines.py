@@ -1,6 +1,6 @@
 """diffprune's text-to-image path against diffusers' own pipelines, end to end, on tiny random-weight folders.
 
-NEEDS THE REFERENCE ENVIRONMENT (diffusers + transformers installed) and the repository on the path:
+NEEDS THE REFERENCE ENVIRONMENT (diffusers + transformers installed); run from the repository root:
     /path/to/refenv/bin/python -m benchmarks.compare_pipelines
 Writes two tiny pipeline folders (tests/tiny_pipeline.py: SD-1 style and SDXL style), generates 2 images
 with each scheduler (3 steps, guidance 3, a negative prompt, 16x16) with models/pipelines and with
@@ -10,14 +10,12 @@ and saves (benchmarks/results/pipelines_vs_diffusers.json) the largest absolute 
 from __future__ import annotations
 
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the tiny pipeline writer of the tests (tests/tiny_pipeline.py)
 OUT = ROOT / "benchmarks" / "results" / "pipelines_vs_diffusers.json"
 
 
@@ -26,7 +24,7 @@ def main() -> None:
     from diffusion.guidance import initial_latents
     from models.pipelines import load_pipeline
     from models.pipelines.text_to_image import Request, generate
-    from tiny_pipeline import write_tiny_pipeline
+    from tests.tiny_pipeline import write_tiny_pipeline
 
     classes = {"ddim": diffusers.DDIMScheduler, "dpmpp_2m": diffusers.DPMSolverMultistepScheduler,
                "euler": diffusers.EulerDiscreteScheduler, "pndm": diffusers.PNDMScheduler}
