@@ -1,6 +1,6 @@
 """Learn a byte-level BPE vocabulary on the shapes captions and write it in CLIP's files (vocab.json + merges.txt).
 
-    python data/bpe_vocab.py --out checkpoints/t2i_shapes/tokenizer      # the shipped tokenizer's command
+    python -m data.bpe_vocab --out checkpoints/t2i_shapes/tokenizer      # the shipped tokenizer's command
 
 CLIP's tokenizer (Radford et al. 2021, section 2.4: "a lower-cased byte pair encoding (BPE) representation of
 the text with a 49,152 vocab size"; the layout below is that of the openai/CLIP repository's
@@ -170,7 +170,7 @@ def main(argv: list[str] | None = None) -> Path:
     longest = max(len(encode(t, vocab, merges)) for t in corpus)
     if longest > a.model_max_length:
         p.error(f"the longest caption takes {longest} tokens, over --model-max-length {a.model_max_length}")
-    meta = {"command": "python data/bpe_vocab.py " + shlex.join(argv), "corpus_captions": len(corpus),
+    meta = {"command": "python -m data.bpe_vocab " + shlex.join(argv), "corpus_captions": len(corpus),
             "merges": len(merges), "vocab_size": len(vocab), "longest_caption_tokens": longest}
     write_tokenizer(out, merges, model_max_length=a.model_max_length, meta=meta)
     print(f"[bpe] {len(merges)} merges, vocab {len(vocab)}, longest caption {longest} tokens -> {out}")
