@@ -230,3 +230,17 @@ def test_clip_text_weights_without_the_text_model_level(tmp_path):
     save_file({k.removeprefix("text_model."): v for k, v in sd.items()}, te / "model.safetensors")
     for k, v in load_component(te).state_dict().items():
         torch.testing.assert_close(v, ref[k], atol=0, rtol=0)
+
+
+def test_tokenizer_folder_with_tokenizer_json_only(tmp_path):
+    """transformers 5 writes a CLIP tokenizer as tokenizer.json + tokenizer_config.json only."""
+    folder = write_tiny_pipeline(tmp_path / "pipe")
+    tok = folder / "tokenizer"
+    vocab = json.loads((tok / "vocab.json").read_text())
+    merges = [line.split() for line in (tok / "merges.txt").read_text().splitlines()[1:] if line]
+    (tok / "tokenizer.json").write_text(json.dumps({"model": {"type": "BPE", "vocab": vocab, "merges": merges,
+                                                              "end_of_word_suffix": "</w>"}}))
+    (tok / "vocab.json").unlink()
+    (tok / "merges.txt").unlink()
+    pipe = load_pipeline(folder)
+    assert pipe.tokenizer(["red circle"]).shape == (1, 16)
