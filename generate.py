@@ -35,7 +35,7 @@ from common.images import save_grid
 from common.runs import new_run_dir, write_json
 from diffusion.guidance import check_guidance_scale
 from diffusion.schedulers import SCHEDULERS
-from models.pipelines import is_latent_source, load_latent
+from models.pipelines import fetch_pipeline, is_latent_source, load_latent
 from models.pipelines.pipeline import Pipeline
 from models.pipelines.presets import PIPELINE_PRESETS
 from models.pipelines.text_to_image import Request, check_request, folder_info, generate, layout_info, pipeline_info
@@ -102,6 +102,8 @@ def precheck(cfg: GenerateConfig) -> None:
         check_request(folder_info(cfg.config), request_of(cfg))
     elif not Path(cfg.model).exists() and not is_latent_source(cfg.model):
         raise cli.UserError(f"--model {cfg.model}: no such file or folder, and not a known pipeline hub name")
+    elif not Path(cfg.model).exists():  # a hub name: its configs first (small files), the weights only after
+        check_request(folder_info(fetch_pipeline(cfg.model, weights=False)), request_of(cfg))
 
 
 def main(cfg: GenerateConfig) -> Path:

@@ -173,3 +173,17 @@ def test_single_file_with_a_preset_is_checked_before_loading(tmp_path, monkeypat
     with pytest.raises(ValueError, match="a negative prompt needs a text encoder"):
         generate.main(_cfg(tmp_path / "model.ckpt", tmp_path, config="ldm-cin256-v2", class_label=1,
                            negative_prompt="x"))
+
+
+def test_a_hub_pipeline_is_checked_on_its_configs_before_its_weights(folders, tmp_path, monkeypatch):
+    asked = []
+
+    def fetch(name, *, weights=True, variant=None, cache_dir=None):
+        asked.append(weights)
+        return folders["text"]
+
+    monkeypatch.setattr(generate, "fetch_pipeline", fetch)
+    monkeypatch.setattr(generate, "load_latent", lambda *a, **k: pytest.fail("loaded weights"))
+    with pytest.raises(ValueError, match="is not class-conditional"):
+        generate.main(_cfg("nota-ai/bk-sdm-small", tmp_path, class_label=3))
+    assert asked == [False]
