@@ -17,21 +17,20 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 
 from common import cli
 from common.cli import UserError
 from common.defaults import RUNS_DIR, TEACHER_CHECKPOINT, latest_pruned_checkpoint
+from common.distributed import Distributed, setup as setup_distributed
 from common.images import save_grid
 from common.runs import RUN_MARKER, RunLock, mark_run, new_run_dir, read_run_marker, seed_everything, write_json
-from data import build_dataset
+from data import DATASETS, build_dataset
 from diffusion.ddpm import HeldOutLoss
 from diffusion.schedule import Schedule
 from metrics.evaluation import (SamplerConfig, claim_sample_folder, format_table, generate_samples, load_samples,
@@ -39,6 +38,7 @@ from metrics.evaluation import (SamplerConfig, claim_sample_folder, format_table
 from metrics.macs import count_macs
 from models.checkpoint import environment
 from metrics.inception import FID_FEATURE_DIM, FID_WEIGHTS_HASH_PREFIX
+from models.ddpm.config import PRESETS
 from models.loading import load_with_info
 
 @dataclass(frozen=True)
@@ -182,10 +182,8 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
         raise UserError(f"--resume {resume}: not an evaluate.py run folder (no {RUN_MARKER} of kind 'eval')")
     if not resume:
         cli.check_writable_dir(cfg.out, "--out")
-    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
-    if distributed:
-        dist.init_process_group(backend="nccl" if cfg.device.startswith("cuda") else "gloo")
-    rank, world = (dist.get_rank(), dist.get_world_size()) if distributed else (0, 1)
+    ctx = setup_distributed(cfg.device)  # under torchrun: one share of the samples per process
+    cfg, rank = dataclasses.replace(cfg, device=ctx.device), ctx.rank
     seed_everything(cfg.sampler.seed)
     sources = list(dict.fromkeys((*cfg.models, *([cfg.reference] if cfg.reference else []))))
     loaded = {}
@@ -210,10 +208,7 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
     if resume:
         run_dir = Path(resume)
     else:
-        box = [str(new_run_dir(cfg.out, "eval")) if rank == 0 else None]
-        if distributed:
-            dist.broadcast_object_list(box, src=0)
-        run_dir = Path(box[0])
+        run_dir = Path(ctx.broadcast(str(new_run_dir(cfg.out, "eval")) if rank == 0 else None))
         if rank == 0:
             mark_run(run_dir, "eval")
     lock = RunLock(run_dir, "evaluating into this folder").acquire() if rank == 0 else None
@@ -222,14 +217,15 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
             for src in sources:  # before any sampling: same weights, same settings, or an error
                 claim_sample_folder(run_dir / names[src] / "samples", keys[src], write=False)
         return _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats, fid_name, fid_why,
-                         heldout_by_size, rank, world, distributed, fd_shapes_by_shape)
+                         heldout_by_size, ctx, fd_shapes_by_shape)
     finally:
         if lock is not None:
             lock.release()
 
 
 def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats, fid_name, fid_why,
-              heldout_by_size, rank, world, distributed, fd_shapes_by_shape=None) -> Path:
+              heldout_by_size, ctx: Distributed, fd_shapes_by_shape=None) -> Path:
+    rank = ctx.rank
     # 0. FID reference statistics of --fid-data, before any sampling (an unreadable image fails now).
     if rank == 0 and inception is not None and fid_stats is None:
         fid_stats = fid_reference_from_folder(cfg, run_dir, inception)
@@ -239,18 +235,16 @@ def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats,
             folder = run_dir / name / "samples"
             claim_sample_folder(folder, keys[src])
             remove_partial_samples(folder)
-    if distributed:
-        dist.barrier()
+    ctx.barrier()
     timing = {}
     for src, name in names.items():
         model, _ = loaded[src]
         timing[src] = generate_samples(model, schedule, run_dir / name / "samples", num_samples=cfg.num_samples,
                                        cfg=cfg.sampler, batch_size=cfg.batch_size, device=cfg.device, rank=rank,
-                                       world=world, progress=rank == 0)
-    if distributed:
-        dist.barrier()
+                                       world=ctx.world, progress=rank == 0)
+    ctx.barrier()
     if rank != 0:
-        dist.destroy_process_group()
+        ctx.close()
         return run_dir
 
     # 2. Metrics, on rank 0, from the PNGs on disk (so resumed and sharded runs measure the same images).
@@ -291,7 +285,7 @@ def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats,
         row.update(heldout_loss=heldout(model.eval(), batch_size=cfg.batch_size) if heldout else None, heldout_skipped=why)
         rows.append(row)
 
-    report = {"config": dataclasses.asdict(cfg), "environment": environment(), "world_size": world,
+    report = {"config": dataclasses.asdict(cfg), "environment": environment(), "world_size": ctx.world,
               "reference": cfg.reference, "models": rows}
     write_json(run_dir / "report.json", report)
     print(format_table(rows))
@@ -300,8 +294,7 @@ def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats,
             if r.get(key):
                 print(f"[evaluate] {r['name']}: {key.replace('_skipped', '')}: {r[key]}")
     print(f"[evaluate] report: {run_dir / 'report.json'}")
-    if distributed:
-        dist.destroy_process_group()
+    ctx.close()
     return run_dir
 
 
@@ -347,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Evaluate models: params, MACs, latency, FID, SSIM consistency, held-out loss.")
     m.add_argument("models", nargs="*", help="checkpoints / diffusers folders / presets / hub names (default: the "
                                              "shipped teacher and the latest runs/prune result)")
-    cli.add_loader_overrides(m)
+    cli.add_loader_overrides(m, PRESETS)
     m.add_argument("--reference", default=None, help="model whose samples SSIM compares against (default: the "
                                                       "teacher when evaluating the default)")
     m.add_argument("--num-samples", type=cli.positive_int, default=64, help="samples per model, >= 2 [default: 64]")
@@ -366,7 +359,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--inception-weights", default=None,
                    help="pt_inception-2015-12-05-6726825d.pth (default: the torch hub cache, else downloaded). "
                         "Other weights give 'FD with custom Inception weights', not FID")
-    cli.add_data_flags(m, help="held-out loss data")
+    cli.add_data_flags(m, DATASETS, help="held-out loss data")
     m.add_argument("--heldout-images", type=cli.nonnegative_int, default=256,
                    help="held-out images of the eps-MSE, 0 disables [default: 256]")
     m.add_argument("--resume", default=None, help="an evaluation folder to complete: existing samples are kept when "

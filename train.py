@@ -14,6 +14,10 @@ Determinism: the data order, timesteps, noise and flips of step s are pure funct
 of generator states saved in every checkpoint, and the GLOBAL batch is drawn identically on every rank
 and then sliced, so an interrupted + resumed run ends with the same weights as an uninterrupted one, and
 a 2-process run follows the 1-process run up to float summation order.
+
+``_train`` reads as DiT's and nanoGPT's training scripts do, in three labelled phases: 1. set-up, 2. the
+loop (``train_step``), 3. checkpointing (``checkpoint``). Config, state, data order and lr schedule live in
+diffusion/training.py, the data-parallel plumbing in common/distributed.py.
 """
 from __future__ import annotations
 
@@ -23,73 +27,31 @@ import math
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
-from common.ema import EMA
-from common.images import save_grid
 from common import cli
 from common.cli import UserError, check_writable_dir
+from common.distributed import Distributed, setup as setup_distributed
+from common.ema import EMA
+from common.images import save_grid
 from common.runs import (RUN_MARKER, RunLock, mark_run, new_run_dir, read_run_marker, remove_stale_tmp,
                          seed_everything, write_json)
 from data import DATASETS, build_dataset
 from diffusion.ddpm import HeldOutLoss, eps_loss, sample_timesteps
-from diffusion.distill import MODES as DISTILL_MODES, build_distiller, check_distill_arguments
+from diffusion.distill import MODES as DISTILL_MODES, build_distiller
 from diffusion.schedule import DiffusionConfig, Schedule
+from diffusion.training import (OPTIMIZERS, BatchOrder, Run, TrainConfig, TrainState, distill_lambdas,
+                                first_non_finite, lr_at, sample_grid, validate)
 from models.checkpoint import environment, read_checkpoint, save_checkpoint
-from models.ddpm.config import ModelConfig
+from models.ddpm.config import PRESETS, ModelConfig
+from models.ddpm.unet import UNet, count_parameters
 from models.loading import load_with_info
 from models.runtime import Runner, RuntimeOptions
-from models.ddpm.unet import UNet, count_parameters
 
 
-@dataclass(frozen=True)
-class TrainConfig:
-    model: str = "tiny"            # preset name (from scratch) or a checkpoint / diffusers folder to fine-tune
-    data: str = "shapes"           # shapes | cifar10 | folder
-    data_root: str | None = None
-    steps: int | None = 6000       # TOTAL steps; None only with resume: the run's own total
-    batch_size: int = 32           # global batch, split evenly across processes
-    lr: float = 2e-4
-    optimizer: str = "adam"        # adam | adamw
-    weight_decay: float = 0.0
-    warmup: int = 0                # linear lr warm-up steps
-    grad_clip: float = 1.0         # max grad norm; 0 disables clipping
-    ema_decay: float = 0.9999
-    ema_warmup: bool = True        # decay min(mu, (1+n)/(10+n)) at update n (latent-diffusion's LitEma)
-    antithetic: bool = True        # t and T-1-t in one batch (DDIM codebase)
-    random_flip: bool = True
-    loss_reduction: str = "sum"    # sum over pixels (DDIM codebase) | mean
-    dropout: float | None = None   # override the model's dropout (fine-tuning)
-    preset: str | None = None      # DDIM-codebase state dicts: the preset they are read against
-    norm_groups: int | None = None # DDIM-codebase state dicts: GroupNorm groups (not stored in the weights)
-    seed: int = 0
-    ckpt_every: int = 1000
-    keep_every: int = 0            # also keep checkpoints/step_XXXXXXX.pt every N steps
-    sample_every: int = 0          # sample grid (deterministic DDIM from fixed noise) every N steps
-    sample_steps: int = 50
-    log_every: int = 50
-    heldout_images: int = 256      # held-out denoising loss at each checkpoint (0 disables)
-    out: str = "runs/train"
-    device: str = "cpu"
-    channels_last: bool = False    # opt-in speed options of the forward/backward (models/runtime.py); same
-    compile: bool = False          # function (bf16: to ~3 digits), so checkpoints and resume are unaffected
-    bf16: bool = False
-    distill: str = "none"          # none | output | feature | feature-normalized (diffusion/distill.py)
-    teacher: str | None = None     # with --distill: the dense checkpoint to distil from (frozen, eval mode)
-    lambda_task: float | None = None  # loss weights; None: the mode's defaults (diffusion/distill.py)
-    lambda_out: float | None = None
-    lambda_feat: float | None = None
-
-
-OPTIMIZERS = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}
-
-
-# ----------------------------------------------------------------------------------------------- helpers
 def build_model(cfg: TrainConfig) -> tuple[UNet, str]:
     """A preset (seeded default init: training from scratch) or the EMA weights of any checkpoint the
     loader knows (diffprune, pruned ones included; DDIM codebase; diffusers), in train mode."""
@@ -100,92 +62,7 @@ def build_model(cfg: TrainConfig) -> tuple[UNet, str]:
     return model.train(), origin
 
 
-class BatchOrder:
-    """Global batch indices of step s: epoch-wise permutations of the dataset, a pure function of (seed, s)."""
-
-    def __init__(self, n: int, batch_size: int, seed: int):
-        self.n, self.batch_size, self.seed = n, batch_size, seed
-        self._epoch, self._perm = -1, None
-
-    def _permutation(self, epoch: int) -> torch.Tensor:
-        if epoch != self._epoch:
-            g = torch.Generator().manual_seed(self.seed * 7919 + epoch)
-            self._epoch, self._perm = epoch, torch.randperm(self.n, generator=g)
-        return self._perm
-
-    def indices(self, step: int) -> list[int]:
-        positions = range(step * self.batch_size, (step + 1) * self.batch_size)
-        return [int(self._permutation(p // self.n)[p % self.n]) for p in positions]
-
-
-def lr_at(step: int, cfg: TrainConfig) -> float:
-    """Constant lr after a linear warm-up over ``cfg.warmup`` steps."""
-    return cfg.lr * min(1.0, (step + 1) / cfg.warmup) if cfg.warmup > 0 else cfg.lr
-
-
-def setup_distributed(device: str) -> tuple[int, int]:
-    """(rank, world size); initialises the process group when launched by torchrun."""
-    if "WORLD_SIZE" not in os.environ or int(os.environ["WORLD_SIZE"]) == 1:
-        return 0, 1
-    dist.init_process_group(backend="nccl" if device.startswith("cuda") else "gloo")
-    return dist.get_rank(), dist.get_world_size()
-
-
-def check_ranks_in_sync(model: torch.nn.Module, step: int) -> None:
-    """Every rank must hold identical weights; compare a per-tensor checksum across processes."""
-    sums = torch.stack([p.detach().double().sum() for p in model.parameters()])
-    gathered = [torch.empty_like(sums) for _ in range(dist.get_world_size())]
-    dist.all_gather(gathered, sums)
-    worst = max((g - gathered[0]).abs().max().item() for g in gathered)
-    if worst > 1e-6 * (1 + gathered[0].abs().max().item()):
-        raise RuntimeError(f"data-parallel ranks diverged at step {step}: max checksum difference {worst:.3g}")
-    if dist.get_rank() == 0:
-        print(f"[train] step {step}: {dist.get_world_size()} ranks in sync (max checksum difference {worst:.1e})")
-
-
-def sample_grid(model: UNet, schedule: Schedule, n: int, steps: int, seed: int, device: str) -> torch.Tensor:
-    """n samples by deterministic DDIM (eta = 0, uniform skip, x0 clipped) from noise fixed by ``seed``."""
-    from diffusion.samplers import ddim_sample, ddim_timesteps
-
-    c = model.config
-    x_T = torch.randn((n, c.in_channels, c.image_size, c.image_size), generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        x0 = ddim_sample(model, schedule, x_T.to(device), ddim_timesteps(steps, schedule.num_timesteps, "uniform"),
-                         eta=0.0, clip_x0=True)
-    return x0.clamp(-1, 1).cpu()
-
-
-# ----------------------------------------------------------------------------------------------- checks
-def validate(cfg: TrainConfig) -> None:
-    """Every cheap check of ``cfg``, before anything is loaded (the flags' argparse types repeat some of
-    them for the command line; this covers configs built in Python)."""
-    def need(ok: bool, flag: str, what: str, value) -> None:
-        if not ok:
-            raise UserError(f"--{flag} must be {what}, got {value!r}")
-
-    if cfg.steps is not None:
-        need(isinstance(cfg.steps, int) and cfg.steps >= 1, "steps", "an integer >= 1 (the total step count)", cfg.steps)
-    for name in ("batch_size", "ckpt_every", "sample_steps", "log_every"):
-        need(getattr(cfg, name) >= 1, name.replace("_", "-"), ">= 1", getattr(cfg, name))
-    for name in ("warmup", "keep_every", "sample_every", "heldout_images"):
-        need(getattr(cfg, name) >= 0, name.replace("_", "-"), ">= 0", getattr(cfg, name))
-    need(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "a finite number > 0", cfg.lr)
-    need(math.isfinite(cfg.grad_clip) and cfg.grad_clip >= 0, "grad-clip", ">= 0 (0 disables clipping)", cfg.grad_clip)
-    need(0.0 <= cfg.ema_decay < 1.0, "ema-decay", "in [0, 1)", cfg.ema_decay)
-    need(cfg.optimizer in OPTIMIZERS, "optimizer", f"one of {sorted(OPTIMIZERS)}", cfg.optimizer)
-    need(cfg.loss_reduction in ("sum", "mean"), "loss-reduction", "sum or mean", cfg.loss_reduction)
-    need(cfg.data in DATASETS, "data", f"one of {DATASETS}", cfg.data)
-    need(cfg.dropout is None or 0.0 <= cfg.dropout < 1.0, "dropout", "in [0, 1)", cfg.dropout)
-    try:
-        check_distill_arguments(cfg.distill, cfg.teacher, distill_lambdas(cfg))
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
-
-def distill_lambdas(cfg: TrainConfig) -> dict[str, float | None]:
-    return {"task": cfg.lambda_task, "out": cfg.lambda_out, "feat": cfg.lambda_feat}
-
-
+# ----------------------------------------------------------------------------------------------- run folders
 def resolve_resume(resume: str | os.PathLike) -> tuple[Path, Path]:
     """(run folder, checkpoint) of ``--resume``: a run folder, or a checkpoint in its ``checkpoints/``.
 
@@ -211,12 +88,129 @@ def resolve_resume(resume: str | os.PathLike) -> tuple[Path, Path]:
     return run_dir, path
 
 
-def check_finite(tensors: dict[str, torch.Tensor], what: str) -> str | None:
-    """The name of the first non-finite tensor of a state dict, as 'what name', or None."""
-    for name, value in tensors.items():
-        if value.is_floating_point() and not torch.isfinite(value).all():
-            return f"{what} {name!r}"
-    return None
+# ----------------------------------------------------------------------------------------------- set-up
+def open_resume(cfg: TrainConfig, resume: str, ctx: Distributed, locks: list) -> tuple[TrainConfig, dict, Path]:
+    """The run's saved config (with ``cfg``'s total steps and device), its checkpoint and its folder,
+    checked and locked (rank 0) before anything is built."""
+    run_dir, ckpt_path = resolve_resume(resume)
+    if ctx.is_main:  # one writer per run folder; a kill leaves no stale lock (flock)
+        locks.append(RunLock(run_dir, "resuming or training this run").acquire())
+        for stale in remove_stale_tmp(run_dir / "checkpoints"):
+            print(f"[train] removed {stale}, left by an interrupted checkpoint write")
+    ckpt = read_checkpoint(ckpt_path)
+    marker, meta = read_run_marker(run_dir), ckpt.get("meta", {})
+    if meta.get("run_id") != marker["run_id"]:
+        raise UserError(f"--resume {resume}: {ckpt_path} was written by another run than {run_dir} "
+                        f"(run id {meta.get('run_id')!r} vs {marker['run_id']!r})")
+    # A run saved before ``ema_warmup`` existed was started without the warm-up: it continues without it.
+    saved = TrainConfig(**{"ema_warmup": False, **meta["train_config"]})
+    cfg = dataclasses.replace(saved, steps=cfg.steps if cfg.steps is not None else saved.steps, device=cfg.device)
+    if cfg.steps < int(ckpt["train_state"]["step"]):
+        raise UserError(f"--steps {cfg.steps} is the TOTAL number of steps, but {run_dir} is already at step "
+                        f"{ckpt['train_state']['step']}; pass a larger total to continue it")
+    return cfg, ckpt, run_dir
+
+
+def build_state(cfg: TrainConfig, ckpt: dict | None, resume: str | None, device: str) -> tuple[TrainState, str]:
+    """Model, distiller, EMA, optimizer and generator, fresh or restored from ``ckpt``; and where the
+    weights came from. A resumed model is rebuilt from its saved config: no architecture flag is re-read."""
+    if ckpt is not None:
+        model = UNet(ModelConfig.from_dict(ckpt["model_config"]))
+        model.load_state_dict(ckpt["state_dict"])
+        origin = ckpt["meta"].get("origin", f"resumed from {resume}")
+    else:
+        model, origin = build_model(cfg)
+    model.to(device).train()
+    # The teacher is loaded and checked against the student's architecture before any training work.
+    distiller = build_distiller(cfg.distill, cfg.teacher, model, lambdas=distill_lambdas(cfg), seed=cfg.seed,
+                                device=device)
+    params = list(model.parameters()) + ([] if distiller is None else list(distiller.parameters()))  # + 1x1 taps
+    ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)
+    opt = OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
+    return TrainState(model, ema, opt, torch.Generator().manual_seed(cfg.seed), distiller), origin
+
+
+def restore(state: TrainState, ckpt: dict, cfg: TrainConfig, resume: str, rank: int) -> None:
+    """Load the saved train_state into ``state``, refusing a teacher other than the one the run distilled from."""
+    state.load(ckpt, rank)
+    saved = ckpt["train_state"].get("distill", {}).get("teacher_checksum")
+    if state.distiller is not None and state.distiller.teacher_checksum() != saved:
+        raise UserError(f"--resume {resume}: the teacher {cfg.teacher} is not the one this run distilled "
+                        "from (its weights changed); an exact resume needs the same teacher")
+
+
+def heldout_set(cfg: TrainConfig, image_size: int, schedule: Schedule) -> HeldOutLoss | None:
+    """The held-out eps-MSE measured at every checkpoint (datasets with a test split only)."""
+    if cfg.heldout_images == 0 or cfg.data not in ("shapes", "cifar10"):
+        return None
+    test = build_dataset(cfg.data, root=cfg.data_root, image_size=image_size, split="test")
+    n = min(cfg.heldout_images, len(test))
+    return HeldOutLoss(torch.stack([test[i] for i in range(n)]), schedule, draws=4, seed=1234)
+
+
+# ----------------------------------------------------------------------------------------------- one step
+def train_step(state: TrainState, forward: Runner, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor,
+               eps: torch.Tensor, lr: float, cfg: TrainConfig, ctx: Distributed) -> tuple[torch.Tensor, dict]:
+    """One optimizer step on this rank's share (x0, t, eps); returns ([loss, grad norm] averaged over
+    ranks, the distillation terms). Stops before a non-finite loss or gradient reaches the weights."""
+    for group in state.opt.param_groups:
+        group["lr"] = lr
+    if state.distiller is None:
+        loss, terms = eps_loss(forward, schedule, x0, t, eps), {}
+    else:  # task + KD terms (diffusion/distill.py); every term is logged on its own
+        loss, terms = state.distiller(forward, state.model, schedule, x0, t, eps)
+    state.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if state.distiller is not None and ctx.enabled:
+        state.distiller.all_reduce_grads(ctx.world)
+    params = [p for group in state.opt.param_groups for p in group["params"]]
+    grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
+    stats = ctx.mean(torch.stack([loss.detach(), grad_norm.detach()]).float().cpu())
+    if not torch.isfinite(stats).all():
+        return stats, terms  # the caller stops the run; the bad update never touches the weights
+    state.opt.step()
+    state.ema.update(state.model)
+    state.step += 1
+    return stats, terms
+
+
+# ----------------------------------------------------------------------------------------------- checkpoints
+def save_state(state: TrainState, cfg: TrainConfig, run: Run, ctx: Distributed, path: Path) -> None:
+    """A resumable checkpoint: weights, EMA, and the train_state (optimizer, step, every rank's RNG)."""
+    rngs = ctx.gather(torch.get_rng_state())  # dropout masks differ per rank: each rank's RNG is saved
+    if ctx.is_main:
+        save_checkpoint(path, config=state.model.config, state_dict=state.model.state_dict(),
+                        ema_state_dict=state.ema.state_dict(), train_state=state.train_state(rngs),
+                        meta={"train_config": dataclasses.asdict(cfg), "origin": run.origin, "run_id": run.id,
+                              "verified_finite": True})
+
+
+def verify(state: TrainState, heldout: HeldOutLoss | None, run: Run, ctx: Distributed) -> float | None:
+    """Stop the run unless the weights, the EMA weights and the held-out loss are finite; the held-out
+    loss of the EMA weights, else None. Only a verified state is ever saved."""
+    bad = (first_non_finite(state.model.state_dict(), "weight")
+           or first_non_finite(state.ema.state_dict(), "EMA weight"))
+    h = heldout(state.ema.model) if ctx.is_main and heldout is not None and bad is None else None
+    if h is not None and not math.isfinite(h):
+        bad = f"held-out loss {h}"
+    if ctx.any(bad is not None):  # every rank stops together (only rank 0 measures the held-out loss)
+        run.stop(f"non-finite {bad or 'value on another rank'} at step {state.step}")
+    return h
+
+
+def checkpoint(state: TrainState, cfg: TrainConfig, run: Run, ctx: Distributed, heldout: HeldOutLoss | None,
+               t0: float) -> None:
+    """At a checkpoint step: ranks in sync, state verified, latest.pt (and a kept step_N.pt) written."""
+    ctx.check_same_weights(state.model, state.step)
+    h = verify(state, heldout, run, ctx)
+    ckpt_dir, done = run.dir / "checkpoints", state.step
+    save_state(state, cfg, run, ctx, ckpt_dir / "latest.pt")
+    run.last_good, run.last_good_step = ckpt_dir / "latest.pt", done
+    if cfg.keep_every and done % cfg.keep_every == 0:
+        save_state(state, cfg, run, ctx, ckpt_dir / f"step_{done:07d}.pt")
+    if h is not None:
+        run.writer.add_scalar("eval/heldout_loss_ema", h, done)
+        print(f"[train] step {done}: held-out eps-MSE (EMA) {h:.5f}, {time.time() - t0:.0f} s")
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -236,211 +230,100 @@ def main(cfg: TrainConfig, resume: str | None = None) -> Path:
 
 
 def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
+    # 1. Set-up: checks, processes, the run to continue, the state, the run folder.
     validate(cfg)
-    rank, world = setup_distributed(cfg.device)
-    device = cfg.device if not cfg.device.startswith("cuda") else f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
-    ckpt = None
+    ctx = setup_distributed(cfg.device)
+    ckpt, run_dir = None, None
     if resume:
-        run_dir, ckpt_path = resolve_resume(resume)
-        if rank == 0:  # one writer per run folder; a kill leaves no stale lock (flock)
-            locks.append(RunLock(run_dir, "resuming or training this run").acquire())
-            for stale in remove_stale_tmp(run_dir / "checkpoints"):
-                print(f"[train] removed {stale}, left by an interrupted checkpoint write")
-        ckpt = read_checkpoint(ckpt_path)
-        marker, meta = read_run_marker(run_dir), ckpt.get("meta", {})
-        if meta.get("run_id") != marker["run_id"]:
-            raise UserError(f"--resume {resume}: {ckpt_path} was written by another run than {run_dir} "
-                            f"(run id {meta.get('run_id')!r} vs {marker['run_id']!r})")
-        # A run saved before ``ema_warmup`` existed was started without the warm-up: it continues without it.
-        saved = TrainConfig(**{"ema_warmup": False, **meta["train_config"]})
-        cfg = dataclasses.replace(saved, steps=cfg.steps if cfg.steps is not None else saved.steps, device=cfg.device)
-        start = int(ckpt["train_state"]["step"])
-        if cfg.steps < start:
-            raise UserError(f"--steps {cfg.steps} is the TOTAL number of steps, but {run_dir} is already at step "
-                            f"{start}; pass a larger total to continue it")
-        if cfg.steps == start:
-            print(f"[train] {run_dir} already finished: it is at step {start} of --steps {cfg.steps}; nothing to do "
-                  f"(pass a larger --steps to continue it)")
+        cfg, ckpt, run_dir = open_resume(cfg, resume, ctx, locks)
+        if cfg.steps == int(ckpt["train_state"]["step"]):
+            print(f"[train] {run_dir} already finished: it is at step {cfg.steps} of --steps {cfg.steps}; nothing "
+                  f"to do (pass a larger --steps to continue it)")
             return run_dir
     elif cfg.steps is None:
         raise UserError("--steps is required (the total number of steps) unless resuming")
-    if cfg.batch_size % world:
-        raise UserError(f"--batch-size {cfg.batch_size} is not divisible by the {world} processes")
-    if rank == 0 and not resume:
+    if cfg.batch_size % ctx.world:
+        raise UserError(f"--batch-size {cfg.batch_size} is not divisible by the {ctx.world} processes")
+    if ctx.is_main and not resume:
         check_writable_dir(cfg.out, "--out")
-    seed_everything(cfg.seed * 1000 + rank)  # dropout masks differ per rank; everything shared uses `g`
-
-    if ckpt is not None:  # rebuild exactly what was saved; no architecture flags are re-read
-        model = UNet(ModelConfig.from_dict(ckpt["model_config"]))
-        model.load_state_dict(ckpt["state_dict"])
-        origin = ckpt["meta"].get("origin", f"resumed from {resume}")
-    else:
-        model, origin = build_model(cfg)
-    model.to(device).train()
-    # The teacher is loaded and checked against the student's architecture before any training work.
-    distiller = build_distiller(cfg.distill, cfg.teacher, model, lambdas=distill_lambdas(cfg), seed=cfg.seed,
-                                device=device)
-    params = list(model.parameters()) + ([] if distiller is None else list(distiller.parameters()))  # + 1x1 taps
-    dataset = build_dataset(cfg.data, root=cfg.data_root, image_size=model.config.image_size, split="train")
-    ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)
+    seed_everything(cfg.seed * 1000 + ctx.rank)  # dropout masks differ per rank; everything shared uses state.g
+    state, origin = build_state(cfg, ckpt, resume, ctx.device)
+    model, c = state.model, state.model.config
+    dataset = build_dataset(cfg.data, root=cfg.data_root, image_size=c.image_size, split="train")
     diffusion = DiffusionConfig(loss_reduction=cfg.loss_reduction)
     schedule = Schedule(diffusion)
-    opt = OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8,
-                                    weight_decay=cfg.weight_decay)
-    g = torch.Generator().manual_seed(cfg.seed)  # timesteps, noise, flips: identical on every rank
-    start = 0
     if ckpt is not None:
-        ts = ckpt["train_state"]
-        ema.load_state_dict(ckpt["ema_state_dict"], num_updates=int(ts["step"]))  # continues the EMA warm-up
-        opt.load_state_dict(ts["optimizer"])
-        if distiller is not None:
-            distiller.load_state_dict(ts["distill"]["projections"])
-            if distiller.teacher_checksum() != ts["distill"]["teacher_checksum"]:
-                raise UserError(f"--resume {resume}: the teacher {cfg.teacher} is not the one this run distilled "
-                                "from (its weights changed); an exact resume needs the same teacher")
-        g.set_state(ts["generator"])
-        torch.set_rng_state(ts["torch_rng"][rank] if rank < len(ts["torch_rng"]) else ts["torch_rng"][0])
-        start = int(ts["step"])
+        restore(state, ckpt, cfg, resume, ctx.rank)
         run_id = ckpt["meta"]["run_id"]
         del ckpt
-    elif rank == 0:
+    elif ctx.is_main:
         run_dir = new_run_dir(cfg.out, f"{Path(cfg.model).stem}-{cfg.data}")
         run_id = mark_run(run_dir, "train")
         locks.append(RunLock(run_dir, "training this run").acquire())
-    if world > 1:  # rank 0 picked the folder; everyone uses it
-        box = [(str(run_dir), run_id) if rank == 0 else None]
-        dist.broadcast_object_list(box, src=0)
-        run_dir, run_id = Path(box[0][0]), box[0][1]
+    run_dir, run_id = ctx.broadcast((str(run_dir), run_id) if ctx.is_main else None)  # rank 0 picked the folder
+    run = Run(Path(run_dir), run_id, origin)
+    if state.step:
+        run.last_good, run.last_good_step = run.dir / "checkpoints" / "latest.pt", state.step
     if cfg.channels_last:  # before DDP records the parameters' memory layout for its gradient buckets
         model.to(memory_format=torch.channels_last)
-    ddp = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
-    # The training forward; ``model`` stays the plain module for checkpoints, EMA and the sample grids.
+    ddp = torch.nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
     forward = Runner(ddp, RuntimeOptions(channels_last=cfg.channels_last, compile=cfg.compile, bf16=cfg.bf16))
-
     order = BatchOrder(len(dataset), cfg.batch_size, cfg.seed)
-    shard = slice(rank * cfg.batch_size // world, (rank + 1) * cfg.batch_size // world)
-    heldout = None
-    if cfg.heldout_images > 0 and cfg.data in ("shapes", "cifar10"):
-        test = build_dataset(cfg.data, root=cfg.data_root, image_size=model.config.image_size, split="test")
-        n = min(cfg.heldout_images, len(test))
-        heldout = HeldOutLoss(torch.stack([test[i] for i in range(n)]), schedule, draws=4, seed=1234)
-
-    ckpt_dir = run_dir / "checkpoints"
-    writer = None
-    if rank == 0:
+    shard = slice(ctx.rank * cfg.batch_size // ctx.world, (ctx.rank + 1) * cfg.batch_size // ctx.world)
+    heldout = heldout_set(cfg, c.image_size, schedule)
+    if ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(run_dir / "tb"))
-        write_json(run_dir / "config.json", {"train": dataclasses.asdict(cfg), "model": model.config.to_dict(),
+        run.writer = SummaryWriter(str(run.dir / "tb"))
+        write_json(run.dir / "config.json", {"train": dataclasses.asdict(cfg), "model": c.to_dict(),
                                              "diffusion": dataclasses.asdict(diffusion), "environment": environment(),
-                                             "world_size": world, "origin": origin, "run_id": run_id})
-        print(f"[train] {origin}: {count_parameters(model):,} params, run folder {run_dir}")
+                                             "world_size": ctx.world, "origin": origin, "run_id": run_id})
+        print(f"[train] {origin}: {count_parameters(model):,} params, run folder {run.dir}")
 
-    def save(step: int, path: Path) -> None:
-        rngs = [torch.get_rng_state()]
-        if world > 1:
-            rngs = [None] * world
-            dist.all_gather_object(rngs, torch.get_rng_state())
-        if rank == 0:
-            train_state = {"step": step, "optimizer": opt.state_dict(), "generator": g.get_state(), "torch_rng": rngs}
-            if distiller is not None:
-                train_state["distill"] = {"projections": distiller.state_dict(),
-                                          "teacher_checksum": distiller.teacher_checksum()}
-            save_checkpoint(path, config=model.config, state_dict=model.state_dict(), ema_state_dict=ema.state_dict(),
-                            train_state=train_state, meta={"train_config": dataclasses.asdict(cfg), "origin": origin,
-                                                           "run_id": run_id, "verified_finite": True})
-
-    def verify(step: int) -> float | None:
-        """Stop the run unless the weights, the EMA weights and the held-out loss are finite; the held-out
-        loss of the EMA weights, else None. Only a verified state is ever saved."""
-        bad = check_finite(model.state_dict(), "weight") or check_finite(ema.state_dict(), "EMA weight")
-        h = heldout(ema.model) if rank == 0 and heldout is not None and bad is None else None
-        if h is not None and not math.isfinite(h):
-            bad = f"held-out loss {h}"
-        flag = torch.tensor([0.0 if bad is None else 1.0])
-        if world > 1:  # every rank stops together (only rank 0 measures the held-out loss)
-            dist.all_reduce(flag)
-        if flag.item() > 0:
-            stop(f"non-finite {bad or 'value on another rank'} at step {step}")
-        return h
-
-    def stop(what: str) -> None:
-        good = f"{last_good} (step {last_good_step})" if last_good is not None else "none yet"
-        raise FloatingPointError(f"{what}; training stopped, the last good checkpoint is {good}")
-
-    last_good, last_good_step = (ckpt_dir / "latest.pt", start) if start else (None, None)
+    # 2. The loop: the GLOBAL batch of each step is drawn identically on every rank, then sliced.
     t0 = time.time()
-    bar = tqdm(range(start, cfg.steps), initial=start, total=cfg.steps, disable=rank != 0, desc="train")
+    bar = tqdm(range(state.step, cfg.steps), initial=state.step, total=cfg.steps, disable=not ctx.is_main, desc="train")
     try:
         for step in bar:
             idx = order.indices(step)
             B = len(idx)
-            t = sample_timesteps(B, schedule.num_timesteps, g, cfg.antithetic)
-            c = model.config
-            eps = torch.randn((B, c.in_channels, c.image_size, c.image_size), generator=g)
-            # One flip mask for the GLOBAL batch from the shared generator, sliced by rank like the batch.
-            flip = torch.rand(B, generator=g) < 0.5
+            t = sample_timesteps(B, schedule.num_timesteps, state.g, cfg.antithetic)
+            eps = torch.randn((B, c.in_channels, c.image_size, c.image_size), generator=state.g)
+            flip = torch.rand(B, generator=state.g) < 0.5  # one flip mask for the global batch, sliced like it
             x0 = torch.stack([dataset[i] for i in idx[shard]])
             if cfg.random_flip:
                 x0 = torch.where(flip[shard, None, None, None], x0.flip(-1), x0)
-            for group in opt.param_groups:
-                group["lr"] = lr_at(step, cfg)
-            if distiller is None:
-                loss, terms = eps_loss(forward, schedule, x0.to(device), t[shard].to(device), eps[shard].to(device)), {}
-            else:  # task + KD terms (diffusion/distill.py); every term is logged on its own
-                loss, terms = distiller(forward, model, schedule, x0.to(device), t[shard].to(device),
-                                        eps[shard].to(device))
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            if distiller is not None and world > 1:
-                distiller.all_reduce_grads(world)
-            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else math.inf)
-            stats = torch.stack([loss.detach(), grad_norm.detach()]).float().cpu()
-            if world > 1:
-                dist.all_reduce(stats)
-                stats /= world
-            if not torch.isfinite(stats).all():  # stop before the bad update touches the weights
-                stop(f"non-finite loss {stats[0].item()} at step {step}")
-            opt.step()
-            ema.update(model)
-            done = step + 1
-            if rank == 0 and (done % cfg.log_every == 0 or done == cfg.steps):
-                writer.add_scalar("train/loss", stats[0].item(), done)
-                writer.add_scalar("train/grad_norm", stats[1].item(), done)
-                writer.add_scalar("train/lr", lr_at(step, cfg), done)
-                for name, value in terms.items():  # rank 0's values of the task and distillation terms
-                    writer.add_scalar(f"train/{name}", value, done)
+            lr = lr_at(step, cfg.lr, cfg.warmup)
+            stats, terms = train_step(state, forward, schedule, x0.to(ctx.device), t[shard].to(ctx.device),
+                                      eps[shard].to(ctx.device), lr, cfg, ctx)
+            if state.step == step:  # the step was refused
+                run.stop(f"non-finite loss {stats[0].item()} at step {step}")
+            done = state.step
+            if ctx.is_main and (done % cfg.log_every == 0 or done == cfg.steps):
+                for name, value in {"loss": stats[0].item(), "grad_norm": stats[1].item(), "lr": lr, **terms}.items():
+                    run.writer.add_scalar(f"train/{name}", value, done)  # terms: rank 0's task and KD terms
                 bar.set_postfix(loss=f"{stats[0].item():.4g}", gnorm=f"{stats[1].item():.3g}")
+            # 3. Checkpointing: verified state only; grids from the EMA weights.
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
-                if world > 1:
-                    check_ranks_in_sync(model, done)
-                h = verify(done)
-                save(done, ckpt_dir / "latest.pt")
-                last_good, last_good_step = ckpt_dir / "latest.pt", done
-                if cfg.keep_every and done % cfg.keep_every == 0:
-                    save(done, ckpt_dir / f"step_{done:07d}.pt")
-                if h is not None:
-                    writer.add_scalar("eval/heldout_loss_ema", h, done)
-                    print(f"[train] step {done}: held-out eps-MSE (EMA) {h:.5f}, {time.time() - t0:.0f} s")
-            if rank == 0 and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
-                grid = sample_grid(ema.model, schedule, 64, cfg.sample_steps, cfg.seed + 12345, device)
-                save_grid(grid, run_dir / "samples" / f"step_{done:07d}.png", nrow=8)
-                writer.add_image("samples/ema", (grid[:64] + 1) / 2, done, dataformats="NCHW")
-        if rank == 0:
+                checkpoint(state, cfg, run, ctx, heldout, t0)
+            if ctx.is_main and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
+                grid = sample_grid(state.ema.model, schedule, 64, cfg.sample_steps, cfg.seed + 12345, ctx.device)
+                save_grid(grid, run.dir / "samples" / f"step_{done:07d}.png", nrow=8)
+                run.writer.add_image("samples/ema", (grid[:64] + 1) / 2, done, dataformats="NCHW")
+        if ctx.is_main:
             # The release file: weights only (no optimizer), same format, ready for prune.py / evaluate.py.
-            save_checkpoint(run_dir / "model.pt", config=model.config, state_dict=model.state_dict(),
-                            ema_state_dict=ema.state_dict(),
+            save_checkpoint(run.dir / "model.pt", config=c, state_dict=model.state_dict(),
+                            ema_state_dict=state.ema.state_dict(),
                             meta={"train_config": dataclasses.asdict(cfg), "origin": origin, "steps": cfg.steps,
                                   "run_id": run_id, "verified_finite": True,
                                   "wall_time_s": round(time.time() - t0, 1)})
-            print(f"[train] done: {run_dir / 'model.pt'} (step {cfg.steps}, {time.time() - t0:.0f} s)")
+            print(f"[train] done: {run.dir / 'model.pt'} (step {cfg.steps}, {time.time() - t0:.0f} s)")
     finally:
-        if writer is not None:
-            writer.close()
-    if world > 1:
-        dist.barrier()
-        dist.destroy_process_group()
-    return run_dir
+        if run.writer is not None:
+            run.writer.close()
+    ctx.barrier()
+    ctx.close()
+    return run.dir
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -448,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], argument_default=argparse.SUPPRESS)
     p.add_argument("--model", help="preset name (train from scratch) or any checkpoint / diffusers folder / hub "
                                    f"name the loader reads (fine-tune) [default: {d.model}]")
-    cli.add_loader_overrides(p)
-    cli.add_data_flags(p, help="training data")
+    cli.add_loader_overrides(p, PRESETS)
+    cli.add_data_flags(p, DATASETS, help="training data")
     p.add_argument("--steps", type=cli.positive_int, help=f"TOTAL optimizer steps of the run, also when resuming "
                                                           f"[default: {d.steps}]")
     p.add_argument("--batch-size", type=cli.positive_int, help=f"global batch, split evenly across processes "
