@@ -235,8 +235,10 @@ class Study:
                 self.teacher(x_t, t.float())
                 terms = {k: {n: float(v) for n, v in feature_kd_terms(f_s, f_t, normalized=k == "normalized").items()}
                          for k in ("mse", "normalized")}
-            spread = {k: max(v.values()) / max(min(v.values()), 1e-30) for k, v in terms.items()}
-            return {"terms": terms, "spread": spread, "student": path.name}
+            # stages the removed units do not reach (encoder stages, for a decoder-only removal) give exactly 0
+            spread = {k: max(v.values()) / min(x for x in v.values() if x > 0) for k, v in terms.items()}
+            return {"terms": terms, "spread": spread, "zero_stages": [n for n, x in terms["mse"].items() if x == 0],
+                    "student": path.name}
         return self.cell("feature-spread", run)
 
     def teacher_cell(self) -> dict:

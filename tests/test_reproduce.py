@@ -145,3 +145,25 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path):
     # nothing was started or written: no work folder, no results, the docs untouched
     assert not (tmp_path / "work").exists() and not (tmp_path / "results").exists()
     assert docs.read_text() == "# Results\n"
+
+
+@pytest.mark.slow
+def test_converged_preset_measures_raw_weights_and_equal_kd(tmp_path):
+    """--study converged on a tiny budget: raw and EMA weights both measured, fewer seeds for the threshold and
+    layer rows, output KD at equal weights in the fine-tune's saved config, the feature-spread cell."""
+    reproduce = load_module("reproduce")
+    argv = ["--study", "converged", "--seeds", "0", "1", "--few-seeds", "1", "--methods", "random", "diff-pruning@0.2",
+            "layer:output-loss+output", "--steps", "1", "--num-samples", "4", "--sample-steps", "2", "--heldout-images",
+            "8", "--batch-size", "2", "--max-timesteps", "2", "--calib-size", "4", "--curve-methods", "--threads", "1",
+            "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--docs", ""]
+    cfg = reproduce.parse_args(argv)
+    assert (cfg.skip_type, cfg.clip_x0, cfg.ema_warmup, cfg.kd_weights) == ("quad", False, True, "equal")
+    r = reproduce.main(cfg)
+    assert r["rows"]["random"]["seeds"] == [0, 1] and r["rows"]["diff-pruning@0.2"]["seeds"] == [0]
+    assert r["rows"]["layer:output-loss+output"]["seeds"] == [0]
+    assert "fd_shapes_raw" in r["rows"]["random"] and r["probe"]["skip_type"] == "quad" and not r["probe"]["clip_x0"]
+    assert set(r["feature_spread"]["terms"]) == {"mse", "normalized"}
+    from models.checkpoint import read_checkpoint
+    (model,) = (tmp_path / "work" / "runs").glob("layer:output-loss+output-r0.3-s0/*/model.pt")
+    tc = read_checkpoint(model)["meta"]["train_config"]
+    assert (tc["lambda_task"], tc["lambda_out"], tc["ema_warmup"]) == (1.0, 1.0, True)
