@@ -4,7 +4,8 @@ deterministic first-order sampler), with the discrete sigmas of a VP model (diff
 Karras sigmas off).
 
 A VP model's x_t = alpha_t (x_0 + sigma eps) with sigma = sigma_VE = sqrt((1 - alpha_bar_t) / alpha_bar_t).
-The scheduler's state is the VE variable x = x_t / alpha_t, whose ODE is (Karras et al. eq. 3 with sigma(t) = t)
+The scheduler's state is the VE variable x = x_t / alpha_t, whose ODE is (Karras et al. eq. 1 with the score of
+eq. 3 and sigma(t) = t)
 
     dx / dsigma = (x - D(x; sigma)) / sigma,      D = the denoised estimate of x_0.
 
@@ -60,7 +61,7 @@ class EulerDiscrete(Scheduler):
         self.timesteps = torch.from_numpy(ts.copy())  # (S,) float32
         sigma_max = float(self.sigmas.max())
         # x_T's std: with "leading" spacing the reference adds the unit variance of the data (sqrt(sigma^2 + 1));
-        # with "linspace"/"trailing" it uses sigma_max alone. The two differ by < 0.01% at SD's sigma_max ~ 14.6.
+        # with "linspace"/"trailing" it uses sigma_max alone. The two differ by 0.2% at SD's sigma_max = 14.6.
         if config.timestep_spacing in ("linspace", "trailing"):
             self.init_noise_sigma = sigma_max
         else:
