@@ -60,6 +60,7 @@ class GenerateConfig:
     config: str | None = None
     unet: str | None = None
     variant: str | None = None
+    ema: bool = False
     dtype: str = "float32"
     device: str = "cpu"
     out: str = str(RUNS_DIR / "generate")
@@ -110,7 +111,7 @@ def main(cfg: GenerateConfig) -> Path:
     """Generate ``cfg.num_images`` images; returns the run folder."""
     precheck(cfg)
     dtype = DTYPES[cfg.dtype]
-    pipe = load_latent(cfg.model, variant=cfg.variant, dtype=dtype, config=cfg.config)
+    pipe = load_latent(cfg.model, variant=cfg.variant, dtype=dtype, config=cfg.config, ema=cfg.ema)
     if not isinstance(pipe, Pipeline):
         raise cli.UserError(f"--model {cfg.model} is a single {type(pipe).__name__}, not a pipeline "
                             f"(pass the pipeline folder; a U-Net alone goes to --unet)")
@@ -154,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
                                                   f"layout ({', '.join(PIPELINE_PRESETS)}) of its configs")
     p.add_argument("--unet", default=None, help="a replacement (e.g. pruned) U-Net: component folder or checkpoint")
     p.add_argument("--variant", default=None, help="weight-file variant, e.g. fp16")
+    p.add_argument("--ema", action="store_true", help="a single file's EMA U-Net weights (model_ema.*)")
     p.add_argument("--dtype", choices=tuple(DTYPES), default=d.dtype)
     p.add_argument("--no-progress", dest="progress", action="store_false")
     cli.add_run_flags(p, out=d.out, seed_help="seed of the initial noise (image i uses index i)")

@@ -193,3 +193,22 @@ def test_cin256_v2_preset_builds_with_the_original_names():
     assert names["first_stage_model.decoder.up.2.block.2.conv2.weight"] == (512, 512, 3, 3)
     assert names["cond_stage_model.embedding.weight"] == (1001, 512)
     assert modules["class_embedder"].num_classes == 1000
+
+
+def test_single_file_ema_weights(tmp_path, tiny):
+    """LitEma's copy: model_ema.diffusion_modelinput_blocks00weight for model.diffusion_model.input_blocks.0.0.weight."""
+    folder, modules, original = tiny
+    original = dict(original)
+    ema = {"model_ema." + k[len("model."):].replace(".", ""): v + 1 for k, v in original.items()
+           if k.startswith("model.diffusion_model.")}
+    assert "model_ema.diffusion_modelinput_blocks00weight" in ema
+    save_file({k: v.contiguous() for k, v in {**original, **ema, "model_ema.decay": torch.tensor(0.9999)}.items()},
+              tmp_path / "with_ema.safetensors")
+    raw = load_single_file(tmp_path / "with_ema.safetensors", config=folder)
+    averaged = load_single_file(tmp_path / "with_ema.safetensors", config=folder, ema=True)
+    w = modules["unet"].state_dict()["conv_in.weight"]
+    torch.testing.assert_close(raw.unet.state_dict()["conv_in.weight"], w)
+    torch.testing.assert_close(averaged.unet.state_dict()["conv_in.weight"], w + 1)
+    save_file({k: v.contiguous() for k, v in original.items()}, tmp_path / "no_ema.safetensors")
+    with pytest.raises(ValueError, match="holds no EMA weights"):
+        load_single_file(tmp_path / "no_ema.safetensors", config=folder, ema=True)

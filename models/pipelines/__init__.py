@@ -56,11 +56,12 @@ def is_latent_source(source: Any) -> bool:
 
 
 def load_latent(source: str | os.PathLike, *, variant: str | None = None, dtype: torch.dtype | None = torch.float32,
-                config: str | os.PathLike | None = None) -> Pipeline | nn.Module:
+                config: str | os.PathLike | None = None, ema: bool = False) -> Pipeline | nn.Module:
     """A ``Pipeline`` (pipeline folder, hub name, single file) or one module (component folder), in eval mode.
 
     variant: weight-file variant ("fp16"); dtype: the weights' dtype (None keeps the files'); config: for a
-    single file, the folder or hub name its architecture, tokenizer and scheduler come from.
+    single file, the folder, hub name or preset its architecture, tokenizer and scheduler come from; ema: for a
+    single file, the U-Net's EMA copy (``model_ema.*``).
     """
     if isinstance(source, str) and source in KNOWN_PIPELINES and not Path(source).exists():
         return load_pipeline(fetch_pipeline(source, variant=variant), variant=variant, dtype=dtype)
@@ -69,7 +70,7 @@ def load_latent(source: str | os.PathLike, *, variant: str | None = None, dtype:
         if _folder_kind(path) == "component":
             return load_component(path, variant=variant, dtype=dtype)
         return load_pipeline(path, variant=variant, dtype=dtype)
-    return load_single_file(path, config=config, dtype=dtype)
+    return load_single_file(path, config=config, dtype=dtype, ema=ema)
 
 
 __all__ = ["Pipeline", "KINDS", "load_pipeline", "load_component", "load_single_file", "load_latent",

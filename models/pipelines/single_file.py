@@ -15,8 +15,9 @@ encoder/decoder names plus quantize.embedding); the U-Net must be one this proje
 ImageNet LDM's cond_stage_model is a ClassEmbedder (class_embedder/, models/pipelines/class_embedder.py).
 LDMs conditioned by BERT (txt2img-1p4B) are not supported.
 
-EMA: files with a ``model_ema.*`` copy store it with the dots removed from the names; the raw weights
-(``model.diffusion_model.*``) are the ones loaded here (SD's "pruned-emaonly" files hold the EMA weights there).
+EMA: files with a ``model_ema.*`` copy store it with the dots removed from the names; ``ema=True`` loads the
+U-Net from it, the default the raw weights (``model.diffusion_model.*``; SD's "-emaonly" files hold the EMA
+weights there already).
 """
 from __future__ import annotations
 
@@ -112,9 +113,20 @@ def _layout(config: str | os.PathLike | None) -> tuple[dict[str, dict], Path | N
     return layout, (folder / "tokenizer" if (folder / "tokenizer").is_dir() else None), str(folder)
 
 
+EMA_PREFIX = "model_ema."
+
+
+def ema_source(src: Source) -> Source:
+    """The EMA copy of a U-Net tensor: LitEma stores ``model.diffusion_model.a.b.c`` as
+    ``model_ema.diffusion_modelabc`` (the parameter's name below ``model.`` with its dots removed)."""
+    return Source(EMA_PREFIX + src.key[len("model."):].replace(".", ""), src.op, src.part, src.heads, src.ndim)
+
+
 def load_single_file(path: str | os.PathLike, *, config: str | os.PathLike | None = None,
-                     dtype: torch.dtype | None = torch.float32) -> Pipeline:
-    """A ``Pipeline`` from an original-layout SD-v1.x file; ``config`` as in the module docstring."""
+                     dtype: torch.dtype | None = torch.float32, ema: bool = False) -> Pipeline:
+    """A ``Pipeline`` from an original-layout SD-v1.x / LDM file; ``config`` as in the module docstring.
+    ema: take the U-Net's EMA weights (``model_ema.*``; an error where the file has none) instead of
+    ``model.diffusion_model.*`` (SD's "-emaonly" files hold the EMA weights there already)."""
     from models.clip.tokenizer import CLIPTokenizer
 
     path = Path(path)
@@ -142,10 +154,15 @@ def load_single_file(path: str | os.PathLike, *, config: str | os.PathLike | Non
     if not any(k.startswith(UNET_PREFIX) for k in source.keys()):
         raise ValueError(f"{path}: no '{UNET_PREFIX}*' tensors: not an original-layout SD/LDM checkpoint "
                          f"(a diffusers folder loads with load_pipeline)")
+    if ema and not any(k.startswith(EMA_PREFIX + "diffusion_model") for k in source.keys()):
+        raise ValueError(f"{path}: ema=True, but the file holds no EMA weights ({EMA_PREFIX}*)")
     modules = {n: on_meta(BUILDERS[class_name(configs[n])], configs[n]) for n in names}
     for n, plan in plans(modules, configs, source.keys()).items():
-        assign_weights(modules[n], plan, source, what=f"the {n} of {where}", dtype=dtype,
-                       expected_prefixes=(PREFIXES[n],), ignore=IGNORED)
+        prefix = PREFIXES[n]
+        if n == "unet" and ema:
+            plan, prefix = {k: ema_source(v) for k, v in plan.items()}, EMA_PREFIX + "diffusion_model"
+        assign_weights(modules[n], plan, source, what=f"the {n}{' (EMA)' if n == 'unet' and ema else ''} of {where}",
+                       dtype=dtype, expected_prefixes=(prefix,), ignore=IGNORED)
     tokenizer = CLIPTokenizer.from_folder(tokenizer_folder) if "tokenizer" in listed and tokenizer_folder else None
     return Pipeline(kind=kind, scheduler=layout["scheduler"], source=str(path), tokenizer=tokenizer, **modules)
 
