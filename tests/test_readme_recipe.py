@@ -1,4 +1,4 @@
-"""The README's full-scale recipe ("Reproducing the papers at full scale (GPU)") is checked against the code:
+"""The full-scale recipe (docs/RECIPES.md, linked from the README) is checked against the code:
 every command parses with its script's own argument parser (so every flag exists and every value is valid),
 every `python -c` snippet imports names that exist, and every path a command reads is written by an earlier
 command. Nothing is run: the recipe needs a GPU, real data and downloads."""
@@ -16,18 +16,17 @@ import evaluate
 import prune
 import train
 
-README = Path(__file__).resolve().parents[1] / "README.md"
-SECTION = "## Reproducing the papers at full scale (GPU)"
+RECIPES = Path(__file__).resolve().parents[1] / "docs" / "RECIPES.md"
+TITLE = "# Reproducing the papers at full scale (GPU)"
 PARSERS = {"prune.py": prune.parse_args, "train.py": train.parse_args, "evaluate.py": evaluate.parse_args}
-# What each script writes into its numbered run folder (tests/test_scripts.py checks the scripts do).
+# What each script writes into its numbered run folder (tests/test_*_script.py check the scripts do).
 WRITES = {"prune.py": "runs/prune/NNNNN-*/pruned.pt", "train.py": "runs/train/NNNNN-*/model.pt"}
 
 
 def recipe_commands() -> list[str]:
-    text = README.read_text()
-    assert SECTION in text, f"README.md has no section {SECTION!r}"
-    section = text.split(SECTION, 1)[1].split("\n## ", 1)[0]
-    blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
+    text = RECIPES.read_text()
+    assert text.startswith(TITLE), f"docs/RECIPES.md does not start with {TITLE!r}"
+    blocks = re.findall(r"```bash\n(.*?)```", text, flags=re.S)
     return [line.strip() for block in blocks for line in block.splitlines() if line.strip()]
 
 
@@ -68,7 +67,7 @@ def test_every_recipe_command_parses_and_reads_only_what_an_earlier_step_wrote(c
         try:
             PARSERS[script](args)
         except SystemExit as e:
-            pytest.fail(f"{script} rejects the README's arguments ({capsys.readouterr().err.strip()}): {line} [{e}]")
+            pytest.fail(f"{script} rejects the recipe's arguments ({capsys.readouterr().err.strip()}): {line} [{e}]")
         for token in args:
             if token.startswith("runs/"):
                 assert token in written, f"{token} is read before any step writes it: {line}"
