@@ -17,7 +17,7 @@ a 2-process run follows the 1-process run up to float summation order.
 
 ``_train`` reads as DiT's and nanoGPT's training scripts do, in three labelled phases: 1. set-up, 2. the
 loop (``train_step``), 3. checkpointing (``checkpoint``). Config, state, data order and lr schedule live in
-diffusion/training.py, the data-parallel plumbing in common/distributed.py.
+training/recipe.py, the data-parallel plumbing in common/distributed.py.
 """
 from __future__ import annotations
 
@@ -41,15 +41,15 @@ from common.runs import (RUN_MARKER, RunLock, mark_run, new_run_dir, read_run_ma
                          seed_everything, write_json)
 from data import DATASETS, build_dataset
 from diffusion.ddpm import HeldOutLoss, eps_loss, sample_timesteps
-from diffusion.distill import MODES as DISTILL_MODES, build_distiller
 from diffusion.schedule import DiffusionConfig, Schedule
-from diffusion.training import (OPTIMIZERS, BatchOrder, Run, TrainConfig, TrainState, distill_lambdas,
-                                first_non_finite, lr_at, sample_grid, validate)
 from models.checkpoint import environment, read_checkpoint, save_checkpoint
 from models.ddpm.config import PRESETS, ModelConfig
 from models.ddpm.unet import UNet, count_parameters
 from models.loading import load_with_info
 from models.runtime import Runner, RuntimeOptions
+from training.distill import MODES as DISTILL_MODES, build_distiller
+from training.recipe import (OPTIMIZERS, BatchOrder, Run, TrainConfig, TrainState, distill_lambdas,
+                             first_non_finite, lr_at, sample_grid, validate)
 
 
 def build_model(cfg: TrainConfig) -> tuple[UNet, str]:
@@ -157,7 +157,7 @@ def train_step(state: TrainState, forward: Runner, schedule: Schedule, x0: torch
         group["lr"] = lr
     if state.distiller is None:
         loss, terms = eps_loss(forward, schedule, x0, t, eps), {}
-    else:  # task + KD terms (diffusion/distill.py); every term is logged on its own
+    else:  # task + KD terms (training/distill.py); every term is logged on its own
         loss, terms = state.distiller(forward, state.model, schedule, x0, t, eps)
     state.opt.zero_grad(set_to_none=True)
     loss.backward()

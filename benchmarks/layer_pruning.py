@@ -34,7 +34,7 @@ from benchmarks.cells import CellStore
 from common.defaults import TEACHER_CHECKPOINT
 from data.procedural import ProceduralShapes
 from diffusion.ddpm import HeldOutLoss
-from diffusion.distill import Distiller
+from training.distill import Distiller
 from diffusion.samplers import sample
 from diffusion.schedule import Schedule
 from metrics.macs import count_macs

@@ -219,11 +219,11 @@ class Study:
         return self.cell("additivity", run)
 
     def feature_spread_cell(self) -> dict:
-        """C6's premise: the per-stage feature-KD terms (diffusion/distill.py) of the output-loss layer-pruned
+        """C6's premise: the per-stage feature-KD terms (training/distill.py) of the output-loss layer-pruned
         student (first seed, before fine-tuning) against the teacher on one batch of 64 (x_t, t), as plain MSE
         and normalised; the spread (largest / smallest stage) is what normalisation is meant to remove."""
         from diffusion.ddpm import q_sample
-        from diffusion.distill import capture, feature_kd_terms, stage_taps
+        from training.distill import capture, feature_kd_terms, stage_taps
 
         def run() -> dict:
             path, _ = self.pruned("layer:output-loss", self.cfg.seeds[0], self.cfg.ratio)

@@ -1,4 +1,4 @@
-"""Distillation losses (diffusion/distill.py): the normalised feature KD by hand, its scale invariance, stage taps
+"""Distillation losses (training/distill.py): the normalised feature KD by hand, its scale invariance, stage taps
 on pruned students, and the teacher check."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from diffusion.ddpm import eps_loss
-from diffusion.distill import Distiller, feature_kd_terms, stage_taps
+from training.distill import Distiller, feature_kd_terms, stage_taps
 from diffusion.schedule import DiffusionConfig, Schedule
 from models.ddpm.config import ModelConfig
 from models.ddpm.unet import UNet

@@ -24,9 +24,9 @@ from torch import nn
 from common.cli import UserError
 from common.ema import EMA
 from data import DATASETS
-from diffusion.distill import Distiller, check_distill_arguments
 from diffusion.samplers import ddim_sample, ddim_timesteps
 from diffusion.schedule import Schedule
+from training.distill import Distiller, check_distill_arguments
 
 
 @dataclass(frozen=True)
@@ -61,9 +61,9 @@ class TrainConfig:
     channels_last: bool = False    # opt-in speed options of the forward/backward (models/runtime.py); same
     compile: bool = False          # function (bf16: to ~3 digits), so checkpoints and resume are unaffected
     bf16: bool = False
-    distill: str = "none"          # none | output | feature | feature-normalized (diffusion/distill.py)
+    distill: str = "none"          # none | output | feature | feature-normalized (training/distill.py)
     teacher: str | None = None     # with --distill: the dense checkpoint to distil from (frozen, eval mode)
-    lambda_task: float | None = None  # loss weights; None: the mode's defaults (diffusion/distill.py)
+    lambda_task: float | None = None  # loss weights; None: the mode's defaults (training/distill.py)
     lambda_out: float | None = None
     lambda_feat: float | None = None
 
