@@ -1,7 +1,7 @@
 """Benchmark: additivity where it matters -- the layer sets the criteria choose, against the true optimum.
 
-    python benchmarks/additivity_chosen.py                 # resumable; rerun after an interruption
-    python benchmarks/additivity_chosen.py --report-only   # rebuild the files from the saved cells
+    python -m benchmarks.additivity_chosen                 # resumable; rerun after an interruption
+    python -m benchmarks.additivity_chosen --report-only   # rebuild the files from the saved cells
 
 LAPTOP-Diff (Zhang et al. 2024, arXiv 2404.11098, Sec. 3) chooses the units to remove by a knapsack on the
 single-unit output losses, which is exact when L(S) = sum_{i in S} L({i}). Random subsets of 2-6 units
@@ -26,24 +26,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from benchmarks.additivity_report import write_report  # noqa: E402
-from benchmarks.cells import CellStore  # noqa: E402
-from common.defaults import TEACHER_CHECKPOINT  # noqa: E402
-from data.procedural import ProceduralShapes  # noqa: E402
-from diffusion.schedule import Schedule  # noqa: E402
-from models.loading import load  # noqa: E402
-from pruning.layers import find_units, make_calibration, output_losses, prune_layers  # noqa: E402
-from pruning.layers import exhaustive  # noqa: E402
-from pruning.layers.additivity import random_subsets  # noqa: E402
+from benchmarks.additivity_report import write_report
+from benchmarks.cells import CellStore
+from common.defaults import TEACHER_CHECKPOINT
+from data.procedural import ProceduralShapes
+from diffusion.schedule import Schedule
+from models.loading import load
+from pruning.layers import LayerPruning, find_units, make_calibration, output_losses, prune_layers
+from pruning.layers import exhaustive
+from pruning.layers.additivity import random_subsets
 
 RESULTS = Path(__file__).resolve().parent / "results"
 CRITERIA = ("output-loss", "taylor", "random", "handcrafted")
@@ -80,9 +77,9 @@ class Search:
 
         def run() -> dict:
             count = c.grad_batch if criterion == "taylor" else c.calib_size
-            _, report = prune_layers(self.teacher, criterion=criterion, target_params=c.target_params,
-                                     images=self.images(seed, count), calib_size=c.calib_size, thr=0.05,
-                                     micro_batch=64, seed=seed)
+            spec = LayerPruning.applicable(criterion=criterion, target_params=c.target_params, calib_size=c.calib_size,
+                                           thr=0.05, batch_size=c.grad_batch, micro_batch=64, seed=seed)
+            _, report = prune_layers(self.teacher, spec, self.images(seed, count))
             return {"criterion": criterion, "seed": seed, "removed": sorted(report.removed),
                     "solver": report.solver, "scores": report.scores}
         return self.cells.get(f"chosen-{criterion}-s{seed}", run)

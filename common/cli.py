@@ -3,13 +3,13 @@
 Every script is ``main(config)`` plus a short ``parse_args(argv)``; the flags the scripts share are added
 here, spelled, documented and validated once:
 
-    add_model_flags(p)      --model / --preset / --norm-groups    what to load and how (models/loading.py)
-    add_data_flags(p)       --data / --data-root                  registry data.DATASETS as choices
+    add_model_flags(p, PRESETS)   --model / --preset / --norm-groups   what to load and how (models/loading.py)
+    add_data_flags(p, DATASETS)   --data / --data-root                 the registry's names as choices
     add_run_flags(p)        --seed / --out / --device / --debug
 
 ``run(main, parse_args)`` is the script entry point. A user mistake raises one of the project's error
-types (``UserError``, ``ValueError``, ``OSError``, ``FloatingPointError``, the tracer's
-``UnsupportedOpError``); it is printed as ONE line ``error: ...`` and the script exits with status 2, the
+types (``UserError`` of common/errors.py, which the tracer's ``UnsupportedOpError`` extends, ``ValueError``,
+``OSError``, ``FloatingPointError``); it is printed as ONE line ``error: ...`` and the script exits with status 2, the
 status argparse uses for a bad flag. ``--debug`` prints the whole traceback before that line.
 
 Checks that cost nothing (a folder is writable, a number is >= 1, a file name ends in .npz) live here
@@ -22,23 +22,18 @@ import os
 import sys
 import traceback
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
-from data import DATASETS
-from models.ddpm.config import PRESETS
+from common.errors import UserError  # noqa: F401 (re-exported: scripts raise cli.UserError)
 
 EXIT_USER_ERROR = 2  # as argparse's own "error: ..." for a bad flag
-
-
-class UserError(ValueError):
-    """A mistake in what the user asked for (a flag, a file, a run folder); printed as one line."""
+# The exceptions a script reports as ``error: ...`` (everything else is a bug: full traceback). UserError is a
+# ValueError; the classes above common/ (the tracer's errors) extend it.
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, FloatingPointError)
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
-    """The exceptions a script reports as ``error: ...`` (everything else is a bug: full traceback)."""
-    from pruning.trace.record import UnsupportedOpError  # the tracer met an op it does not know: the user's model
-
-    return UserError, ValueError, OSError, FloatingPointError, UnsupportedOpError
+    return USER_ERRORS
 
 
 def one_line(err: BaseException) -> str:
@@ -130,15 +125,17 @@ def _default(p: argparse.ArgumentParser, value: Any) -> Any:
     return argparse.SUPPRESS if p.argument_default == argparse.SUPPRESS else value
 
 
-def add_model_flags(p: argparse.ArgumentParser, *, default: str | None, help: str) -> None:
+def add_model_flags(p: argparse.ArgumentParser, presets: Iterable[str] | None = None, *, default: str | None,
+                    help: str) -> None:
     """--model plus the loader's overrides for what a DDIM-codebase state dict does not store."""
     p.add_argument("--model", default=default, help=help)
-    add_loader_overrides(p)
+    add_loader_overrides(p, presets)
 
 
-def add_loader_overrides(p: argparse.ArgumentParser) -> None:
-    """--preset / --norm-groups: what a plain DDIM-codebase state dict cannot tell (models/loading.py)."""
-    p.add_argument("--preset", choices=sorted(PRESETS), default=_default(p, None),
+def add_loader_overrides(p: argparse.ArgumentParser, presets: Iterable[str] | None = None) -> None:
+    """--preset / --norm-groups: what a plain DDIM-codebase state dict cannot tell (models/loading.py).
+    ``presets``: the preset names (models.PRESETS) as choices; None leaves the check to the loader."""
+    p.add_argument("--preset", choices=None if presets is None else sorted(presets), default=_default(p, None),
                    help="architecture preset a DDIM-codebase state dict is read against: supplies image size, "
                         "GroupNorm groups and dropout, and must match the weights")
     p.add_argument("--norm-groups", type=positive_int, default=_default(p, None),
@@ -146,8 +143,10 @@ def add_loader_overrides(p: argparse.ArgumentParser) -> None:
                         "the DDPM's). A source that stores it must agree")
 
 
-def add_data_flags(p: argparse.ArgumentParser, *, default: str = "shapes", help: str = "dataset") -> None:
-    p.add_argument("--data", choices=DATASETS, default=_default(p, default),
+def add_data_flags(p: argparse.ArgumentParser, datasets: Iterable[str] | None = None, *, default: str = "shapes",
+                   help: str = "dataset") -> None:
+    """--data / --data-root; ``datasets``: the registry's names (data.DATASETS) as choices, None: data checks."""
+    p.add_argument("--data", choices=None if datasets is None else tuple(datasets), default=_default(p, default),
                    help=f"{help}: shapes (procedural, no files), cifar10 (python pickle batches), folder "
                         f"(any image folder, center-cropped) or celeba (aligned CelebA images, the DDIM "
                         f"codebase's face crop) [default: {default}]")
@@ -164,11 +163,6 @@ def add_run_flags(p: argparse.ArgumentParser, *, out: str, seed_help: str = "ran
 
 def add_debug_flag(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show the full traceback of an error")
-
-
-def loader_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The keyword overrides for models.loading.load_with_info from the parsed flags."""
-    return {"preset": getattr(args, "preset", None), "norm_groups": getattr(args, "norm_groups", None)}
 
 
 # ----------------------------------------------------------------------------------------------- cheap checks

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from models.checkpoint import atomic_torch_save, environment
+from common.runs import atomic_torch_save, environment
 
 STATE, ARGS = "state.pt", "args.json"
 

@@ -1,5 +1,7 @@
 """Numbered run folders that are never overwritten (runs/<kind>/00003-<desc>/), config files and seeding.
 
+Also the two writers every checkpoint and result share: ``environment()`` (versions) and ``atomic_torch_save``.
+
 A run folder is identified by what the run wrote into it, never by where a file happens to sit:
 ``run.json`` holds a random run id that every checkpoint of the run repeats (``mark_run`` /
 ``read_run_marker``). ``RunLock`` keeps a second process out of a folder that one is writing, and
@@ -9,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import random
 import re
+import tempfile
 import uuid
 from pathlib import Path
 from typing import Any
@@ -117,3 +121,25 @@ def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
     for p in stale:
         p.unlink()
     return stale
+
+
+def environment() -> dict[str, str]:
+    """Versions saved next to every checkpoint and result, for reproducibility."""
+    return {"torch": str(torch.__version__), "numpy": str(np.__version__), "python": platform.python_version()}
+
+
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
+    """torch.save to a temp file in the target folder, fsync, then rename over ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise

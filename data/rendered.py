@@ -53,7 +53,7 @@ def rendered_split(split: str, count: int, *, start: int = 0, image_size: int = 
         images[j], a = ds.image_and_attributes(start + j)
         attrs.append(caption_attributes(a))
     if path is not None:
-        from models.checkpoint import atomic_torch_save
+        from common.runs import atomic_torch_save
 
         path.parent.mkdir(parents=True, exist_ok=True)
         shapes, background = _encode(attrs)

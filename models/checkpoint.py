@@ -18,40 +18,16 @@ previous checkpoint.
 from __future__ import annotations
 
 import os
-import platform
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
-import numpy as np
 import torch
 
+from common.runs import atomic_torch_save, environment  # noqa: F401 (re-exported: the checkpoint writer's tools)
 from models.ddpm.config import ModelConfig
 
 FORMAT = "diffprune"
 FORMAT_VERSION = 1
-
-
-def environment() -> dict[str, str]:
-    """Versions saved next to every checkpoint and result, for reproducibility."""
-    return {"torch": str(torch.__version__), "numpy": str(np.__version__), "python": platform.python_version()}
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temp file in the target folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 def save_checkpoint(path: str | os.PathLike, *, config: ModelConfig, state_dict: Mapping[str, torch.Tensor],

@@ -1,5 +1,7 @@
 """Structural pruning: trace -> coupling groups -> importance -> selection -> surgery.
 
-``pruning.prune(model, example_inputs, method=..., ratio=...)`` is the one-call API (pruning/api.py).
+``pruning.prune(model, example_inputs, spec, data)`` is the one-call API (pruning/api.py); the spec,
+``ChannelPruning`` (pruning/spec.py), holds every option with its one default and checks.
 """
 from pruning.api import METHODS, PruneReport, prune  # noqa: F401
+from pruning.spec import ChannelPruning  # noqa: F401

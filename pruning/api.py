@@ -1,6 +1,7 @@
 """``pruning.prune``: the whole channel-pruning algorithm in one function, which prune.py is a thin shell over.
 
-    model, report = prune(model, (x, t), method="diff-pruning", ratio=0.3, data=x0, thr=0.05)
+    model, report = prune(model, model.example_inputs(), ChannelPruning(ratio=0.3, thr=0.05), data=x0)
+    model, report = prune(model, (x, t), method="diff-pruning", ratio=0.3, data=x0)   # the same, spelled inline
 
 Diff-Pruning (Fang, Ma & Wang, "Structural Pruning for Diffusion Models", NeurIPS 2023, arXiv 2305.10924),
 as its code prunes (VainF/Diff-Pruning ``ddpm_exp/prune.py``), read top to bottom in ``prune``:
@@ -15,17 +16,18 @@ as its code prunes (VainF/Diff-Pruning ``ddpm_exp/prune.py``), read top to botto
 4. bring every width and head attribute in line, record the widths in the config, and trace the pruned
    network again to check that every layer reads the width the plan says.
 
-Any error leaves the caller's model exactly as it was (``pruning/rollback.py``). The same function runs the
-baselines of the paper's Table 1 (random, magnitude, plain Taylor over all timesteps, scratch) and the
-principled alternatives to the paper code's choices (``attn_grouping="split"``, ``scoring="dense"``,
-``scope="global"``).
+Any error leaves the caller's model exactly as it was (``pruning/rollback.py``). What to do is ONE frozen spec,
+``ChannelPruning`` (``pruning/spec.py``: every option, its default and its check). The same function runs the
+baselines of the paper's Table 1 (random, magnitude, taylor = the Diff-Pruning score over all timesteps, scratch),
+the first-order Taylor variant, and the principled alternatives to the paper code's choices
+(``attn_grouping="split"``, ``scoring="dense"``, ``scope="global"``).
 """
 from __future__ import annotations
 
-import math
+import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -37,17 +39,16 @@ from pruning.groups import Group, describe
 from pruning.importance import IMPORTANCE, TimestepReport, accumulate_gradients
 from pruning.rollback import rollback
 from pruning.scratch import reinitialize
-from pruning.select import HEAD_MODES, _head_clusters, check_round_to, select_groups, select_local
+from pruning.select import _head_clusters, select_groups, select_local
+from pruning.spec import GRADIENT_METHODS, METHODS, ChannelPruning  # noqa: F401 (METHODS re-exported)
 from pruning.surgery import apply_keeps, finalize, prune_group, update_attributes
 from pruning.targets import ratio_for_target
 from pruning.trace.grouping import Analysis, analyze
-from pruning.trace.record import ATTN_GROUPINGS
 
-METHODS = ("random", "magnitude", "taylor", "diff-pruning", "scratch")
-GRADIENT_METHODS = ("taylor", "diff-pruning")
-# "sequential": the paper's code, each group scored on the partly pruned network, in its visiting order.
-# "dense": every group scored on the dense network, so the result does not depend on any order.
-SCORINGS = ("sequential", "dense")
+# The score each method ranks channels by (pruning/importance.py); both taylors and diff-pruning read the
+# accumulated gradient, over every timestep or up to the threshold (ChannelPruning.gradient_thr).
+CRITERION = {"random": "random", "scratch": "random", "magnitude": "magnitude", "taylor": "diff-pruning",
+             "taylor-first-order": "taylor-first-order", "diff-pruning": "diff-pruning"}
 
 
 @dataclass
@@ -72,11 +73,21 @@ class PruneReport:
     target: dict[str, float] | None = None  # {"kind", "target", "achieved", "ratio"} when a target was asked for
     kept: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # ``kept_channels``: dense coordinates
     round_to: int | None = None  # widths kept at multiples of this (pruning/select.py)
+    spec: ChannelPruning | None = None  # what was asked; ``ratio`` above is what it came to
+    order_source: str = "autograd"  # which walk ordered the groups (pruning/trace/grouping.py)
+
+    def applied(self) -> dict[str, Any]:
+        """What the spec came to: the ratio applied (found by bisection for a target), the threshold and the
+        timesteps the gradient pass used, the group order's source."""
+        ts = self.timesteps
+        return {"ratio": self.ratio, "thr": None if ts is None else ts.thr, "order_source": self.order_source,
+                "timesteps": None if ts is None else len(ts.kept), "target": self.target}
 
     def summary(self) -> dict[str, Any]:
         """A JSON-ready summary (saved next to the pruned checkpoint)."""
         ts = self.timesteps
-        return {"method": self.method, "ratio": self.ratio, "scope": self.scope, "scoring": self.scoring,
+        return {"spec": None if self.spec is None else self.spec.to_dict(), "applied": self.applied(),
+                "method": self.method, "ratio": self.ratio, "scope": self.scope, "scoring": self.scoring,
                 "attn_grouping": self.attn_grouping, "target": self.target, "round_to": self.round_to,
                 "params_before": self.params_before, "params_after": self.params_after,
                 "widths_before": self.widths_before, "widths_after": self.widths_after,
@@ -99,47 +110,6 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
         elif isinstance(m, nn.GroupNorm):
             out[name] = m.num_channels
     return out
-
-
-def _fraction(name: str, value: float | None) -> None:
-    if value is None:
-        return
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not 0.0 < value < 1.0:
-        raise ValueError(f"{name} must be a fraction in (0, 1), got {value!r}")
-
-
-def check_arguments(method: str, ratio: float, thr: float, scope: str, *, max_timesteps: int | None = None,
-                    scoring: str = "sequential", attn_grouping: str = "joint", head_mode: str = "channels",
-                    target_params: float | None = None, target_macs: float | None = None,
-                    micro_batch: int = 16, round_to: int | None = None) -> None:
-    """One clear error per bad setting, before any work is done (each names the argument)."""
-    if method not in METHODS:
-        raise ValueError(f"unknown pruning method {method!r}; choose one of {METHODS}")
-    if not isinstance(ratio, (int, float)) or not math.isfinite(ratio) or not 0.0 <= ratio < 1.0:
-        raise ValueError(f"ratio (the pruning ratio) must be in [0, 1), got {ratio!r}")
-    if not isinstance(thr, (int, float)) or not math.isfinite(thr):
-        raise ValueError(f"thr must be a finite number in [0, 1], got {thr!r}")
-    if not 0.0 <= thr <= 1.0:
-        raise ValueError(f"thr must be in [0, 1], got {thr}: the gradient loop stops at the first t with "
-                         f"L_t < thr * L_max, so thr > 1 would stop at t = 0 before any gradient")
-    if max_timesteps is not None and (isinstance(max_timesteps, bool) or not isinstance(max_timesteps, int)
-                                      or max_timesteps < 1):
-        raise ValueError(f"max_timesteps must be a whole number >= 1 (or None for all), got {max_timesteps!r}")
-    if isinstance(micro_batch, bool) or not isinstance(micro_batch, int) or micro_batch < 1:
-        raise ValueError(f"micro_batch must be a whole number >= 1, got {micro_batch!r}")
-    for name, value, choices in (("scope", scope, ("local", "global")), ("scoring", scoring, SCORINGS),
-                                 ("attn_grouping", attn_grouping, ATTN_GROUPINGS), ("head_mode", head_mode, HEAD_MODES)):
-        if value not in choices:
-            raise ValueError(f"{name} must be one of {choices}, got {value!r}")
-    _fraction("target_params", target_params)
-    _fraction("target_macs", target_macs)
-    check_round_to(round_to)
-    if round_to and round_to > 1 and (scope != "local" or head_mode != "channels"):
-        raise ValueError(f"round_to applies to the local rule with head_mode 'channels', got scope={scope!r}, "
-                         f"head_mode={head_mode!r}")
-    if target_params is not None and target_macs is not None:
-        raise ValueError("give target_params or target_macs, not both")
 
 
 def _check_tensors(model: nn.Module, example_inputs: tuple, data: torch.Tensor | None,
@@ -170,107 +140,120 @@ def _check_tensors(model: nn.Module, example_inputs: tuple, data: torch.Tensor |
             raise ValueError("eps holds non-finite values (nan or inf)")
 
 
-def prune(model: nn.Module, example_inputs: tuple, *, method: str = "diff-pruning", ratio: float = 0.3,
-          ignored: Iterable[str] = (), data: torch.Tensor | None = None, eps: torch.Tensor | None = None,
-          schedule: Schedule | None = None, thr: float = 0.05, scope: str = "local", scoring: str = "sequential",
-          attn_grouping: str = "joint", head_mode: str = "channels", attn_scale: str | None = None,
-          target_params: float | None = None, target_macs: float | None = None, micro_batch: int = 16,
-          max_timesteps: int | None = None, seed: int = 0, progress: bool = True,
-          round_to: int | None = None) -> tuple[nn.Module, PruneReport]:
-    """Prune ``model`` in place and return it with a ``PruneReport``; on any error ``model`` is left untouched.
+def channel_spec(data: torch.Tensor | None = None, **options: Any) -> ChannelPruning:
+    """The spec of keyword options (``prune(model, x, method=..., ratio=..., data=x0)``): a gradient method's
+    batch size is the batch it is given unless stated."""
+    if "method" not in options or options["method"] in GRADIENT_METHODS:
+        if "batch_size" not in options and isinstance(data, torch.Tensor) and data.dim() == 4:
+            options["batch_size"] = int(data.shape[0])
+    if isinstance(options.get("ignored"), (list, tuple)):
+        options["ignored"] = tuple(options["ignored"])
+    return ChannelPruning(**options)
 
-    example_inputs: positional inputs of one forward pass, e.g. (x (1, 3, H, W), t (1,)).
-    method:         random | magnitude | taylor | diff-pruning | scratch (random pruning, then re-init).
-    ratio:          the paper's per-group channel sparsity (local) or the global fraction of channels.
-    ignored:        module paths whose output channels are never pruned (the network output is protected anyway).
-    data, eps:      (B, C, H, W) clean images in [-1, 1], the ONE batch x0 of the gradient criteria, and the ONE
-                    noise draw used at every t (drawn from ``seed`` if not given; pass it to replay a run).
-    thr:            Diff-Pruning's threshold in [0, 1] (0 keeps every timestep; "taylor" always uses 0).
-    scoring:        "sequential" (the paper's code) or "dense" (see ``SCORINGS``).
-    attn_grouping:  "joint" (q, k, v and proj_out's input one group, the paper's code) or "split".
-    target_params, target_macs: a fraction of parameters / MACs to remove instead of ``ratio``: the ratio
-                    (local) or global fraction that reaches it is found by bisection (``pruning/targets.py``).
-    micro_batch:    at most this many samples per forward/backward of the gradient pass: micro_batch // B
-                    timesteps per pass, or micro-batches of one timestep (same gradient either way).
-    max_timesteps:  cap on the timesteps of the gradient loop (for quick runs; None = up to T).
-    round_to:       keep every pruned width a multiple of this (local rule; ``pruning/select.py``), for speed.
+
+def prune(model: nn.Module, example_inputs: tuple, spec: ChannelPruning | None = None,
+          data: torch.Tensor | None = None, *, eps: torch.Tensor | None = None, schedule: Schedule | None = None,
+          progress: bool = True, **options: Any) -> tuple[nn.Module, PruneReport]:
+    """Prune ``model`` in place as ``spec`` says and return it with a ``PruneReport``; on any error ``model``
+    is left untouched.
+
+    example_inputs: positional inputs of one forward pass, e.g. ``model.example_inputs()`` = (x (1, 3, H, W), t (1,)).
+    spec:           a ``ChannelPruning`` (pruning/spec.py: methods, options, defaults). Instead of a spec, its
+                    options may be given as keywords (``method="magnitude", ratio=0.5``): they build the spec.
+    data, eps:      (B, C, H, W) clean images in [-1, 1], the ONE batch x0 of the gradient methods (B must be
+                    ``spec.batch_size``), and the ONE noise draw used at every t (drawn from ``spec.seed`` if
+                    not given; pass it to replay a run). The other methods do not read them.
+    schedule:       the diffusion schedule of the gradient pass (default ``Schedule()``).
     """
-    check_arguments(method, ratio, thr, scope, max_timesteps=max_timesteps, scoring=scoring,
-                    attn_grouping=attn_grouping, head_mode=head_mode, target_params=target_params,
-                    target_macs=target_macs, micro_batch=micro_batch, round_to=round_to)
-    if method in GRADIENT_METHODS and data is None:
-        raise ValueError(f"method {method!r} needs data: a batch of clean training images (data=x0)")
+    if spec is None:
+        spec = channel_spec(data, **options)
+    elif options:
+        raise TypeError(f"give a ChannelPruning spec or keyword options, not both (got {sorted(options)})")
+    elif not isinstance(spec, ChannelPruning):
+        raise TypeError(f"spec must be a pruning.spec.ChannelPruning, got {type(spec).__name__}")
+    if spec.gradient:
+        if data is None:
+            raise ValueError(f"method {spec.method!r} needs data: a batch of clean training images (data=x0)")
+        if isinstance(data, torch.Tensor) and data.dim() == 4 and data.shape[0] != spec.batch_size:
+            raise ValueError(f"data holds {data.shape[0]} images but the spec's gradient batch is "
+                             f"batch_size={spec.batch_size}")
+    else:
+        data = eps = None  # not read
     _check_tensors(model, example_inputs, data, eps)
     seconds: dict[str, float] = {}
     widths_before, params_before = layer_widths(model), sum(p.numel() for p in model.parameters())
-    generator = torch.Generator().manual_seed(seed)
+    generator = torch.Generator().manual_seed(spec.seed)
+    ratio, target_spec, head_mode, round_to = spec.ratio, spec.target, spec.head_mode, spec.round_to
     with rollback(model):
+        if spec.attn_scale is not None and hasattr(getattr(model, "config", None), "attn_scale"):
+            model.config = dataclasses.replace(model.config, attn_scale=spec.attn_scale)  # saved with the model
         # 1. Coupled groups, and the order in which the paper's pruner visits them.
         start = time.perf_counter()
-        analysis = analyze(model, example_inputs, ignored=ignored, attn_grouping=attn_grouping)
+        analysis = analyze(model, example_inputs, ignored=spec.ignored, attn_grouping=spec.attn_grouping)
         groups = analysis.groups
         groups_text = describe(groups)
         seconds["trace_and_group"] = time.perf_counter() - start
-        kind, goal = ("params", target_params) if target_params is not None else ("macs", target_macs)
         target = None
 
         def find_ratio(select=None) -> float:  # a target instead of a ratio: bisection (pruning/targets.py)
             nonlocal target
             start = time.perf_counter()
+            kind, goal = target_spec
             found, achieved = ratio_for_target(model, example_inputs, analysis, kind=kind, target=goal,
                                                select=select, head_mode=head_mode, round_to=round_to)
             target = {"kind": kind, "target": goal, "achieved": achieved, "ratio": found}
             seconds["target_search"] = time.perf_counter() - start
             return found
 
-        if goal is not None and scope == "local":  # local widths do not depend on scores: search right away
+        if target_spec is not None and spec.scope == "local":  # local widths do not depend on scores: search now
             ratio = find_ratio()
 
-        # 2. G = sum_{t < T'} grad L_t into .grad (thr = 0: every t, the plain Taylor baseline).
+        # 2. G = sum_{t < T'} grad L_t into .grad (thr = 0 for both taylors: every t).
         timesteps = None
-        if method in GRADIENT_METHODS:
+        if spec.gradient:
             start = time.perf_counter()
             timesteps = accumulate_gradients(model, schedule or Schedule(), data, eps=eps, generator=generator,
-                                             thr=0.0 if method == "taylor" else thr, micro_batch=micro_batch,
-                                             max_timesteps=max_timesteps, progress=progress)
+                                             thr=spec.gradient_thr, micro_batch=spec.micro_batch,
+                                             max_timesteps=spec.max_timesteps, progress=progress)
             seconds["gradients"] = time.perf_counter() - start
 
         # 3. Score -> select -> cut, group by group.
         start = time.perf_counter()
-        criterion = IMPORTANCE["random" if method == "scratch" else method]
+        criterion = IMPORTANCE[CRITERION[spec.method]]
         score = lambda g: criterion(model, g, generator=generator)  # noqa: E731
-        if scope == "global":  # one ranking over all groups needs every score on the same (dense) network
+        if spec.scope == "global":  # one ranking over all groups needs every score on the same (dense) network
             order = [i for i, g in enumerate(groups) if g.prunable]
             scores = {i: score(groups[i]) for i in order}
             rank = lambda r: select_groups(groups, scores, r, scope="global", head_mode=head_mode)  # noqa: E731
-            if goal is not None:
+            if target_spec is not None:
                 ratio = find_ratio(rank)
             keeps = rank(ratio)
             apply_keeps(model, groups, keeps)
         else:
             order = analysis.paper_order
             keeps = prune_local(model, groups, order, score, ratio, head_mode=head_mode,
-                                dense_scores=scoring == "dense", round_to=round_to)
+                                dense_scores=spec.scoring == "dense", round_to=round_to)
 
         # 4. Attributes, config widths, consistency; then the re-trace proves the forward runs as planned.
         dense_keeps = {i: k.numpy() for i, k in keeps.items()}
-        attributes = update_attributes(model, analysis, dense_keeps, attn_scale=attn_scale)
+        attributes = update_attributes(model, analysis, dense_keeps, attn_scale=spec.attn_scale)
         finalize(model)
         seconds["select_and_surgery"] = time.perf_counter() - start
         start = time.perf_counter()
         retrace_check(model, example_inputs, analysis, dense_keeps)
         seconds["retrace_check"] = time.perf_counter() - start
-        if method == "scratch":  # the paper's "scratch" row: the pruned structure, freshly initialised
-            reinitialize(model, seed=seed)
+        if spec.method == "scratch":  # the paper's "scratch" row: the pruned structure, freshly initialised
+            reinitialize(model, seed=spec.seed)
         for p in model.parameters():  # the accumulated gradients served the ranking only
             p.grad = None
 
-    report = PruneReport(method=method, ratio=ratio, scope=scope, widths_before=widths_before,
+    report = PruneReport(method=spec.method, ratio=ratio, scope=spec.scope, widths_before=widths_before,
                          widths_after=layer_widths(model), groups=groups, groups_text=groups_text,
                          params_before=params_before, params_after=sum(p.numel() for p in model.parameters()),
-                         timesteps=timesteps, seconds=seconds, scoring=scoring, attn_grouping=attn_grouping,
+                         timesteps=timesteps, seconds=seconds, scoring=spec.scoring, attn_grouping=spec.attn_grouping,
                          order=[analysis.roots.get(i, groups[i].name) for i in order], attributes=attributes,
-                         target=target, kept=kept_channels(analysis, dense_keeps), round_to=round_to)
+                         target=target, kept=kept_channels(analysis, dense_keeps), round_to=round_to, spec=spec,
+                         order_source=analysis.order_source)
     return model, report
 
 

@@ -106,7 +106,8 @@ def magnitude_importance(model: nn.Module, group: Group, *, generator: torch.Gen
     return scores
 
 
-def taylor_importance(model: nn.Module, group: Group, *, generator: torch.Generator | None = None) -> torch.Tensor:
+def first_order_taylor_importance(model: nn.Module, group: Group, *,
+                                  generator: torch.Generator | None = None) -> torch.Tensor:
     """First-order Taylor: I_c = sum_{conv/linear W in group} |sum_{k in slice_c(W)} w_k g_k|  +  sum_{GN} |gamma_c g_c|.
 
     Molchanov et al. 2019 ("Importance Estimation for Neural Network Pruning", CVPR) estimate the loss change
@@ -115,9 +116,9 @@ def taylor_importance(model: nn.Module, group: Group, *, generator: torch.Genera
     over k runs inside one layer's slice; layers are then added. Every slice counts (both slices of a
     doubled concat).
 
-    This is the codebase's "taylor" baseline with G accumulated over ALL timesteps (``thr=0``). Note that the
-    paper repo's ``--pruner taylor`` is in fact the Diff-Pruning criterion with thr=0 (VainF/Diff-Pruning, ddpm_exp/prune.py):
-    use ``diff_pruning_importance`` with thr=0 for that.
+    Method "taylor-first-order", with G accumulated over ALL timesteps (``thr=0``): what the reference's LDM
+    script calls taylor (VainF/Diff-Pruning ldm_exp/prune_ldm.py, ``multivariable=True``). The paper's DDPM
+    "taylor" row (ddpm_exp/prune.py ``--pruner taylor``) is ``diff_pruning_importance`` with thr=0: method "taylor".
     """
     scores = torch.zeros(group.size, dtype=torch.float64)
     for member in group.members:
@@ -167,11 +168,12 @@ def diff_pruning_importance(model: nn.Module, group: Group, *, generator: torch.
     return scores
 
 
-# A plain registry (a dict of functions); keys double as CLI choices.
+# A plain registry (a dict of functions). pruning/api.py maps each method to one: "scratch" ranks as random,
+# "taylor" (the paper's) is the diff-pruning score over every timestep.
 IMPORTANCE: dict[str, ImportanceFn] = {
     "random": random_importance,
     "magnitude": magnitude_importance,
-    "taylor": taylor_importance,
+    "taylor-first-order": first_order_taylor_importance,
     "diff-pruning": diff_pruning_importance,
 }
 
@@ -345,32 +347,3 @@ def _check_finite_grads(params: list[torch.Tensor], names: dict[int, str], t: in
     if not _grads_finite(params):
         bad = next(names.get(id(p), "?") for p in params if p.grad is not None and not bool(torch.isfinite(p.grad).all()))
         raise FloatingPointError(f"the gradient of {bad} became non-finite at timestep t={t}; nothing was pruned")
-
-
-def plot_timestep_losses(report: TimestepReport, path) -> str:
-    """Save a PNG of L_t against t (log y): the threshold thr * L_max as a horizontal line, the kept
-    timesteps shaded, the first rejected t marked. Returns the path."""
-    import matplotlib
-    matplotlib.use("Agg")  # no display; safe on servers and in tests
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    ts = list(range(len(report.losses)))
-    ax.plot(ts, report.losses, lw=1.2, label="$L_t$")
-    if report.kept:
-        ax.axvspan(report.kept[0] - 0.5, report.kept[-1] + 0.5, color="tab:green", alpha=0.15,
-                   label=f"kept t = {report.kept[0]}..{report.kept[-1]} ({len(report.kept)})")
-    if report.thr > 0:
-        ax.axhline(report.threshold, color="tab:red", ls="--", lw=1, label=f"thr * $L_{{max}}$ (thr = {report.thr:g})")
-    if report.stopped_at is not None:
-        ax.plot([report.stopped_at], [report.losses[report.stopped_at]], "x", color="tab:red", ms=8,
-                label=f"stop at t = {report.stopped_at}")
-    if report.losses and min(report.losses) > 0:
-        ax.set_yscale("log")
-    ax.set_xlabel("timestep t")
-    ax.set_ylabel("$L_t$ (sum over C,H,W; batch mean)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)

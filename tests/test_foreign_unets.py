@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from pruning import METHODS, prune
+from pruning import METHODS, ChannelPruning, prune
 from pruning.trace.grouping import analyze
 from tests.replicas.ddim import Model
 from tests.replicas.diffusers_style import TinyUNet2D
@@ -31,8 +31,8 @@ def test_every_method_prunes_a_foreign_unet(name, method):
     torch.manual_seed(0)
     model = MODELS[name]()
     data = torch.rand(4, 3, 8, 8) * 2 - 1
-    model, report = prune(model, EXAMPLE, method=method, ratio=0.3, data=data, max_timesteps=3, micro_batch=4,
-                          progress=False)
+    spec = ChannelPruning.applicable(method=method, ratio=0.3, max_timesteps=3, micro_batch=4, batch_size=4)
+    model, report = prune(model, EXAMPLE, spec, data, progress=False)
     assert report.params_after < 0.7 * report.params_before
     x, t = torch.randn(2, 3, 8, 8), torch.tensor([1.0, 50.0])
     y = model(x, t)

@@ -15,8 +15,9 @@ from torch import nn
 
 from diffusion.schedule import DiffusionConfig, Schedule
 from pruning.groups import Group, Member
-from pruning.importance import (IMPORTANCE, accumulate_gradients, diff_pruning_importance, magnitude_importance,
-                                plot_timestep_losses, random_importance, taylor_importance)
+from pruning.importance import (IMPORTANCE, accumulate_gradients, diff_pruning_importance,
+                                first_order_taylor_importance, magnitude_importance, random_importance)
+from reports.plots import plot_timestep_losses
 
 
 class ConvGNConv(nn.Module):
@@ -103,7 +104,7 @@ def test_taylor_matches_hand_computation_with_real_gradients():
     w2, g2 = net[2].weight.tolist(), net[2].weight.grad.tolist()
     expected = [abs(sum(w1[c][i] * g1[c][i] for i in range(3))) + abs(sum(w2[o][c] * g2[o][c] for o in range(2)))
                 for c in range(4)]
-    got = taylor_importance(net, group)
+    got = first_order_taylor_importance(net, group)
     torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-10, atol=0)
 
     # And the first-order meaning: sum_k w_k g_k over fc2's column c is dL/d(alpha) of scaling that column
@@ -125,7 +126,7 @@ def test_taylor_includes_groupnorm_abs_term():
     prod = lambda w, g: w * g  # noqa: E731
     expected = [abs(_out_terms(w1, g1, s1, c, prod)) + abs(_in_terms(w2, g2, s2, c, prod))
                 + abs(gam[c] * ggam[c]) for c in range(4)]
-    torch.testing.assert_close(taylor_importance(net, group), torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=0)
+    torch.testing.assert_close(first_order_taylor_importance(net, group), torch.tensor(expected, dtype=torch.float64), rtol=1e-6, atol=0)
 
 
 class DoubledConcat(nn.Module):
@@ -176,7 +177,7 @@ def test_random_is_seeded_and_registry_is_complete():
     a = random_importance(net, group, generator=torch.Generator().manual_seed(7))
     b = random_importance(net, group, generator=torch.Generator().manual_seed(7))
     assert torch.equal(a, b) and a.shape == (4,) and bool(((a >= 0) & (a < 1)).all())
-    assert set(IMPORTANCE) == {"random", "magnitude", "taylor", "diff-pruning"}
+    assert set(IMPORTANCE) == {"random", "magnitude", "taylor-first-order", "diff-pruning"}
     for name, fn in IMPORTANCE.items():
         assert fn(net, group, generator=torch.Generator().manual_seed(0)).shape == (4,), name
 

@@ -14,7 +14,8 @@ from models.checkpoint import save_checkpoint
 from models.ddpm.config import ModelConfig
 from models.ddpm.unet import UNet, removable_units
 from pruning.layers import find_units, make_calibration, mask_units, output_losses, prune_layers, remove_units
-from pruning.layers.additivity import additivity_report, format_report, plot_report
+from pruning.layers.additivity import additivity_report, format_report
+from reports.plots import plot_additivity
 from pruning.layers.criteria import LAYER_CRITERIA, CriterionInputs, handcrafted_order
 from pruning.layers.knapsack import greedy, knapsack, ranked
 
@@ -158,7 +159,7 @@ def test_unreachable_target_is_an_error_before_scoring(monkeypatch):
     with pytest.raises(ValueError, match="not reachable"):
         prune_layers(model, criterion="random", target_params=0.99)
     assert not called
-    with pytest.raises(ValueError, match="unknown layer criterion"):
+    with pytest.raises(ValueError, match="criterion must be one of"):
         prune_layers(model, criterion="magnitude", target_params=0.3)
     with pytest.raises(ValueError, match="exactly one"):
         prune_layers(model, criterion="random", target_params=0.3, target_macs=0.3)
@@ -214,7 +215,7 @@ def test_additivity_report(tmp_path):
     assert len(report["subsets"]) == 10 and all(len(s) == 3 for s in report["subsets"][5:])
     json.dumps(report)
     assert "output-loss" in format_report(report)
-    plot_report(report, tmp_path / "additivity.png")
+    plot_additivity(report, tmp_path / "additivity.png")
     assert (tmp_path / "additivity.png").stat().st_size > 1000
 
 

@@ -16,7 +16,8 @@ from models.checkpoint import save_checkpoint
 from models.ddpm.config import PRESETS, ModelConfig
 from models.loading import load
 from models.ddpm.unet import UNet
-from pruning import METHODS, prune
+from pruning import METHODS, ChannelPruning, prune
+from pruning.spec import GRADIENT_METHODS
 from pruning.trace.grouping import build_groups
 from pruning.surgery import apply_keeps, finalize
 
@@ -128,10 +129,10 @@ def test_every_method_prunes_saves_reloads_and_finetunes(tmp_path, preset, metho
     config = PRESETS[preset]
     model = UNet(config).eval()
     data = torch.rand(2, 3, config.image_size, config.image_size) * 2 - 1
-    model, report = prune(model, inputs(config), method=method, ratio=0.3, data=data, thr=0.05, micro_batch=1,
-                          max_timesteps=2, progress=False)
+    spec = ChannelPruning.applicable(method=method, ratio=0.3, thr=0.05, micro_batch=1, max_timesteps=2, batch_size=2)
+    model, report = prune(model, inputs(config), spec, data, progress=False)
     assert report.params_after < report.params_before
-    if method in ("taylor", "diff-pruning"):
+    if method in GRADIENT_METHODS:
         assert report.timesteps.kept == [0, 1]  # capped at 2 timesteps
     x, t = torch.randn(2, 3, config.image_size, config.image_size), torch.tensor([1.0, 900.0])
     out = model(x, t)

@@ -15,14 +15,18 @@ any other criterion (Taylor) is in its own units, and only r and rho are compara
 from __future__ import annotations
 
 import math
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
-from scipy import stats
 
+from diffusion.schedule import Schedule
 from models.ddpm.unet import UNet
-from pruning.layers.criteria import Calibration, output_losses
+from pruning.layers.criteria import LAYER_CRITERIA, Calibration, CriterionInputs, make_calibration, output_losses
+
+if TYPE_CHECKING:
+    from pruning.layers.api import LayerReport
+    from pruning.layers.spec import LayerPruning
 
 
 def random_subsets(paths: Sequence[str], sizes: Sequence[int], per_size: int, seed: int) -> list[frozenset[str]]:
@@ -46,6 +50,8 @@ def _fit(x: np.ndarray, y: np.ndarray) -> dict:
     if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
         return {"n": int(len(x)), "pearson": None, "spearman": None, "slope": None, "intercept": None}
     slope, intercept = np.polyfit(x, y, 1)
+    from scipy import stats  # here, not at import: scipy.stats costs seconds of start-up for every script
+
     return {"n": int(len(x)), "pearson": float(stats.pearsonr(x, y)[0]), "spearman": float(stats.spearmanr(x, y)[0]),
             "slope": float(slope), "intercept": float(intercept)}
 
@@ -82,37 +88,17 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-def plot_report(report: dict, path) -> str:
-    """One scatter per criterion: measured L(S) against the summed scores, coloured by |S|. The output-loss
-    panel has the diagonal y = x (exact additivity); other panels the least-squares line (own units)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+DEFAULT_SUBSET_SIZES = (2, 4, 8)
 
-    names = list(report["criteria"])
-    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
-    measured = np.array(report["measured"])
-    size_of = np.array([len(s) for s in report["subsets"]])
-    for ax, name in zip(axes[0], names):
-        pred = np.array(report["criteria"][name]["predicted"])
-        for k in report["sizes"]:
-            sel = size_of == k
-            ax.scatter(pred[sel], measured[sel], s=14, label=f"|S| = {k}")
-        st = report["criteria"][name]["stats"]["all"]
-        lo, hi = float(min(pred.min(), 0)), float(pred.max())
-        if name == "output-loss":
-            top = max(hi, float(measured.max()))
-            ax.plot([0, top], [0, top], "k--", lw=1, label="y = x (additive)")
-        elif st["slope"] is not None:
-            ax.plot([lo, hi], [st["slope"] * lo + st["intercept"], st["slope"] * hi + st["intercept"]], "k:", lw=1,
-                    label="least squares")
-        r = "-" if st["pearson"] is None else f"{st['pearson']:.3f}"
-        rho = "-" if st["spearman"] is None else f"{st['spearman']:.3f}"
-        ax.set_title(f"{name}: r = {r}, rho = {rho}", fontsize=10)
-        ax.set_xlabel(f"sum of single-unit {name} scores")
-        ax.set_ylabel("measured output loss L(S)")
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return str(path)
+
+def additivity_for_run(model: UNet, report: "LayerReport", spec: "LayerPruning", images: torch.Tensor, *,
+                       schedule: Schedule, per_size: int, sizes: Sequence[int] = DEFAULT_SUBSET_SIZES) -> dict:
+    """The additivity report of ``report.criterion`` and of output-loss (the measured quantity's own score) on
+    the unpruned ``model``, with the calibration set of ``spec`` (the one prune_layers used). Sizes above the
+    number of units are dropped."""
+    calib = make_calibration(images, schedule, size=spec.calib_size, timesteps=spec.calib_timesteps, seed=spec.seed)
+    scores = {report.criterion: report.scores}
+    if report.criterion != "output-loss":
+        scores["output-loss"] = LAYER_CRITERIA["output-loss"](model, report.units, CriterionInputs(calib=calib))
+    sizes = [k for k in sizes if k <= len(report.units)]
+    return additivity_report(model, calib, scores, sizes=sizes, per_size=per_size, seed=spec.seed)

@@ -1,6 +1,9 @@
 """``prune_layers``: one-shot layer pruning of a U-Net to a target (LAPTOP-Diff, arXiv 2404.11098, Sec. 3).
 
-    small, report = prune_layers(model, criterion="output-loss", target_params=0.3, images=x0)
+    small, report = prune_layers(model, LayerPruning(criterion="output-loss", target_params=0.3), images=x0)
+    small, report = prune_layers(model, criterion="output-loss", target_params=0.3, images=x0)   # the same
+
+What to do is ONE frozen spec, ``LayerPruning`` (``pruning/layers/spec.py``: options, defaults, checks).
 
 1. list the units the model still has, with the parameters and MACs each one saves (``units.find_units``);
 2. check the target is reachable (before any scoring);
@@ -24,8 +27,8 @@ from diffusion.schedule import Schedule
 from metrics.macs import count_macs
 from models.ddpm.unet import UNet
 from pruning.layers import exhaustive, knapsack
-from pruning.layers.criteria import (DEFAULT_CALIB_SIZE, DEFAULT_CALIB_TIMESTEPS, DEFAULT_SOLVER, LAYER_CRITERIA,
-                                     Calibration, CriterionInputs, make_calibration)
+from pruning.layers.criteria import LAYER_CRITERIA, Calibration, CriterionInputs, make_calibration
+from pruning.layers.spec import LayerPruning
 from pruning.layers.units import Unit, find_units, remove_units
 
 
@@ -45,10 +48,11 @@ class LayerReport:
     macs_after: int
     calibration: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
+    spec: LayerPruning | None = None
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready (saved as report.json next to the pruned checkpoint)."""
-        return {"method": "layer", "criterion": self.criterion, "solver": self.solver,
+        return {"spec": None if self.spec is None else self.spec.to_dict(), "method": "layer", "criterion": self.criterion, "solver": self.solver,
                 "target": {"what": self.target[0], "fraction": self.target[1]},
                 "units": [{"path": u.path, "kind": u.kind, "params": u.params, "macs_paper": u.macs_paper,
                            "macs_full": u.macs_full, "score": self.scores[u.path], "removed": u.path in self.removed}
@@ -71,62 +75,52 @@ class LayerReport:
         return "\n".join(lines)
 
 
-def check_layer_arguments(criterion: str, target_params: float | None, target_macs: float | None,
-                          solver: str | None) -> tuple[str, float]:
-    """Clear errors for bad settings, before any work. Returns the target as (what, fraction)."""
-    if criterion not in LAYER_CRITERIA:
-        raise ValueError(f"unknown layer criterion {criterion!r}; choose one of {tuple(LAYER_CRITERIA)}")
-    if solver is not None and solver not in knapsack.SOLVERS:
-        raise ValueError(f"unknown solver {solver!r}; choose one of {knapsack.SOLVERS}")
-    if (target_params is None) == (target_macs is None):
-        raise ValueError("give exactly one of target_params / target_macs (the fraction to remove)")
-    what, p = ("params", target_params) if target_params is not None else ("macs", target_macs)
-    if not 0.0 < p < 1.0:
-        raise ValueError(f"target {what} fraction must be in (0, 1), got {p}")
-    return what, float(p)
-
-
 def target_cost(model: UNet, units: list[Unit], what: str, fraction: float) -> tuple[int, int, int]:
     """(target saving, total, MACs total) for removing ``fraction`` of the model's params or MACs.
     Raises ValueError when removing every unit cannot reach it."""
-    c = model.config
-    device = next(model.parameters()).device
-    macs = count_macs(model, (torch.zeros(1, c.in_channels, c.image_size, c.image_size, device=device),
-                              torch.ones(1, device=device)))
+    macs = count_macs(model, model.example_inputs())
     total = macs.params if what == "params" else macs.macs_paper
     need = int(-(-fraction * total // 1))  # ceil: "at least fraction of the total"
     knapsack.check_reachable([u.cost(what) for u in units], need, what)
     return need, total, macs.macs_paper
 
 
-def check_target(model: UNet, target_params: float | None, target_macs: float | None) -> None:
+def check_target(model: UNet, spec: LayerPruning) -> None:
     """A target that removing every unit of ``model`` cannot reach is an error, before any scoring or sampling."""
-    what, fraction = check_layer_arguments("random", target_params, target_macs, None)
-    target_cost(model, find_units(model), what, fraction)
+    target_cost(model, find_units(model), *spec.target)
 
 
-def prune_layers(model: UNet, *, criterion: str = "output-loss", target_params: float | None = None,
-                 target_macs: float | None = None, solver: str | None = None, images: torch.Tensor | None = None,
+def prune_layers(model: UNet, spec: LayerPruning | None = None, images: torch.Tensor | None = None, *,
                  schedule: Schedule | None = None, calib: Calibration | None = None,
-                 calib_size: int = DEFAULT_CALIB_SIZE, calib_timesteps: str = DEFAULT_CALIB_TIMESTEPS,
-                 seed: int = 0, thr: float = 0.05, micro_batch: int = 8, max_timesteps: int | None = None,
-                 batch_size: int = 256, scores: dict[str, float] | None = None) -> tuple[UNet, LayerReport]:
-    """Remove units of ``model`` so that at least ``target_params`` (or ``target_macs``) of its parameters (MACs,
-    paper convention) go, choosing them by ``criterion`` and ``solver`` (default: the criterion's own,
-    ``criteria.DEFAULT_SOLVER``). Returns the new, smaller UNet (eval mode) and a ``LayerReport``.
+                 scores: dict[str, float] | None = None, forward_batch: int = 256,
+                 **options: Any) -> tuple[UNet, LayerReport]:
+    """Remove units of ``model`` so that at least the spec's target fraction of its parameters (MACs, paper
+    convention) goes, choosing them by ``spec.criterion`` and ``spec.solver``. Returns the new, smaller UNet
+    (eval mode) and a ``LayerReport``. Instead of a spec, its options may be given as keywords.
 
-    images:    clean training images (N, C, H, W) in [-1, 1]: the calibration set of output-loss is built from
-               them (``calib_size`` triples, ``calib_timesteps``, ``seed``), and taylor uses them as its ONE
-               gradient batch (``thr``, ``micro_batch``, ``max_timesteps`` as in ``pruning.prune``).
+    images:    clean training images (N, C, H, W) in [-1, 1]: the calibration set (output-loss, the exhaustive
+               solver) is built from them (``spec.calib_size`` triples), and taylor uses the first
+               ``spec.batch_size`` as its ONE gradient batch.
     calib:     a ready calibration set instead (e.g. shared with an additivity report).
     scores:    this criterion's scores computed already (e.g. for an additivity report): no scoring pass.
+    forward_batch: samples per batched forward of output-loss and the exhaustive search (memory only).
     """
-    what, fraction = check_layer_arguments(criterion, target_params, target_macs, solver)
-    solver = solver or DEFAULT_SOLVER[criterion]
+    if spec is None:
+        if options.get("criterion") == "taylor" and "batch_size" not in options and images is not None:
+            options["batch_size"] = int(images.shape[0])  # the batch it is given, unless stated
+        spec = LayerPruning(**options)
+    elif options:
+        raise TypeError(f"give a LayerPruning spec or keyword options, not both (got {sorted(options)})")
+    elif not isinstance(spec, LayerPruning):
+        raise TypeError(f"spec must be a pruning.layers.spec.LayerPruning, got {type(spec).__name__}")
+    criterion, solver, (what, fraction) = spec.criterion, spec.solver, spec.target
     if criterion in ("output-loss", "taylor") and images is None and calib is None and scores is None:
         raise ValueError(f"criterion {criterion!r} needs data: clean training images (images=x0)")
     if criterion == "taylor" and images is None and scores is None:
         raise ValueError("criterion 'taylor' needs images=x0 (its gradient batch)")
+    if criterion == "taylor" and images is not None and images.shape[0] < spec.batch_size:
+        raise ValueError(f"criterion 'taylor' reads a gradient batch of batch_size={spec.batch_size} images, "
+                         f"got {images.shape[0]}")
     if solver == "exhaustive" and images is None and calib is None:
         raise ValueError("solver 'exhaustive' measures L(S): it needs images=x0 or calib")
     seconds: dict[str, float] = {}
@@ -139,11 +133,13 @@ def prune_layers(model: UNet, *, criterion: str = "output-loss", target_params: 
         exhaustive.check_size(len(units))
     schedule = schedule or Schedule()
     if calib is None and ((criterion == "output-loss" and scores is None) or solver == "exhaustive"):
-        calib = make_calibration(images, schedule, size=calib_size, timesteps=calib_timesteps, seed=seed)
+        calib = make_calibration(images, schedule, size=spec.calib_size, timesteps=spec.calib_timesteps, seed=spec.seed)
     seconds["units"] = time.perf_counter() - start
     start = time.perf_counter()
-    inputs = CriterionInputs(calib=calib, x0=images, schedule=schedule, thr=thr, micro_batch=micro_batch,
-                             max_timesteps=max_timesteps, seed=seed, batch_size=batch_size)
+    taylor = criterion == "taylor"
+    inputs = CriterionInputs(calib=calib, x0=images[:spec.batch_size] if taylor and images is not None else images,
+                             schedule=schedule, thr=spec.thr, micro_batch=spec.micro_batch,
+                             max_timesteps=spec.max_timesteps, seed=spec.seed, batch_size=forward_batch)
     if scores is None:
         scores = LAYER_CRITERIA[criterion](model, units, inputs)
     missing = [u.path for u in units if u.path not in scores]
@@ -153,20 +149,17 @@ def prune_layers(model: UNet, *, criterion: str = "output-loss", target_params: 
     start = time.perf_counter()
     costs = [u.cost(what) for u in units]
     if solver == "exhaustive":
-        chosen, _ = exhaustive.search(model, calib, units, costs, need, batch_size=batch_size)
+        chosen, _ = exhaustive.search(model, calib, units, costs, need, batch_size=forward_batch)
     else:
         chosen = knapsack.select([scores[u.path] for u in units], costs, need, solver)
     removed = [units[i].path for i in chosen]
     small = remove_units(model, removed)
-    c = small.config
-    device = next(small.parameters()).device
-    after = count_macs(small, (torch.zeros(1, c.in_channels, c.image_size, c.image_size, device=device),
-                               torch.ones(1, device=device)))
+    after = count_macs(small, small.example_inputs())
     seconds["select_and_build"] = time.perf_counter() - start
     report = LayerReport(criterion=criterion, solver=solver, target=(what, fraction), units=units, scores=scores,
                          removed=removed, params_before=sum(p.numel() for p in model.parameters()),
                          params_after=after.params, macs_before=macs_before, macs_after=after.macs_paper,
                          calibration=None if calib is None else {"size": int(calib.x_t.shape[0]), "seed": calib.seed,
                                                                  "timesteps": calib.timesteps},
-                         seconds=seconds)
+                         seconds=seconds, spec=spec)
     return small, report

@@ -33,7 +33,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from diffusion.ddpm import q_sample
+from diffusion.ddpm import q_sample, stratified_timesteps
 from diffusion.schedule import Schedule
 from models.ddpm.unet import UNet, removable_units
 from pruning.importance import accumulate_gradients
@@ -70,8 +70,7 @@ def make_calibration(images: torch.Tensor, schedule: Schedule, *, size: int = DE
     g = torch.Generator().manual_seed(seed)
     T = schedule.num_timesteps
     if timesteps == "stratified":
-        u = (torch.arange(size, dtype=torch.float64) + torch.rand(size, generator=g, dtype=torch.float64)) / size
-        t = (u * T).long().clamp_(0, T - 1)[torch.randperm(size, generator=g)]
+        t = stratified_timesteps(size, T, g)
     else:
         t = torch.randint(0, T, (size,), generator=g)
     x0 = images[torch.arange(size) % images.shape[0]].float().cpu()
@@ -113,13 +112,14 @@ def output_losses(model: UNet, calib: Calibration, subsets: Sequence[frozenset[s
 @dataclass
 class CriterionInputs:
     """What the criteria may need. ``calib``: output-loss. ``x0``, ``schedule``, ``thr``, ``micro_batch``,
-    ``max_timesteps``: taylor (its ONE gradient batch, as Diff-Pruning). ``seed``: random (and taylor's noise)."""
+    ``max_timesteps``: taylor (its ONE gradient batch, as Diff-Pruning; their defaults live in the spec,
+    pruning/layers/spec.py). ``seed``: random (and taylor's noise). ``batch_size``: samples per batched forward."""
 
     calib: Calibration | None = None
     x0: torch.Tensor | None = None
     schedule: Schedule | None = None
-    thr: float = 0.05
-    micro_batch: int = 8
+    thr: float | None = None
+    micro_batch: int | None = None
     max_timesteps: int | None = None
     seed: int = 0
     batch_size: int = 256

@@ -67,9 +67,7 @@ def find_units(model: UNet) -> list[Unit]:
     order, with its parameter and MAC savings measured on the model as it is (channel-pruned widths included)."""
     _check_unet(model)
     c = model.config
-    device = next(model.parameters()).device
-    macs = count_macs(model, (torch.zeros(1, c.in_channels, c.image_size, c.image_size, device=device),
-                              torch.ones(1, device=device)))
+    macs = count_macs(model, model.example_inputs())
     units = []
     for path in removable_units(c):
         if path in c.removed:

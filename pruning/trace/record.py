@@ -16,9 +16,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from common.errors import UserError
 
-class UnsupportedOpError(RuntimeError):
-    """An op read channel-labelled tensors and the tracer does not know how channels flow through it."""
+
+class UnsupportedOpError(UserError, RuntimeError):
+    """An op read channel-labelled tensors and the tracer does not know how channels flow through it: a
+    property of the user's model, printed by the scripts as one line (a UserError; a RuntimeError as before)."""
 
     def __init__(self, op: str, module: str, detail: str):
         self.op, self.module, self.detail = op, module, detail

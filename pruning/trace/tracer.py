@@ -37,6 +37,7 @@ import torch
 from torch import nn
 from torch.overrides import TorchFunctionMode
 
+from common.errors import UserError
 from pruning.trace.autograd_order import module_order
 from pruning.trace.ops import RULES, layer_rule, lookup, op_name, opaque
 from pruning.trace.record import Call, Recorder, Trace, UnsupportedOpError, on_dim, tensors
@@ -120,8 +121,9 @@ class _Mode(TorchFunctionMode):
 _FAILED = object()
 
 
-class ForwardFailed(RuntimeError):
-    """The traced model's own forward raised; ``module`` is the innermost module running at the time."""
+class ForwardFailed(UserError, RuntimeError):
+    """The traced model's own forward raised on the example inputs; ``module`` is the innermost module running
+    at the time (a UserError: the scripts print it as one line, ``--debug`` shows the traceback)."""
 
     def __init__(self, module: str, error: Exception):
         self.module, self.error = module, error

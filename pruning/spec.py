@@ -1,0 +1,197 @@
+"""``ChannelPruning``: the one frozen, self-checking description of a channel-pruning run.
+
+    spec = ChannelPruning(method="diff-pruning", ratio=0.3, thr=0.05, batch_size=128)
+    model, report = prune(model, model.example_inputs(), spec, data=x0)      # pruning/api.py
+
+Every option has ONE default, defined here (``DEFAULTS``). ``__post_init__`` checks the whole spec once, before
+any work, with one-line errors, and fills in the defaults the chosen method uses; an option the method does
+not read is an error rather than silently ignored (``--method magnitude --thr 0.9`` would otherwise look like
+a threshold run). What it holds is what was asked; ``PruneReport`` says what that came to (the ratio a target
+reached). ``to_dict`` / ``from_dict`` round-trip through JSON: prune.py writes the spec into the pruned
+checkpoint and the run folder, and ``prune.py --replay`` rebuilds it.
+
+Methods (the paper's names, Fang, Ma & Wang 2023, arXiv 2305.10924, Table 1, and its code
+VainF/Diff-Pruning ``ddpm_exp/prune.py``):
+
+    random               i.i.d. uniform scores (seeded)
+    magnitude            squared L2 norm of each channel's weight slices
+    taylor               the paper's Taylor row: the Diff-Pruning score sum (W G)^2 with G summed over ALL
+                         timesteps (diff-pruning at thr 0; the reference's ``--pruner taylor``)
+    taylor-first-order   first-order Taylor per slice, |sum_k w_k G_k| (Molchanov et al. 2019), G over all
+                         timesteps (what the reference's LDM script calls taylor with ``multivariable=True``)
+    diff-pruning         the paper: (W G)^2 with G summed over t up to the first L_t < thr * L_max
+    scratch              random pruning, then the pruned structure re-initialised
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+from pruning.select import HEAD_MODES
+from pruning.trace.record import ATTN_GROUPINGS
+
+METHODS = ("random", "magnitude", "taylor", "taylor-first-order", "diff-pruning", "scratch")
+GRADIENT_METHODS = ("taylor", "taylor-first-order", "diff-pruning")
+SCOPES = ("local", "global")
+# "sequential": the paper's code, each group scored on the partly pruned network, in its visiting order.
+# "dense": every group scored on the dense network, so the result does not depend on any order.
+SCORINGS = ("sequential", "dense")
+ATTN_SCALES = ("pruned", "dense")  # models/ddpm/config.py's attn_scale
+
+# One default per option. Options in GRADIENT_ONLY take theirs only for a gradient method; thr only for
+# diff-pruning (taylor's G runs over every timestep by definition).
+DEFAULTS: dict[str, Any] = {
+    "ratio": 0.3,        # the paper's per-group channel sparsity (ch_sparsity)
+    "thr": 0.05,         # the paper's CIFAR-10 threshold
+    "batch_size": 128,   # images of the ONE gradient batch: the paper's code uses 128 CIFAR-10 images
+    "micro_batch": 64,   # samples per forward/backward of the gradient pass (memory only: same result)
+}
+GRADIENT_ONLY = ("batch_size", "micro_batch", "max_timesteps")
+
+
+def check_fraction(name: str, value: Any, *, closed_low: bool = False) -> None:
+    """``value`` is a finite number in (0, 1) ([0, 1) with ``closed_low``); else a one-line ValueError."""
+    low_ok = (lambda v: v >= 0.0) if closed_low else (lambda v: v > 0.0)
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+            or not low_ok(value) or not value < 1.0:
+        raise ValueError(f"{name} must be a fraction in {'[0' if closed_low else '(0'}, 1), got {value!r}")
+
+
+def check_whole(name: str, value: Any, minimum: int = 1) -> None:
+    """``value`` is None or an int >= ``minimum``; else a one-line ValueError."""
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < minimum):
+        raise ValueError(f"{name} must be a whole number >= {minimum}, got {value!r}")
+
+
+def check_choice(name: str, value: Any, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+
+
+def _fill(spec: Any, name: str, value: Any) -> None:
+    object.__setattr__(spec, name, value)  # a frozen dataclass completes itself once, in __post_init__
+
+
+def one_target(spec: Any) -> tuple[str, float] | None:
+    """("params" | "macs", fraction) of a spec's target, None without one; both at once is an error."""
+    if spec.target_params is not None and spec.target_macs is not None:
+        raise ValueError("give target_params or target_macs, not both")
+    for kind in ("params", "macs"):
+        value = getattr(spec, f"target_{kind}")
+        if value is not None:
+            check_fraction(f"target_{kind}", value)
+            return kind, float(value)
+    return None
+
+
+def spec_dict(spec: Any) -> dict[str, Any]:
+    """The spec as plain JSON values (tuples become lists)."""
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(spec).items()}
+
+
+def spec_from_dict(cls: type, data: Mapping[str, Any]) -> Any:
+    """``cls(**data)`` with a one-line error naming unknown keys (a spec.json of another version)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no option(s) {unknown}; known: {sorted(names)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
+
+
+@dataclass(frozen=True)
+class ChannelPruning:
+    """What to prune and how (see the module docstring for the methods). ``None`` means "the default where the
+    method uses the option"; after construction every used option holds its value, unused ones None."""
+
+    method: str = "diff-pruning"
+    ratio: float | None = None          # per-group sparsity (local) or global fraction; default 0.3 without a target
+    target_params: float | None = None  # fraction of the parameters to remove instead of a ratio (bisection) ...
+    target_macs: float | None = None    # ... or of the MACs (paper convention)
+    thr: float | None = None            # diff-pruning: stop at the first t with L_t < thr * L_max; default 0.05
+    scope: str = "local"                # local (the paper) | global ranking
+    scoring: str = "sequential"         # sequential (the paper's code) | dense
+    attn_grouping: str = "joint"        # joint (q, k, v and proj_out's input: the paper's code) | split
+    head_mode: str = "channels"         # channels | heads (remove whole attention heads)
+    attn_scale: str | None = None       # pruned | dense softmax scale after pruning (None: the model's own)
+    round_to: int | None = None         # keep pruned widths multiples of this (local rule, channels)
+    ignored: tuple[str, ...] = ()       # module paths whose output channels are kept
+    batch_size: int | None = None       # gradient methods: images of the one gradient batch; default 128
+    micro_batch: int | None = None      # gradient methods: samples per forward/backward; default 64
+    max_timesteps: int | None = None    # gradient methods: cap on the timesteps of the gradient pass
+    seed: int = 0                       # random scores, the noise draw eps, scratch's re-init
+
+    def __post_init__(self) -> None:
+        check_choice("method", self.method, METHODS)
+        for name, choices in (("scope", SCOPES), ("scoring", SCORINGS), ("attn_grouping", ATTN_GROUPINGS),
+                              ("head_mode", HEAD_MODES)):
+            check_choice(name, getattr(self, name), choices)
+        if self.attn_scale is not None:
+            check_choice("attn_scale", self.attn_scale, ATTN_SCALES)
+        if self.ratio is not None and (self.target_params is not None or self.target_macs is not None):
+            raise ValueError(f"give ratio or a target (target_params / target_macs), not both: the target sets the "
+                             f"ratio, got ratio={self.ratio!r}")
+        if one_target(self) is None:
+            _fill(self, "ratio", DEFAULTS["ratio"] if self.ratio is None else self.ratio)
+            if isinstance(self.ratio, bool) or not isinstance(self.ratio, (int, float)) \
+                    or not math.isfinite(self.ratio) or not 0.0 <= self.ratio < 1.0:
+                raise ValueError(f"ratio (the pruning ratio) must be in [0, 1), got {self.ratio!r}")
+        if self.method == "diff-pruning":
+            _fill(self, "thr", DEFAULTS["thr"] if self.thr is None else self.thr)
+            if isinstance(self.thr, bool) or not isinstance(self.thr, (int, float)) or not math.isfinite(self.thr):
+                raise ValueError(f"thr must be a finite number in [0, 1], got {self.thr!r}")
+            if not 0.0 <= self.thr <= 1.0:
+                raise ValueError(f"thr must be in [0, 1], got {self.thr}: the gradient loop stops at the first t with "
+                                 f"L_t < thr * L_max, so thr > 1 would stop at t = 0 before any gradient")
+        elif self.thr is not None:
+            why = ("uses every timestep (it is diff-pruning at thr 0)" if self.method in GRADIENT_METHODS
+                   else "reads no gradient")
+            raise ValueError(f"thr applies to method 'diff-pruning' only: {self.method!r} {why}; got thr={self.thr!r}")
+        for name in GRADIENT_ONLY:
+            value = getattr(self, name)
+            if self.method not in GRADIENT_METHODS:
+                if value is not None:
+                    raise ValueError(f"{name} applies to the gradient methods {GRADIENT_METHODS} only; method "
+                                     f"{self.method!r} reads no gradient, got {name}={value!r}")
+                continue
+            if value is None and name in DEFAULTS:
+                _fill(self, name, DEFAULTS[name])
+            check_whole(name, getattr(self, name))
+        check_whole("round_to", self.round_to)
+        if self.round_to and self.round_to > 1 and (self.scope != "local" or self.head_mode != "channels"):
+            raise ValueError(f"round_to applies to the local rule with head_mode 'channels', got scope={self.scope!r}, "
+                             f"head_mode={self.head_mode!r}")
+        if isinstance(self.ignored, str) or not all(isinstance(p, str) for p in self.ignored):
+            raise ValueError(f"ignored must be a sequence of module paths, got {self.ignored!r}")
+        _fill(self, "ignored", tuple(self.ignored))
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be a whole number, got {self.seed!r}")
+
+    @property
+    def gradient(self) -> bool:
+        return self.method in GRADIENT_METHODS
+
+    @property
+    def gradient_thr(self) -> float:
+        """The threshold the gradient pass applies: thr for diff-pruning, 0 (every timestep) for both taylors."""
+        return float(self.thr) if self.method == "diff-pruning" else 0.0
+
+    @property
+    def target(self) -> tuple[str, float] | None:
+        return one_target(self)
+
+    def to_dict(self) -> dict[str, Any]:
+        return spec_dict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "ChannelPruning":
+        return spec_from_dict(cls, data)
+
+    @classmethod
+    def applicable(cls, **options: Any) -> "ChannelPruning":
+        """The spec of ``options`` less those the method does not read (a sweep over methods passes one set of
+        options to all of them); only this explicit call drops options instead of refusing them."""
+        method = options.get("method", "diff-pruning")
+        unused = (() if method == "diff-pruning" else ("thr",)) + (() if method in GRADIENT_METHODS else GRADIENT_ONLY)
+        return cls(**{k: v for k, v in options.items() if k not in unused})
