@@ -8,6 +8,8 @@
     single_file.py      an original-layout SD-v1.x .ckpt/.safetensors -> ``Pipeline``
     hub.py              pipelines by hub name (the same cache and offline error as models/hub.py)
     text_to_image.py    prompt -> images: text encoding, guidance, a scheduler, the VAE decode
+    save.py             a Pipeline -> a pipeline folder (pruned U-Nets included)
+    vq_model.py, class_embedder.py, presets.py   the CompVis LDMs' VQ autoencoder, class token, cin256-v2 layout
 
 ``load_latent(source)`` takes any of these sources; ``models.load`` sends them here (``is_latent_source``).
 """
@@ -23,6 +25,7 @@ from torch import nn
 from models.pipelines.component import BUILDERS, class_name, load_component, read_config
 from models.pipelines.hub import KNOWN_PIPELINES, fetch_pipeline
 from models.pipelines.pipeline import KINDS, Pipeline, load_pipeline
+from models.pipelines.save import save_pipeline
 from models.pipelines.single_file import is_single_file, load_single_file
 
 
@@ -73,5 +76,5 @@ def load_latent(source: str | os.PathLike, *, variant: str | None = None, dtype:
     return load_single_file(path, config=config, dtype=dtype, ema=ema)
 
 
-__all__ = ["Pipeline", "KINDS", "load_pipeline", "load_component", "load_single_file", "load_latent",
+__all__ = ["Pipeline", "KINDS", "load_pipeline", "load_component", "load_single_file", "load_latent", "save_pipeline",
            "is_latent_source", "fetch_pipeline", "KNOWN_PIPELINES"]

@@ -38,6 +38,8 @@ LEGACY_ATTENTION_NAMES = {"to_q": "query", "to_k": "key", "to_v": "value", "to_o
 def _unet(config: dict) -> nn.Module:
     from models.sd.config import UNetConditionConfig
     from models.sd.unet import UNet2DConditionModel
+    if "_diffprune_config" in config:  # a pruned U-Net (models/pipelines/save.py): this project's own config
+        return UNet2DConditionModel(UNetConditionConfig.from_dict(config["_diffprune_config"]))
     return UNet2DConditionModel(UNetConditionConfig.from_diffusers(config))
 
 

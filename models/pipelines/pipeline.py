@@ -140,7 +140,10 @@ def pipeline_kind(listed: dict[str, str], unet_config: dict | None) -> str:
         return "sdxl"
     if "text_encoder" not in listed and "tokenizer" not in listed:
         return "ldm"
-    return "sd2" if (unet_config or {}).get("cross_attention_dim") == 1024 else "sd1"
+    unet_config = unet_config or {}
+    cross = unet_config.get("_diffprune_config", unet_config).get("cross_attention_dim")
+    cross = cross[0] if isinstance(cross, (list, tuple)) and cross else cross  # per level in a pruned config
+    return "sd2" if cross == 1024 else "sd1"
 
 
 def check_pipeline_folder(folder: str | os.PathLike) -> tuple[str, dict[str, str]]:

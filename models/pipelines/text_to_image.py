@@ -79,7 +79,7 @@ def layout_info(layout: dict, source: str) -> PipelineInfo:
     from models.pipelines.class_embedder import ClassEmbedderConfig
     from models.pipelines.pipeline import listed_components, pipeline_kind
     listed = listed_components(layout["model_index"])
-    unet = layout["unet"]
+    unet = layout["unet"].get("_diffprune_config", layout["unet"])  # a pruned U-Net's own config, same field names
     vae = layout["vae" if "vae" in listed else "vqvae"]
     sample = unet.get("sample_size") or 64
     sample = sample[0] if isinstance(sample, list) else sample
