@@ -187,3 +187,17 @@ def test_a_hub_pipeline_is_checked_on_its_configs_before_its_weights(folders, tm
     with pytest.raises(ValueError, match="is not class-conditional"):
         generate.main(_cfg("nota-ai/bk-sdm-small", tmp_path, class_label=3))
     assert asked == [False]
+
+
+def test_a_half_precision_vae_with_force_upcast_decodes_in_float32(pipe):
+    from models.pipelines.text_to_image import decode
+    latents = torch.randn(1, 4, 8, 8, generator=torch.Generator().manual_seed(0))
+    reference = decode(pipe.vae, latents)
+    pipe.vae.half()
+    try:
+        assert pipe.vae.config.force_upcast
+        images = decode(pipe.vae, latents)
+        assert next(pipe.vae.parameters()).dtype == torch.float16  # restored
+        torch.testing.assert_close(images, reference, atol=2e-2, rtol=0)  # only the weights' rounding differs
+    finally:
+        pipe.vae.float()

@@ -230,7 +230,21 @@ def generate(pipe: Pipeline, request: Request, indices: Sequence[int], *, progre
         x_T = initial_latents(request.seed, batch, latent_shape, device=device)  # (B, C, h, w) float32
         denoiser = GuidedDenoiser(pipe.unet, cond, uncond, scale)
         latents = sample_loop(make_scheduler(config, request.steps), denoiser, x_T, progress=progress)
-        vae_dtype = next(pipe.vae.parameters()).dtype
-        images = pipe.vae.decode(pipe.vae.from_latent(latents.to(vae_dtype)))  # (B, 3, H, W) in about [-1, 1]
-        out.append(((images.float() + 1) / 2).clamp(0, 1).cpu())
+        out.append(((decode(pipe.vae, latents) + 1) / 2).clamp(0, 1).cpu())
     return torch.cat(out) if out else torch.empty(0, 3, H, W)
+
+
+def decode(vae, latents: torch.Tensor) -> torch.Tensor:
+    """Latents (B, C, h, w) -> images (B, 3, H, W) float32 in about [-1, 1]. A float16 VAE whose config says
+    ``force_upcast`` (SDXL's, whose activations overflow float16) decodes in float32, as the reference does;
+    the VAE is returned to float16 afterwards."""
+    dtype = next(vae.parameters()).dtype
+    upcast = dtype == torch.float16 and getattr(vae.config, "force_upcast", False)
+    if upcast:
+        vae.float()
+    try:
+        work = torch.float32 if upcast else dtype
+        return vae.decode(vae.from_latent(latents.to(work))).float()
+    finally:
+        if upcast:
+            vae.to(dtype)
