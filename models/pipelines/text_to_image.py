@@ -188,6 +188,28 @@ def _to(c: Conditioning, dtype: torch.dtype) -> Conditioning:
     return Conditioning(states, added, c.class_labels)
 
 
+def conditioning(pipe: Pipeline, request: Request, B: int, size: tuple[int, int], scale: float, *,
+                 device: torch.device, dtype: torch.dtype) -> tuple[Conditioning, Conditioning | None]:
+    """(conditional, unconditional or None) U-Net inputs for a batch of B samples of ``request`` (module
+    docstring); the unconditional half only when scale > 1."""
+    cond, uncond = Conditioning(), None
+    if pipe.has_text:
+        cond = text_conditioning(pipe, [request.prompt] * B, size)
+        if scale > 1:
+            uncond = text_conditioning(pipe, [request.negative_prompt or ""] * B, size)
+            if request.negative_prompt is None and pipe.force_zeros_for_empty_prompt:
+                uncond = _zeros_like(uncond)
+    if request.class_label is not None:
+        labels = torch.full((B,), request.class_label, dtype=torch.long, device=device)
+        if pipe.class_embedder is None:
+            return Conditioning(class_labels=labels), None  # num_class_embeds: added to the time embedding
+        # A class token for cross-attention (the CompVis ImageNet LDM); "no class" is the unconditional input.
+        cond = Conditioning(encoder_hidden_states=pipe.class_embedder(labels))
+        if scale > 1:
+            uncond = Conditioning(encoder_hidden_states=pipe.class_embedder.unconditional(B, device))
+    return _to(cond, dtype), (None if uncond is None else _to(uncond, dtype))
+
+
 @torch.inference_mode()
 def generate(pipe: Pipeline, request: Request, indices: Sequence[int], *, progress: bool = False) -> torch.Tensor:
     """Images for the global sample ``indices`` of ``request`` (its seed): (N, 3, H, W) float32 in [0, 1], CPU."""
@@ -195,38 +217,16 @@ def generate(pipe: Pipeline, request: Request, indices: Sequence[int], *, progre
     check_request(info, request)
     scale = resolved_guidance(info, request)
     H, W = image_size(info, request)
-    device = next(pipe.unet.parameters()).device
-    dtype = next(pipe.unet.parameters()).dtype
+    device, dtype = next(pipe.unet.parameters()).device, next(pipe.unet.parameters()).dtype
     latent_shape = (pipe.latent_channels, H // pipe.vae_scale, W // pipe.vae_scale)
     config = pipe.scheduler_config(request.scheduler)
     out = []
     for start in range(0, len(indices), request.batch_size):
         batch = [int(i) for i in indices[start:start + request.batch_size]]
-        B = len(batch)
-        cond, uncond = Conditioning(), None
-        if pipe.has_text:
-            with warnings.catch_warnings():
-                if start > 0:  # the tokenizer's truncation warning, once per call rather than per batch
-                    warnings.simplefilter("ignore")
-                cond = text_conditioning(pipe, [request.prompt] * B, (H, W))
-            if scale > 1:
-                negative = request.negative_prompt or ""
-                with warnings.catch_warnings():
-                    if start > 0:
-                        warnings.simplefilter("ignore")
-                    uncond = text_conditioning(pipe, [negative] * B, (H, W))
-                if request.negative_prompt is None and pipe.force_zeros_for_empty_prompt:
-                    uncond = _zeros_like(uncond)
-                uncond = _to(uncond, dtype)
-            cond = _to(cond, dtype)
-        if request.class_label is not None:
-            labels = torch.full((B,), request.class_label, dtype=torch.long, device=device)
-            if pipe.class_embedder is not None:  # a class token for cross-attention (the CompVis ImageNet LDM)
-                cond = _to(Conditioning(encoder_hidden_states=pipe.class_embedder(labels)), dtype)
-                if scale > 1:
-                    uncond = _to(Conditioning(encoder_hidden_states=pipe.class_embedder.unconditional(B, device)), dtype)
-            else:
-                cond = Conditioning(class_labels=labels)
+        with warnings.catch_warnings():
+            if start > 0:  # the tokenizer's truncation warning: once per call, not once per batch
+                warnings.simplefilter("ignore")
+            cond, uncond = conditioning(pipe, request, len(batch), (H, W), scale, device=device, dtype=dtype)
         x_T = initial_latents(request.seed, batch, latent_shape, device=device)  # (B, C, h, w) float32
         denoiser = GuidedDenoiser(pipe.unet, cond, uncond, scale)
         latents = sample_loop(make_scheduler(config, request.steps), denoiser, x_T, progress=progress)
