@@ -201,3 +201,18 @@ def test_a_half_precision_vae_with_force_upcast_decodes_in_float32(pipe):
         torch.testing.assert_close(images, reference, atol=2e-2, rtol=0)  # only the weights' rounding differs
     finally:
         pipe.vae.float()
+
+
+def test_one_prompt_or_label_per_sample(pipe, folders):
+    """generate(prompts=...): sample k gets prompts[k], the same image as asking for that prompt alone."""
+    request = Request(guidance_scale=2.0, steps=1, batch_size=2)
+    both = generate_images(pipe, request, [0, 1], prompts=["red circle", "blue square"])
+    second = generate_images(pipe, Request(**{**request.__dict__, "prompt": "blue square"}), [1])
+    torch.testing.assert_close(both[1:], second, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="1 prompts for 2 sample indices"):
+        generate_images(pipe, request, [0, 1], prompts=["red circle"])
+    labelled = load_pipeline(folders["class"])
+    images = generate_images(labelled, Request(steps=1), [0, 1], class_labels=[2, 9])
+    assert images.shape[0] == 2
+    with pytest.raises(ValueError, match="class label 12 is out of range"):
+        generate_images(labelled, Request(steps=1), [0, 1], class_labels=[2, 12])

@@ -16,6 +16,7 @@ uses zeros when no negative prompt is given (``force_zeros_for_empty_prompt``; a
 """
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from dataclasses import dataclass
 from typing import Sequence
@@ -188,19 +189,22 @@ def _to(c: Conditioning, dtype: torch.dtype) -> Conditioning:
     return Conditioning(states, added, c.class_labels)
 
 
-def conditioning(pipe: Pipeline, request: Request, B: int, size: tuple[int, int], scale: float, *,
-                 device: torch.device, dtype: torch.dtype) -> tuple[Conditioning, Conditioning | None]:
-    """(conditional, unconditional or None) U-Net inputs for a batch of B samples of ``request`` (module
-    docstring); the unconditional half only when scale > 1."""
+def conditioning(pipe: Pipeline, request: Request, prompts: Sequence[str], labels: Sequence[int] | None,
+                 size: tuple[int, int], scale: float, *, device: torch.device, dtype: torch.dtype
+                 ) -> tuple[Conditioning, Conditioning | None]:
+    """(conditional, unconditional or None) U-Net inputs for a batch with these ``prompts`` (one per sample)
+    and class ``labels`` (one per sample, or None) of ``request`` (module docstring); the unconditional half
+    only when scale > 1."""
+    B = len(prompts)
     cond, uncond = Conditioning(), None
     if pipe.has_text:
-        cond = text_conditioning(pipe, [request.prompt] * B, size)
+        cond = text_conditioning(pipe, list(prompts), size)
         if scale > 1:
             uncond = text_conditioning(pipe, [request.negative_prompt or ""] * B, size)
             if request.negative_prompt is None and pipe.force_zeros_for_empty_prompt:
                 uncond = _zeros_like(uncond)
-    if request.class_label is not None:
-        labels = torch.full((B,), request.class_label, dtype=torch.long, device=device)
+    if labels is not None:
+        labels = torch.tensor(list(labels), dtype=torch.long, device=device)
         if pipe.class_embedder is None:
             return Conditioning(class_labels=labels), None  # num_class_embeds: added to the time embedding
         # A class token for cross-attention (the CompVis ImageNet LDM); "no class" is the unconditional input.
@@ -211,10 +215,28 @@ def conditioning(pipe: Pipeline, request: Request, B: int, size: tuple[int, int]
 
 
 @torch.inference_mode()
-def generate(pipe: Pipeline, request: Request, indices: Sequence[int], *, progress: bool = False) -> torch.Tensor:
-    """Images for the global sample ``indices`` of ``request`` (its seed): (N, 3, H, W) float32 in [0, 1], CPU."""
+def generate(pipe: Pipeline, request: Request, indices: Sequence[int], *, prompts: Sequence[str] | None = None,
+             class_labels: Sequence[int] | None = None, progress: bool = False) -> torch.Tensor:
+    """Images for the global sample ``indices`` of ``request`` (its seed): (N, 3, H, W) float32 in [0, 1], CPU.
+
+    prompts / class_labels: one per index (e.g. the captions of a prompts file), instead of the request's
+    single ``prompt`` / ``class_label`` for every sample; each is checked like the request's.
+    """
     info = pipeline_info(pipe)
-    check_request(info, request)
+    n = len(indices)
+    if prompts is None and class_labels is None:
+        check_request(info, request)
+    else:
+        for name, values in (("prompts", prompts), ("class_labels", class_labels)):
+            if values is not None and len(values) != n:
+                raise ValueError(f"{len(values)} {name} for {n} sample indices: give one per index")
+        for k in range(n):  # every sample's own prompt / label must pass the request's checks
+            check_request(info, dataclasses.replace(
+                request, prompt=prompts[k] if prompts is not None else request.prompt,
+                class_label=class_labels[k] if class_labels is not None else request.class_label))
+    prompts = list(prompts) if prompts is not None else [request.prompt] * n
+    if class_labels is None and request.class_label is not None:
+        class_labels = [request.class_label] * n
     scale = resolved_guidance(info, request)
     H, W = image_size(info, request)
     device, dtype = next(pipe.unet.parameters()).device, next(pipe.unet.parameters()).dtype
@@ -222,11 +244,13 @@ def generate(pipe: Pipeline, request: Request, indices: Sequence[int], *, progre
     config = pipe.scheduler_config(request.scheduler)
     out = []
     for start in range(0, len(indices), request.batch_size):
-        batch = [int(i) for i in indices[start:start + request.batch_size]]
+        rows = slice(start, start + request.batch_size)
+        batch = [int(i) for i in indices[rows]]
         with warnings.catch_warnings():
             if start > 0:  # the tokenizer's truncation warning: once per call, not once per batch
                 warnings.simplefilter("ignore")
-            cond, uncond = conditioning(pipe, request, len(batch), (H, W), scale, device=device, dtype=dtype)
+            cond, uncond = conditioning(pipe, request, prompts[rows], None if class_labels is None else
+                                        class_labels[rows], (H, W), scale, device=device, dtype=dtype)
         x_T = initial_latents(request.seed, batch, latent_shape, device=device)  # (B, C, h, w) float32
         denoiser = GuidedDenoiser(pipe.unet, cond, uncond, scale)
         latents = sample_loop(make_scheduler(config, request.steps), denoiser, x_T, progress=progress)
