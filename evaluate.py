@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import sys
 import warnings
 from dataclasses import dataclass
@@ -129,24 +128,6 @@ def fid_setup(cfg: EvalConfig):
     return inception, stats, "fd_custom_inception", message
 
 
-def fid_reference_from_folder(cfg: EvalConfig, run_dir: Path, inception):
-    """(mu, sigma) of --fid-data, cached in the run folder and keyed by the folder and the weights."""
-    from metrics.fid import load_stats, save_stats, stats_for_folder
-
-    cached, key_file = run_dir / "fid_reference_stats.npz", run_dir / "fid_reference_stats.json"
-    key = {"fid_data": str(Path(cfg.fid_data).resolve()), "inception_sha256": inception.weights_sha256}
-    if cached.exists():
-        saved = json.loads(key_file.read_text()) if key_file.is_file() else None
-        if saved != key:
-            raise UserError(f"{cached} was computed from other data or Inception weights ({saved} vs {key}); "
-                            "evaluate into a new folder")
-        return load_stats(cached)
-    stats = stats_for_folder(cfg.fid_data, inception, device=cfg.device)
-    save_stats(cached, *stats, inception_sha256=inception.weights_sha256)
-    write_json(key_file, key)
-    return stats
-
-
 def heldout_loss_fn(cfg: EvalConfig, image_size: int, schedule: Schedule):
     """A HeldOutLoss over the first held-out images of ``cfg.data``, or (None, reason) when disabled.
     Data that cannot be read is an error (the user asked for it), raised before any sampling."""
@@ -228,7 +209,8 @@ def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats,
     rank = ctx.rank
     # 0. FID reference statistics of --fid-data, before any sampling (an unreadable image fails now).
     if rank == 0 and inception is not None and fid_stats is None:
-        fid_stats = fid_reference_from_folder(cfg, run_dir, inception)
+        from metrics.fid import cached_folder_stats  # keyed by the folder and the weights: a rerun reads it
+        fid_stats = cached_folder_stats(cfg.fid_data, inception, run_dir / "fid_reference_stats.npz", device=cfg.device)
     # 1. Sampling: every rank fills its share of every model's sample folder.
     if rank == 0:
         for src, name in names.items():

@@ -292,3 +292,26 @@ def stats_for_folder(folder: str | os.PathLike, model: Callable[[torch.Tensor], 
         raise ValueError(f"metrics/fid.py: folder {folder} holds {len(paths)} PNG/JPEG images, "
                          f"need at least {needed} (min_images={min_images})")
     return compute_stats(ImageFolder(paths), model, batch_size=batch_size, device=device, progress=progress)
+
+
+def cached_folder_stats(folder: str | os.PathLike, model, cache: str | os.PathLike, *,
+                        device: str | torch.device = "cpu") -> tuple[np.ndarray, np.ndarray]:
+    """``stats_for_folder`` of ``folder``, cached at ``cache`` (an .npz) beside a JSON key of the folder and of
+    ``model.weights_sha256``: a rerun reads the cache, and a cache of other data or weights is an error."""
+    import json
+
+    from common.runs import write_json
+
+    cache = Path(cache)
+    key_file = cache.with_suffix(".json")
+    key = {"fid_data": str(Path(folder).resolve()), "inception_sha256": model.weights_sha256}
+    if cache.exists():
+        saved = json.loads(key_file.read_text()) if key_file.is_file() else None
+        if saved != key:
+            raise ValueError(f"{cache} was computed from other data or Inception weights ({saved} vs {key}); "
+                             "evaluate into a new folder")
+        return load_stats(cache)
+    stats = stats_for_folder(folder, model, device=device)
+    save_stats(cache, *stats, inception_sha256=model.weights_sha256)
+    write_json(key_file, key)
+    return stats

@@ -15,8 +15,8 @@ import pytest
 import torch
 from PIL import Image
 
-from metrics.fid import (FeatureStats, InvalidStatsFile, compute_stats, frechet_distance, load_stats,
-                         save_stats, stats_for_folder, stats_from_features)
+from metrics.fid import (FeatureStats, InvalidStatsFile, cached_folder_stats, compute_stats, frechet_distance,
+                         load_stats, save_stats, stats_for_folder, stats_from_features)
 from metrics.ssim import consistency, ssim
 from metrics.inception import (FIDInceptionV3, InceptionWeightsMismatch, InceptionWeightsUnavailable,
                               fid_weights_cache_path, load_fid_inception)
@@ -290,6 +290,24 @@ def test_stats_for_folder(tmp_path):
     mu, sigma = stats_for_folder(tmp_path / "samples", MeanColour(), batch_size=2, progress=False)
     np.testing.assert_allclose(mu, expected[0], atol=1e-6)
     np.testing.assert_allclose(sigma, expected[1], atol=1e-6)
+
+
+def test_cached_folder_stats_are_keyed_by_folder_and_weights(tmp_path):
+    write_pngs(tmp_path / "a", torch.rand(4, 3, 12, 12))
+    write_pngs(tmp_path / "b", torch.rand(4, 3, 12, 12))
+    net = MeanColour()
+    net.weights_sha256 = "1" * 64
+    cache = tmp_path / "run" / "ref.npz"
+    cache.parent.mkdir()
+    first = cached_folder_stats(tmp_path / "a", net, cache)
+    np.testing.assert_array_equal(first[0], stats_for_folder(tmp_path / "a", net, progress=False)[0])
+    (tmp_path / "a" / "b" / "000.png").unlink()  # a rerun reads the cache, not the folder
+    np.testing.assert_array_equal(cached_folder_stats(tmp_path / "a", net, cache)[1], first[1])
+    with pytest.raises(ValueError, match="other data or Inception weights"):
+        cached_folder_stats(tmp_path / "b", net, cache)
+    net.weights_sha256 = "2" * 64
+    with pytest.raises(ValueError, match="other data or Inception weights"):
+        cached_folder_stats(tmp_path / "a", net, cache)
 
 
 def test_folder_with_too_few_images_raises(tmp_path):
