@@ -83,7 +83,7 @@ def markdown(r: dict) -> str:
     n = sorted({len(row["seeds"]) for row in r["rows"].values()})
     channel = {k: v for k, v in r["rows"].items() if not k.startswith("layer:")}
     layer = {k: v for k, v in r["rows"].items() if k.startswith("layer:")}
-    lines = [f"Pooled over {len(r['runs'])} runs ({'; '.join(f'`{c}`' for c in r['commands'])}): {n} seeds per row. "
+    lines = [f"Pooled over {len(r['runs'])} runs ({'; '.join(f'`{c}`' for c in r['commands'])}): {' or '.join(map(str, n))} seeds per row. "
              f"Mean ± std over the pooled seeds; verdicts by Welch's t-test, Holm-corrected within each claim "
              f"(alpha 0.05), with the difference of means (d, A minus B) and its 95% bootstrap interval.", "",
              "### Channel pruning at ratio 0.3", ""]
