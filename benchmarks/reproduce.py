@@ -53,8 +53,8 @@ from diffusion.schedule import DiffusionConfig, Schedule
 from metrics.probe import ProbeConfig, QualityProbe
 from models.checkpoint import save_checkpoint, training_steps
 from models.loading import load
-from pruning import prune
-from pruning.layers import make_calibration, prune_layers
+from pruning import ChannelPruning, prune
+from pruning.layers import LayerPruning, make_calibration, prune_layers
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -128,17 +128,19 @@ class Study:
             cpu0 = time.process_time()
             if method.startswith("layer:"):
                 criterion = method.split(":", 1)[1]
-                small, report = prune_layers(self.teacher, criterion=criterion, target_params=self.layer_target(),
-                                             images=self.images(seed, self.cfg.calib_size if criterion != "taylor"
-                                                                else self.cfg.batch_size),
-                                             calib_size=self.cfg.calib_size, thr=0.05, micro_batch=64, seed=seed)
+                spec = LayerPruning.applicable(criterion=criterion, target_params=self.layer_target(),
+                                               calib_size=self.cfg.calib_size, thr=0.05, batch_size=self.cfg.batch_size,
+                                               micro_batch=64, seed=seed)
+                small, report = prune_layers(self.teacher, spec, self.images(
+                    seed, self.cfg.calib_size if criterion != "taylor" else self.cfg.batch_size))
                 info = {"removed": report.removed, "target_params": self.layer_target()}
             else:
-                small, report = prune(load(self.cfg.teacher), self.example(), method=method, ratio=ratio,
-                                      data=self.images(seed, self.cfg.batch_size),
-                                      schedule=Schedule(DiffusionConfig(loss_reduction="sum")),
-                                      thr=thr if thr is not None else 0.05, micro_batch=64, seed=seed, progress=False,
-                                      max_timesteps=self.cfg.max_timesteps)
+                spec = ChannelPruning.applicable(method=method, ratio=ratio, thr=thr if thr is not None else 0.05,
+                                                 batch_size=self.cfg.batch_size, micro_batch=64, seed=seed,
+                                                 max_timesteps=self.cfg.max_timesteps)
+                small, report = prune(load(self.cfg.teacher), self.example(), spec,
+                                      self.images(seed, self.cfg.batch_size) if spec.gradient else None,
+                                      schedule=Schedule(DiffusionConfig(loss_reduction="sum")), progress=False)
                 if report.timesteps is not None:
                     ts = report.timesteps
                     info = {"kept_timesteps": len(ts.kept), "losses": ts.losses, "stopped_at": ts.stopped_at,

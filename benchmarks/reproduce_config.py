@@ -35,7 +35,7 @@ ALL_METHODS = CHANNEL + LAYER
 
 # The row -> what pruning.prune runs (method, threshold). The paper's "taylor" is diff-pruning at thr 0.0;
 # the first-order variant is pruning.importance's per-slice |sum_k w_k G_k|.
-FIRST_ORDER_METHOD = "taylor"  # pruning.prune's name of the first-order variant (renamed by the pruning spec)
+FIRST_ORDER_METHOD = "taylor-first-order"  # pruning.spec's name of the first-order variant
 PRUNE_AS = {"taylor": ("diff-pruning", 0.0), "taylor-first-order": (FIRST_ORDER_METHOD, None)}
 
 STUDIES: dict[str, dict] = {
