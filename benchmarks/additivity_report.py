@@ -53,6 +53,14 @@ def write_report(cfg, search, state: dict, measured: np.ndarray | None, check: d
         j = int(np.argmin(measured))
         optimum = {"removed": sorted(search.paths[i] for i in covers[j]), "loss": float(measured[j]),
                    "predicted": sum(se[search.paths[i]] for i in covers[j])}
+    partial_best = None
+    if measured is None and state["chunks"]:  # the best of the covers measured so far (a bound, not the optimum)
+        idx = [c["first"] + k for c in state["chunks"].values() for k in range(len(c["measured"]))]
+        vals = [v for c in state["chunks"].values() for v in c["measured"]]
+        j = int(np.argmin(vals))
+        partial_best = {"removed": sorted(search.paths[i] for i in covers[idx[j]]), "loss": float(vals[j]),
+                        "predicted": sum(se[search.paths[i]] for i in covers[idx[j]]) if se else None,
+                        "of_measured": len(vals)}
     sets = {tuple(x["removed"]): x for x in state["sets"]}
     rows = []
     for x in state["chosen"]:
@@ -83,7 +91,8 @@ def write_report(cfg, search, state: dict, measured: np.ndarray | None, check: d
               "unit_params": search.costs, "target_params_fraction": cfg.target_params, "target_params": search.target,
               "calibration": {"size": cfg.calib_size, "eval_seed": cfg.eval_seed, "check_seed": cfg.check_seed},
               "covers": len(covers), "covers_measured": sum(len(c["measured"]) for c in state["chunks"].values()),
-              "single_losses": singles, "dominant_unit": dominant, "optimum": optimum, "chosen": rows,
+              "single_losses": singles, "dominant_unit": dominant, "optimum": optimum,
+              "best_measured_so_far": partial_best, "chosen": rows,
               "pearson_per_size": pearsons, "check": check,
               "seconds_all_cells": round(sum(json.loads(p.read_text()).get("seconds", 0)
                                              for p in cells.directory.glob("*.json")), 1),
@@ -108,15 +117,29 @@ def markdown(r: dict) -> str:
              f"{r['environment'].get('torch', '?')}, written {r['written']}. Predicted = sum of the single-unit "
              f"losses L({{i}}) on the same calibration set.", ""]
     opt = r["optimum"]
-    lines += ["| criterion | seed | removed units | params removed | predicted sum | measured L(S) | measured / "
+    lines += ["| criterion | seeds | removed units | params removed | predicted sum | measured L(S) | measured / "
               "predicted | rank of L(S) | above optimum | L(S), 2nd calibration |", "|---|---|---|---|---|---|---|---|---|---|"]
     if opt:
         lines.append(f"| **optimum (exhaustive)** | - | {', '.join(opt['removed'])} | - | {opt['predicted']:.5f} | "
                      f"{opt['loss']:.5f} | {opt['loss'] / opt['predicted']:.2f} | 1 | 0% | "
                      f"{_f((r['check'] or {}).get('top_check', [None])[0], '.5f')} |")
+    groups: dict[tuple, list[int]] = {}
+    for x in r["chosen"]:  # one line per distinct set of a criterion, with the seeds that chose it
+        groups.setdefault((x["criterion"], tuple(x["removed"])), []).append(x["seed"])
+    seen = set()
+    pb = r.get("best_measured_so_far")
+    if pb:
+        lines.append(f"| best of the {pb['of_measured']} covers measured so far (not yet the optimum) | - | "
+                     f"{', '.join(pb['removed'])} | - | {_f(pb['predicted'], '.5f')} | {pb['loss']:.5f} | "
+                     f"{_f(pb['loss'] / pb['predicted'] if pb['predicted'] else None, '.2f')} | - | - | - |")
     for x in r["chosen"]:
+        key = (x["criterion"], tuple(x["removed"]))
+        if key in seen:
+            continue
+        seen.add(key)
         ratio = x["measured"] / x["predicted"] if x["measured"] is not None and x["predicted"] else None
-        lines.append(f"| {x['criterion']} ({x['solver']}) | {x['seed']} | {', '.join(x['removed'])} | "
+        seeds = ", ".join(map(str, groups[key]))
+        lines.append(f"| {x['criterion']} ({x['solver']}) | {seeds} | {', '.join(x['removed'])} | "
                      f"{x['params_removed']:,} | {_f(x['predicted'], '.5f')} | {_f(x['measured'], '.5f')} | "
                      f"{_f(ratio, '.2f')} | {x.get('rank', '-')} | "
                      f"{_f(x.get('excess_over_optimum'), '.0%') if 'excess_over_optimum' in x else '-'} | "
