@@ -72,8 +72,7 @@ class QualityProbe:
         return self.reference_images
 
     def __call__(self, model: nn.Module) -> dict:
-        c = model.config
-        macs = count_macs(model, (torch.zeros(1, 3, c.image_size, c.image_size), torch.ones(1)))
+        macs = count_macs(model, model.example_inputs())
         images = self.samples(model)
         out = {"params": macs.params, "macs_paper": macs.macs_paper, "heldout_loss": self.heldout(model.eval())}
         fd = self.fd.measure((images + 1) / 2)
