@@ -51,6 +51,7 @@ from models.checkpoint import check_state_dict, is_project_checkpoint, sniff_not
 from models.ddpm.config import PRESETS, ModelConfig, preset as get_preset
 from models.ddpm.convert import (config_from_diffusers, diffusers_to_ddim, infer_ddim_config, is_diffusers_naming,
                             is_tensor_dict, topology_mismatches, unpack_ddim_checkpoint, with_image_size)
+from models.ddpm.export import DIFFPRUNE_CONFIG
 from models.hub import DDIM_PREFIX, HUB_URL, fetch, fetch_ddim, looks_like_hub_name
 from models.ddpm.unet import UNet, count_parameters
 
@@ -259,7 +260,15 @@ def _from_diffusers(folder: Path, weights: Path | None, *, preset_name: str | No
         if weights is None:
             raise FileNotFoundError(f"{folder} has config.json but no weights: expected "
                                     f"{' or '.join(DIFFUSERS_WEIGHT_FILES)}")
-    config, notes = config_from_diffusers(cfg, source=str(config_path), image_size=image_size)
+    if DIFFPRUNE_CONFIG in cfg:  # written by models/ddpm/export.py: the full config, widths included
+        try:
+            config = ModelConfig.from_dict(cfg[DIFFPRUNE_CONFIG])
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{config_path}: key {DIFFPRUNE_CONFIG!r}: {e}") from e
+        notes = [f"architecture from {DIFFPRUNE_CONFIG} (this project's export, width table included)"]
+        config = config if image_size is None else with_image_size(config, image_size)
+    else:
+        config, notes = config_from_diffusers(cfg, source=str(config_path), image_size=image_size)
     config = _override(config, source=str(config_path), image_size=None, norm_groups=norm_groups, dropout=dropout,
                        notes=notes)
     _check_preset(config, preset_name, str(folder))

@@ -148,7 +148,8 @@ def test_diffusers_names_in_a_plain_file(golden, tmp_path):
     assert_golden(model, golden)
 
 
-@pytest.mark.parametrize("key, value", [("flip_sin_to_cos", True), ("downsample_padding", 1),
+# flip_sin_to_cos / freq_shift / downsample_padding=1 are supported (tests/test_diffusers_interop.py).
+@pytest.mark.parametrize("key, value", [("time_embedding_type", "fourier"), ("downsample_padding", 2),
                                         ("resnet_time_scale_shift", "scale_shift"), ("made_up_key", 3)])
 def test_diffusers_unsupported_setting_names_key_and_path(golden, tmp_path, key, value):
     folder = write_diffusers(tmp_path / "unet", golden["state_dict_diffusers_layout"], weights="safetensors",
@@ -158,11 +159,13 @@ def test_diffusers_unsupported_setting_names_key_and_path(golden, tmp_path, key,
     assert key in str(err.value) and str(folder / "config.json") in str(err.value)
 
 
-def test_diffusers_heads_must_be_uniform():
+def test_diffusers_heads_per_width():
     cfg = {**DIFFUSERS_CONFIG, "down_block_types": ["AttnDownBlock2D", "AttnDownBlock2D"],
            "up_block_types": ["AttnUpBlock2D", "AttnUpBlock2D"], "attention_head_dim": 16}
-    with pytest.raises(ValueError, match="attention_head_dim=16"):
-        config_from_diffusers(cfg, source="cfg.json")  # 32 channels -> 2 heads, 64 -> 4 heads
+    config, _ = config_from_diffusers(cfg, source="cfg.json")  # 32 channels -> 2 heads, 64 -> 4 heads
+    assert config.head_channels == 16 and models.UNet(config).widths()["mid.attn_1.heads"] == 4
+    with pytest.raises(ValueError, match="attention_head_dim=24"):
+        config_from_diffusers({**cfg, "attention_head_dim": 24}, source="cfg.json")
     config, _ = config_from_diffusers({**DIFFUSERS_CONFIG, "attention_head_dim": 32}, source="cfg.json")
     assert config.num_heads == 2 and config.attn_resolutions == (16,)
 

@@ -6,41 +6,38 @@ presence or as a plain attribute that ``pruning/surgery.py`` keeps up to date.
 """
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from models.sd.embeddings import sinusoidal_embedding
 
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding of (possibly fractional) timesteps, as in the DDPM/DDIM code.
+
+def timestep_embedding(t: torch.Tensor, dim: int, *, flip_sin_to_cos: bool = False, freq_shift: int = 1) -> torch.Tensor:
+    """Sinusoidal embedding of (possibly fractional) timesteps, as in the DDPM/DDIM code by default.
 
     emb[:, i] = sin(t * f_i) for i < half and cos(t * f_{i-half}) after, with
-    f_i = exp(-ln(10000) * i / (half - 1)); sin first, then cos (diffusers: flip_sin_to_cos=False,
-    freq_shift=1). An odd ``dim`` is zero-padded by one column.
+    f_i = exp(-ln(10000) * i / (half - freq_shift)); freq_shift=1, sin first is the DDPM's layout, diffusers'
+    UNet2DModel defaults to freq_shift=0 and cos first (flip_sin_to_cos). The formula is shared with the latent
+    family (models/sd/embeddings.py). An odd ``dim`` is zero-padded by one column.
 
     t: (B,) timesteps. Returns (B, dim).
     """
-    half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, dtype=torch.float32, device=t.device) / (half - 1))
-    args = t.float()[:, None] * freqs[None, :]  # (B, half)
-    emb = torch.cat([torch.sin(args), torch.cos(args)], dim=1)  # (B, 2*half)
-    if dim % 2 == 1:
-        emb = F.pad(emb, (0, 1))
-    return emb
+    return sinusoidal_embedding(t, dim, flip_sin_to_cos=flip_sin_to_cos, freq_shift=freq_shift)
 
 
 class TimeEmbedding(nn.Module):
     """Two-layer MLP on the sinusoidal embedding: Linear -> SiLU -> Linear (names as DDIM: temb.dense.{0,1})."""
 
-    def __init__(self, *, emb_ch: int, hidden_ch: int, out_ch: int):
+    def __init__(self, *, emb_ch: int, hidden_ch: int, out_ch: int, flip_sin_to_cos: bool = False, freq_shift: int = 1):
         super().__init__()
         self.emb_ch = emb_ch
+        self.flip_sin_to_cos, self.freq_shift = flip_sin_to_cos, freq_shift
         self.dense = nn.ModuleList([nn.Linear(emb_ch, hidden_ch), nn.Linear(hidden_ch, out_ch)])
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        emb = timestep_embedding(t, self.emb_ch)  # (B, emb_ch)
+        emb = timestep_embedding(t, self.emb_ch, flip_sin_to_cos=self.flip_sin_to_cos,
+                                 freq_shift=self.freq_shift)  # (B, emb_ch)
         return self.dense[1](F.silu(self.dense[0](emb)))  # (B, out_ch)
 
 
@@ -116,18 +113,21 @@ class AttnBlock(nn.Module):
 
 
 class Downsample(nn.Module):
-    """Halve H, W: pad (0, 1, 0, 1) then conv3x3 stride 2 (TF 'SAME' padding of the DDPM), or 2x2 avg-pool."""
+    """Halve H, W: pad (0, 1, 0, 1) then conv3x3 stride 2 (TF 'SAME' padding of the DDPM; ``padding=0``), or
+    conv3x3 stride 2 padding 1 (diffusers' default, ``padding=1``), or 2x2 avg-pool."""
 
-    def __init__(self, *, in_ch: int, out_ch: int, with_conv: bool):
+    def __init__(self, *, in_ch: int, out_ch: int, with_conv: bool, padding: int = 0):
         super().__init__()
         if not with_conv and in_ch != out_ch:
             raise ValueError(f"average-pool downsampling keeps the width, got {in_ch} -> {out_ch}")
-        self.conv = nn.Conv2d(in_ch, out_ch, 3, stride=2) if with_conv else None
+        self.padding = padding
+        self.conv = nn.Conv2d(in_ch, out_ch, 3, stride=2, padding=padding) if with_conv else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.conv is None:
             return F.avg_pool2d(x, kernel_size=2, stride=2)
-        return self.conv(F.pad(x, (0, 1, 0, 1)))
+        # padding 1 is inside the conv; padding 0 pads only the right and bottom (one asymmetric column/row).
+        return self.conv(x) if self.padding else self.conv(F.pad(x, (0, 1, 0, 1)))
 
 
 class Upsample(nn.Module):

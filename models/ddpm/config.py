@@ -45,6 +45,13 @@ class ModelConfig:
                        code's int(c)**-0.5, and what Diff-Pruning's pruned models do) or "dense" (the width
                        of the unpruned network, so pruning leaves the attention temperature unchanged).
                        Identical for an unpruned network.
+    flip_sin_to_cos:   time-embedding layout: False = [sin, cos] (the DDPM), True = [cos, sin] (diffusers' default).
+    freq_shift:        time-embedding frequencies f_i = 10000**(-i / (half - freq_shift)): 1 is the DDPM's,
+                       0 diffusers' default (and CompVis' LDMs).
+    downsample_padding: 0 = pad (0, 1, 0, 1) then a stride-2 conv (the DDPM's TF 'SAME'); 1 = the conv pads
+                       by one on every side (diffusers' default). Same weights, another function.
+    head_channels:     0: every attention block has ``num_heads`` heads; d > 0: a block of width w has w // d
+                       heads (diffusers' ``attention_head_dim``, where the head count varies by level).
     widths:            sorted (layer name, width) pairs overriding the dense widths (pruned models).
     removed:           sorted block paths whose residual branch is removed (layer-pruned models).
     """
@@ -62,6 +69,10 @@ class ModelConfig:
     norm_eps: float = 1e-6
     resamp_with_conv: bool = True
     attn_scale: str = "pruned"
+    flip_sin_to_cos: bool = False
+    freq_shift: int = 1
+    downsample_padding: int = 0
+    head_channels: int = 0
     widths: tuple[tuple[str, int], ...] = field(default=())
     removed: tuple[str, ...] = field(default=())
 
@@ -82,6 +93,18 @@ class ModelConfig:
             problems.append("ch_mult must name at least one level")
         if self.attn_scale not in ("pruned", "dense"):
             problems.append(f"attn_scale={self.attn_scale!r} must be 'pruned' or 'dense'")
+        if self.downsample_padding not in (0, 1):
+            problems.append(f"downsample_padding={self.downsample_padding} must be 0 (pad right/bottom) or 1")
+        if int(self.freq_shift) >= self.ch // 2:
+            problems.append(f"freq_shift={self.freq_shift} must be below half the embedding width ({self.ch // 2})")
+        if self.head_channels < 0:
+            problems.append(f"head_channels={self.head_channels} must be >= 0 (0: num_heads heads everywhere)")
+        elif self.head_channels:
+            # The attention levels and the middle block (at the last level's width) hold heads.
+            attn_mults = [m for i, m in enumerate(self.ch_mult) if self.image_size // 2 ** i in self.attn_resolutions]
+            bad = sorted({self.ch * m for m in attn_mults + [self.ch_mult[-1]] if self.ch * m % self.head_channels})
+            if bad:
+                problems.append(f"head_channels={self.head_channels} does not divide the level widths {bad}")
         if not 0.0 <= self.dropout < 1.0:
             problems.append(f"dropout={self.dropout} must be in [0, 1)")
         if self.image_size % (2 ** (len(self.ch_mult) - 1)) != 0:

@@ -281,22 +281,22 @@ DIFFUSERS_DEFAULTS: dict[str, Any] = {
     "num_class_embeds": None, "num_train_timesteps": None,
 }
 
-# Settings under which UNet2DModel computes a different function from the DDPM U-Net: (required value, why).
-_DIFFUSERS_REQUIRED: dict[str, tuple[Any, str]] = {
-    "center_input_sample": (False, "the DDPM feeds x_t unchanged"),
-    "time_embedding_type": ("positional", "the DDPM uses the sinusoidal embedding"),
-    "flip_sin_to_cos": (False, "the DDPM embedding puts sin before cos"),
-    "freq_shift": (1, "the DDPM frequencies are exp(-ln(10000) i / (half - 1))"),
-    "mid_block_type": ("UNetMidBlock2D", "the DDPM middle is ResBlock-attention-ResBlock"),
-    "mid_block_scale_factor": (1, "the DDPM does not rescale the middle block's output"),
-    "downsample_padding": (0, "the DDPM pads (0, 1, 0, 1) before its stride-2 conv; padding 1 is another network"),
-    "downsample_type": ("conv", "the DDPM downsamples with a strided conv"),
-    "upsample_type": ("conv", "the DDPM upsamples by nearest neighbour + conv"),
-    "act_fn": ("silu", "the DDPM uses SiLU (swish)"),
-    "resnet_time_scale_shift": ("default", "the DDPM adds the time embedding (no scale-shift)"),
-    "add_attention": (True, "the DDPM has attention in its middle block"),
-    "class_embed_type": (None, "class-conditional models are not supported"),
-    "num_class_embeds": (None, "class-conditional models are not supported"),
+# Settings under which UNet2DModel computes a function the DDPM U-Net cannot: (allowed values, why).
+# flip_sin_to_cos, freq_shift and downsample_padding are NOT here: they are ModelConfig fields (the same
+# network with another embedding layout or padding), mapped below.
+_DIFFUSERS_REQUIRED: dict[str, tuple[tuple[Any, ...], str]] = {
+    "center_input_sample": ((False,), "the DDPM feeds x_t unchanged"),
+    "time_embedding_type": (("positional",), "the DDPM uses the sinusoidal embedding"),
+    "mid_block_type": (("UNetMidBlock2D",), "the DDPM middle is ResBlock-attention-ResBlock"),
+    "mid_block_scale_factor": ((1,), "the DDPM does not rescale the middle block's output"),
+    "downsample_padding": ((0, 1), "only 0 (pad right/bottom, the DDPM) and 1 (diffusers) exist"),
+    "downsample_type": (("conv",), "the DDPM downsamples with a strided conv"),
+    "upsample_type": (("conv",), "the DDPM upsamples by nearest neighbour + conv"),
+    "act_fn": (("silu",), "the DDPM uses SiLU (swish)"),
+    "resnet_time_scale_shift": (("default",), "the DDPM adds the time embedding (no scale-shift)"),
+    "add_attention": ((True,), "the DDPM has attention in its middle block"),
+    "class_embed_type": ((None,), "class-conditional models are not supported"),
+    "num_class_embeds": ((None,), "class-conditional models are not supported"),
 }
 
 
@@ -307,80 +307,91 @@ def config_from_diffusers(cfg: Mapping[str, Any], *, source: str,
     sample_size -> image_size (``image_size`` overrides it, keeping the attention levels);
     block_out_channels -> ch = [0], ch_mult = [i] / [0]; layers_per_block -> num_res_blocks;
     Attn{Down,Up}Block2D positions -> attn_resolutions; norm_num_groups, norm_eps -> norm_*; dropout;
-    attention_head_dim -> num_heads = channels // attention_head_dim (null: one head), uniform over blocks.
-    Any setting that changes the function away from the DDPM U-Net, or a key this function does not know,
-    raises an "unsupported" error naming the key and value.
+    flip_sin_to_cos, freq_shift, downsample_padding -> the fields of the same names;
+    attention_head_dim -> num_heads = channels // attention_head_dim where that is one count for every
+    attention block, else head_channels = attention_head_dim (null: one head as wide as the block).
+    Every setting that changes the function away from the DDPM U-Net, and every key this function does not
+    know, is collected; one error lists them all ("unsupported UNet2DModel settings: a=..., b=...").
     """
-    def unsupported(key: str, value: Any, why: str) -> ValueError:
-        return ValueError(f"{source}: unsupported UNet2DModel setting {key}={value!r}: {why}")
+    problems: list[str] = []
+
+    def unsupported(key: str, value: Any, why: str) -> None:
+        problems.append(f"{key}={value!r} ({why})")
 
     if cfg.get("_class_name", "UNet2DModel") != "UNet2DModel":
-        raise unsupported("_class_name", cfg["_class_name"], "only UNet2DModel holds the DDPM U-Net")
+        unsupported("_class_name", cfg["_class_name"], "only UNet2DModel holds the DDPM U-Net")
     unknown = sorted(k for k in cfg if not k.startswith("_") and k not in DIFFUSERS_DEFAULTS)
-    if unknown:
-        raise ValueError(f"{source}: unknown UNet2DModel config key(s) {unknown}; diffprune cannot tell whether "
-                         "they change the network")
+    for key in unknown:
+        unsupported(key, cfg[key], "unknown key: diffprune cannot tell whether it changes the network")
     c = {**DIFFUSERS_DEFAULTS, **{k: v for k, v in cfg.items() if not k.startswith("_")}}
-    for key, (required, why) in _DIFFUSERS_REQUIRED.items():
-        if c[key] != required:
-            raise unsupported(key, c[key], f"needs {required!r} ({why})")
+    for key, (allowed, why) in _DIFFUSERS_REQUIRED.items():
+        if c[key] not in allowed:
+            unsupported(key, c[key], f"needs {' or '.join(map(repr, allowed))}: {why}")
+    if not isinstance(c["flip_sin_to_cos"], bool):
+        unsupported("flip_sin_to_cos", c["flip_sin_to_cos"], "needs true or false")
+    if not isinstance(c["freq_shift"], int) or isinstance(c["freq_shift"], bool):
+        unsupported("freq_shift", c["freq_shift"], "needs an integer")
 
     channels = [int(w) for w in c["block_out_channels"]]
     down, up = list(c["down_block_types"]), list(c["up_block_types"])
     if not len(down) == len(up) == len(channels):
-        raise unsupported("down_block_types", down, f"needs one down and one up block per entry of "
-                          f"block_out_channels={channels} (up_block_types={up})")
+        unsupported("down_block_types", down, f"needs one down and one up block per entry of "
+                    f"block_out_channels={channels} (up_block_types={up})")
     for key, types, allowed in (("down_block_types", down, ("DownBlock2D", "AttnDownBlock2D")),
                                 ("up_block_types", up, ("UpBlock2D", "AttnUpBlock2D"))):
         bad = [t for t in types if t not in allowed]
         if bad:
-            raise unsupported(key, types, f"blocks {bad} are not DDPM blocks (allowed: {list(allowed)})")
+            unsupported(key, types, f"blocks {bad} are not DDPM blocks (allowed: {list(allowed)})")
     attn = [i for i, t in enumerate(down) if t == "AttnDownBlock2D"]
     # The DDPM decoder mirrors the encoder: level i has attention on both sides or on neither.
     mirrored = [i for i, t in enumerate(reversed(up)) if t == "AttnUpBlock2D"]
     if attn != mirrored:
-        raise unsupported("up_block_types", up, f"attention sits at encoder levels {attn} but at decoder levels "
-                          f"{mirrored}; the DDPM U-Net mirrors them")
+        unsupported("up_block_types", up, f"attention sits at encoder levels {attn} but at decoder levels "
+                    f"{mirrored}; the DDPM U-Net mirrors them")
     ch = channels[0]
     if any(w % ch for w in channels):
-        raise unsupported("block_out_channels", channels, f"every width must be a multiple of the first ({ch})")
+        unsupported("block_out_channels", channels, f"every width must be a multiple of the first ({ch})")
     if c["time_embedding_dim"] not in (None, 4 * ch):
-        raise unsupported("time_embedding_dim", c["time_embedding_dim"], f"the DDPM's is 4 * ch = {4 * ch}")
+        unsupported("time_embedding_dim", c["time_embedding_dim"], f"the DDPM's is 4 * ch = {4 * ch}")
     if c["attn_norm_num_groups"] not in (None, c["norm_num_groups"]):
-        raise unsupported("attn_norm_num_groups", c["attn_norm_num_groups"],
-                          f"attention GroupNorm must use norm_num_groups={c['norm_num_groups']}")
+        unsupported("attn_norm_num_groups", c["attn_norm_num_groups"],
+                    f"attention GroupNorm must use norm_num_groups={c['norm_num_groups']}")
 
     notes = []
     head_dim = c["attention_head_dim"]
-    if head_dim is None:
-        num_heads = 1  # diffusers then uses one head as wide as the block
-    else:
-        attn_widths = sorted({channels[i] for i in attn} | {channels[-1]})  # attention levels + middle block
-        heads = {w: w // int(head_dim) for w in attn_widths if w % int(head_dim) == 0}
-        if len(heads) != len(attn_widths) or len(set(heads.values())) != 1:
-            raise unsupported("attention_head_dim", head_dim, f"attention widths {attn_widths} give head counts "
-                              f"{[w / int(head_dim) for w in attn_widths]}; diffprune needs one whole number of heads")
-        num_heads = next(iter(heads.values()))
-    notes.append(f"num_heads={num_heads} from attention_head_dim={head_dim}")
+    num_heads, head_channels = 1, 0  # null: diffusers uses one head as wide as the block
+    if head_dim is not None:
+        attn_widths = sorted({channels[i] for i in attn if i < len(channels)} | {channels[-1]})  # + middle block
+        if any(w % int(head_dim) for w in attn_widths):
+            unsupported("attention_head_dim", head_dim, f"does not divide the attention widths {attn_widths}")
+        elif len({w // int(head_dim) for w in attn_widths}) == 1:
+            num_heads = attn_widths[0] // int(head_dim)
+        else:  # diffusers' default (8): the head count grows with the width, the head width is fixed
+            head_channels = int(head_dim)
+    notes.append(f"num_heads={num_heads}, head_channels={head_channels} from attention_head_dim={head_dim}")
 
     sample = c["sample_size"]
     if isinstance(sample, (list, tuple)):
         if len(sample) != 2 or sample[0] != sample[1]:
-            raise unsupported("sample_size", sample, "the U-Net config describes square images only")
+            unsupported("sample_size", sample, "the U-Net config describes square images only")
         sample = sample[0]
     if image_size is not None:
         notes.append(f"image_size={image_size} from the caller (config.json sample_size={sample})")
     elif sample is None:
-        raise ValueError(f"{source}: sample_size is null, so the attention resolutions are unknown; pass image_size=")
+        unsupported("sample_size", None, "the attention resolutions are unknown; pass image_size=")
     else:
         image_size = int(sample)
+    if problems:
+        raise ValueError(f"{source}: unsupported UNet2DModel settings ({len(problems)}): " + "; ".join(problems))
     try:
         config = ModelConfig(image_size=image_size, in_channels=int(c["in_channels"]),
                              out_channels=int(c["out_channels"]), ch=ch, ch_mult=tuple(w // ch for w in channels),
                              num_res_blocks=int(c["layers_per_block"]),
                              attn_resolutions=tuple(image_size // 2 ** i for i in attn), dropout=float(c["dropout"]),
                              num_heads=num_heads, norm_groups=int(c["norm_num_groups"]),
-                             norm_eps=float(c["norm_eps"]), resamp_with_conv=True)
+                             norm_eps=float(c["norm_eps"]), resamp_with_conv=True,
+                             flip_sin_to_cos=c["flip_sin_to_cos"], freq_shift=c["freq_shift"],
+                             downsample_padding=int(c["downsample_padding"]), head_channels=head_channels)
     except ValueError as e:
         raise ValueError(f"{source}: the config describes an invalid U-Net: {e}") from e
     return config, notes

@@ -70,7 +70,7 @@ def dense_widths(cfg: ModelConfig) -> dict[str, int]:
         elif kind == "attn":
             for name in ("q", "k", "v", "proj_out"):
                 w[f"{path}.{name}"] = level_ch
-            w[f"{path}.heads"] = cfg.num_heads
+            w[f"{path}.heads"] = level_ch // cfg.head_channels if cfg.head_channels else cfg.num_heads
         elif cfg.resamp_with_conv:  # down / up sampling convs keep the level's width
             w[f"{path}.conv"] = level_ch
     return w
@@ -140,7 +140,8 @@ class UNet(nn.Module):
         self._check_residuals(plan, dense_plan)
 
         temb_ch = widths["temb.dense.1"]
-        self.temb = TimeEmbedding(emb_ch=config.ch, hidden_ch=widths["temb.dense.0"], out_ch=temb_ch)
+        self.temb = TimeEmbedding(emb_ch=config.ch, hidden_ch=widths["temb.dense.0"], out_ch=temb_ch,
+                                  flip_sin_to_cos=config.flip_sin_to_cos, freq_shift=config.freq_shift)
         self.conv_in = nn.Conv2d(config.in_channels, widths["conv_in"], 3, padding=1)
 
         L = len(config.ch_mult)
@@ -172,7 +173,8 @@ class UNet(nn.Module):
             return AttnBlock(ch=p["in"], qk_ch=p["qk"], v_ch=p["v"], num_heads=p["heads"],
                              scale=(d["qk"] // d["heads"]) ** -0.5, **gn)
         if kind == "down":
-            return Downsample(in_ch=p["in"], out_ch=p["out"], with_conv=config.resamp_with_conv)
+            return Downsample(in_ch=p["in"], out_ch=p["out"], with_conv=config.resamp_with_conv,
+                              padding=config.downsample_padding)
         return Upsample(in_ch=p["in"], out_ch=p["out"], with_conv=config.resamp_with_conv)
 
     def _place(self, path: str, module: nn.Module) -> None:
