@@ -37,6 +37,7 @@ from diffusion.schedule import Schedule
 from pruning.checks import retrace_check
 from pruning.groups import Group, describe
 from pruning.importance import IMPORTANCE, TimestepReport, accumulate_gradients
+from pruning.inputs import check_channel_inputs
 from pruning.rollback import rollback
 from pruning.scratch import reinitialize
 from pruning.select import _head_clusters, select_groups, select_local
@@ -112,34 +113,6 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def _check_tensors(model: nn.Module, example_inputs: tuple, data: torch.Tensor | None,
-                   eps: torch.Tensor | None) -> None:
-    if not isinstance(example_inputs, (tuple, list)) or not example_inputs:
-        raise ValueError("example_inputs must be a non-empty tuple of the model's positional inputs, e.g. (x, t)")
-    x = example_inputs[0]
-    # An image model (our U-Net's config, or image data for the gradient pass) reads (B, C, H, W).
-    images = hasattr(getattr(model, "config", None), "image_size") or data is not None
-    if isinstance(x, torch.Tensor) and (x.dim() < 2 or (images and x.dim() != 4)):
-        raise ValueError(f"example_inputs[0] has shape {tuple(x.shape)}: it needs a batch dimension, e.g. "
-                         f"(1, C, H, W){' = x[None]' if x.dim() == 3 else ''}")
-    if data is not None:
-        if not isinstance(data, torch.Tensor) or data.dim() != 4:
-            raise ValueError(f"data must be a (B, C, H, W) batch of images, got "
-                             f"{tuple(data.shape) if isinstance(data, torch.Tensor) else type(data).__name__}")
-        if not bool(torch.isfinite(data).all()):
-            raise ValueError("data holds non-finite values (nan or inf)")
-        lo, hi = float(data.min()), float(data.max())
-        if lo < -1 - 1e-5 or hi > 1 + 1e-5:  # the diffusion was trained on x0 in [-1, 1]
-            raise ValueError(f"data must be images scaled to [-1, 1] (x0 of the diffusion), got values in "
-                             f"[{lo:.3g}, {hi:.3g}]; images in [0, 1] become 2 * x - 1")
-    if eps is not None:
-        if data is None or not isinstance(eps, torch.Tensor) or eps.shape != data.shape:
-            raise ValueError(f"eps must have the shape of data {tuple(data.shape) if data is not None else None}, "
-                             f"got {tuple(eps.shape) if isinstance(eps, torch.Tensor) else eps!r}")
-        if not bool(torch.isfinite(eps).all()):
-            raise ValueError("eps holds non-finite values (nan or inf)")
-
-
 def channel_spec(data: torch.Tensor | None = None, **options: Any) -> ChannelPruning:
     """The spec of keyword options (``prune(model, x, method=..., ratio=..., data=x0)``): a gradient method's
     batch size is the batch it is given unless stated."""
@@ -174,12 +147,12 @@ def prune(model: nn.Module, example_inputs: tuple, spec: ChannelPruning | None =
     if spec.gradient:
         if data is None:
             raise ValueError(f"method {spec.method!r} needs data: a batch of clean training images (data=x0)")
-        if isinstance(data, torch.Tensor) and data.dim() == 4 and data.shape[0] != spec.batch_size:
-            raise ValueError(f"data holds {data.shape[0]} images but the spec's gradient batch is "
-                             f"batch_size={spec.batch_size}")
     else:
         data = eps = None  # not read
-    _check_tensors(model, example_inputs, data, eps)
+    check_channel_inputs(model, example_inputs, data, eps)  # every method: the model, then the data
+    if spec.gradient and data.shape[0] != spec.batch_size:
+        raise ValueError(f"data holds {data.shape[0]} images but the spec's gradient batch is "
+                         f"batch_size={spec.batch_size}")
     seconds: dict[str, float] = {}
     widths_before, params_before = layer_widths(model), sum(p.numel() for p in model.parameters())
     generator = torch.Generator().manual_seed(spec.seed)

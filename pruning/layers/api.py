@@ -26,6 +26,7 @@ import torch
 from diffusion.schedule import Schedule
 from metrics.macs import count_macs
 from models.ddpm.unet import UNet
+from pruning.inputs import check_layer_inputs
 from pruning.layers import exhaustive, knapsack
 from pruning.layers.criteria import LAYER_CRITERIA, Calibration, CriterionInputs, make_calibration
 from pruning.layers.spec import LayerPruning
@@ -113,6 +114,7 @@ def prune_layers(model: UNet, spec: LayerPruning | None = None, images: torch.Te
         raise TypeError(f"give a LayerPruning spec or keyword options, not both (got {sorted(options)})")
     elif not isinstance(spec, LayerPruning):
         raise TypeError(f"spec must be a pruning.layers.spec.LayerPruning, got {type(spec).__name__}")
+    check_layer_inputs(model, images, calib)  # every criterion: the model, then its images, before any work
     criterion, solver, (what, fraction) = spec.criterion, spec.solver, spec.target
     if criterion in ("output-loss", "taylor") and images is None and calib is None and scores is None:
         raise ValueError(f"criterion {criterion!r} needs data: clean training images (images=x0)")
