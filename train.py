@@ -274,7 +274,9 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
     if ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter
 
-        run.writer = SummaryWriter(str(run.dir / "tb"))
+        from training.scalar_log import ScalarLog
+
+        run.writer = ScalarLog(SummaryWriter(str(run.dir / "tb")), run.dir)  # + scalars.jsonl / scalars.csv
         write_json(run.dir / "config.json", {"train": dataclasses.asdict(cfg), "model": c.to_dict(),
                                              "diffusion": dataclasses.asdict(diffusion), "environment": environment(),
                                              "world_size": ctx.world, "origin": origin, "run_id": run_id})
