@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from diffusion.schedule import Schedule
-from pruning.checks import retrace_check
+from pruning.checks import retrace_check, warn_protected
 from pruning.groups import Group, describe
 from pruning.importance import IMPORTANCE, TimestepReport, accumulate_gradients
 from pruning.inputs import check_channel_inputs
@@ -165,6 +165,7 @@ def prune(model: nn.Module, example_inputs: tuple, spec: ChannelPruning | None =
         analysis = analyze(model, example_inputs, ignored=spec.ignored, attn_grouping=spec.attn_grouping)
         groups = analysis.groups
         groups_text = describe(groups)
+        warn_protected(groups)  # a group kept whole by the code's structure, not by the caller: say so
         seconds["trace_and_group"] = time.perf_counter() - start
         target = None
 

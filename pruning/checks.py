@@ -10,6 +10,9 @@ traced width, and both are reported naming the module.
 from __future__ import annotations
 
 import math
+import re
+import traceback
+import warnings
 
 import numpy as np
 import torch
@@ -105,6 +108,38 @@ def _suspects(model: nn.Module, path: str, dense) -> str:
             "updates them")
 
 
+def _stale_reshape(error: BaseException) -> str | None:
+    """For a reshape/view whose sizes no longer fit (torch: "shape '[...]' is invalid for input of size N"):
+    where it is (the last traceback frame outside torch and pruning/) and why, else None."""
+    m = re.search(r"shape '\[([-\d, ]+)\]' is invalid for input of size (\d+)", str(error))
+    if not m:
+        return None
+    frames = [f for f in traceback.extract_tb(error.__traceback__)
+              if "/torch/" not in f.filename and "/pruning/" not in f.filename]
+    at = f" ({frames[-1].filename}:{frames[-1].lineno}: `{(frames[-1].line or '').strip()}`)" if frames else ""
+    return (f"a reshape/view to [{m.group(1)}] of a tensor with {m.group(2)} elements{at}: a size in that shape "
+            "was computed from a channel count that pruning changed (e.g. C // heads with C read from another "
+            "tensor's width) while the reshaped tensor has another width; compute it from the tensor being "
+            "reshaped or from an attribute that pruning/surgery.py updates")
+
+
+# Protection that needs no warning: the network's own input and output, layers the caller asked to ignore,
+# and channels no layer produces (the time embedding's sinusoid features are an input too).
+EXPECTED_PROTECTION = ("network input", "network output", "ignored layer", "no prunable producer")
+
+
+def warn_protected(groups) -> list[str]:
+    """One UserWarning line per group kept whole for any other reason (a reshape, split or GroupNorm that the
+    pruning cannot follow), which otherwise shows only in groups_text. Returns the lines."""
+    lines = []
+    for g in groups:
+        reasons = [r for r in g.protected.split("; ") if r and not r.startswith(EXPECTED_PROTECTION)]
+        if reasons:
+            lines.append(f"group {g.name} (C={g.size}) is not pruned: {'; '.join(reasons)}")
+            warnings.warn(lines[-1], UserWarning, stacklevel=3)
+    return lines
+
+
 def retrace_check(model: nn.Module, example_inputs: tuple, analysis: Analysis, keeps: dict[int, np.ndarray]) -> None:
     """Trace the pruned ``model`` again on ``example_inputs`` and compare with the plan: every layer that ran
     before runs again, and each (layer, role) reads exactly ``analysis.new_width(...)`` channels when group i
@@ -112,7 +147,10 @@ def retrace_check(model: nn.Module, example_inputs: tuple, analysis: Analysis, k
     dense = analysis.trace
     try:
         again = trace(model, example_inputs, attn_grouping=dense.attn_grouping)
-    except ForwardFailed as err:  # the pruned forward itself failed: name the module and its suspect attributes
+    except ForwardFailed as err:  # the pruned forward itself failed: name the stale reshape, or suspect attributes
+        stale = _stale_reshape(err.error)
+        if stale:
+            raise ValueError(f"after pruning, the forward of module {err.module or '<model>'!r} fails at {stale}") from err
         raise ValueError(f"after pruning, {err}; {_suspects(model, err.module, dense)}") from err
     except Exception as err:
         raise ValueError(f"the pruned model's forward fails on the example inputs: {type(err).__name__}: {err}") from err
