@@ -76,6 +76,7 @@ def test_resume_regenerates_only_missing_samples_identically(tmp_path):
     assert all(np.array_equal(before[k], after[k]) for k in before)
 
 
+@pytest.mark.slow  # the full-size Inception on real 299x299 inputs: about 20 CPU-seconds
 def test_fid_with_a_supplied_inception_file_and_fid_stats_command(tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "inception.pth"

@@ -141,6 +141,7 @@ def test_other_names_keep_their_own_autograd_order():
     assert ddim_order(names) is None
 
 
+@pytest.mark.slow  # three full prunes of the golden model: about 5 CPU-seconds
 def test_the_principled_options_differ_from_the_paper_code(golden):
     """split q/k from v, and dense scoring, are real alternatives: they keep other channels."""
     expect = golden["ratio_0.3"]
