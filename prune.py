@@ -22,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -32,12 +33,13 @@ import torch
 
 from common import cli
 from common.defaults import RUNS_DIR, TEACHER_CHECKPOINT
-from common.runs import new_run_dir, seed_everything, write_json
+from common.runs import RunLock, clean_interrupted_runs, new_run_dir, seed_everything, write_json, write_text
 from diffusion.samplers import sample
 from pruning.layers.spec import LayerPruning
 from pruning.spec import DEFAULTS, METHODS, ChannelPruning
 
 SPEC_FILE = "spec.json"
+GRID_BATCH = 64  # samples per forward of the sample grids (any --num-samples fits in memory; same images)
 PIPELINES = {"channel": ChannelPruning, "layer": LayerPruning}
 # The flags that fill a spec (the rest configure the run): their names are the specs' field names.
 SPEC_FIELDS = {f.name for cls in PIPELINES.values() for f in dataclasses.fields(cls)} - {"method"}
@@ -75,7 +77,9 @@ def gradient_batch(cfg: PruneConfig, count: int, image_size: int) -> torch.Tenso
 
     dataset = build_dataset(cfg.data, root=cfg.data_root, image_size=image_size, split="train")
     if len(dataset) < count:
-        raise ValueError(f"the run needs {count} images (batch_size / calib_size) but dataset {cfg.data!r} has "
+        spec = cfg.spec
+        flag = ("--calib-size", spec.calib_size) if getattr(spec, "calib_size", 0) == count else ("--batch-size", count)
+        raise ValueError(f"{flag[0]} {flag[1]}: the run needs {count} images but dataset {cfg.data!r} has "
                          f"{len(dataset)}")
     g = torch.Generator().manual_seed(cfg.spec.seed)
     idx = torch.randperm(len(dataset), generator=g)[:count].tolist()
@@ -89,27 +93,39 @@ def main(cfg: PruneConfig) -> Path:
     from diffusion.schedule import DiffusionConfig, Schedule
     from metrics.macs import count_macs
     from models.loading import load_with_info
-    from pruning.api import prune
+    from models.integrity import check_weights
+    from pruning.api import check_prune, prune
+    from pruning.inputs import check_layer_inputs
     from pruning.layers import check_target, prune_layers
     from pruning.layers.additivity import additivity_for_run
 
     cli.check_writable_dir(cfg.out, "--out")
+    for stale in clean_interrupted_runs(cfg.out):  # what a killed prune.py left: never a half-written output
+        print(f"[prune] removed {stale}, left by an interrupted run")
     spec, layer = cfg.spec, cfg.pipeline == "layer"
     seed_everything(spec.seed)
     start = time.perf_counter()
     model, info = load_with_info(cfg.model, ema=True, device=cfg.device, preset=cfg.preset, norm_groups=cfg.norm_groups)
     cli.print_load_notes(cfg.model, info, "prune")
+    check_weights(model, f"--model {cfg.model}")  # a nan/inf weight or a meta model: before any other work
     if layer:  # an unreachable target fails before any sampling or scoring
         check_target(model, spec)
     example = model.example_inputs()
     macs_before = count_macs(model, example)
     schedule = Schedule(DiffusionConfig(loss_reduction="sum"))  # the paper's L_t sums over pixels
     c = model.config
+    if cfg.num_samples > 1024:  # a sample grid, not an evaluation: say what it costs before drawing it
+        mib = 2 * cfg.num_samples * c.in_channels * (c.image_size + 2) ** 2 * 4 / 2 ** 20  # two PNG grids, scale 2
+        print(f"[prune] note: --num-samples {cfg.num_samples} draws {2 * cfg.num_samples} images for the sample grids "
+              f"(two PNGs of up to {mib:.0f} MiB raw); evaluate.py measures sample quality")
     grids = dict(indices=list(range(cfg.num_samples)), seed=spec.seed, image_shape=(c.in_channels, c.image_size, c.image_size),
-                 steps=cfg.sample_steps, batch_size=cfg.num_samples, device=cfg.device, clip_x0=cfg.clip_x0)
+                 steps=cfg.sample_steps, batch_size=min(cfg.num_samples, GRID_BATCH), device=cfg.device,
+                 clip_x0=cfg.clip_x0)
     # The data is read before any sampling: a bad --data / --data-root fails before minutes of work.
     count = spec.needs_images if layer else (spec.batch_size if spec.gradient else 0)
     images = gradient_batch(cfg, count, c.image_size).to(cfg.device) if count else None
+    # Everything prune / prune_layers check before their long work, before the grid's (pruning/inputs.py).
+    check_layer_inputs(model, images) if layer else check_prune(model, example, spec, images)
     samples_before = sample(model.eval(), schedule, **grids) if cfg.num_samples else None
     additivity = None
     if layer:
@@ -132,14 +148,25 @@ def main(cfg: PruneConfig) -> Path:
 
 def write_run(cfg: PruneConfig, model, report, *, info: dict, macs: dict, seconds: float, additivity: dict | None,
               samples: tuple) -> Path:
-    """A new numbered run folder with everything the module docstring lists; nothing existing is overwritten."""
+    """A new numbered run folder with everything the module docstring lists; nothing existing is overwritten.
+    A kill leaves whole files only, and the temporaries a later prune.py removes (``clean_interrupted_runs``)."""
+    label = f"layer-{cfg.spec.criterion}" if cfg.pipeline == "layer" else cfg.spec.method
+    run = new_run_dir(cfg.out, f"{Path(cfg.model).stem}-{label}")
+    with RunLock(run, "writing this prune run") as lock:  # a later prune.py cleans only folders no one holds
+        _write_files(cfg, run, model, report, info=info, macs=macs, seconds=seconds, additivity=additivity,
+                     samples=samples)
+        lock.path.unlink()  # the finished folder holds the outputs only
+    return run
+
+
+def _write_files(cfg: PruneConfig, run: Path, model, report, *, info: dict, macs: dict, seconds: float,
+                 additivity: dict | None, samples: tuple) -> None:
+    """Every file of the run folder, each written atomically (common/runs.py atomic_path)."""
     from common.images import save_grid
     from models.checkpoint import environment, save_checkpoint
     from reports.plots import plot_additivity, plot_timestep_losses
 
     layer = cfg.pipeline == "layer"
-    label = f"layer-{cfg.spec.criterion}" if layer else cfg.spec.method
-    run = new_run_dir(cfg.out, f"{Path(cfg.model).stem}-{label}")
     summary = report.summary()
     spec = {"pipeline": cfg.pipeline, "spec": cfg.spec.to_dict()}
     applied = ({"removed": report.removed, "params_after": report.params_after, "macs_paper_after": report.macs_after}
@@ -151,7 +178,7 @@ def write_run(cfg: PruneConfig, model, report, *, info: dict, macs: dict, second
     write_json(run / SPEC_FILE, {**spec, "settings": cfg.settings(), "applied": applied})
     write_json(run / "report.json", {**summary, **macs, "settings": cfg.settings(), "environment": environment(),
                                      "source": {k: str(v) for k, v in info.items()}, "seconds_total": seconds})
-    (run / ("units.txt" if layer else "groups.txt")).write_text((report.table() if layer else report.groups_text) + "\n")
+    write_text(run / ("units.txt" if layer else "groups.txt"), (report.table() if layer else report.groups_text) + "\n")
     if samples[0] is not None:
         save_grid(samples[0], run / "samples_before.png", nrow=8, scale=2)
         save_grid(samples[1], run / "samples_after.png", nrow=8, scale=2)
@@ -160,7 +187,6 @@ def write_run(cfg: PruneConfig, model, report, *, info: dict, macs: dict, second
     if additivity is not None:
         write_json(run / "additivity.json", additivity)
         plot_additivity(additivity, run / "additivity.png")
-    return run
 
 
 def print_summary(cfg: PruneConfig, report, macs: dict, seconds: float, additivity: dict | None, run: Path) -> None:
@@ -168,7 +194,11 @@ def print_summary(cfg: PruneConfig, report, macs: dict, seconds: float, additivi
 
     timing = ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items())
     model_arg = os.path.relpath(cfg.model) if Path(cfg.model).exists() else cfg.model  # short, copy-pasteable
-    fine_tune = f"python train.py --model {run / 'pruned.pt'} --steps 1000 --lr 5e-4 --loss-reduction mean --ema-decay 0.999 --batch-size 32"
+    q = shlex.quote  # the printed commands run as pasted, also for paths with spaces or quotes
+    pruned, model_arg = q(str(run / "pruned.pt")), q(model_arg)
+    fine_tune = (f"python train.py --model {pruned} --steps 1000 --lr 5e-4 --loss-reduction mean --ema-decay 0.999 "
+                 f"--batch-size 32")
+    listing = ", ".join(sorted(p.name for p in run.iterdir() if not p.name.startswith(".")))
     if cfg.pipeline == "layer":
         from pruning.layers.additivity import format_report
 
@@ -176,7 +206,7 @@ def print_summary(cfg: PruneConfig, report, macs: dict, seconds: float, additivi
         if additivity is not None:
             print("\nadditivity: measured output loss L(S) of random unit subsets against the summed single-unit scores")
             print(format_report(additivity))
-        print(f"time: {seconds:.1f}s in all ({timing})\n\nwrote {run}/: {', '.join(sorted(p.name for p in run.iterdir()))}")
+        print(f"time: {seconds:.1f}s in all ({timing})\n\nwrote {run}/: {listing}")
         print(f"\nnext:\n  {fine_tune} --distill feature-normalized --teacher {model_arg}")
         return
     print(f"{'layer':<44} {'before':>7}    {'after':>7}")
@@ -199,13 +229,14 @@ def print_summary(cfg: PruneConfig, report, macs: dict, seconds: float, additivi
         print(f"gradient over {len(ts.kept)} timesteps (t = 0..{ts.kept[-1] if ts.kept else '-'}; thr {ts.thr}, {stop}) "
               f"of a batch of {cfg.spec.batch_size} images")
     print(f"time: {seconds:.1f}s in all ({timing})")
-    print(f"\nwrote {run}/: {', '.join(sorted(p.name for p in run.iterdir()))}")
+    print(f"\nwrote {run}/: {listing}")
     print(f"\nnext:\n  {fine_tune}     # fine-tune (the teacher's recipe, under 10% of its steps)")
-    print(f"  python evaluate.py {model_arg} {run / 'pruned.pt'} --reference {model_arg}     # compare with the original")
-    print(f"  python prune.py --replay {run}     # the same pruned weights again, in a new folder")
+    print(f"  python evaluate.py {model_arg} {pruned} --reference {model_arg}     # compare with the original")
+    print(f"  python prune.py --replay {q(str(run))}     # the same pruned weights again, in a new folder")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from diffusion.schedule import DiffusionConfig
     from pruning.layers.criteria import DEFAULT_CALIB_SIZE, LAYER_CRITERIA
     from pruning.layers.knapsack import SOLVERS
 
@@ -261,7 +292,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cap on the timesteps of the gradient pass [default: no cap]")
     p.add_argument("--num-samples", type=cli.nonnegative_int, default=d.num_samples,
                    help=f"images in the before/after sample grids; 0 skips the grids [default: {d.num_samples}]")
-    p.add_argument("--sample-steps", type=cli.positive_int, default=d.sample_steps,
+    p.add_argument("--sample-steps", type=cli.int_in_range(1, DiffusionConfig.num_timesteps, "the schedule's timesteps"),
+                   default=d.sample_steps,
                    help=f"DDIM steps of the sample grids [default: {d.sample_steps}]")
     p.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=d.clip_x0,
                    help="clamp x0 predictions to [-1, 1] in the sample grids")

@@ -82,6 +82,40 @@ def nonnegative_int(text: str) -> int:
     return _int_at_least(text, 0)
 
 
+SEED_MAX = 2 ** 64 - 1  # torch.manual_seed takes 64 bits; a negative seed would alias a positive one
+
+
+def check_seed(value: Any, name: str = "seed") -> None:
+    """``value`` is a whole number in [0, 2**64 - 1]; else a one-line UserError naming ``name``. The bound of
+    every seed, the scripts' --seed and the specs' ``seed`` alike."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= SEED_MAX:
+        raise UserError(f"{name} must be a whole number in [0, 2**64 - 1], got {value!r}")
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed, an integer in [0, 2**64 - 1] (torch.manual_seed's range)."""
+    try:
+        value = int(text)
+        check_seed(value, "the seed")
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err) if "seed" in str(err) else f"expected an integer, got {text!r}") \
+            from None
+    return value
+
+
+def int_in_range(low: int, high: int, why: str) -> Callable[[str], int]:
+    """argparse type: an integer in [low, high]; ``why`` names the bound (e.g. "the schedule's 1000 timesteps"),
+    so that a value the run could only refuse later fails while the flags are parsed."""
+    def parse(text: str) -> int:
+        value = _int_at_least(text, low)
+        if value > high:
+            raise argparse.ArgumentTypeError(f"must be <= {high} ({why}), got {value}")
+        return value
+
+    parse.__name__ = f"integer in [{low}, {high}]"
+    return parse
+
+
 def finite_float(text: str) -> float:
     """argparse type: a finite float (no nan / inf)."""
     try:
@@ -154,7 +188,7 @@ def add_data_flags(p: argparse.ArgumentParser, datasets: Iterable[str] | None = 
 
 
 def add_run_flags(p: argparse.ArgumentParser, *, out: str, seed_help: str = "random seed") -> None:
-    p.add_argument("--seed", type=int, default=_default(p, 0), help=f"{seed_help} [default: 0]")
+    p.add_argument("--seed", type=seed_int, default=_default(p, 0), help=f"{seed_help}, in [0, 2**64 - 1] [default: 0]")
     p.add_argument("--out", default=_default(p, out), help=f"parent folder of the numbered run folders [default: {out}]")
     p.add_argument("--device", type=device_name, default=_default(p, "cpu"),
                    help="torch device: cpu, cuda, cuda:1, ... [default: cpu]")

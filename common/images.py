@@ -3,11 +3,12 @@ from __future__ import annotations
 
 import math
 import os
-from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image
+
+from common.runs import atomic_path
 
 
 def to_uint8_hwc(x: torch.Tensor) -> np.ndarray:
@@ -35,5 +36,5 @@ def save_grid(x: torch.Tensor, path: str | os.PathLike, nrow: int | None = None,
     img = Image.fromarray(grid if grid.shape[2] == 3 else grid[..., 0])
     if scale > 1:
         img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
+    with atomic_path(path) as tmp:  # a killed writer leaves the old file or none, never a 0-byte PNG
+        img.save(tmp, format="PNG")

@@ -9,6 +9,7 @@ A run folder is identified by what the run wrote into it, never by where a file 
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -17,7 +18,7 @@ import re
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import numpy as np
 import torch
@@ -33,12 +34,38 @@ def new_run_dir(root: str | os.PathLike, desc: str) -> Path:
     return run
 
 
-def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """The one atomic writer of every output file: yields a temporary path in ``path``'s folder (named
+    ``.<name>.<random>.tmp``, so ``remove_stale_tmp`` finds what a killed process left); when the block ends
+    the file is fsynced and renamed over ``path``, on any error it is removed. A reader (or a kill -9) sees
+    the old file or the whole new one, never a 0-byte or half-written one. Writers that pick a format from
+    the suffix need it named: ``img.save(tmp, format="PNG")``, ``fig.savefig(tmp, format="png")``."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    os.chmod(tmp, 0o644)  # mkstemp's 0600 would make every output private to its writer
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    """Write a text file atomically (``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write JSON atomically (``atomic_path``)."""
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def seed_everything(seed: int) -> None:
@@ -112,6 +139,24 @@ class RunLocked(OSError):
     """Another live process holds the run folder's lock."""
 
 
+def clean_interrupted_runs(root: str | os.PathLike) -> list[Path]:
+    """Delete the temporaries that killed writers left in the run folders under ``root`` (each folder only
+    while no live process holds its ``RunLock``). Returns the files removed."""
+    root, removed = Path(root), []
+    if not root.is_dir():
+        return removed
+    for run in sorted(p for p in root.iterdir() if p.is_dir() and any(".tmp" in q.name for q in p.iterdir())):
+        had_lock = (run / ".lock").exists()
+        try:
+            with RunLock(run, "cleaning it") as lock:
+                removed += remove_stale_tmp(run)
+                if not had_lock:  # leave the folder as it was, less the temporaries
+                    lock.path.unlink()
+        except (RunLocked, OSError):  # in use, or not ours to write: leave it
+            continue
+    return removed
+
+
 def remove_stale_tmp(folder: str | os.PathLike) -> list[Path]:
     """Delete the ``*.tmp*`` files an interrupted atomic write left in ``folder`` (call with the lock held)."""
     folder = Path(folder)
@@ -129,17 +174,6 @@ def environment() -> dict[str, str]:
 
 
 def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
-    """torch.save to a temp file in the target folder, fsync, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """torch.save to a temp file in the target folder, fsync, then rename over ``path`` (``atomic_path``)."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)

@@ -43,7 +43,7 @@ from pruning.scratch import reinitialize
 from pruning.select import _head_clusters, select_groups, select_local
 from pruning.spec import GRADIENT_METHODS, METHODS, ChannelPruning  # noqa: F401 (METHODS re-exported)
 from pruning.surgery import apply_keeps, finalize, prune_group, update_attributes
-from pruning.targets import ratio_for_target
+from pruning.targets import check_feasible, ratio_for_target
 from pruning.trace.grouping import Analysis, analyze
 
 # The score each method ranks channels by (pruning/importance.py); both taylors and diff-pruning read the
@@ -124,6 +124,16 @@ def channel_spec(data: torch.Tensor | None = None, **options: Any) -> ChannelPru
     return ChannelPruning(**options)
 
 
+def check_prune(model: nn.Module, example_inputs: tuple, spec: ChannelPruning, data: torch.Tensor | None = None) -> None:
+    """Everything ``prune`` checks before its long work, for a caller with long work of its own before ``prune``
+    (prune.py draws the before-grid): the inputs (pruning/inputs.py) and what the spec asks of the model's
+    groups (a ratio that empties a group, a round_to that changes nothing). One trace; ``model`` unchanged."""
+    check_channel_inputs(model, example_inputs, data if spec.gradient else None)
+    analysis = analyze(model, example_inputs, ignored=spec.ignored, attn_grouping=spec.attn_grouping)
+    check_feasible(analysis, ratio=None if spec.target else spec.ratio, head_mode=spec.head_mode,
+                   round_to=spec.round_to, scope=spec.scope)
+
+
 def prune(model: nn.Module, example_inputs: tuple, spec: ChannelPruning | None = None,
           data: torch.Tensor | None = None, *, eps: torch.Tensor | None = None, schedule: Schedule | None = None,
           progress: bool = True, **options: Any) -> tuple[nn.Module, PruneReport]:
@@ -164,6 +174,8 @@ def prune(model: nn.Module, example_inputs: tuple, spec: ChannelPruning | None =
         start = time.perf_counter()
         analysis = analyze(model, example_inputs, ignored=spec.ignored, attn_grouping=spec.attn_grouping)
         groups = analysis.groups
+        check_feasible(analysis, ratio=None if target_spec else ratio, head_mode=head_mode, round_to=round_to,
+                       scope=spec.scope)  # before any gradient pass or scoring
         groups_text = describe(groups)
         warn_protected(groups)  # a group kept whole by the code's structure, not by the caller: say so
         seconds["trace_and_group"] = time.perf_counter() - start

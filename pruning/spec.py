@@ -29,6 +29,7 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from common.cli import check_seed
 from pruning.select import HEAD_MODES
 from pruning.trace.record import ATTN_GROUPINGS
 
@@ -165,8 +166,7 @@ class ChannelPruning:
         if isinstance(self.ignored, str) or not all(isinstance(p, str) for p in self.ignored):
             raise ValueError(f"ignored must be a sequence of module paths, got {self.ignored!r}")
         _fill(self, "ignored", tuple(self.ignored))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be a whole number, got {self.seed!r}")
+        check_seed(self.seed)
 
     @property
     def gradient(self) -> bool:

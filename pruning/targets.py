@@ -11,6 +11,7 @@ closest to the target and reports what it achieves.
 from __future__ import annotations
 
 import copy
+import math
 from typing import Callable, Mapping
 
 import torch
@@ -92,3 +93,19 @@ def ratio_for_target(model: nn.Module, example_inputs: tuple, analysis: Analysis
             lo = mid
     best = min((lo, hi), key=lambda r: abs(f(r) - target))
     return best, f(best)
+
+
+def check_feasible(analysis: Analysis, *, ratio: float | None, head_mode: str, round_to: int | None,
+                   scope: str) -> None:
+    """What a spec asks of these groups, checked before any gradient pass or scoring (one-line ValueErrors):
+    under the local rule every group's width depends on the ratio alone, so a ratio that would empty a group
+    fails here, naming it; a ``round_to`` wider than every prunable group would change no width at all."""
+    prunable = [g for g in analysis.groups if g.prunable]
+    if round_to and round_to > 1 and prunable and all(g.size < math.lcm(round_to, g.blocks) for g in prunable):
+        raise ValueError(f"round_to={round_to} changes no width: every prunable group is narrower than it (the "
+                         f"widest has {max(g.size for g in prunable)} channels); give a smaller multiple or none")
+    if ratio is not None and scope == "local":
+        try:
+            zero_score_select(analysis, head_mode, round_to)(ratio)
+        except ValueError as err:
+            raise ValueError(f"ratio {ratio} is not feasible: {err}") from None

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from common.runs import atomic_path
 from pruning.importance import TimestepReport
 
 
@@ -39,7 +40,8 @@ def plot_timestep_losses(report: TimestepReport, path) -> str:
     ax.set_ylabel("$L_t$ (sum over C,H,W; batch mean)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return str(path)
 
@@ -72,6 +74,7 @@ def plot_additivity(report: dict, path) -> str:
         ax.set_ylabel("measured output loss L(S)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return str(path)

@@ -15,6 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from common.cli import check_seed
 from pruning.layers import knapsack
 from pruning.layers.criteria import DEFAULT_CALIB_SIZE, DEFAULT_CALIB_TIMESTEPS, DEFAULT_SOLVER, LAYER_CRITERIA
 from pruning.spec import DEFAULTS, check_choice, check_whole, one_target, spec_dict, spec_from_dict
@@ -68,8 +69,7 @@ class LayerPruning:
                 raise ValueError(f"thr must be a number in [0, 1], got {self.thr!r}")
             for name in ("batch_size", "micro_batch", "max_timesteps"):
                 check_whole(name, getattr(self, name))
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"seed must be a whole number, got {self.seed!r}")
+        check_seed(self.seed)
 
     @property
     def target(self) -> tuple[str, float]:
