@@ -32,6 +32,7 @@ from common.runs import RUN_MARKER, RunLock, mark_run, new_run_dir, read_run_mar
 from data import DATASETS, build_dataset
 from diffusion.ddpm import HeldOutLoss
 from diffusion.schedule import Schedule
+from metrics.protocols import DEFAULT as DEFAULT_PROTOCOL, PROTOCOLS, resolve as resolve_protocol
 from metrics.evaluation import (SamplerConfig, claim_sample_folder, format_table, generate_samples, load_samples,
                                 measure_latency, remove_partial_samples, sampling_key)
 from metrics.macs import count_macs
@@ -46,6 +47,8 @@ class EvalConfig:
     reference: str | None = None      # SSIM consistency is measured against this model's samples
     num_samples: int = 64
     sampler: SamplerConfig = SamplerConfig()
+    protocol: str = "custom"          # the named protocol the sampler came from (metrics/protocols.py), described
+    weights: str = "ema"              # "ema" or "raw": which weights of a checkpoint that has both
     batch_size: int = 64
     fid_stats: str | None = None      # reference statistics .npz (keys mu, sigma)
     fid_data: str | None = None       # ... or an image folder to compute them from (cached in the run folder)
@@ -169,7 +172,7 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
     sources = list(dict.fromkeys((*cfg.models, *([cfg.reference] if cfg.reference else []))))
     loaded = {}
     for src in sources:  # every model loads before anything is written
-        loaded[src] = load_with_info(src, ema=True, device=cfg.device, preset=cfg.preset, norm_groups=cfg.norm_groups)
+        loaded[src] = load_with_info(src, ema=cfg.weights == "ema", device=cfg.device, preset=cfg.preset, norm_groups=cfg.norm_groups)
         if rank == 0:
             cli.print_load_notes(src, loaded[src][1], "evaluate")
     inception, fid_stats, fid_name, fid_why = fid_setup(cfg) if rank == 0 else (None, None, None, None)
@@ -268,8 +271,9 @@ def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats,
         rows.append(row)
 
     report = {"config": dataclasses.asdict(cfg), "environment": environment(), "world_size": ctx.world,
-              "reference": cfg.reference, "models": rows}
+              "protocol": cfg.protocol, "reference": cfg.reference, "models": rows}
     write_json(run_dir / "report.json", report)
+    print(f"[evaluate] sampling protocol: {cfg.protocol}")
     print(format_table(rows))
     for r in rows:
         for key in ("fid_skipped", "ssim_skipped", "heldout_skipped", "fd_shapes_skipped"):
@@ -326,14 +330,15 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--reference", default=None, help="model whose samples SSIM compares against (default: the "
                                                       "teacher when evaluating the default)")
     m.add_argument("--num-samples", type=cli.positive_int, default=64, help="samples per model, >= 2 [default: 64]")
-    m.add_argument("--sampler", choices=("ddim", "ddpm"), default="ddim", help="DDIM, or ancestral DDPM over all T steps")
-    m.add_argument("--steps", type=cli.positive_int, default=100, help="DDIM steps [default: 100]")
-    m.add_argument("--skip-type", choices=("uniform", "quad"), default="uniform",
-                   help="DDIM timestep spacing [default: uniform]")
-    m.add_argument("--eta", type=cli.finite_float, default=0.0, help="DDIM eta, >= 0; 0 is deterministic [default: 0]")
-    m.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None,
-                   help="clamp x0 predictions to [-1, 1] at every step (default: off, as the paper; on for the "
-                        "embedded default, whose small teacher needs it)")
+    m.add_argument("--protocol", choices=sorted(PROTOCOLS), default=DEFAULT_PROTOCOL,
+                   help="named sampling settings, one default whatever models are named (metrics/protocols.py: "
+                        f"embedded = DDIM-100 clipped, paper = DDIM-100 quad unclipped) [default: {DEFAULT_PROTOCOL}]")
+    m.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="override: DDIM, or ancestral DDPM")
+    m.add_argument("--steps", type=cli.positive_int, default=None, help="override: DDIM steps")
+    m.add_argument("--skip-type", choices=("uniform", "quad"), default=None, help="override: DDIM timestep spacing")
+    m.add_argument("--eta", type=cli.finite_float, default=None, help="override: DDIM eta, >= 0 (0 is deterministic)")
+    m.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None, help="override: clamp x0 to [-1, 1]")
+    m.add_argument("--weights", choices=("ema", "raw"), default="ema", help="which weights of a checkpoint [default: ema]")
     m.add_argument("--batch-size", type=cli.positive_int, default=64, help="sampling batch [default: 64]")
     m.add_argument("--fid-stats", type=cli.npz_path, default=None,
                    help="reference FID statistics (.npz with mu, sigma; e.g. from `evaluate.py fid-stats`)")
@@ -378,10 +383,12 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig | FidStatsConf
         reference = reference or str(TEACHER_CHECKPOINT)
         if pruned is None:
             print("[evaluate] no runs/prune/*/pruned.pt yet: evaluating the teacher only (run `python prune.py` first)")
-    clip_x0 = a.clip_x0 if a.clip_x0 is not None else not a.models
-    sampler = SamplerConfig(sampler=a.sampler, steps=a.steps, skip_type=a.skip_type, eta=a.eta, seed=a.seed,
-                            clip_x0=clip_x0)
+    # One protocol whatever the models: no-argument and explicit runs of the same models measure the same.
+    protocol = resolve_protocol(a.protocol, seed=a.seed, sampler=a.sampler, steps=a.steps, skip_type=a.skip_type,
+                                eta=a.eta, clip_x0=a.clip_x0)
+    sampler = protocol.sampler
     cfg = EvalConfig(models=models, reference=reference, num_samples=a.num_samples, sampler=sampler,
+                     protocol=protocol.describe(), weights=a.weights,
                      batch_size=a.batch_size, fid_stats=a.fid_stats, fid_data=a.fid_data,
                      inception_weights=a.inception_weights, data=a.data, data_root=a.data_root,
                      heldout_images=a.heldout_images, preset=a.preset, norm_groups=a.norm_groups, out=a.out,

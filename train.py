@@ -48,6 +48,7 @@ from models.ddpm.unet import UNet, count_parameters
 from models.loading import load_with_info
 from models.runtime import Runner, RuntimeOptions
 from training.distill import MODES as DISTILL_MODES, build_distiller
+from training.scalar_log import ScalarLog
 from training.recipe import (OPTIMIZERS, BatchOrder, Run, TrainConfig, TrainState, distill_lambdas,
                              first_non_finite, lr_at, sample_grid, validate)
 
@@ -272,10 +273,7 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
     shard = slice(ctx.rank * cfg.batch_size // ctx.world, (ctx.rank + 1) * cfg.batch_size // ctx.world)
     heldout = heldout_set(cfg, c.image_size, schedule)
     if ctx.is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        from training.scalar_log import ScalarLog
-
+        from torch.utils.tensorboard import SummaryWriter  # lazy: only rank 0 writes
         run.writer = ScalarLog(SummaryWriter(str(run.dir / "tb")), run.dir)  # + scalars.jsonl / scalars.csv
         write_json(run.dir / "config.json", {"train": dataclasses.asdict(cfg), "model": c.to_dict(),
                                              "diffusion": dataclasses.asdict(diffusion), "environment": environment(),
