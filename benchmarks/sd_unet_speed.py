@@ -102,11 +102,12 @@ def ours_with(state_dict: dict, config: UNetConditionConfig) -> UNet2DConditionM
 
 
 def parity(ours: nn.Module, ref: nn.Module, config: UNetConditionConfig, latent: int, tokens: int) -> dict:
-    """max |ours - ref| over one input (batch 2), absolute and relative to max |ref|."""
+    """max |ours - ref| over one input (batch 1: a full-size forward is a minute on a busy 2-core CPU),
+    absolute and relative to max |ref|."""
     g = torch.Generator().manual_seed(1)
-    x = torch.randn(2, config.in_channels, latent, latent, generator=g)
-    ctx = torch.randn(2, tokens, config.cross_attention_dim[0], generator=g)
-    t = torch.tensor([10, 700])
+    x = torch.randn(1, config.in_channels, latent, latent, generator=g)
+    ctx = torch.randn(1, tokens, config.cross_attention_dim[0], generator=g)
+    t = torch.tensor([700])
     with torch.inference_mode():
         a = ours(x, t, encoder_hidden_states=ctx)
         b = ref(x, t, encoder_hidden_states=ctx).sample
