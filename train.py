@@ -39,7 +39,7 @@ from common.ema import EMA
 from common.images import save_grid
 from common.runs import (RUN_MARKER, RunLock, mark_run, new_run_dir, read_run_marker, remove_stale_tmp,
                          seed_everything, write_json)
-from data import DATASETS, build_dataset
+from data import DATASETS, build_dataset, check_dataset
 from diffusion.ddpm import HeldOutLoss, eps_loss, sample_timesteps
 from diffusion.schedule import DiffusionConfig, Schedule
 from models.checkpoint import environment, read_checkpoint, save_checkpoint
@@ -50,7 +50,7 @@ from models.runtime import Runner, RuntimeOptions
 from training.distill import MODES as DISTILL_MODES, build_distiller
 from training.scalar_log import ScalarLog
 from training.recipe import (OPTIMIZERS, BatchOrder, Run, TrainConfig, TrainState, distill_lambdas,
-                             first_non_finite, lr_at, sample_grid, validate)
+                             first_non_finite, lr_at, release_finished, sample_grid, validate, write_release)
 
 
 def build_model(cfg: TrainConfig) -> tuple[UNet, str]:
@@ -237,9 +237,8 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
     ckpt, run_dir = None, None
     if resume:
         cfg, ckpt, run_dir = open_resume(cfg, resume, ctx, locks)
-        if cfg.steps == int(ckpt["train_state"]["step"]):
-            print(f"[train] {run_dir} already finished: it is at step {cfg.steps} of --steps {cfg.steps}; nothing "
-                  f"to do (pass a larger --steps to continue it)")
+        if cfg.steps == int(ckpt["train_state"]["step"]):  # at its total: the release file, or "finished"
+            print(f"[train] {release_finished(run_dir, ckpt, cfg)}")
             return run_dir
     elif cfg.steps is None:
         raise UserError("--steps is required (the total number of steps) unless resuming")
@@ -251,6 +250,7 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
     state, origin = build_state(cfg, ckpt, resume, ctx.device)
     model, c = state.model, state.model.config
     dataset = build_dataset(cfg.data, root=cfg.data_root, image_size=c.image_size, split="train")
+    check_dataset(dataset)  # a truncated image fails now, naming the file, not at the step that draws it
     diffusion = DiffusionConfig(loss_reduction=cfg.loss_reduction)
     schedule = Schedule(diffusion)
     if ckpt is not None:
@@ -312,11 +312,8 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
                 run.writer.add_image("samples/ema", (grid[:64] + 1) / 2, done, dataformats="NCHW")
         if ctx.is_main:
             # The release file: weights only (no optimizer), same format, ready for prune.py / evaluate.py.
-            save_checkpoint(run.dir / "model.pt", config=c, state_dict=model.state_dict(),
-                            ema_state_dict=state.ema.state_dict(),
-                            meta={"train_config": dataclasses.asdict(cfg), "origin": origin, "steps": cfg.steps,
-                                  "run_id": run_id, "verified_finite": True,
-                                  "wall_time_s": round(time.time() - t0, 1)})
+            write_release(run.dir, config=c, state_dict=model.state_dict(), ema_state_dict=state.ema.state_dict(),
+                          cfg=cfg, origin=origin, run_id=run_id, wall_time_s=round(time.time() - t0, 1))
             print(f"[train] done: {run.dir / 'model.pt'} (step {cfg.steps}, {time.time() - t0:.0f} s)")
     finally:
         if run.writer is not None:

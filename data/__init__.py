@@ -28,3 +28,11 @@ def build_dataset(name: str, *, root: str | None = None, image_size: int = 32, s
         from data.image_folder import ImageFolder
         return ImageFolder(root, image_size=image_size, crop="celeba")
     raise ValueError(f"unknown dataset {name!r}; choose one of {DATASETS}")
+
+
+def check_dataset(dataset: Dataset) -> int:
+    """Decode every file of a file-backed dataset once, before any training step: a truncated or unreadable
+    image fails now in one error naming every such file (``ImageFolder.verify``), not at the step that
+    first draws it. Procedural and in-memory datasets have nothing to check. Returns the images checked."""
+    verify = getattr(dataset, "verify", None)
+    return verify() if callable(verify) else 0

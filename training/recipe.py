@@ -9,10 +9,12 @@ of its arguments and of the generators it is given), which is what makes a resum
     BatchOrder     global batch indices of step s, epoch-wise permutations seeded by (seed, epoch)
     lr_at          constant lr after a linear warm-up (the DDIM codebase's schedule, warm-up optional)
     first_non_finite  the first NaN/inf tensor of a state dict, named, for a one-line stop message
+    write_release  the run's model.pt (weights only); ``release_finished`` for a resumed run at its total
     sample_grid    deterministic DDIM samples from noise fixed by a seed, for the run's progress grids
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +28,8 @@ from common.ema import EMA
 from data import DATASETS
 from diffusion.samplers import ddim_sample, ddim_timesteps
 from diffusion.schedule import Schedule
+from models.checkpoint import read_checkpoint, save_checkpoint
+from models.ddpm.config import ModelConfig
 from training.distill import Distiller, check_distill_arguments
 
 
@@ -183,6 +187,42 @@ def first_non_finite(tensors: Mapping[str, torch.Tensor], what: str) -> str | No
         if value.is_floating_point() and not torch.isfinite(value).all():
             return f"{what} {name!r}"
     return None
+
+
+RELEASE = "model.pt"  # the run's release file: weights only (no optimizer), ready for prune.py / evaluate.py
+
+
+def write_release(run_dir: Path, *, config: ModelConfig, state_dict: Mapping[str, torch.Tensor],
+                  ema_state_dict: Mapping[str, torch.Tensor], cfg: TrainConfig, origin: str, run_id: str,
+                  wall_time_s: float | None) -> Path:
+    """Write ``run_dir/model.pt`` from verified weights (the loop's, or the last verified checkpoint's)."""
+    path = Path(run_dir) / RELEASE
+    save_checkpoint(path, config=config, state_dict=state_dict, ema_state_dict=ema_state_dict,
+                    meta={"train_config": dataclasses.asdict(cfg), "origin": origin, "steps": cfg.steps,
+                          "run_id": run_id, "verified_finite": True, "wall_time_s": wall_time_s})
+    return path
+
+
+def release_finished(run_dir: Path, ckpt: Mapping[str, Any], cfg: TrainConfig) -> str:
+    """A resumed run whose checkpoint is already at the total ``cfg.steps``: its model.pt, written from that
+    checkpoint when the release is missing (killed between the checkpoint and the release, or resumed with
+    --steps lowered to the step it reached). Never overwrites a release; returns what to print."""
+    path, step = Path(run_dir) / RELEASE, int(ckpt["train_state"]["step"])
+    if path.exists():
+        released = read_checkpoint(path)["meta"].get("steps")
+        if released != step:
+            raise UserError(f"{path} holds step {released} but the run's last checkpoint is step {step}; it is not "
+                            f"rewritten: pass a larger --steps to continue the run")
+        return f"{run_dir} already finished: it is at step {step} of --steps {cfg.steps}; nothing to do (pass a " \
+               f"larger --steps to continue it)"
+    bad = first_non_finite(ckpt["state_dict"], "weight") or first_non_finite(ckpt["ema_state_dict"], "EMA weight")
+    if bad:  # checkpoints are verified before they are written: this one was damaged since
+        raise UserError(f"{run_dir}: the checkpoint of step {step} holds non-finite values in {bad}; no model.pt")
+    meta = ckpt["meta"]
+    write_release(run_dir, config=ModelConfig.from_dict(ckpt["model_config"]), state_dict=ckpt["state_dict"],
+                  ema_state_dict=ckpt["ema_state_dict"], cfg=cfg, origin=meta.get("origin", "resumed"),
+                  run_id=meta["run_id"], wall_time_s=None)
+    return f"{run_dir} is at step {step} = --steps {cfg.steps}: wrote {path} (step {step}) from its last checkpoint"
 
 
 @torch.no_grad()
