@@ -39,6 +39,7 @@ from metrics.macs import count_macs
 from models.checkpoint import environment
 from metrics.inception import FID_FEATURE_DIM, FID_WEIGHTS_HASH_PREFIX
 from models.ddpm.config import PRESETS
+from models.lineage import default_reference, label as lineage_label
 from models.loading import load_with_info
 
 @dataclass(frozen=True)
@@ -79,9 +80,8 @@ def validate(cfg: EvalConfig) -> None:
         raise UserError("no model to evaluate: pass checkpoints (or run prune.py first for the default)")
     if cfg.num_samples < 2:
         raise UserError(f"--num-samples must be >= 2 (SSIM and FID need two), got {cfg.num_samples}")
-    for name in ("batch_size",):
-        if getattr(cfg, name) < 1:
-            raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(cfg, name)}")
+    if cfg.batch_size < 1:
+        raise UserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.heldout_images < 0:
         raise UserError(f"--heldout-images must be >= 0, got {cfg.heldout_images}")
     if cfg.sampler.sampler not in ("ddim", "ddpm"):
@@ -244,7 +244,7 @@ def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats,
         macs = count_macs(model, model.example_inputs())
         t = timing[src] if timing[src]["generated"] else measure_latency(model, schedule, cfg=cfg.sampler,
                                                                           batch=min(cfg.batch_size, 8), device=cfg.device)
-        row = {"name": name, "source": src, "format": info["format"], "ema": info["ema"],
+        row = {"name": name, "label": lineage_label(src), "source": src, "format": info["format"], "ema": info["ema"],
                "weights_sha256": keys[src]["weights_sha256"],
                "params": macs.params, "params_M": macs.params / 1e6, "macs_paper": macs.macs_paper,
                "macs_paper_G": macs.macs_paper / 1e9, "macs_full": macs.macs_full, "macs_full_G": macs.macs_full / 1e9,
@@ -328,7 +328,7 @@ def build_parser() -> argparse.ArgumentParser:
                                              "shipped teacher and the latest runs/prune result)")
     cli.add_loader_overrides(m, PRESETS)
     m.add_argument("--reference", default=None, help="model whose samples SSIM compares against (default: the "
-                                                      "teacher when evaluating the default)")
+                                                      "root teacher of the first pruned model, models/lineage.py)")
     m.add_argument("--num-samples", type=cli.positive_int, default=64, help="samples per model, >= 2 [default: 64]")
     m.add_argument("--protocol", choices=sorted(PROTOCOLS), default=DEFAULT_PROTOCOL,
                    help="named sampling settings, one default whatever models are named (metrics/protocols.py: "
@@ -376,7 +376,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig | FidStatsConf
                               batch_size=a.batch_size, device=a.device), None
     if a.num_samples < 2:
         parser.error(f"--num-samples must be >= 2 (SSIM and FID need two), got {a.num_samples}")
-    models, reference = tuple(a.models), a.reference
+    models, reference = tuple(a.models), a.reference or default_reference(a.models)  # the root teacher, if any
     if not models:  # the embedded default: the shipped teacher and the most recent pruned model
         pruned = latest_pruned_checkpoint()
         models = (str(TEACHER_CHECKPOINT),) + ((str(pruned),) if pruned else ())

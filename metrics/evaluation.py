@@ -190,6 +190,7 @@ def format_table(rows: list[dict]) -> str:
     cols = [c for c in cols if c[1] != "fd_custom_inception" or any(r.get(c[1]) is not None for r in rows)]
     cells = [[title for title, _, _ in cols]]
     for r in rows:
+        r = {**r, "name": r.get("label") or r["name"]}  # the lineage label (models/lineage.py) where known
         cells.append([fmt.format(r[key]) if r.get(key) is not None else "-" for _, key, fmt in cols])
     widths = [max(len(row[i]) for row in cells) for i in range(len(cols))]
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)) for row in cells]

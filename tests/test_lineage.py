@@ -1,0 +1,54 @@
+"""models/lineage.py: a pruned model's root teacher through channel pruning, layer pruning and fine-tuning."""
+from __future__ import annotations
+
+import torch
+
+from models.checkpoint import save_checkpoint
+from models.ddpm.config import ModelConfig
+from models.ddpm.unet import UNet
+from models.lineage import label, lineage, root_teacher
+
+CONFIG = ModelConfig(image_size=16, ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(8,), norm_groups=2)
+
+
+def _save(path, meta):
+    torch.manual_seed(0)
+    save_checkpoint(path, config=CONFIG, state_dict=UNet(CONFIG).state_dict(), meta=meta)
+    return str(path)
+
+
+def test_root_teacher_through_channel_layer_and_fine_tune(tmp_path):
+    teacher = _save(tmp_path / "teacher.pt", {"train_config": {"model": "tiny"}})
+    (tmp_path / "p1").mkdir(), (tmp_path / "p2").mkdir(), (tmp_path / "ft").mkdir()
+    channel = _save(tmp_path / "p1" / "pruned.pt", {"source_model": teacher, "method": "diff-pruning"})
+    layer = _save(tmp_path / "p2" / "pruned.pt", {"source_model": channel, "method": "layer"})
+    tuned = _save(tmp_path / "ft" / "model.pt", {"train_config": {"model": layer}})
+    assert [s.kind for s in lineage(tuned)] == ["train", "prune", "prune", "train"]
+    assert root_teacher(tuned) == root_teacher(layer) == root_teacher(channel) == teacher
+    assert root_teacher(teacher) is None  # trained from a preset: not a pruned model
+    assert label(tuned) == "ft/model (from teacher)"
+
+
+def test_missing_sources_and_cycles_end_the_walk(tmp_path):
+    gone = _save(tmp_path / "a.pt", {"source_model": str(tmp_path / "moved_away.pt")})
+    assert root_teacher(gone) == str(tmp_path / "moved_away.pt")
+    loop = tmp_path / "loop.pt"
+    _save(loop, {"train_config": {"model": str(loop)}})
+    assert len(lineage(loop)) == 1
+
+
+def test_evaluate_defaults_reference_to_the_root_teacher_and_labels_rows(tmp_path):
+    import evaluate
+    from metrics.evaluation import format_table
+
+    teacher = _save(tmp_path / "teacher.pt", {"train_config": {"model": "tiny"}})
+    (tmp_path / "p").mkdir(), (tmp_path / "ft").mkdir()
+    pruned = _save(tmp_path / "p" / "pruned.pt", {"source_model": teacher})
+    tuned = _save(tmp_path / "ft" / "model.pt", {"train_config": {"model": pruned}})
+    cfg, _ = evaluate.parse_args([pruned, tuned])
+    assert cfg.reference == teacher
+    assert evaluate.parse_args([pruned, "--reference", tuned])[0].reference == tuned  # an explicit one wins
+    preset_root = _save(tmp_path / "q.pt", {"source_model": "tiny"})
+    assert evaluate.parse_args([preset_root])[0].reference is None  # a preset is no reference
+    table = format_table([{"name": "1-model", "label": label(tuned)}, {"name": "0-teacher"}])
+    assert "ft/model (from teacher)" in table and "0-teacher" in table
