@@ -191,6 +191,7 @@ class TimestepReport:
     loss_max: the running max of L_t at the end.
     thr:      the threshold; the loop stops at the first t with L_t < thr * loss_max.
     stopped_at: the first rejected t, or None when no t was rejected (all computed t kept).
+    cap:      ``max_timesteps`` where it was below the schedule's T (the loop could end there), else None.
     """
 
     kept: list[int] = field(default_factory=list)
@@ -198,10 +199,31 @@ class TimestepReport:
     loss_max: float = 0.0
     thr: float = 0.0
     stopped_at: int | None = None
+    cap: int | None = None
 
     @property
     def threshold(self) -> float:
         return self.thr * self.loss_max
+
+    @property
+    def stop_reason(self) -> str:
+        """Why the loop ended, for summaries: the threshold, the --max-timesteps cap, or the end of the schedule."""
+        if self.stopped_at is not None:
+            return f"stopped at t={self.stopped_at}: L_t < thr * L_max"
+        if self.cap is not None and len(self.losses) >= self.cap:
+            return f"the --max-timesteps cap ({self.cap}) stopped the loop before any t fell below the threshold"
+        return "no t below the threshold"
+
+
+def _progress(T: int, thr: float, progress: bool) -> tqdm:
+    """The gradient pass's bar. With thr > 0 the loop length is unknown until L_t falls below thr * L_max, so
+    the bar counts timesteps (no total, no ETA) and shows the running L_t / L_max against the stop level."""
+    return tqdm(total=T if thr == 0 else None, desc="gradient timesteps", unit="t", disable=not progress)
+
+
+def _show(bar: tqdm, L_t: float, report: "TimestepReport") -> None:
+    if report.thr > 0 and report.loss_max > 0:
+        bar.set_postfix_str(f"L_t/L_max {L_t / report.loss_max:.3f}, stops below {report.thr:g}", refresh=False)
 
 
 def accumulate_gradients(model: nn.Module, schedule: Schedule, x0: torch.Tensor, *, thr: float, micro_batch: int,
@@ -240,12 +262,13 @@ def accumulate_gradients(model: nn.Module, schedule: Schedule, x0: torch.Tensor,
     was_training = model.training
     model.eval()
     model.zero_grad(set_to_none=True)
-    report = TimestepReport(thr=float(thr))
+    report = TimestepReport(thr=float(thr), cap=T if T < schedule.num_timesteps else None)
+    bar = _progress(T, thr, progress)
     try:
         if micro_batch >= B:
-            _accumulate_chunks(model, schedule, x0, eps, T, micro_batch // B, thr, report, params, names, progress)
+            _accumulate_chunks(model, schedule, x0, eps, T, micro_batch // B, thr, report, params, names, bar)
             return report
-        for t in tqdm(range(T), desc="timesteps", disable=not progress):
+        for t in range(T):
             # Micro-batches smaller than B: L_t needs the whole batch, but we do not hold B samples' graphs at
             # once. Snapshot the grads, backward each micro-batch as it comes, and if the completed L_t falls below the threshold
             # restore the snapshot. Exact: the snapshot is a copy of the grads before t, so after a
@@ -264,6 +287,8 @@ def accumulate_gradients(model: nn.Module, schedule: Schedule, x0: torch.Tensor,
             _check_finite_grads(params, names, t)
             report.losses.append(L_t)
             report.loss_max = max(report.loss_max, L_t)
+            bar.update(1)
+            _show(bar, L_t, report)
             if L_t < thr * report.loss_max:
                 for p, saved in zip(params, snapshot):
                     p.grad = saved
@@ -271,13 +296,14 @@ def accumulate_gradients(model: nn.Module, schedule: Schedule, x0: torch.Tensor,
                 break
             report.kept.append(t)
     finally:
+        bar.close()
         model.train(was_training)
     return report
 
 
 def _accumulate_chunks(model: nn.Module, schedule: Schedule, x0: torch.Tensor, eps: torch.Tensor, T: int, k: int,
                        thr: float, report: TimestepReport, params: list[torch.Tensor], names: dict[int, str],
-                       progress: bool) -> None:
+                       bar: tqdm) -> None:
     """The timestep loop of ``accumulate_gradients`` with k timesteps per forward/backward (k * B samples).
 
     Each pass stacks the batch k times, sample j * B + b being (x0_b, eps_b) at t_j, and computes the k losses
@@ -288,7 +314,6 @@ def _accumulate_chunks(model: nn.Module, schedule: Schedule, x0: torch.Tensor, e
     gradient, so nothing is evaluated twice.
     """
     B = x0.shape[0]
-    bar = tqdm(total=T, desc="timesteps", disable=not progress)
     for t0 in range(0, T, k):
         ts = list(range(t0, min(t0 + k, T)))
         tt = torch.tensor(ts, dtype=torch.long, device=x0.device).repeat_interleave(B)  # (k B,): t-major
@@ -310,10 +335,10 @@ def _accumulate_chunks(model: nn.Module, schedule: Schedule, x0: torch.Tensor, e
             if not _grads_finite(params):
                 _name_non_finite_timestep(model, schedule, x0, eps, report.kept + ts[:kept], params, names)
             report.kept.extend(ts[:kept])
-        bar.update(n)
+        bar.update(len(report.losses) - bar.n)  # the timesteps read, up to and including a rejected one
+        _show(bar, report.losses[-1], report)
         if report.stopped_at is not None:
             break
-    bar.close()
 
 
 def _grads_finite(params: list[torch.Tensor]) -> bool:
