@@ -84,7 +84,7 @@ def markdown(r: dict) -> str:
              f"`{r['command']}` ({r['wall_seconds']:.0f} s wall; load average {r['machine']['load_average_1m']}; "
              f"torch {r['machine']['torch']}). Reader {r['reader']} (sha256 `{r['reader_sha256'][:16]}...`); "
              f"images {r['images']}. Fractions of images whose read attribute equals the caption's; `all` = count, "
-             "kinds, colours and background together (pairs, the colour-kind binding, reported apart).\n",
+             "kinds and colours together (background and pairs, the colour-kind binding, reported apart).\n",
              "| captions " + head, "|---" * (len(ATTRIBUTES) + 1) + "|"]
     cells = lambda row: " | ".join(f"{row[k]:.3f}" for k in ATTRIBUTES)  # noqa: E731
     lines += [f"| {name} | {cells(row)} |" for name, row in r["rows"].items()]

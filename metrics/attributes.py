@@ -11,11 +11,14 @@ compared with what ``parse_caption`` says the caption asks for:
     colours     set of shape colours present (8 flags)                 == the caption's colours
     background  set of background colour names present (7 flags)      == the caption's one or two names
     pairs       set of (kind, colour) pairs present (32 flags)         == the caption's pairs ("a red square")
-    all         count, kinds, colours and background all right together
+    all         count, kinds and colours all right together
 
-``all`` leaves out ``pairs``, the binding of colours to kinds: ShapesNet reads whole pair sets far less reliably
-than the rest (checkpoints/shapes_net*.json: pairs_set_acc), so including it would cap real images' score well
-below 1; it is reported beside the others. Each score is the fraction of images whose reading equals the
+``all`` holds what the issue's definition names (count, kinds and colours) and leaves out two attributes that
+are reported beside it: ``pairs``, the binding of colours to kinds, and ``background``. The reader gets whole
+pair sets right on 45% of held-out real images and both background names on 70% (the names cut a continuous
+colour range into hue sectors, and colours near a border are ambiguous), against 87% for the kind sets, 95% for
+the count and 97% for the colour sets (checkpoints/shapes_net_t2i.json); including them would cap real images'
+``all`` far below 1. Each score is the fraction of images whose reading equals the
 caption's value; the reader is fixed, so a prompt whose caption another model follows perfectly scores what real
 images with that caption score (the ceiling, benchmarks/results/attribute_accuracy_validation.md).
 """
@@ -83,7 +86,7 @@ def compare(reading: Reading, wanted: CaptionAttributes) -> dict[str, bool]:
     ok = {"count": reading.count == wanted.count, "kinds": reading.kinds == wanted.kinds,
           "colours": reading.colours == wanted.colours, "background": reading.background == wanted.background_set,
           "pairs": reading.pairs == wanted.pairs}
-    ok["all"] = ok["count"] and ok["kinds"] and ok["colours"] and ok["background"]
+    ok["all"] = ok["count"] and ok["kinds"] and ok["colours"]
     return ok
 
 
