@@ -35,6 +35,7 @@ from diffusion.schedule import Schedule
 from metrics.protocols import DEFAULT as DEFAULT_PROTOCOL, PROTOCOLS, resolve as resolve_protocol
 from metrics.evaluation import (SamplerConfig, claim_sample_folder, format_table, generate_samples, load_samples,
                                 measure_latency, remove_partial_samples, sampling_key)
+from metrics import eval_run
 from metrics.macs import count_macs
 from models.checkpoint import environment
 from metrics.inception import FID_FEATURE_DIM, FID_WEIGHTS_HASH_PREFIX
@@ -175,6 +176,7 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
         loaded[src] = load_with_info(src, ema=cfg.weights == "ema", device=cfg.device, preset=cfg.preset, norm_groups=cfg.norm_groups)
         if rank == 0:
             cli.print_load_notes(src, loaded[src][1], "evaluate")
+    eval_run.check_loaded({s: m for s, (m, _) in loaded.items()}, cfg.reference, cfg.num_samples, cfg.out)
     inception, fid_stats, fid_name, fid_why = fid_setup(cfg) if rank == 0 else (None, None, None, None)
     schedule = Schedule()
     names = {src: f"{i}-{Path(src).stem}" for i, src in enumerate(sources)}
@@ -189,17 +191,14 @@ def main(cfg: EvalConfig, resume: str | None = None) -> Path:
         c = loaded[src][0].config
         if (c.image_size, c.in_channels) not in fd_shapes_by_shape:
             fd_shapes_by_shape[c.image_size, c.in_channels] = fd_shapes_reference(cfg, c.image_size, c.in_channels)
-    if resume:
-        run_dir = Path(resume)
-    else:
-        run_dir = Path(ctx.broadcast(str(new_run_dir(cfg.out, "eval")) if rank == 0 else None))
-        if rank == 0:
-            mark_run(run_dir, "eval")
+    run_dir = Path(resume) if resume else Path(ctx.broadcast(str(new_run_dir(cfg.out, "eval")) if rank == 0 else None))
+    if rank == 0 and not resume:
+        mark_run(run_dir, "eval")
     lock = RunLock(run_dir, "evaluating into this folder").acquire() if rank == 0 else None
-    try:
-        if resume and rank == 0:
-            for src in sources:  # before any sampling: same weights, same settings, or an error
-                claim_sample_folder(run_dir / names[src] / "samples", keys[src], write=False)
+    try:  # before any sampling: the same evaluation (models by weights, settings) as the folder's, or an error
+        if ctx.broadcast(eval_run.claim_run(run_dir, eval_run.identity(cfg, keys), names, keys, resume=bool(resume))
+                         if rank == 0 else None):  # finished (claim_run said so): its report stands as written
+            return ctx.close() or run_dir
         return _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats, fid_name, fid_why,
                          heldout_by_size, ctx, fd_shapes_by_shape)
     finally:
@@ -334,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="named sampling settings, one default whatever models are named (metrics/protocols.py: "
                         f"embedded = DDIM-100 clipped, paper = DDIM-100 quad unclipped) [default: {DEFAULT_PROTOCOL}]")
     m.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="override: DDIM, or ancestral DDPM")
-    m.add_argument("--steps", type=cli.positive_int, default=None, help="override: DDIM steps")
+    m.add_argument("--steps", type=cli.int_in_range(1, Schedule().num_timesteps, "the schedule's timesteps"),
+                   default=None, help="override: DDIM steps")
     m.add_argument("--skip-type", choices=("uniform", "quad"), default=None, help="override: DDIM timestep spacing")
     m.add_argument("--eta", type=cli.finite_float, default=None, help="override: DDIM eta, >= 0 (0 is deterministic)")
     m.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None, help="override: clamp x0 to [-1, 1]")

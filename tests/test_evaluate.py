@@ -70,6 +70,7 @@ def test_resume_regenerates_only_missing_samples_identically(tmp_path):
     before = pngs(folder)
     (folder / "000001.png").unlink()
     (folder / "000003.png").unlink()
+    (run / "report.json").unlink()  # killed while sampling: no report yet (a finished one is never rewritten)
     evaluate.main(config(tmp_path, [model]), resume=str(run))
     after = pngs(folder)
     assert before.keys() == after.keys()

@@ -26,9 +26,13 @@ def test_evaluate_resume_refuses_samples_of_another_model_with_the_same_name(tmp
         evaluate.main(eval_config(tmp_path, [b]), resume=str(run))
     after = {p.name: p.read_bytes() for p in (run / "0-pruned" / "samples").glob("*.png")}
     assert before == after  # nothing overwritten, nothing reported
-    # The same model resumes.
-    evaluate.main(eval_config(tmp_path, [a], num_samples=3), resume=str(run))
-    assert len(load_samples(run / "0-pruned" / "samples", 3)) == 3
+    # The same model resumes a run interrupted before its report (issue 22: a finished run is never rewritten,
+    # and a resume continues the same evaluation only, so more samples are a new evaluation).
+    (run / "report.json").unlink()
+    with pytest.raises(cli.UserError, match="num_samples 2 vs 3"):
+        evaluate.main(eval_config(tmp_path, [a], num_samples=3), resume=str(run))
+    evaluate.main(eval_config(tmp_path, [a]), resume=str(run))
+    assert len(load_samples(run / "0-pruned" / "samples", 2)) == 2 and (run / "report.json").is_file()
 
 
 def test_evaluate_resume_refuses_samples_drawn_with_other_settings(tmp_path):
@@ -65,6 +69,7 @@ def test_evaluate_takes_the_lock_and_removes_partial_pngs(tmp_path):
     run = evaluate.main(eval_config(tmp_path, [a]))
     partial = run / "0-a" / "samples" / "000001.tmp.png"
     partial.write_bytes(b"\x89PNG half")
+    (run / "report.json").unlink()  # killed while sampling: no report yet
     with RunLock(run, "evaluating"):
         with pytest.raises(RunLocked):
             evaluate.main(eval_config(tmp_path, [a]), resume=str(run))
