@@ -50,7 +50,8 @@ from models.runtime import Runner, RuntimeOptions
 from training.distill import MODES as DISTILL_MODES, build_distiller
 from training.scalar_log import ScalarLog
 from training.recipe import (OPTIMIZERS, BatchOrder, Run, TrainConfig, TrainState, distill_lambdas,
-                             first_non_finite, lr_at, release_finished, sample_grid, validate, write_release)
+                             first_non_finite, lr_at, release_finished, report_heldout, sample_grid, validate,
+                             write_release)
 
 
 def build_model(cfg: TrainConfig) -> tuple[UNet, str]:
@@ -209,9 +210,7 @@ def checkpoint(state: TrainState, cfg: TrainConfig, run: Run, ctx: Distributed, 
     run.last_good, run.last_good_step = ckpt_dir / "latest.pt", done
     if cfg.keep_every and done % cfg.keep_every == 0:
         save_state(state, cfg, run, ctx, ckpt_dir / f"step_{done:07d}.pt")
-    if h is not None:
-        run.writer.add_scalar("eval/heldout_loss_ema", h, done)
-        print(f"[train] step {done}: held-out eps-MSE (EMA) {h:.5f}, {time.time() - t0:.0f} s")
+    report_heldout(run, state, heldout, h, cfg, t0)  # raw and EMA held-out loss; EMA-horizon warning at the end
 
 
 # ----------------------------------------------------------------------------------------------- main

@@ -52,3 +52,19 @@ def test_train_writes_scalars_beside_tensorboard(tmp_path):
     assert {"train/loss", "train/grad_norm", "train/lr"} <= tags
     assert sorted({int(r["step"]) for r in table if r["tag"] == "train/loss"}) == [1, 2]
     assert any((run / "tb").iterdir())
+
+
+def test_short_fine_tune_logs_raw_and_ema_heldout_and_warns(tmp_path, capsys):
+    import train
+    from tests.test_train import base_config, small_checkpoint
+    from training.recipe import ema_horizon_warning
+
+    run = train.main(base_config(tmp_path, small_checkpoint(tmp_path / "init.pt"), steps=2, ckpt_every=2,
+                                 ema_decay=0.999, lr=1e-2))
+    out = capsys.readouterr().out
+    assert "held-out eps-MSE EMA" in out and ", raw " in out
+    assert "far below the EMA horizon 1/(1-0.999) = 1000 steps" in out
+    with open(run / "scalars.csv") as f:
+        rows = {r["tag"]: float(r["value"]) for r in csv.DictReader(f) if r["tag"].startswith("eval/")}
+    assert set(rows) == {"eval/heldout_loss_ema", "eval/heldout_loss_raw"} and rows["eval/heldout_loss_ema"] != rows["eval/heldout_loss_raw"]
+    assert ema_horizon_warning(300, 0.99, True) is None  # 300 steps >= 100 / 4

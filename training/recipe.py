@@ -236,3 +236,36 @@ def sample_grid(model: nn.Module, schedule: Schedule, n: int, steps: int, seed: 
     x0 = ddim_sample(model, schedule, x_T.to(device), ddim_timesteps(steps, schedule.num_timesteps, "uniform"),
                      eta=0.0, clip_x0=True)
     return x0.clamp(-1, 1).cpu()
+
+
+def ema_horizon_warning(steps: int, decay: float, warmup: bool) -> str | None:
+    """A warning when a run is far shorter than the EMA's horizon 1/(1 - decay) (its averaging window in steps):
+    the EMA weights then still hold mostly the starting weights. None when the run is long enough."""
+    horizon = 1.0 / (1.0 - decay) if decay < 1 else float("inf")
+    # Without warm-up the starting weights keep mu^n ~ exp(-n / horizon) of the average: > 0.78 below n = horizon / 4.
+    if steps * 4 >= horizon:
+        return None
+    how = "even with the warm-up (decay min(mu, (1+n)/(10+n)))" if warmup else "(no warm-up)"
+    return (f"{steps} steps is far below the EMA horizon 1/(1-{decay:g}) = {horizon:.0f} steps {how}: the EMA weights "
+            "are still close to the starting weights; compare the raw held-out loss, evaluate with --weights raw, "
+            "or lower --ema-decay")
+
+
+def report_heldout(run: Run, state: TrainState, heldout, h_ema: float | None, cfg: TrainConfig, t0: float) -> None:
+    """At a checkpoint: log and print the held-out eps-MSE of the EMA weights (``h_ema``, measured by verify) AND
+    of the raw weights, so a short fine-tune whose EMA has not moved yet is visible; at the last step, warn when
+    the run was far shorter than the EMA horizon."""
+    import time
+
+    if h_ema is None:
+        return
+    done = state.step
+    was_training = state.model.training
+    h_raw = heldout(state.model.eval())  # eval mode (dropout off) like the EMA copy; no RNG is drawn
+    state.model.train(was_training)
+    run.writer.add_scalar("eval/heldout_loss_ema", h_ema, done)
+    run.writer.add_scalar("eval/heldout_loss_raw", h_raw, done)
+    print(f"[train] step {done}: held-out eps-MSE EMA {h_ema:.5f}, raw {h_raw:.5f}, {time.time() - t0:.0f} s")
+    warning = ema_horizon_warning(cfg.steps, cfg.ema_decay, cfg.ema_warmup) if done == cfg.steps else None
+    if warning:
+        print(f"[train] warning: {warning}")
