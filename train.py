@@ -45,6 +45,7 @@ from diffusion.schedule import DiffusionConfig, Schedule
 from models.checkpoint import environment, read_checkpoint, save_checkpoint
 from models.ddpm.config import PRESETS, ModelConfig
 from models.ddpm.unet import UNet, count_parameters
+from models.lineage import default_reference
 from models.loading import load_with_info
 from models.runtime import Runner, RuntimeOptions
 from training.distill import MODES as DISTILL_MODES, build_distiller
@@ -366,7 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="fine-tune with knowledge distillation from --teacher: output KD (0.3 task + 0.7 KD), "
                         "feature KD over the stage outputs (BK-SDM), or feature KD with each stage normalised by "
                         f"the teacher feature's squared norm (LAPTOP-Diff) [default: {d.distill}]")
-    p.add_argument("--teacher", help="the dense checkpoint to distil from (any source models.load reads)")
+    p.add_argument("--teacher", help="the dense checkpoint to distil from (any source models.load reads) [default: "
+                                     "the root teacher of a pruned --model]")
     p.add_argument("--lambda-task", type=cli.finite_float, help="weight of the eps loss [default: 0.3 for output, 1 else]")
     p.add_argument("--lambda-out", type=cli.finite_float, help="weight of output KD [default: 0.7 for output, 1 else]")
     p.add_argument("--lambda-feat", type=cli.finite_float, help="weight of feature KD [default: 1]")
@@ -389,6 +391,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
             p.error(f"--resume continues the run with its saved config; {', '.join('--' + k.replace('_', '-') for k in extra)} "
                     f"cannot be changed (fine-tune its model.pt as a new run with --model instead)")
         return TrainConfig(steps=args.get("steps"), device=args.get("device", d.device)), resume
+    if args.get("distill", d.distill) != "none" and not args.get("teacher") and args.get("model"):
+        args["teacher"] = default_reference([args["model"]])  # a pruned model's root teacher (models/lineage.py)
     return TrainConfig(**args), None
 
 

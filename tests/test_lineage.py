@@ -52,3 +52,15 @@ def test_evaluate_defaults_reference_to_the_root_teacher_and_labels_rows(tmp_pat
     assert evaluate.parse_args([preset_root])[0].reference is None  # a preset is no reference
     table = format_table([{"name": "1-model", "label": label(tuned)}, {"name": "0-teacher"}])
     assert "ft/model (from teacher)" in table and "0-teacher" in table
+
+
+def test_train_distillation_teacher_defaults_to_the_root_teacher(tmp_path):
+    import train
+
+    teacher = _save(tmp_path / "teacher.pt", {"train_config": {"model": "tiny"}})
+    (tmp_path / "p").mkdir()
+    pruned = _save(tmp_path / "p" / "pruned.pt", {"source_model": teacher})
+    cfg, _ = train.parse_args(["--model", pruned, "--distill", "output"])
+    assert cfg.teacher == teacher
+    assert train.parse_args(["--model", pruned])[0].teacher is None  # no distillation: no teacher
+    assert train.parse_args(["--model", pruned, "--distill", "output", "--teacher", pruned])[0].teacher == pruned
