@@ -187,8 +187,12 @@ def test_a_group_that_would_empty_half_way_leaves_the_model_as_it_was():
 
 def test_a_non_finite_loss_names_the_timestep_and_prunes_nothing():
     model = ddim_model()
-    with torch.no_grad():
+    with torch.no_grad():  # a nan weight is refused before any work, naming it (pruning/inputs.py) ...
         model.conv_out.bias[0] = float("nan")
+    with pytest.raises(ValueError, match=r"non-finite.*'conv_out.bias'"):
+        prune(model, EXAMPLE, method="diff-pruning", data=torch.zeros(2, 3, 8, 8), max_timesteps=2, progress=False)
+    with torch.no_grad():  # ... finite weights whose loss overflows reach the gradient pass, which names t
+        model.conv_out.bias[0] = 3e38
     snap = _snapshot(model)
     with pytest.raises(FloatingPointError, match=r"t=0"):
         prune(model, EXAMPLE, method="diff-pruning", data=torch.zeros(2, 3, 8, 8), max_timesteps=2, progress=False)

@@ -206,6 +206,9 @@ def infer_ddim_config(state_dict: Mapping[str, torch.Tensor], *, source: str, pr
         return tuple(state_dict[key].shape)
 
     ch, in_channels = shape("conv_in.weight")[:2]
+    if shape("down.0.block.0.conv1.weight")[1] != ch:  # the first block reads conv_in's output: not a pruned width
+        raise ValueError(f"{source}: shape mismatch: conv_in.weight {shape('conv_in.weight')} vs "
+                         f"down.0.block.0.conv1.weight {shape('down.0.block.0.conv1.weight')}, which reads its output")
     out_channels = shape("conv_out.weight")[0]
     levels = sorted({int(k.split(".")[1]) for k in state_dict if re.match(r"down\.\d+\.", k)})
     if not levels or levels != list(range(len(levels))):
