@@ -16,7 +16,11 @@ of benchmarks/reproduce_report.py:
 Per method it also gives the two means and their difference in units of the combined spread
 z = |mean_A - mean_B| / sqrt(std_A^2 + std_B^2) ("within noise" when z < 2). Writes
 benchmarks/results/reproduce_agreement.{json,md} (--out) and, with --docs, refreshes the block between this
-script's markers in that file (docs/RESULTS.md).
+script's markers in that file.
+
+Superseded for verdicts by benchmarks/reproduce_pool.py: runs of one configuration are one sample, pooled
+and tested (Welch + Holm), rather than two verdicts compared. Runs written since then carry no interval-rule
+"pairs"; for them this script compares the verdicts and the per-method means only.
 """
 from __future__ import annotations
 
@@ -49,7 +53,8 @@ def claim_rows(va: dict, vb: dict) -> list[dict]:
                  for p in sorted(set(a.get("pairs", {})) | set(b.get("pairs", {})))}
         for p in pairs.values():
             p["agreement"] = pair_agreement(p["a"], p["b"])
-        if not verdict_a or not verdict_b or "incomplete" in verdict_a or "incomplete" in verdict_b:
+        if not verdict_a or not verdict_b or any(w in v for w in ("incomplete", "untested")
+                                                 for v in (verdict_a, verdict_b)):
             overall = "not in both runs"
         elif verdict_a == verdict_b:
             overall = "agree"
