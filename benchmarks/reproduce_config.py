@@ -24,6 +24,8 @@ at 128 samples, Diff-Pruning's 0.3/0.7 output-KD weights. Its "taylor" row was t
 """
 from __future__ import annotations
 
+from metrics.probe import STUDY  # the paper's sampler at 256 samples: DDIM-100, quad, no x0 clipping
+
 CHANNEL_FIRST = ("random", "magnitude", "taylor-first-order", "diff-pruning@0.0", "diff-pruning@0.02",
                  "diff-pruning@0.05", "diff-pruning@0.1", "scratch")
 CHANNEL_CONVERGED = ("random", "magnitude", "taylor", "diff-pruning@0.05", "diff-pruning@0.1", "diff-pruning@0.2",
@@ -46,8 +48,9 @@ STUDIES: dict[str, dict] = {
                   work="runs/reproduce", results_sub=""),
     "converged": dict(seeds=[0, 1, 2, 3, 4], few_seeds=3, methods=list(CHANNEL_CONVERGED + LAYER),
                       few_seed_methods=["diff-pruning@0.1", "diff-pruning@0.2", *LAYER], steps=2000, lr=2e-4,
-                      ema_decay=0.9999, ema_warmup=True, batch_size=128, num_samples=256, sample_steps=100,
-                      skip_type="quad", clip_x0=False, kd_weights="equal", measure_raw=True,
+                      ema_decay=0.9999, ema_warmup=True, batch_size=128, num_samples=STUDY.num_samples,
+                      sample_steps=STUDY.sample_steps, skip_type=STUDY.skip_type, clip_x0=STUDY.clip_x0,
+                      kd_weights="equal", measure_raw=True,
                       curve_methods=["diff-pruning@0.05"], curve_steps=3280, curve_every=820, sweep_ratios=[],
                       work="runs/converged", results_sub="converged"),
 }
