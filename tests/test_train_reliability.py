@@ -59,3 +59,30 @@ def test_a_truncated_png_in_the_data_folder_is_refused_before_training(tmp_path,
     with pytest.raises(OSError, match=r"2\.png"):
         train.main(train_config(tmp_path, model, data="folder", data_root=str(folder), steps=4, heldout_images=0))
     assert steps == []
+
+
+def test_a_teacher_that_cannot_teach_is_named(tmp_path, capsys):
+    from models.checkpoint import save_checkpoint
+    from models.ddpm.config import ModelConfig
+    from models.ddpm.unet import UNet
+    from script_helpers import SMALL
+    from training.distill import build_distiller
+
+    student_path = small_checkpoint(tmp_path / "student.pt")
+    student = train.load_with_info(str(student_path), ema=True, device="cpu")[0]
+    lambdas = {"task": None, "out": None, "feat": None}
+    build_distiller("output", str(student_path), student, lambdas=lambdas, seed=0, device="cpu")
+    assert "holds the student's own weights" in capsys.readouterr().out
+    from pruning import prune
+
+    pruned, _ = prune(train.load_with_info(str(student_path), device="cpu")[0], student.example_inputs(),
+                      method="magnitude", ratio=0.5, progress=False)
+    save_checkpoint(tmp_path / "pruned.pt", config=pruned.config, state_dict=pruned.state_dict())
+    build_distiller("output", str(tmp_path / "pruned.pt"), student, lambdas=lambdas, seed=0, device="cpu")
+    assert "is smaller than the student" in capsys.readouterr().out  # the pruned model given as the teacher
+    bad = UNet(ModelConfig(**SMALL))
+    with torch.no_grad():
+        bad.state_dict()["temb.dense.1.bias"][0] = float("nan")
+    save_checkpoint(tmp_path / "bad.pt", config=bad.config, state_dict=bad.state_dict())
+    with pytest.raises(ValueError, match=r"--teacher .*'temb.dense.1.bias'"):
+        build_distiller("output", str(tmp_path / "bad.pt"), student, lambdas=lambdas, seed=0, device="cpu")

@@ -193,6 +193,23 @@ def check_distill_arguments(mode: str, teacher: str | None, lambdas: dict[str, f
             raise ValueError(f"--lambda-{name} must be >= 0, got {value}")
 
 
+def check_teacher_weights(teacher: nn.Module, student: nn.Module, source: str) -> None:
+    """A teacher that cannot teach: non-finite weights are an error naming the tensor; the student's own weights
+    (nothing to learn) or a teacher smaller than the student (a pruned model given as --teacher?) get a note."""
+    from models.integrity import check_weights
+
+    check_weights(teacher, f"--teacher {source}")
+    mine, theirs = student.state_dict(), teacher.state_dict()
+    if mine.keys() == theirs.keys() and all(v.shape == theirs[k].shape and torch.equal(v.cpu(), theirs[k].cpu())
+                                            for k, v in mine.items()):
+        print(f"[train] note: --teacher {source} holds the student's own weights: the distillation terms start at 0 "
+              f"and teach nothing new (give the dense model the student was pruned from)")
+    elif sum(p.numel() for p in teacher.parameters()) < sum(p.numel() for p in student.parameters()):
+        print(f"[train] note: --teacher {source} is smaller than the student "
+              f"({sum(p.numel() for p in teacher.parameters()):,} vs {sum(p.numel() for p in student.parameters()):,} "
+              f"parameters): a pruned model given as the teacher?")
+
+
 def build_distiller(mode: str, teacher: str | None, student: nn.Module, *, lambdas: dict[str, float | None],
                     seed: int, device: str | torch.device) -> Distiller | None:
     """The Distiller of train.py's flags (None for mode "none"): the teacher is loaded with ``models.load`` (EMA
@@ -203,5 +220,6 @@ def build_distiller(mode: str, teacher: str | None, student: nn.Module, *, lambd
     from models.loading import load
 
     teacher_model = load(teacher, ema=True, device=device)
+    check_teacher_weights(teacher_model, student, str(teacher))
     return Distiller(student, teacher_model, mode=mode, lambda_task=lambdas.get("task"), lambda_out=lambdas.get("out"),
                      lambda_feat=lambdas.get("feat"), seed=seed, teacher_source=str(teacher))
