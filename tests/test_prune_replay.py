@@ -39,6 +39,7 @@ CASES = {
 }
 
 
+@pytest.mark.slow  # two prune.py runs each (load, prune, write): a few CPU-seconds
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_meta_holds_the_spec_and_replay_is_bit_identical(tmp_path, case, capsys):
     teacher = small_teacher(tmp_path / "teacher.pt")
