@@ -66,7 +66,7 @@ def collect(root: str | os.PathLike) -> tuple[list[dict[str, Any]], list[Path]]:
     for path, d in evaluations:
         for m in d["models"]:
             origin = _prune_origin(str(m.get("source", "")), prune_runs)
-            rows.append({"run": str(path.parent), "model": m.get("name", m.get("source", "?")),
+            rows.append({"run": str(path.parent), "model": m.get("label") or m.get("name", m.get("source", "?")),
                          "method": origin.get("method", "-") if origin else "-",
                          "ratio": origin.get("ratio") if origin else None,
                          "params_M": m.get("params_M"), "macs_G": m.get("macs_paper_G"),
@@ -126,13 +126,25 @@ def plot_size_vs_quality(rows: list[dict[str, Any]], path: Path) -> str | None:
     return metric
 
 
+_STAGES = {"temb": 0, "time_embedding": 0, "conv_in": 1, "down": 2, "down_blocks": 2, "mid": 3, "mid_block": 3,
+           "up": 4, "up_blocks": 4, "norm_out": 5, "conv_norm_out": 5, "conv_out": 6}
+
+
+def _stage_order(name: str) -> tuple:
+    """Stage order of a layer name: embedding, input conv, encoder levels, middle, decoder levels (the DDPM
+    numbers its decoder up.{L-1} .. up.0, run in that order), output; the name within a stage."""
+    parts = name.split(".")
+    level = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    return (_STAGES.get(parts[0], 7), -level if parts[0] == "up" else level, name)
+
+
 def plot_widths(widths_before: dict[str, int], widths_after: dict[str, int], path: Path, title: str = "") -> None:
-    """Kept fraction (after / before) of every prunable layer, in forward order, coloured by stage."""
+    """Kept fraction (after / before) of every prunable layer, in stage order (_stage_order), coloured by stage."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n in widths_before if n in widths_after and not n.endswith(".heads")]
+    names = sorted((n for n in widths_before if n in widths_after and not n.endswith(".heads")), key=_stage_order)
     kept = [widths_after[n] / widths_before[n] for n in names]
     colours = ["C0" if n.startswith("down") else "C1" if n.startswith("mid") else "C2" if n.startswith("up")
                else "C7" for n in names]
