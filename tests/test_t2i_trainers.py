@@ -81,3 +81,40 @@ def test_rendered_cache_round_trips(tmp_path):
     for j in range(3):
         assert (again[j] == ds.image_uint8(5 + j)).all() and (images[j] == again[j]).all()
         assert attrs[j] == attrs_again[j] == caption_attributes(ds.attributes(5 + j))
+
+
+SHIPPED = REPO / "checkpoints" / "t2i_shapes"
+
+
+def test_shipped_clip_ranks_own_captions_first():
+    from data.captions import caption
+    from metrics.clip_score import pair_cosines
+    from models.clip.load import load_clip
+    from models.clip.tokenizer import CLIPTokenizer
+
+    if not (SHIPPED / "clip" / "config.json").is_file():
+        pytest.skip("checkpoints/t2i_shapes/clip not shipped yet")
+    model, tok = load_clip(SHIPPED / "clip"), CLIPTokenizer.from_folder(SHIPPED / "tokenizer")
+    images, attrs = rendered_split("test", 16, start=2000)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2)  # uint8 (N, 3, 32, 32)
+    texts = [caption(a, 0) for a in attrs]
+    own, other = pair_cosines(model, tok, x, texts), pair_cosines(model, tok, x, texts[1:] + texts[:1])
+    assert own.mean() > 0.5 > other.mean() + 0.3
+
+
+def test_shipped_vae_reconstructs_test_images():
+    from models.pipelines.component import load_component
+
+    if not (SHIPPED / "vae" / "config.json").is_file():
+        pytest.skip("checkpoints/t2i_shapes/vae not shipped yet")
+    vae = load_component(SHIPPED / "vae")
+    images, _ = rendered_split("test", 16, start=2000)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+    with torch.no_grad():
+        q = vae.encode(x)
+        recon = vae.decode(q.mean).clamp(-1, 1)
+        latents = vae.to_latent(q.sample(torch.Generator().manual_seed(0)))
+    assert q.mean.shape == (16, 4, 8, 8)
+    mse = ((x - recon) / 2).pow(2).mean(dim=(1, 2, 3))
+    assert (10 * torch.log10(1 / mse)).mean() > 24  # dB; the recorded PSNR is benchmarks/results/t2i_vae.json's
+    assert 0.5 < latents.std() < 2.0  # scaling_factor = 1 / std of training latents
