@@ -79,3 +79,16 @@ def test_no_file_over_400_lines(package):
 def test_every_package_has_a_layer():
     packages = {p.parent.name for p in ROOT.glob("*/__init__.py")} - set(ABOVE_ALL)
     assert packages <= set(STACK), f"packages outside the stack: {sorted(packages - set(STACK))}"
+
+
+def test_prune_help_imports_no_heavy_library():
+    """``python prune.py --help`` starts without scipy.stats, matplotlib or tensorboard: each is imported by
+    the code that needs it (the additivity statistics, the figures, the training logger)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, prune; prune.build_parser().format_help(); "
+            "print(sorted(m for m in ('scipy.stats', 'matplotlib', 'tensorboard', 'torch.utils.tensorboard') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
