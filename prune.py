@@ -35,6 +35,7 @@ from common import cli
 from common.defaults import RUNS_DIR, TEACHER_CHECKPOINT
 from common.runs import RunLock, clean_interrupted_runs, new_run_dir, seed_everything, write_json, write_text
 from diffusion.samplers import sample
+from models.lineage import root_teacher
 from pruning.layers.spec import LayerPruning
 from pruning.spec import DEFAULTS, METHODS, ChannelPruning
 
@@ -120,13 +121,15 @@ def main(cfg: PruneConfig) -> Path:
               f"(two PNGs of up to {mib:.0f} MiB raw); evaluate.py measures sample quality")
     grids = dict(indices=list(range(cfg.num_samples)), seed=spec.seed, image_shape=(c.in_channels, c.image_size, c.image_size),
                  steps=cfg.sample_steps, batch_size=min(cfg.num_samples, GRID_BATCH), device=cfg.device,
-                 clip_x0=cfg.clip_x0)
+                 clip_x0=cfg.clip_x0, progress=True)
     # The data is read before any sampling: a bad --data / --data-root fails before minutes of work.
     count = spec.needs_images if layer else (spec.batch_size if spec.gradient else 0)
     images = gradient_batch(cfg, count, c.image_size).to(cfg.device) if count else None
     # Everything prune / prune_layers check before their long work, before the grid's (pruning/inputs.py).
     check_layer_inputs(model, images) if layer else check_prune(model, example, spec, images)
+    t_grids = time.perf_counter()  # the grids' sampling is listed in the time breakdown
     samples_before = sample(model.eval(), schedule, **grids) if cfg.num_samples else None
+    t_grids = time.perf_counter() - t_grids
     additivity = None
     if layer:
         small, report = prune_layers(model, spec, images, schedule=schedule)
@@ -135,7 +138,9 @@ def main(cfg: PruneConfig) -> Path:
                                             per_size=cfg.additivity_subsets)
     else:
         small, report = prune(model, example, spec, images, schedule=schedule)
+    t_after = time.perf_counter()
     samples_after = sample(small.eval(), schedule, **grids) if cfg.num_samples else None
+    report.seconds["sample_grids"] = t_grids + time.perf_counter() - t_after
     macs_after = count_macs(small, small.example_inputs())
     macs = {"macs_paper_before": macs_before.macs_paper, "macs_paper_after": macs_after.macs_paper,
             "macs_full_before": macs_before.macs_full, "macs_full_after": macs_after.macs_full}
@@ -151,7 +156,7 @@ def write_run(cfg: PruneConfig, model, report, *, info: dict, macs: dict, second
     """A new numbered run folder with everything the module docstring lists; nothing existing is overwritten.
     A kill leaves whole files only, and the temporaries a later prune.py removes (``clean_interrupted_runs``)."""
     label = f"layer-{cfg.spec.criterion}" if cfg.pipeline == "layer" else cfg.spec.method
-    run = new_run_dir(cfg.out, f"{Path(cfg.model).stem}-{label}")
+    run = new_run_dir(cfg.out, f"{Path(root_teacher(cfg.model) or cfg.model).stem}-{label}")  # named by the root
     with RunLock(run, "writing this prune run") as lock:  # a later prune.py cleans only folders no one holds
         _write_files(cfg, run, model, report, info=info, macs=macs, seconds=seconds, additivity=additivity,
                      samples=samples)
@@ -164,6 +169,7 @@ def _write_files(cfg: PruneConfig, run: Path, model, report, *, info: dict, macs
     """Every file of the run folder, each written atomically (common/runs.py atomic_path)."""
     from common.images import save_grid
     from models.checkpoint import environment, save_checkpoint
+    from reports.widths import width_table
     from reports.plots import plot_additivity, plot_timestep_losses
 
     layer = cfg.pipeline == "layer"
@@ -173,12 +179,15 @@ def _write_files(cfg: PruneConfig, run: Path, model, report, *, info: dict, macs
                if layer else report.applied())
     save_checkpoint(run / "pruned.pt", config=model.config, state_dict=model.state_dict(),
                     meta={**spec, "applied": applied, "settings": cfg.settings(), "source_model": cfg.model,
+                          "root_teacher": root_teacher(cfg.model) or cfg.model,  # models/lineage.py
                           "method": "layer" if layer else cfg.spec.method,
                           **({"criterion": cfg.spec.criterion} if layer else {"ratio": report.ratio})})
     write_json(run / SPEC_FILE, {**spec, "settings": cfg.settings(), "applied": applied})
     write_json(run / "report.json", {**summary, **macs, "settings": cfg.settings(), "environment": environment(),
                                      "source": {k: str(v) for k, v in info.items()}, "seconds_total": seconds})
     write_text(run / ("units.txt" if layer else "groups.txt"), (report.table() if layer else report.groups_text) + "\n")
+    if not layer:  # the full per-layer table goes to a file; the screen gets a per-stage summary
+        write_text(run / "widths.txt", width_table(report.widths_before, report.widths_after))
     if samples[0] is not None:
         save_grid(samples[0], run / "samples_before.png", nrow=8, scale=2)
         save_grid(samples[1], run / "samples_after.png", nrow=8, scale=2)
@@ -191,11 +200,12 @@ def _write_files(cfg: PruneConfig, run: Path, model, report, *, info: dict, macs
 
 def print_summary(cfg: PruneConfig, report, macs: dict, seconds: float, additivity: dict | None, run: Path) -> None:
     from metrics.macs import format_count
+    from reports.widths import stage_summary
 
     timing = ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items())
-    model_arg = os.path.relpath(cfg.model) if Path(cfg.model).exists() else cfg.model  # short, copy-pasteable
     q = shlex.quote  # the printed commands run as pasted, also for paths with spaces or quotes
-    pruned, model_arg = q(str(run / "pruned.pt")), q(model_arg)
+    root = root_teacher(cfg.model) or cfg.model  # the next commands compare with the ROOT teacher (models/lineage.py)
+    pruned, model_arg = q(str(run / "pruned.pt")), q(os.path.relpath(root) if Path(root).exists() else root)  # short
     fine_tune = (f"python train.py --model {pruned} --steps 1000 --lr 5e-4 --loss-reduction mean --ema-decay 0.999 "
                  f"--batch-size 32")
     listing = ", ".join(sorted(p.name for p in run.iterdir() if not p.name.startswith(".")))
@@ -209,10 +219,7 @@ def print_summary(cfg: PruneConfig, report, macs: dict, seconds: float, additivi
         print(f"time: {seconds:.1f}s in all ({timing})\n\nwrote {run}/: {listing}")
         print(f"\nnext:\n  {fine_tune} --distill feature-normalized --teacher {model_arg}")
         return
-    print(f"{'layer':<44} {'before':>7}    {'after':>7}")
-    for name, w in report.widths_before.items():
-        after = report.widths_after.get(name, 0)
-        print(f"{name:<44} {w:>7} -> {after:>7}{'' if after == w else '  *'}")
+    print(stage_summary(report.widths_before, report.widths_after) + f"\n(every layer: {run / 'widths.txt'})")
     f = format_count
     print(f"\n#params {f(report.params_before)} -> {f(report.params_after)}   MACs (paper convention) "
           f"{f(macs['macs_paper_before'])} -> {f(macs['macs_paper_after'])}   MACs (+attention matmuls) "
@@ -225,7 +232,7 @@ def print_summary(cfg: PruneConfig, report, macs: dict, seconds: float, additivi
                   "--scope global reaches a target to within a percentage point)")
     if report.timesteps is not None:
         ts = report.timesteps
-        stop = f"stopped at t={ts.stopped_at}" if ts.stopped_at is not None else "no t below the threshold"
+        stop = ts.stop_reason  # the threshold, or the --max-timesteps cap (pruning/importance.py)
         print(f"gradient over {len(ts.kept)} timesteps (t = 0..{ts.kept[-1] if ts.kept else '-'}; thr {ts.thr}, {stop}) "
               f"of a batch of {cfg.spec.batch_size} images")
     print(f"time: {seconds:.1f}s in all ({timing})")
@@ -233,6 +240,7 @@ def print_summary(cfg: PruneConfig, report, macs: dict, seconds: float, additivi
     print(f"\nnext:\n  {fine_tune}     # fine-tune (the teacher's recipe, under 10% of its steps)")
     print(f"  python evaluate.py {model_arg} {pruned} --reference {model_arg}     # compare with the original")
     print(f"  python prune.py --replay {q(str(run))}     # the same pruned weights again, in a new folder")
+    print(f"  python -m benchmarks.side_by_side {model_arg} {pruned} --labels teacher pruned     # same-noise grid")
 
 
 def build_parser() -> argparse.ArgumentParser:

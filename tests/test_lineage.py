@@ -64,3 +64,24 @@ def test_train_distillation_teacher_defaults_to_the_root_teacher(tmp_path):
     assert cfg.teacher == teacher
     assert train.parse_args(["--model", pruned])[0].teacher is None  # no distillation: no teacher
     assert train.parse_args(["--model", pruned, "--distill", "output", "--teacher", pruned])[0].teacher == pruned
+
+
+def test_prune_records_the_root_and_prints_next_commands_with_it(tmp_path, capsys):
+    """Channel pruning then a second pruning: the second run's folder, checkpoint and next commands name the
+    root teacher, not the un-fine-tuned intermediate model (which draws noise); the widths go to widths.txt."""
+    import prune
+    from models.checkpoint import read_checkpoint
+    from tests.script_helpers import small_checkpoint
+
+    teacher = small_checkpoint(tmp_path / "teacher.pt")
+    first = prune.main(prune.parse_args(["--model", str(teacher), "--method", "magnitude", "--num-samples", "0",
+                                         "--out", str(tmp_path / "p")]))
+    second = prune.main(prune.parse_args(["--model", str(first / "pruned.pt"), "--method", "magnitude",
+                                          "--ratio", "0.2", "--num-samples", "0", "--out", str(tmp_path / "p")]))
+    assert second.name.endswith("-teacher-magnitude")
+    assert read_checkpoint(second / "pruned.pt")["meta"]["root_teacher"] == str(teacher)
+    out = capsys.readouterr().out
+    evaluate_line = [line for line in out.splitlines() if "python evaluate.py" in line][-1]
+    assert evaluate_line.split("--reference")[1].split()[0].endswith("teacher.pt")
+    assert (second / "widths.txt").is_file()
+    assert "stage" in out and "down.0" in out and "widths.txt" in out
