@@ -132,6 +132,9 @@ def check_prune(model: nn.Module, example_inputs: tuple, spec: ChannelPruning, d
     analysis = analyze(model, example_inputs, ignored=spec.ignored, attn_grouping=spec.attn_grouping)
     check_feasible(analysis, ratio=None if spec.target else spec.ratio, head_mode=spec.head_mode,
                    round_to=spec.round_to, scope=spec.scope)
+    if spec.target is not None and spec.scope == "local":  # reachable at all (the bisection comes in prune)
+        ratio_for_target(model, example_inputs, analysis, kind=spec.target[0], target=spec.target[1],
+                         head_mode=spec.head_mode, round_to=spec.round_to, iterations=0)
 
 
 def prune(model: nn.Module, example_inputs: tuple, spec: ChannelPruning | None = None,

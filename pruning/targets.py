@@ -85,6 +85,8 @@ def ratio_for_target(model: nn.Module, example_inputs: tuple, analysis: Analysis
     if f(hi) < target:
         raise ValueError(f"a {target:.1%} reduction of {kind} is out of reach: the largest pruning ratio "
                          f"({hi:.3f}) removes {f(hi):.1%} (protected groups and GroupNorm/head blocks keep the rest)")
+    if iterations == 0:  # asked whether the target is reachable only (pruning.api.check_prune)
+        return hi, f(hi)
     for _ in range(iterations):  # smallest ratio with f >= target, to within (hi - lo)
         mid = (lo + hi) / 2
         if f(mid) >= target:

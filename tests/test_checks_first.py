@@ -88,3 +88,11 @@ def test_a_mis_shaped_conv_in_is_reported_as_a_shape_mismatch_naming_it(tmp_path
     with pytest.raises(ValueError, match=rf"shape mismatch: conv_in.weight \({', '.join(map(str, shape))}\)") as err:
         load(str(tmp_path / "ddim.ckpt"))
     assert "GroupNorm" not in str(err.value) and "ch_mult" not in str(err.value)
+
+
+def test_prune_script_checks_an_unreachable_target_before_the_sample_grid(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(prune_script, "sample", no_sampling)
+    model = small_checkpoint(tmp_path / "m.pt")
+    status, _, err = run_cli(prune_script, ["--model", str(model), "--method", "magnitude", "--target-params", "0.99",
+                                            "--out", str(tmp_path / "runs")], capsys)
+    assert status == 2 and "99.0% reduction of params is out of reach" in err
