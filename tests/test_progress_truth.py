@@ -34,3 +34,13 @@ def test_threshold_stop_is_named():
     report = accumulate_gradients(_model(), Schedule(), x0, thr=0.999, micro_batch=8, max_timesteps=50,
                                   generator=torch.Generator().manual_seed(0))
     assert report.stopped_at is not None and report.stop_reason.startswith(f"stopped at t={report.stopped_at}")
+
+
+def test_additivity_subsets_show_progress(capsys):
+    from pruning.layers.criteria import make_calibration, output_losses
+
+    model = _model()
+    calib = make_calibration(torch.rand(4, 3, 8, 8) * 2 - 1, Schedule(), size=4, seed=0)
+    losses = output_losses(model, calib, [{"mid.attn_1"}, {"down.0.block.0"}, set()], batch_size=8, progress=True)
+    assert losses.shape == (3,) and losses[2] == 0  # removing nothing changes nothing
+    assert "unit subsets L(S)" in capsys.readouterr().err

@@ -58,7 +58,7 @@ def _fit(x: np.ndarray, y: np.ndarray) -> dict:
 
 def additivity_report(model: UNet, calib: Calibration, scores: Mapping[str, Mapping[str, float]], *,
                       sizes: Sequence[int] = (2, 4, 8), per_size: int = 20, seed: int = 0,
-                      batch_size: int = 256) -> dict:
+                      batch_size: int = 256, progress: bool = False) -> dict:
     """Measured L(S) against sum_{i in S} s_i for every criterion in ``scores`` ({criterion: {path: s_i}}).
 
     Returns a JSON-ready dict: the subsets, their measured losses, and per criterion the predicted sums and
@@ -66,7 +66,7 @@ def additivity_report(model: UNet, calib: Calibration, scores: Mapping[str, Mapp
     """
     paths = sorted(set.intersection(*(set(s) for s in scores.values())))
     subsets = random_subsets(paths, sizes, per_size, seed)
-    measured = output_losses(model, calib, subsets, batch_size).numpy()
+    measured = output_losses(model, calib, subsets, batch_size, progress=progress).numpy()  # minutes on a CPU
     report = {"sizes": list(sizes), "per_size": per_size, "seed": seed, "calibration_size": int(calib.x_t.shape[0]),
               "subsets": [sorted(s) for s in subsets], "measured": measured.tolist(), "criteria": {}}
     size_of = np.array([len(s) for s in subsets])
@@ -101,4 +101,4 @@ def additivity_for_run(model: UNet, report: "LayerReport", spec: "LayerPruning",
     if report.criterion != "output-loss":
         scores["output-loss"] = LAYER_CRITERIA["output-loss"](model, report.units, CriterionInputs(calib=calib))
     sizes = [k for k in sizes if k <= len(report.units)]
-    return additivity_report(model, calib, scores, sizes=sizes, per_size=per_size, seed=spec.seed)
+    return additivity_report(model, calib, scores, sizes=sizes, per_size=per_size, seed=spec.seed, progress=True)

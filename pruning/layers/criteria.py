@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Callable, Sequence
 
 import torch
+from tqdm import tqdm
 from torch import nn
 
 from diffusion.ddpm import q_sample, stratified_timesteps
@@ -80,7 +81,7 @@ def make_calibration(images: torch.Tensor, schedule: Schedule, *, size: int = DE
 
 @torch.no_grad()
 def output_losses(model: UNet, calib: Calibration, subsets: Sequence[frozenset[str] | set[str]],
-                  batch_size: int = 256) -> torch.Tensor:
+                  batch_size: int = 256, progress: bool = False) -> torch.Tensor:
     """L(S) for every S in ``subsets`` (float64, (len(subsets),)), in batched forward passes.
 
     Each pass stacks k = max(1, batch_size // N) replicas of the N calibration inputs; replica r runs with
@@ -96,6 +97,7 @@ def output_losses(model: UNet, calib: Calibration, subsets: Sequence[frozenset[s
         ref = torch.cat([model(x_t[i:i + batch_size], t[i:i + batch_size]) for i in range(0, N, batch_size)])
         k = max(1, batch_size // N)
         out = []
+        bar = tqdm(total=len(subsets), desc="unit subsets L(S)", unit="subset", disable=not progress)
         for start in range(0, len(subsets), k):
             chunk = [frozenset(s) for s in subsets[start:start + k]]
             paths = sorted(set().union(*chunk))
@@ -104,6 +106,8 @@ def output_losses(model: UNet, calib: Calibration, subsets: Sequence[frozenset[s
                 eps_pruned = model(x_t.repeat(len(chunk), 1, 1, 1), t.repeat(len(chunk)))
             err = (eps_pruned - ref.repeat(len(chunk), 1, 1, 1)).double().pow(2)
             out.append(err.reshape(len(chunk), N, -1).mean(dim=(1, 2)).cpu())  # per-pixel mean, then over N
+            bar.update(len(chunk))
+        bar.close()
         return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
     finally:
         model.train(was_training)
