@@ -32,7 +32,7 @@ from PIL import Image
 from common import cli
 from common.defaults import RUNS_DIR
 from common.images import save_grid
-from common.runs import new_run_dir, write_json
+from common.runs import atomic_path, new_run_dir, write_json
 from diffusion.guidance import check_guidance_scale
 from diffusion.schedulers import SCHEDULERS
 from models.pipelines import fetch_pipeline, is_latent_source, load_latent
@@ -126,7 +126,8 @@ def main(cfg: GenerateConfig) -> Path:
     run = new_run_dir(cfg.out, Path(str(cfg.model).rstrip("/")).name or "pipeline")  # only once images exist
     for i, image in enumerate(images):
         pixels = (image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
-        Image.fromarray(pixels).save(run / f"{i:05d}.png")
+        with atomic_path(run / f"{i:05d}.png") as tmp:  # a kill leaves whole PNGs only
+            Image.fromarray(pixels).save(tmp, format="PNG")
     save_grid(images * 2 - 1, run / "grid.png")
     write_json(run / "generate.json", {**dataclasses.asdict(cfg), "kind": pipe.kind,
                                        "seconds_per_image": seconds, "device": cfg.device})

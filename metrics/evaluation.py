@@ -30,6 +30,7 @@ from torch import nn
 from tqdm import tqdm
 
 from common.images import to_uint8_hwc
+from common.runs import write_text
 from diffusion.samplers import ddim_timesteps, sample
 from diffusion.schedule import Schedule
 
@@ -91,7 +92,7 @@ def claim_sample_folder(folder: Path, key: dict, *, write: bool = True) -> None:
                                        "settings drew them is unknown; evaluate into a new folder (no --resume)")
         if write:
             folder.mkdir(parents=True, exist_ok=True)
-            manifest.write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
+            write_text(manifest, json.dumps(key, indent=2, sort_keys=True) + "\n")
         return
     try:
         saved = json.loads(manifest.read_text())

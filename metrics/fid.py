@@ -23,6 +23,8 @@ from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from common.runs import atomic_path
+
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 
 
@@ -116,7 +118,8 @@ def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray, *,
     _check_stats(mu, sigma, source=str(path))
     path.parent.mkdir(parents=True, exist_ok=True)
     extra = {"inception_sha256": np.array(inception_sha256)} if inception_sha256 else {}
-    np.savez(path, mu=mu, sigma=sigma, **extra)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object: np.savez appends no suffix to it
+        np.savez(f, mu=mu, sigma=sigma, **extra)
 
 
 def stats_inception_sha256(path: str | os.PathLike) -> str | None:

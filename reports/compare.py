@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from common.runs import atomic_path, write_text
+
 QUALITY = ("fd_shapes", "kid_shapes", "fid", "heldout_loss", "ssim_consistency")
 COLUMNS = ("run", "model", "method", "ratio", "params_M", "macs_G", *QUALITY, "seconds")
 
@@ -92,7 +94,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 
 def write_csv(rows: list[dict[str, Any]], path: Path) -> None:
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=[*COLUMNS, "kind"], extrasaction="ignore")
         w.writeheader()
         w.writerows(rows)
@@ -121,7 +123,8 @@ def plot_size_vs_quality(rows: list[dict[str, Any]], path: Path) -> str | None:
         ax.grid(alpha=0.3)
     fig.suptitle(f"{metric} against size ({len(points)} evaluated models)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return metric
 
@@ -156,7 +159,8 @@ def plot_widths(widths_before: dict[str, int], widths_after: dict[str, int], pat
     ax.set_ylabel("kept width / dense width")
     ax.set_title(title or "per-layer widths (blue: encoder, orange: middle, green: decoder)")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
 
 
@@ -176,7 +180,7 @@ def main(argv: list[str] | None = None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     table = format_table(rows)
     print(table)
-    (out / "table.md").write_text(table + "\n")
+    write_text(out / "table.md", table + "\n")
     write_csv(rows, out / "table.csv")
     metric = plot_size_vs_quality(rows, out / "size_vs_quality.png")
     for r in rows:

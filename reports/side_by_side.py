@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from common.images import make_grid
+from common.runs import atomic_path
 from diffusion.samplers import sample
 from diffusion.schedule import Schedule
 from metrics.protocols import Protocol, resolve
@@ -81,6 +82,7 @@ def main(argv: list[str] | None = None) -> Path:
     models = [load(m) for m in a.models]
     grid = labelled_grid(sample_rows(models, num=a.num, protocol=resolve(a.protocol, seed=a.seed)), labels)
     out.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(out)
+    with atomic_path(out) as tmp:
+        grid.save(tmp, format="PNG")
     print(f"[side_by_side] {out}")
     return out
