@@ -54,6 +54,7 @@ def test_ldm_celebahq_layout_is_accepted():
     assert config.head_channels == 8 and config.ch_mult == (1, 2, 3, 4) and config.flip_sin_to_cos
 
 
+@pytest.mark.slow  # 10 s at load average 11 on 2 cores (includes importing pruning/)
 def test_pruning_keeps_the_embedding_settings(tmp_path):
     from pruning import prune
     model = models.load(REF)

@@ -1,6 +1,7 @@
 """models/lineage.py: a pruned model's root teacher through channel pruning, layer pruning and fine-tuning."""
 from __future__ import annotations
 
+import pytest
 import torch
 
 from models.checkpoint import save_checkpoint
@@ -66,6 +67,7 @@ def test_train_distillation_teacher_defaults_to_the_root_teacher(tmp_path):
     assert train.parse_args(["--model", pruned, "--distill", "output", "--teacher", pruned])[0].teacher == pruned
 
 
+@pytest.mark.slow  # two prune.py runs: 6 s at load average 11 on 2 cores
 def test_prune_records_the_root_and_prints_next_commands_with_it(tmp_path, capsys):
     """Channel pruning then a second pruning: the second run's folder, checkpoint and next commands name the
     root teacher, not the un-fine-tuned intermediate model (which draws noise); the widths go to widths.txt."""
