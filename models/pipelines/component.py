@@ -13,8 +13,8 @@ without one the plain file is preferred and a lone variant file is taken):
 
 The module is built on the meta device and filled tensor by tensor (models/pipelines/weights.py).
 UNet2DModel (the pixel-space DDPM U-Net) goes through the DDPM family's own loader, ``models.loading``
-(which accepts the DDPM's settings only; the CompVis LDMs' UNet2DModel, with flip_sin_to_cos=True,
-freq_shift=0 and downsample_padding=1, is refused there with a one-line error naming the setting).
+(the DDPM's settings and diffusers' defaults, e.g. the CompVis LDMs' flip_sin_to_cos=True, freq_shift=0,
+downsample_padding=1, are ModelConfig fields; other settings are refused with one error listing them all).
 """
 from __future__ import annotations
 
