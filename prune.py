@@ -33,6 +33,7 @@ import torch
 
 from common import cli
 from common.defaults import RUNS_DIR, TEACHER_CHECKPOINT
+from common.resources import check_fits
 from common.runs import RunLock, clean_interrupted_runs, new_run_dir, seed_everything, write_json, write_text
 from diffusion.samplers import sample
 from models.lineage import root_teacher
@@ -115,10 +116,9 @@ def main(cfg: PruneConfig) -> Path:
     macs_before = count_macs(model, example)
     schedule = Schedule(DiffusionConfig(loss_reduction="sum"))  # the paper's L_t sums over pixels
     c = model.config
-    if cfg.num_samples > 1024:  # a sample grid, not an evaluation: say what it costs before drawing it
-        mib = 2 * cfg.num_samples * c.in_channels * (c.image_size + 2) ** 2 * 4 / 2 ** 20  # two PNG grids, scale 2
-        print(f"[prune] note: --num-samples {cfg.num_samples} draws {2 * cfg.num_samples} images for the sample grids "
-              f"(two PNGs of up to {mib:.0f} MiB raw); evaluate.py measures sample quality")
+    raw, png = (cfg.num_samples * c.in_channels * side ** 2 * 4 for side in (c.image_size, c.image_size + 2))
+    check_fits(f"--num-samples {cfg.num_samples}", memory=2 * raw + 2 * png, disk=2 * png, folder=cfg.out,
+               prefix="[prune] ")  # the grids: two float32 sample sets held, two PNGs of <= (H+2)^2 * 4 B per image
     grids = dict(indices=list(range(cfg.num_samples)), seed=spec.seed, image_shape=(c.in_channels, c.image_size, c.image_size),
                  steps=cfg.sample_steps, batch_size=min(cfg.num_samples, GRID_BATCH), device=cfg.device,
                  clip_x0=cfg.clip_x0, progress=True)

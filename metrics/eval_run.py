@@ -16,11 +16,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
 from common.errors import UserError
+from common.resources import check_fits
 from common.runs import write_json
 from metrics.evaluation import claim_sample_folder
 from models.integrity import check_weights
@@ -29,20 +29,11 @@ IDENTITY_FILE = "evaluation.json"
 REPORT_FILE = "report.json"
 # Settings that change how a run gets its numbers, never which numbers: free to differ on resume.
 FREE_ON_RESUME = ("models", "reference", "out", "device", "batch_size", "protocol")
-MEMORY_FRACTION = 0.8  # refuse a request whose samples alone would take more of the machine's RAM
-NOTE_BYTES = 2 ** 30   # say what a request costs above 1 GiB
 
 
 def _shape(model) -> tuple[int, int, int]:
     c = model.config
     return c.in_channels, c.image_size, c.image_size
-
-
-def _available_memory() -> int | None:
-    try:
-        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    except (ValueError, OSError, AttributeError):  # not on every platform
-        return None
 
 
 def check_loaded(models: Mapping[str, Any], reference: str | None, num_samples: int, out: str | os.PathLike) -> None:
@@ -57,23 +48,10 @@ def check_loaded(models: Mapping[str, Any], reference: str | None, num_samples: 
                 raise UserError(f"--reference {reference} draws {_shape(models[reference])} images but {src} draws "
                                 f"{_shape(model)}: SSIM compares images of one shape; give a reference of the "
                                 f"models' resolution (or none)")
-    pixels = sum(num_samples * c * h * w for c, h, w in map(_shape, models.values()))
-    disk = pixels  # the PNGs: at most one byte per value (compression only makes them smaller)
-    memory = 2 * num_samples * max(c * h * w for c, h, w in map(_shape, models.values())) * 4  # a model + reference, float32
-    probe = Path(out)
-    while not probe.exists() and probe != probe.parent:
-        probe = probe.parent
-    free = shutil.disk_usage(probe).free
-    if disk > free:
-        raise UserError(f"--num-samples {num_samples}: the sample PNGs need up to {disk / 2 ** 30:.1f} GiB, "
-                        f"{probe} has {free / 2 ** 30:.1f} GiB free")
-    available = _available_memory()
-    if available is not None and memory > MEMORY_FRACTION * available:
-        raise UserError(f"--num-samples {num_samples}: scoring holds {memory / 2 ** 30:.1f} GiB of samples in "
-                        f"memory, {available / 2 ** 30:.1f} GiB are available; evaluate fewer samples")
-    if max(disk, memory) > NOTE_BYTES:
-        print(f"[evaluate] note: --num-samples {num_samples} writes up to {disk / 2 ** 30:.1f} GiB of PNGs and "
-              f"scores with {memory / 2 ** 30:.1f} GiB of samples in memory")
+    values = [c * h * w for c, h, w in map(_shape, models.values())]
+    # The PNGs: at most one byte per value; scoring holds a model's and the reference's samples as float32.
+    check_fits(f"--num-samples {num_samples}", disk=num_samples * sum(values), memory=2 * num_samples * max(values) * 4,
+               folder=out, prefix="[evaluate] ")
 
 
 def identity(cfg: Any, keys: Mapping[str, dict]) -> dict[str, Any]:

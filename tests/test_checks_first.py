@@ -96,3 +96,26 @@ def test_prune_script_checks_an_unreachable_target_before_the_sample_grid(tmp_pa
     status, _, err = run_cli(prune_script, ["--model", str(model), "--method", "magnitude", "--target-params", "0.99",
                                             "--out", str(tmp_path / "runs")], capsys)
     assert status == 2 and "99.0% reduction of params is out of reach" in err
+
+
+def test_prune_script_refuses_a_grid_larger_than_memory_before_loading_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(prune_script, "sample", no_sampling)
+    model = small_checkpoint(tmp_path / "m.pt")
+    status, _, err = run_cli(prune_script, ["--model", str(model), "--method", "magnitude", "--num-samples",
+                                            "100000000", "--out", str(tmp_path / "runs")], capsys)
+    assert status == 2 and "--num-samples 100000000" in err and "GiB" in err
+
+
+def test_prune_script_draws_a_large_grid_in_batches(tmp_path, monkeypatch, capsys):
+    batches = []
+
+    def fake_sample(model, schedule, *, indices, image_shape, batch_size, **kw):
+        batches.append(batch_size)
+        return torch.zeros(len(indices), *image_shape)
+
+    monkeypatch.setattr(prune_script, "sample", fake_sample)
+    model = small_checkpoint(tmp_path / "m.pt")
+    status, _, err = run_cli(prune_script, ["--model", str(model), "--method", "magnitude", "--num-samples", "200",
+                                            "--out", str(tmp_path / "runs")], capsys)
+    assert status == 0, err
+    assert batches == [prune_script.GRID_BATCH] * 2  # before and after, each 64 images per forward
