@@ -86,3 +86,9 @@ def test_a_teacher_that_cannot_teach_is_named(tmp_path, capsys):
     save_checkpoint(tmp_path / "bad.pt", config=bad.config, state_dict=bad.state_dict())
     with pytest.raises(ValueError, match=r"--teacher .*'temb.dense.1.bias'"):
         build_distiller("output", str(tmp_path / "bad.pt"), student, lambdas=lambdas, seed=0, device="cpu")
+
+
+def test_sample_steps_beyond_the_schedule_are_named_before_work(tmp_path, monkeypatch):
+    monkeypatch.setattr(train, "build_state", lambda *a, **k: pytest.fail("work started"))
+    with pytest.raises(train.UserError, match=r"--sample-steps must be <= the schedule's 1000 timesteps"):
+        train.main(train_config(tmp_path, small_checkpoint(tmp_path / "m.pt"), sample_steps=5000))

@@ -27,7 +27,7 @@ from common.cli import UserError
 from common.ema import EMA
 from data import DATASETS
 from diffusion.samplers import ddim_sample, ddim_timesteps
-from diffusion.schedule import Schedule
+from diffusion.schedule import DiffusionConfig, Schedule
 from models.checkpoint import read_checkpoint, save_checkpoint
 from models.ddpm.config import ModelConfig
 from training.distill import Distiller, check_distill_arguments
@@ -86,6 +86,8 @@ def validate(cfg: TrainConfig) -> None:
         need(isinstance(cfg.steps, int) and cfg.steps >= 1, "steps", "an integer >= 1 (the total step count)", cfg.steps)
     for name in ("batch_size", "ckpt_every", "sample_steps", "log_every"):
         need(getattr(cfg, name) >= 1, name.replace("_", "-"), ">= 1", getattr(cfg, name))
+    need(cfg.sample_steps <= DiffusionConfig.num_timesteps, "sample-steps",  # DDIM skips within the schedule
+         f"<= the schedule's {DiffusionConfig.num_timesteps} timesteps", cfg.sample_steps)
     for name in ("warmup", "keep_every", "sample_every", "heldout_images"):
         need(getattr(cfg, name) >= 0, name.replace("_", "-"), ">= 0", getattr(cfg, name))
     need(math.isfinite(cfg.lr) and cfg.lr > 0, "lr", "a finite number > 0", cfg.lr)
