@@ -42,6 +42,8 @@ from typing import Callable
 
 import torch
 
+from benchmarks.speed_report import render, write_doc
+from benchmarks.timing import interleaved, loadavg, timed_once
 from diffusion.samplers import sample
 from diffusion.schedule import Schedule
 from metrics.macs import count_macs
@@ -52,35 +54,6 @@ from models.ddpm.unet import UNet
 ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("machine", "unet", "pruned", "prune", "gradient", "fid")
 MODES = ("eager", "channels_last", "compile", "diffusers")
-DOC_BEGIN, DOC_END = "<!-- speed.py tables: begin -->", "<!-- speed.py tables: end -->"
-
-
-# ---------------------------------------------------------------------------------------------- timing
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])  # 1, 5 and 15 minute averages
-    except OSError:
-        return "unknown"
-
-
-def interleaved(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int) -> dict[str, dict]:
-    """Median and min seconds of each fn, the fns run in turn (A, B, ..., A, B, ...) after ``warmup`` rounds."""
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            start = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - start)
-    return {k: {"median_s": statistics.median(v), "min_s": min(v), "runs": len(v)} for k, v in times.items()}
-
-
-def timed_once(f: Callable[[], object]) -> float:
-    start = time.perf_counter()
-    f()
-    return time.perf_counter() - start
 
 
 # ---------------------------------------------------------------------------------------------- models
@@ -322,92 +295,6 @@ def section_fid(args) -> dict:
 
 RUNNERS = {"machine": section_machine, "unet": section_unet, "pruned": section_pruned, "prune": section_prune,
            "gradient": section_gradient, "fid": section_fid}
-
-
-# ---------------------------------------------------------------------------------------------- report
-def render(results: dict) -> str:
-    """The markdown tables written into docs/PERFORMANCE.md between the markers."""
-    lines = []
-    m = results.get("machine")
-    if m:
-        r = m["result"]
-        lines += [f"Machine: {r['cpu_model']}, {r['nproc']} CPUs, {r['threads']} torch threads, torch {r['torch']}. "
-                  f"fp32 matmul ({r['matmul_fp32_gflops']['size']}^2): {r['matmul_fp32_gflops']['median']:.0f} GFLOP/s "
-                  f"median, {r['matmul_fp32_gflops']['best']:.0f} best (load average {m['load_before']}).", ""]
-    u = results.get("unet")
-    if u:
-        lines += ["**U-Net** forward (eval, inference_mode) and train step (forward + backward), images/s; "
-                  "GFLOP/s = 2 x MACs with attention x images/s; \"vs eager\" compares rows of the same run only (interleaved).", "",
-                  "| preset | batch | mode | forward img/s | GFLOP/s | vs eager | train img/s | vs eager | load avg | run |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
-        commands = []
-        for row in u["result"].values():
-            eager = row["modes"].get("eager")
-            for mode, r in row["modes"].items():
-                meta = r.get("meta", u)
-                if meta["command"] not in commands:
-                    commands.append(meta["command"])
-                run = f"{commands.index(meta['command']) + 1}"
-                same_run = eager is not None and eager.get("meta", u)["command"] == meta["command"]
-                rel = (lambda k: f"{r[k] / eager[k]:.2f}x" if same_run else "-")
-                lines.append(f"| {row['preset']} | {row['batch']} | {mode} | {r['forward_images_per_s']:.1f} | "
-                             f"{r['forward_gflops']:.0f} | {rel('forward_images_per_s')} | {r['train_images_per_s']:.2f} | "
-                             f"{rel('train_images_per_s')} | {meta['load_before']} | {run} |")
-            for mode, note in row["notes"].items():
-                note = note.replace("|", "\\|")  # a literal pipe would end the table cell
-                lines.append(f"| {row['preset']} | {row['batch']} | {mode} | {note} | | | | | | |")
-        lines += [""] + [f"Run {i + 1}: `{c}`" for i, c in enumerate(commands)] + [""]
-    p = results.get("pruned")
-    if p:
-        lines += ["**Pruned vs dense** (magnitude criterion, local rule; all models of a row group interleaved in "
-                  "one run; MAC ratio with the attention matmuls)", "",
-                  "| measurement | model | median s | speed-up | MAC ratio | speed-up / MAC ratio | load avg | command |",
-                  "|---|---|---|---|---|---|---|---|"]
-        for key, rows in p["result"].items():
-            if key in ("widths", "notes", "preset", "sampling_preset", "meta"):
-                continue
-            meta = rows.get("meta", p)
-            where = f"{p['result']['preset']} {key}" if key.startswith("forward") else key
-            for model, r in rows.items():
-                if model == "meta":
-                    continue
-                lines.append(f"| {where} | {model} | {r['median_s']:.3f} | {r['speedup']:.2f}x | "
-                             f"{r['mac_ratio_full']:.2f} | {r['speedup_over_mac_ratio']:.2f} | {meta['load_before']} | "
-                             f"`{meta['command']}` |")
-        for label, note in p["result"]["notes"].items():
-            lines.append(f"| | {label} | {note} | | | | | |")
-        lines.append("")
-    for key, title in (("prune", "Trace + group + surgery, cifar10, ratio 0.3"),
-                       ("gradient", "Diff-Pruning gradient pass, tiny preset"), ("fid", "FID Inception-v3, 32x32 input")):
-        s = results.get(key)
-        if not s:
-            continue
-        lines += [f"**{title}** (`{s['command']}`; load average {s['load_before']}): "]
-        r = s["result"]
-        if key == "prune":
-            lines[-1] += ", ".join(f"{k} {v['median_s']:.3f} s" for k, v in r.items()) + " (medians)."
-        elif key == "gradient":
-            lines[-1] += "; ".join(f"{k}: {v['s_per_timestep']:.3f} s per kept timestep ({v['timesteps']} timesteps, "
-                                   f"batch {v['batch']})" for k, v in r.items()) + "."
-        else:
-            lines[-1] += f"{r['images_per_s']:.1f} images/s (batch {r['batch']})."
-        lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
-
-
-def write_doc(doc: Path, tables: str) -> None:
-    """Replace the text between the markers (appending them if absent); everything else stays."""
-    text = doc.read_text() if doc.exists() else "# Performance\n"
-    block = f"{DOC_BEGIN}\n{tables}{DOC_END}"
-    if DOC_BEGIN in text and DOC_END in text:
-        head, rest = text.split(DOC_BEGIN, 1)
-        text = head + block + rest.split(DOC_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    tmp = doc.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(doc)
 
 
 MERGED = ("unet", "pruned")

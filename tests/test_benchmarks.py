@@ -7,6 +7,7 @@ import json
 import pytest
 
 from benchmarks import speed as speed_benchmark
+from benchmarks import speed_report
 
 
 def load_speed():
@@ -17,7 +18,8 @@ def load_speed():
 def test_speed_benchmark_runs_every_section_on_the_tiny_preset(tmp_path):
     speed = load_speed()
     out, doc = tmp_path / "speed.json", tmp_path / "PERFORMANCE.md"
-    doc.write_text("# Performance\n\nHand-written analysis.\n\n" + speed.DOC_BEGIN + "\nold\n" + speed.DOC_END + "\n\nMore text.\n")
+    begin, end = speed_report.DOC_BEGIN, speed_report.DOC_END
+    doc.write_text(f"# Performance\n\nHand-written analysis.\n\n{begin}\nold\n{end}\n\nMore text.\n")
     # compile is left out here (tens of seconds of compilation); tests/test_fast_unet.py covers it.
     args = speed.parse_args(["--presets", "tiny", "--batch-sizes", "2", "--modes", "eager", "channels_last", "diffusers",
                              "--pruned-preset", "tiny", "--sampling-preset", "tiny", "--sampling-steps", "2",

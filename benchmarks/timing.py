@@ -1,0 +1,35 @@
+"""Timing helpers of the speed benchmarks: variants timed in turn (so a busy machine slows them alike and
+their ratios stay meaningful), one-shot timings, and the load average recorded next to every figure."""
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Callable
+
+
+def loadavg() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])  # 1, 5 and 15 minute averages
+    except OSError:
+        return "unknown"
+
+
+def interleaved(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int) -> dict[str, dict]:
+    """Median and min seconds of each fn, the fns run in turn (A, B, ..., A, B, ...) after ``warmup`` rounds."""
+    for _ in range(warmup):
+        for f in fns.values():
+            f()
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            start = time.perf_counter()
+            f()
+            times[k].append(time.perf_counter() - start)
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "runs": len(v)} for k, v in times.items()}
+
+
+def timed_once(f: Callable[[], object]) -> float:
+    start = time.perf_counter()
+    f()
+    return time.perf_counter() - start
