@@ -4,7 +4,7 @@
         --ship checkpoints/t2i_shapes/vae > runs/t2i_vae.log 2>&1 &        # the shipped model's command
 
 The network is models/vae's AutoencoderKL (diffusers' semantics and names) at a small width: three levels
-(``--widths``), so 32 px images become 8x8 latents with 4 channels. The loss is the KL-regularised
+(``--widths``), so 32 px images become 8x8 latents with 4 channels (two levels: 16x16). The loss is the KL-regularised
 autoencoder's of Rombach et al. 2022 (arXiv 2112.10752, Sec. 3 and Appendix G) without its perceptual and
 adversarial terms, which these flat-coloured images do not need:
 
@@ -187,8 +187,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                  "log_every", "eval_every"):
         if getattr(a, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
-    if len(a.widths) != 3:
-        p.error(f"--widths takes 3 levels (32 px -> 8x8 latents), got {a.widths}")
+    if len(a.widths) not in (2, 3):
+        p.error(f"--widths takes 3 levels (32 px -> 8x8 latents) or 2 (16x16 latents), got {a.widths}")
     if a.eval_every % a.log_every:
         p.error("--eval-every must be a multiple of --log-every")
     a.argv = argv
