@@ -51,6 +51,7 @@ class EvalConfig:
     sampler: SamplerConfig = SamplerConfig()
     protocol: str = "custom"          # the named protocol the sampler came from (metrics/protocols.py), described
     weights: str = "ema"              # "ema" or "raw": which weights of a checkpoint that has both
+    labels: tuple[str, ...] = ()      # the table's model names, one per model (default: run folder + root teacher)
     batch_size: int = 64
     fid_stats: str | None = None      # reference statistics .npz (keys mu, sigma)
     fid_data: str | None = None       # ... or an image folder to compute them from (cached in the run folder)
@@ -85,12 +86,12 @@ def validate(cfg: EvalConfig) -> None:
         raise UserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
     if cfg.heldout_images < 0:
         raise UserError(f"--heldout-images must be >= 0, got {cfg.heldout_images}")
-    if cfg.sampler.sampler not in ("ddim", "ddpm"):
-        raise UserError(f"--sampler must be ddim or ddpm, got {cfg.sampler.sampler!r}")
-    if cfg.sampler.steps < 1:
-        raise UserError(f"--steps must be >= 1, got {cfg.sampler.steps}")
-    if not cfg.sampler.eta >= 0:
-        raise UserError(f"--eta must be >= 0, got {cfg.sampler.eta}")
+    for bad, message in ((cfg.sampler.sampler not in ("ddim", "ddpm"), f"--sampler must be ddim or ddpm, got {cfg.sampler.sampler!r}"),
+                         (cfg.sampler.steps < 1, f"--steps must be >= 1, got {cfg.sampler.steps}"),
+                         (not cfg.sampler.eta >= 0, f"--eta must be >= 0, got {cfg.sampler.eta}"),
+                         (cfg.labels and len(cfg.labels) != len(cfg.models), f"--labels gives {len(cfg.labels)} names for {len(cfg.models)} models")):
+        if bad:
+            raise UserError(message)
     if cfg.fid_stats and cfg.fid_data:
         raise UserError("pass --fid-stats or --fid-data, not both")
     if cfg.fid_stats and not cfg.fid_stats.endswith(".npz"):
@@ -243,7 +244,7 @@ def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats,
         macs = count_macs(model, model.example_inputs())
         t = timing[src] if timing[src]["generated"] else measure_latency(model, schedule, cfg=cfg.sampler,
                                                                           batch=min(cfg.batch_size, 8), device=cfg.device)
-        row = {"name": name, "label": lineage_label(src), "source": src, "format": info["format"], "ema": info["ema"],
+        row = {"name": name, "label": dict(zip(cfg.models, cfg.labels)).get(src) or lineage_label(src), "source": src, "format": info["format"], "ema": info["ema"],
                "weights_sha256": keys[src]["weights_sha256"],
                "params": macs.params, "params_M": macs.params / 1e6, "macs_paper": macs.macs_paper,
                "macs_paper_G": macs.macs_paper / 1e9, "macs_full": macs.macs_full, "macs_full_G": macs.macs_full / 1e9,
@@ -326,12 +327,10 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("models", nargs="*", help="checkpoints / diffusers folders / presets / hub names (default: the "
                                              "shipped teacher and the latest runs/prune result)")
     cli.add_loader_overrides(m, PRESETS)
-    m.add_argument("--reference", default=None, help="model whose samples SSIM compares against (default: the "
-                                                      "root teacher of the first pruned model, models/lineage.py)")
+    m.add_argument("--reference", default=None, help="SSIM's reference model [default: the first pruned model's root teacher]")
     m.add_argument("--num-samples", type=cli.positive_int, default=64, help="samples per model, >= 2 [default: 64]")
     m.add_argument("--protocol", choices=sorted(PROTOCOLS), default=DEFAULT_PROTOCOL,
-                   help="named sampling settings, one default whatever models are named (metrics/protocols.py: "
-                        f"embedded = DDIM-100 clipped, paper = DDIM-100 quad unclipped) [default: {DEFAULT_PROTOCOL}]")
+                   help=f"named sampling settings, one default however invoked (metrics/protocols.py) [default: {DEFAULT_PROTOCOL}]")
     m.add_argument("--sampler", choices=("ddim", "ddpm"), default=None, help="override: DDIM, or ancestral DDPM")
     m.add_argument("--steps", type=cli.int_in_range(1, Schedule().num_timesteps, "the schedule's timesteps"),
                    default=None, help="override: DDIM steps")
@@ -339,6 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--eta", type=cli.finite_float, default=None, help="override: DDIM eta, >= 0 (0 is deterministic)")
     m.add_argument("--clip-x0", action=argparse.BooleanOptionalAction, default=None, help="override: clamp x0 to [-1, 1]")
     m.add_argument("--weights", choices=("ema", "raw"), default="ema", help="which weights of a checkpoint [default: ema]")
+    m.add_argument("--labels", nargs="+", default=None, help="table names, one per model [default: run folder + root teacher]")
     m.add_argument("--batch-size", type=cli.positive_int, default=64, help="sampling batch [default: 64]")
     m.add_argument("--fid-stats", type=cli.npz_path, default=None,
                    help="reference FID statistics (.npz with mu, sigma; e.g. from `evaluate.py fid-stats`)")
@@ -388,7 +388,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig | FidStatsConf
                                 eta=a.eta, clip_x0=a.clip_x0)
     sampler = protocol.sampler
     cfg = EvalConfig(models=models, reference=reference, num_samples=a.num_samples, sampler=sampler,
-                     protocol=protocol.describe(), weights=a.weights,
+                     protocol=protocol.describe(), weights=a.weights, labels=tuple(a.labels or ()),
                      batch_size=a.batch_size, fid_stats=a.fid_stats, fid_data=a.fid_data,
                      inception_weights=a.inception_weights, data=a.data, data_root=a.data_root,
                      heldout_images=a.heldout_images, preset=a.preset, norm_groups=a.norm_groups, out=a.out,

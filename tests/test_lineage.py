@@ -87,3 +87,19 @@ def test_prune_records_the_root_and_prints_next_commands_with_it(tmp_path, capsy
     assert evaluate_line.split("--reference")[1].split()[0].endswith("teacher.pt")
     assert (second / "widths.txt").is_file()
     assert "stage" in out and "down.0" in out and "widths.txt" in out
+
+
+def test_evaluate_labels_name_the_rows(tmp_path, capsys):
+    import json
+
+    import evaluate
+    from common.cli import UserError
+    from tests.script_helpers import eval_config, small_checkpoint
+
+    a, b = small_checkpoint(tmp_path / "a.pt"), small_checkpoint(tmp_path / "b.pt", seed=1)
+    assert evaluate.parse_args([str(a), str(b), "--labels", "teacher", "pruned 0.3"])[0].labels == ("teacher", "pruned 0.3")
+    run = evaluate.main(eval_config(tmp_path, [a, b], labels=("teacher", "pruned 0.3")))
+    rows = json.loads((run / "report.json").read_text())["models"]
+    assert [r["label"] for r in rows] == ["teacher", "pruned 0.3"] and "pruned 0.3" in capsys.readouterr().out
+    with pytest.raises(UserError, match="--labels gives 1 names for 2 models"):
+        evaluate.main(eval_config(tmp_path, [a, b], labels=("teacher",)))
