@@ -5,7 +5,7 @@ UNet2DModel.from_pretrained and computes the same eps, and that a channel-pruned
 (its widths are not expressible in UNet2DModel's config). Step 1 runs in the project env, step 2 in the reference:
 
     python -m benchmarks.check_diffusers_export write /tmp/export          # project env: writes dense/ pruned/
-    /work/refenv/bin/python benchmarks/check_diffusers_export.py check /tmp/export
+    /path/to/refenv/bin/python benchmarks/check_diffusers_export.py check /tmp/export
 """
 import sys
 from pathlib import Path

@@ -2,7 +2,7 @@
 default settings, as CompVis/ldm-celebahq-256 uses, + VQModel + DDIM), saved by save_pretrained, with the U-Net's
 output on two inputs; then, in the project env, models.load(folder).unet reproduces it:
 
-    /work/refenv/bin/python benchmarks/check_ldm_unet2d.py /tmp/ldm
+    /path/to/refenv/bin/python benchmarks/check_ldm_unet2d.py /tmp/ldm
     python -c "import torch, models; p = models.load('/tmp/ldm'); a = torch.load('/tmp/ldm/answer.pt'); \
 print((p.unet(a['x'], a['t']) - a['eps']).abs().max())"      # 6.0e-07 on 2026-12-06 (diffusers 0.42.1)
 """

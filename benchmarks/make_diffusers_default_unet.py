@@ -5,7 +5,7 @@ settings (flip_sin_to_cos=True, freq_shift=0, downsample_padding=1, attention_he
 save_pretrained, plus its output on two inputs (known_answer.safetensors). tests/test_diffusers_interop.py
 loads the folder with models.load and compares.
 
-    /work/refenv/bin/python benchmarks/make_diffusers_default_unet.py tests/data/diffusers_default_unet
+    /path/to/refenv/bin/python benchmarks/make_diffusers_default_unet.py tests/data/diffusers_default_unet
 """
 import json
 import sys

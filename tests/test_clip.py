@@ -121,7 +121,7 @@ def test_state_dict_names_are_transformers():
 
 
 def test_sd_text_encoder_sizes():
-    # Counts of the published encoders, computed by transformers 5.25 from the same configs (refenv).
+    # Counts of the published encoders, computed by transformers 5.25 from the same configs (a separate environment with the reference libraries).
     sd1 = CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, projection_dim=768)
     bigg = CLIPTextConfig(hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32,
                           projection_dim=1280, hidden_act="gelu")

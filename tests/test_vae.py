@@ -69,7 +69,7 @@ def test_shift_factor_and_round_trip_of_config():
 
 
 def test_sd_vae_size():
-    # 83,653,863: what diffusers 0.42 counts for AutoencoderKL built from the SD vae/config.json (refenv).
+    # 83,653,863: what diffusers 0.42 counts for AutoencoderKL built from the SD vae/config.json (a separate environment with the reference libraries).
     with torch.device("meta"):
         vae = AutoencoderKL(SD_VAE)
     assert sum(p.numel() for p in vae.parameters()) == 83_653_863
