@@ -142,19 +142,20 @@ def test_bad_devices_and_foreign_folders_are_errors(tmp_path, capsys):
 
 
 def test_readme_commands_parse():
-    """Every train.py / prune.py / evaluate.py command printed in README.md and the docs/ pages is accepted by
+    """Every train.py / prune.py / evaluate.py / generate.py command printed in README.md and the docs/ pages is accepted by
     its parser (the GPU recipe's --device cuda is checked as cpu where this machine has no CUDA)."""
     import re
     import shlex
 
+    import generate
     import prune
     text = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
         block = block.replace("\\\n", " ")
         commands += [line.split("  #")[0].strip() for line in block.splitlines() if line.strip()[:1] not in ("", "#")]
-    commands += re.findall(r"`(python (?:train|prune|evaluate)\.py[^`]*)`", text)
-    scripts = {"train.py": train, "prune.py": prune, "evaluate.py": evaluate}
+    commands += re.findall(r"`(python (?:train|prune|evaluate|generate)\.py[^`]*)`", text)
+    scripts = {"train.py": train, "prune.py": prune, "evaluate.py": evaluate, "generate.py": generate}
     checked = 0
     for command in commands:
         if not torch.cuda.is_available():
