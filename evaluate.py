@@ -35,7 +35,7 @@ from diffusion.schedule import Schedule
 from metrics.protocols import DEFAULT as DEFAULT_PROTOCOL, PROTOCOLS, resolve as resolve_protocol
 from metrics.evaluation import (SamplerConfig, claim_sample_folder, format_table, generate_samples, load_samples,
                                 measure_latency, remove_partial_samples, sampling_key)
-from metrics import eval_run
+from metrics import eval_run, t2i_evaluation as t2i
 from metrics.macs import count_macs
 from models.checkpoint import environment
 from metrics.inception import FID_FEATURE_DIM, FID_WEIGHTS_HASH_PREFIX
@@ -82,20 +82,16 @@ def validate(cfg: EvalConfig) -> None:
         raise UserError("no model to evaluate: pass checkpoints (or run prune.py first for the default)")
     if cfg.num_samples < 2:
         raise UserError(f"--num-samples must be >= 2 (SSIM and FID need two), got {cfg.num_samples}")
-    if cfg.batch_size < 1:
-        raise UserError(f"--batch-size must be >= 1, got {cfg.batch_size}")
-    if cfg.heldout_images < 0:
-        raise UserError(f"--heldout-images must be >= 0, got {cfg.heldout_images}")
-    for bad, message in ((cfg.sampler.sampler not in ("ddim", "ddpm"), f"--sampler must be ddim or ddpm, got {cfg.sampler.sampler!r}"),
+    for bad, message in ((cfg.batch_size < 1, f"--batch-size must be >= 1, got {cfg.batch_size}"),
+                         (cfg.heldout_images < 0, f"--heldout-images must be >= 0, got {cfg.heldout_images}"),
+                         (cfg.sampler.sampler not in ("ddim", "ddpm"), f"--sampler must be ddim or ddpm, got {cfg.sampler.sampler!r}"),
                          (cfg.sampler.steps < 1, f"--steps must be >= 1, got {cfg.sampler.steps}"),
                          (not cfg.sampler.eta >= 0, f"--eta must be >= 0, got {cfg.sampler.eta}"),
-                         (cfg.labels and len(cfg.labels) != len(cfg.models), f"--labels gives {len(cfg.labels)} names for {len(cfg.models)} models")):
+                         (cfg.labels and len(cfg.labels) != len(cfg.models), f"--labels gives {len(cfg.labels)} names for {len(cfg.models)} models"),
+                         (cfg.fid_stats and cfg.fid_data, "pass --fid-stats or --fid-data, not both"),
+                         (cfg.fid_stats and not cfg.fid_stats.endswith(".npz"), f"--fid-stats must be an .npz file (keys mu, sigma), got {cfg.fid_stats!r}")):
         if bad:
             raise UserError(message)
-    if cfg.fid_stats and cfg.fid_data:
-        raise UserError("pass --fid-stats or --fid-data, not both")
-    if cfg.fid_stats and not cfg.fid_stats.endswith(".npz"):
-        raise UserError(f"--fid-stats must be an .npz file (keys mu, sigma), got {cfg.fid_stats!r}")
     if cfg.fid_data and not Path(cfg.fid_data).is_dir():
         raise UserError(f"--fid-data {cfg.fid_data}: no such image folder")
     if cfg.inception_weights and not Path(cfg.inception_weights).is_file():
@@ -311,6 +307,8 @@ def fid_stats(cfg: FidStatsConfig) -> Path:
 
 def run_command(cfg: EvalConfig | FidStatsConfig, resume: str | None = None):
     """What ``python evaluate.py ...`` runs: one of the two subcommands."""
+    if isinstance(cfg, t2i.T2IEvalConfig):  # a conditional latent pipeline from prompts / class labels
+        return t2i.evaluate_pipeline(cfg)
     return fid_stats(cfg) if isinstance(cfg, FidStatsConfig) else main(cfg, resume)
 
 
@@ -367,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig | FidStatsConfig, str | None]:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if t2i.wants(argv):  # --prompts / --class-labels: metrics/t2i_evaluation.py
+        return t2i.parse_args(argv), None
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["models", *argv]  # the default subcommand
     parser = build_parser()
