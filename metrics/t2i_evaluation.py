@@ -179,17 +179,32 @@ def as_tensor(images: list[Image.Image]) -> torch.Tensor:
     return torch.from_numpy(np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])).permute(0, 3, 1, 2)
 
 
-def fid_against(reference: str, images: torch.Tensor, cfg: T2IEvalConfig) -> dict:
-    from metrics.fid import compute_stats, frechet_distance, load_stats, stats_for_folder
-    from metrics.inception import load_fid_inception
+def fid_setup(cfg: T2IEvalConfig):
+    """(inception, mu_ref, sigma_ref) of --fid-reference, or None: read (a folder: its statistics computed)
+    BEFORE generation, so a bad reference or missing Inception weights fail in seconds, not after sampling."""
+    if cfg.fid_reference is None:
+        return None
+    from metrics.fid import load_stats, stats_for_folder
+    from metrics.inception import FID_FEATURE_DIM, load_fid_inception
     inception = load_fid_inception(cfg.inception_weights, device=cfg.device)
-    if Path(reference).is_dir():
-        mu_r, sigma_r = stats_for_folder(reference, inception, device=cfg.device, progress=False)
+    if Path(cfg.fid_reference).is_dir():
+        mu, sigma = stats_for_folder(cfg.fid_reference, inception, device=cfg.device, progress=False)
     else:
-        mu_r, sigma_r = load_stats(reference)
+        mu, sigma = load_stats(cfg.fid_reference)
+    if mu.shape != (FID_FEATURE_DIM,):
+        raise UserError(f"--fid-reference {cfg.fid_reference}: mu has shape {mu.shape}, FID statistics are "
+                        f"{FID_FEATURE_DIM}-dimensional Inception pool3 features")
+    return inception, mu, sigma
+
+
+def fid_of(images: torch.Tensor, setup, cfg: T2IEvalConfig) -> dict:
+    """FID of (N, 3, H, W) images in [0, 1] against the reference of ``fid_setup``; named fd_custom_inception
+    when the Inception weights are not the FID release (metrics/inception.py)."""
+    from metrics.fid import compute_stats, frechet_distance
+    inception, mu_r, sigma_r = setup
     mu, sigma = compute_stats(images, inception, device=cfg.device, progress=False)
     name = "fid" if inception.is_fid_release else "fd_custom_inception"
-    return {name: float(frechet_distance(mu, sigma, mu_r, sigma_r)), "fid_reference": reference,
+    return {name: float(frechet_distance(mu, sigma, mu_r, sigma_r)), "fid_reference": cfg.fid_reference,
             "fid_images": len(images)}
 
 
@@ -204,6 +219,7 @@ def evaluate_pipeline(cfg: T2IEvalConfig) -> Path:
     """Generate one image per (condition, index), score them; returns the run folder (report.json inside)."""
     from models.pipelines.text_to_image import check_request, generate, pipeline_info
     prompts, labels = precheck(cfg)
+    fid = fid_setup(cfg)
     pipe = load_pipeline(cfg)
     check(pipeline_info(pipe), cfg, prompts, labels, check_request)  # single files / hub names: checked here
     pipe.to(cfg.device)
@@ -228,12 +244,13 @@ def evaluate_pipeline(cfg: T2IEvalConfig) -> Path:
         from metrics.pickscore import load_pickscore, pick_score
         model, tokenizer = load_pickscore()
         report["pickscore"] = pick_score(model.to(cfg.device), tokenizer, pil, prompts, device=cfg.device)
-    if cfg.fid_reference is not None:
-        report.update(fid_against(cfg.fid_reference, as_tensor(pil), cfg))
+    if fid is not None:
+        report.update(fid_of(as_tensor(pil), fid, cfg))
     write_json(run / "report.json", report)
     write_text(run / "report.md", markdown(report))
-    print(f"[evaluate] {n} image(s) of the {pipe.kind} pipeline {cfg.model}: " + ", ".join(
-        f"{k} {report[k]:.4g}" for k in ("clip_score", "pickscore", "fid") if k in report) + f" -> {run}")
+    scores = [f"{k} {report[k]:.4g}" for k in ("clip_score", "pickscore", "fid", "fd_custom_inception") if k in report]
+    print(f"[evaluate] {n} image(s) of the {pipe.kind} pipeline {cfg.model}: {', '.join(scores) or 'no score asked'}, "
+          f"U-Net {report['params']:,} params, {report['macs_paper']:,} MACs -> {run}")
     return run
 
 

@@ -89,3 +89,34 @@ def test_class_labels_flag():
     assert parse_class_labels("0,5,7") == (0, 5, 7) and parse_class_labels("7,") == (7,)
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--model", "x", "--class-labels", "a,b"])
+
+
+class FakeInception:
+    """A fixed random projection to 8 features: FID's arithmetic without the 20-second Inception and 2048-wide
+    sqrtm (the test lowers FID_FEATURE_DIM to match)."""
+    is_fid_release = False
+
+    def __call__(self, x):
+        g = torch.Generator().manual_seed(0)
+        return x.flatten(1) @ torch.randn(x[0].numel(), 8, generator=g)
+
+
+def test_fid_of_the_same_images_is_zero_and_a_bad_reference_fails_before_sampling(folders, monkeypatch):
+    root, pipe, clip, prompts = folders
+    import metrics.inception
+    monkeypatch.setattr(metrics.inception, "load_fid_inception", lambda *a, **k: FakeInception())
+    monkeypatch.setattr(metrics.inception, "FID_FEATURE_DIM", 8)
+    argv = ["--model", str(pipe), "--prompts", str(prompts), "--steps", "2", "--eval-size", "16",
+            "--num-images-per-prompt", "6", "--out", str(root / "fid")]  # 12 images: a full-rank 8x8 covariance
+    first = evaluate.run_command(evaluate.parse_args(argv)[0])
+    # The same seed and settings redraw the same images: FID against them is 0 (up to sqrtm's round-off).
+    assert json.loads((first / "report.json").read_text())["num_images"] == 12
+    again = evaluate.run_command(evaluate.parse_args(argv + ["--fid-reference", str(first / "images")])[0])
+    report = json.loads((again / "report.json").read_text())
+    assert report["fd_custom_inception"] == pytest.approx(0.0, abs=1e-3) and report["fid_images"] == 12
+    import numpy as np
+    np.savez(root / "small.npz", mu=np.zeros(3), sigma=np.eye(3))
+    import metrics.t2i_evaluation as t2i
+    monkeypatch.setattr(t2i, "load_pipeline", lambda cfg: pytest.fail("weights read before the check"))
+    with pytest.raises(UserError, match="8-dimensional"):
+        evaluate.run_command(evaluate.parse_args(argv + ["--fid-reference", str(root / "small.npz")])[0])
