@@ -22,16 +22,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common.resumable import machine, open_run, save_state, warmup_cosine
+from common.resumable import add_run_args, may_ship, open_run, parse_run_args, resume, run_settings, train, write_record
 from data.captions import NUM_VARIANTS, caption
 from data.rendered import rendered_split
 from metrics.clip_score import CLIP_MEAN, CLIP_STD
@@ -104,35 +101,21 @@ def retrieval(model: CLIPModel, tok: CLIPTokenizer, images: np.ndarray, attrs: l
 
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
-    session_only = ("argv", "ship", "results", "threads", "stop_after", "cache")  # may change between sessions
-    settings = {k: v for k, v in vars(args).items() if k not in session_only}
-    folder, state = open_run(args.run, settings)
+    folder, state = open_run(args.run, run_settings(args))
     tok = CLIPTokenizer.from_folder(TOKENIZER)
     torch.manual_seed(args.seed)
     model = CLIPModel(clip_config(tok, width=args.width, layers=args.layers, heads=args.heads))
     init_weights(model)
     opt = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     gen = torch.Generator().manual_seed(args.seed)
-    step, wall, curve = 0, 0.0, []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        gen.set_state(state["generator"])
-        step, wall, curve = int(state["step"]), float(state["wall_seconds"]), json.loads(state["curve"])
-        print(f"[clip] resumed {folder} at step {step}", flush=True)
+    s = resume(folder, state, tag="clip", model=model, optimizer=opt, generator=gen)
     cache = Path(args.cache)
-    start = time.perf_counter() - wall
     train_images, train_attrs = rendered_split("train", args.train_images, cache_dir=cache)
     val_images, val_attrs = rendered_split("test", args.eval_pairs, cache_dir=cache)
-    print(f"[clip] data ready ({time.perf_counter() - start:.0f} s); {sum(p.numel() for p in model.parameters())} "
+    print(f"[clip] data ready ({s.seconds():.0f} s); {sum(p.numel() for p in model.parameters())} "
           f"parameters", flush=True)
 
-    model.train()
-    stop = min(args.steps, args.stop_after or args.steps)
-    while step < stop:
-        lr = warmup_cosine(step, total=args.steps, peak=args.lr, warmup=args.warmup)
-        for group in opt.param_groups:
-            group["lr"] = lr
+    def step() -> dict:
         idx = torch.randint(len(train_attrs), (args.batch_size,), generator=gen)
         variants = torch.randint(NUM_VARIANTS, (args.batch_size,), generator=gen)
         ids = tok([caption(train_attrs[i], int(v)) for i, v in zip(idx.tolist(), variants)])
@@ -142,77 +125,35 @@ def main(args: argparse.Namespace) -> None:
         opt.step()
         with torch.no_grad():
             model.logit_scale.clamp_(0.0, MAX_LOGIT_SCALE)  # exp(t) <= 100 (Radford et al. 2021, Sec. 2.5)
-        step += 1
-        if step % args.log_every == 0 or step == stop:
-            entry = {"step": step, "loss": round(loss.item(), 4),
-                     "temperature": round(model.logit_scale.exp().item(), 2),
-                     "seconds": round(time.perf_counter() - start, 1)}
-            if step % args.eval_every == 0 or step == args.steps:
-                entry.update(retrieval(model, tok, val_images, val_attrs))
-            curve.append(entry)
-            print("[clip] " + json.dumps(entry), flush=True)
-            save_state(folder, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                "generator": gen.get_state(), "step": step,
-                                "wall_seconds": time.perf_counter() - start, "curve": json.dumps(curve)})
-    if step < args.steps:
-        print(f"[clip] stopped at step {step} of {args.steps} (--stop-after); rerun to continue", flush=True)
+        return {"loss": round(loss.item(), 4), "temperature": round(model.logit_scale.exp().item(), 2)}
+
+    model.train()
+    if not train(s, args, step, lambda: retrieval(model, tok, val_images, val_attrs), evaluate_last=True):
         return
-    wall = time.perf_counter() - start
+    wall = s.seconds()
     final = retrieval(model, tok, val_images, val_attrs)
     print("[clip] held-out retrieval: " + json.dumps(final), flush=True)
-    if args.ship:
-        ship(model, Path(args.ship), args, final, curve, wall)
+    if args.ship and may_ship(Path(args.ship), "clip"):
+        from models.clip.load import save_clip
 
-
-def ship(model: CLIPModel, out: Path, args: argparse.Namespace, final: dict, curve: list, wall: float) -> None:
-    from models.clip.load import save_clip
-
-    if out.exists():
-        print(f"[clip] {out} exists; not overwritten (remove it to ship this run)", flush=True)
-        return
-    save_clip(model.eval(), out)
-    result = {"command": "OMP_NUM_THREADS=1 python -m benchmarks.train_t2i_clip " + shlex.join(args.argv),
-              "folder": str(out), "heldout_retrieval": final,
-              "parameters": sum(p.numel() for p in model.parameters()), "wall_seconds": round(wall, 1),
-              "wall_note": "summed over resumed sessions, on a CPU shared with other jobs (see load_average_1m)",
-              "machine": machine(), "settings": {k: v for k, v in vars(args).items() if k != "argv"}, "curve": curve}
-    results = Path(args.results)
-    results.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"[clip] shipped {out} and {results}", flush=True)
+        save_clip(model.eval(), Path(args.ship))
+        write_record(s, args, script="train_t2i_clip", out=Path(args.ship), wall=wall,
+                     results={"heldout_retrieval": final})
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    argv = list(sys.argv[1:] if argv is None else argv)
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--run", required=True, help="run folder (state.pt, args.json); rerun to resume")
-    p.add_argument("--ship", default=None, help="CLIPModel folder to write when done (never overwritten)")
-    p.add_argument("--results", default=str(REPO / "benchmarks" / "results" / "t2i_clip.json"),
-                   help="results JSON written with --ship [benchmarks/results/t2i_clip.json]")
-    p.add_argument("--steps", type=int, default=3000, help="[3000]")
+    add_run_args(p, repo=REPO, name="t2i_clip", ship_help="CLIPModel folder to write when done (never overwritten)")
     p.add_argument("--batch-size", type=int, default=128, help="pairs per contrastive batch [128]")
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate [1e-3]")
-    p.add_argument("--warmup", type=int, default=100, help="[100]")
     p.add_argument("--weight-decay", type=float, default=0.05, help="[0.05]")
     p.add_argument("--width", type=int, default=64, help="both towers' width and the projection dim [64]")
     p.add_argument("--layers", type=int, default=3, help="[3]")
     p.add_argument("--heads", type=int, default=4, help="[4]")
-    p.add_argument("--train-images", type=int, default=20000, help="[20000]")
     p.add_argument("--eval-pairs", type=int, default=512, help="held-out test-split pairs [512]")
-    p.add_argument("--log-every", type=int, default=50, help="[50]")
-    p.add_argument("--eval-every", type=int, default=500, help="[500]")
-    p.add_argument("--stop-after", type=int, default=None, help="end this session at that step (resume later)")
-    p.add_argument("--cache", default=str(REPO / "runs" / "t2i_cache"), help="rendered-images cache folder")
-    p.add_argument("--threads", type=int, default=1, help="[1]")
-    p.add_argument("--seed", type=int, default=0, help="[0]")
-    a = p.parse_args(argv)
-    for name in ("steps", "batch_size", "width", "layers", "heads", "train_images", "log_every", "eval_every"):
-        if getattr(a, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
-    if a.eval_every % a.log_every:
-        p.error("--eval-every must be a multiple of --log-every")
+    a = parse_run_args(p, argv, positive=("batch_size", "width", "layers", "heads"))
     if a.eval_pairs < 5:
         p.error("--eval-pairs must be >= 5 (top-5 retrieval)")
-    a.argv = argv
     return a
 
 
