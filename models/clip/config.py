@@ -37,8 +37,35 @@ TEXT_MODEL_TYPES = ("clip_text_model", "clip")
 VISION_MODEL_TYPES = ("clip_vision_model", "clip")
 
 
+class _Tower:
+    """What both towers' configs do alike; a subclass names its ``model_types`` (the first is the one written)
+    and ``sub_config``, its key in a full CLIPModel config."""
+
+    model_types: tuple[str, ...]
+    sub_config: str
+
+    def __post_init__(self) -> None:
+        _validate(self, type(self).__name__)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]):
+        return cls(**_known(cls, d, cls.__name__))
+
+    def to_transformers_config(self) -> dict[str, Any]:
+        """The ``config.json`` dict transformers writes for this tower (``from_transformers_config``'s inverse)."""
+        return {"model_type": self.model_types[0], **self.to_dict()}
+
+    @classmethod
+    def from_transformers_config(cls, d: Mapping[str, Any], *, source: str = "config.json"):
+        """From the tower's own config dict, or its ``sub_config`` in a full CLIPModel config."""
+        return _parse(cls, _sub(d, cls.sub_config), cls.model_types, source)
+
+
 @dataclass(frozen=True)
-class CLIPTextConfig:
+class CLIPTextConfig(_Tower):
     """The text tower (transformers' CLIPTextConfig fields; defaults are CLIP ViT-B/32's).
 
     vocab_size, max_position_embeddings: token table rows and context length (49408, 77).
@@ -63,28 +90,12 @@ class CLIPTextConfig:
     bos_token_id: int = 49406
     eos_token_id: int = 49407
 
-    def __post_init__(self) -> None:
-        _validate(self, "CLIPTextConfig")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CLIPTextConfig":
-        return cls(**_known(cls, d, "CLIPTextConfig"))
-
-    def to_transformers_config(self) -> dict[str, Any]:
-        """The ``config.json`` dict transformers writes for this tower (``from_transformers_config``'s inverse)."""
-        return {"model_type": "clip_text_model", **self.to_dict()}
-
-    @classmethod
-    def from_transformers_config(cls, d: Mapping[str, Any], *, source: str = "config.json") -> "CLIPTextConfig":
-        """From a CLIPTextConfig dict, or the ``text_config`` of a full CLIPModel config."""
-        return _parse(cls, _sub(d, "text_config"), TEXT_MODEL_TYPES, source)
+    model_types = TEXT_MODEL_TYPES  # class constants of _Tower (no annotation: not dataclass fields)
+    sub_config = "text_config"
 
 
 @dataclass(frozen=True)
-class CLIPVisionConfig:
+class CLIPVisionConfig(_Tower):
     """The vision tower (transformers' CLIPVisionConfig fields; defaults are CLIP ViT-B/32's).
 
     image_size, patch_size, num_channels: the input (224 px, 32 px patches, RGB).
@@ -103,8 +114,11 @@ class CLIPVisionConfig:
     layer_norm_eps: float = 1e-5
     attention_dropout: float = 0.0
 
+    model_types = VISION_MODEL_TYPES
+    sub_config = "vision_config"
+
     def __post_init__(self) -> None:
-        _validate(self, "CLIPVisionConfig")
+        super().__post_init__()
         if self.image_size % self.patch_size:
             raise ValueError(f"invalid CLIPVisionConfig: image_size={self.image_size} is not a multiple of "
                              f"patch_size={self.patch_size}")
@@ -113,21 +127,6 @@ class CLIPVisionConfig:
     def num_positions(self) -> int:
         """Patches plus the class token."""
         return (self.image_size // self.patch_size) ** 2 + 1
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "CLIPVisionConfig":
-        return cls(**_known(cls, d, "CLIPVisionConfig"))
-
-    def to_transformers_config(self) -> dict[str, Any]:
-        return {"model_type": "clip_vision_model", **self.to_dict()}
-
-    @classmethod
-    def from_transformers_config(cls, d: Mapping[str, Any], *, source: str = "config.json") -> "CLIPVisionConfig":
-        """From a CLIPVisionConfig dict, or the ``vision_config`` of a full CLIPModel config."""
-        return _parse(cls, _sub(d, "vision_config"), VISION_MODEL_TYPES, source)
 
 
 @dataclass(frozen=True)
