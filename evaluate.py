@@ -5,6 +5,7 @@
         --fid-stats cifar10_train.npz --inception-weights pt_inception-2015-12-05-6726825d.pth
     python evaluate.py fid-stats IMAGE_DIR --out stats.npz [--inception-weights PATH]
     torchrun --nproc_per_node 4 evaluate.py ...            # sampling sharded by sample index, then gathered
+    python evaluate.py --model PIPELINE --prompts captions.txt --clip ViT-g/14   # text-to-image: metrics/t2i_evaluation.py
 
 Two subcommands: ``models`` (the default, so ``evaluate.py A.pt`` is ``evaluate.py models A.pt``) and
 ``fid-stats``. Every sample is reproducible by its index (seeded per index), so sharded, resumed
@@ -89,11 +90,10 @@ def validate(cfg: EvalConfig) -> None:
                          (not cfg.sampler.eta >= 0, f"--eta must be >= 0, got {cfg.sampler.eta}"),
                          (cfg.labels and len(cfg.labels) != len(cfg.models), f"--labels gives {len(cfg.labels)} names for {len(cfg.models)} models"),
                          (cfg.fid_stats and cfg.fid_data, "pass --fid-stats or --fid-data, not both"),
-                         (cfg.fid_stats and not cfg.fid_stats.endswith(".npz"), f"--fid-stats must be an .npz file (keys mu, sigma), got {cfg.fid_stats!r}")):
+                         (cfg.fid_stats and not cfg.fid_stats.endswith(".npz"), f"--fid-stats must be an .npz file (keys mu, sigma), got {cfg.fid_stats!r}"),
+                         (cfg.fid_data and not Path(cfg.fid_data).is_dir(), f"--fid-data {cfg.fid_data}: no such image folder")):
         if bad:
             raise UserError(message)
-    if cfg.fid_data and not Path(cfg.fid_data).is_dir():
-        raise UserError(f"--fid-data {cfg.fid_data}: no such image folder")
     if cfg.inception_weights and not Path(cfg.inception_weights).is_file():
         raise UserError(f"--inception-weights {cfg.inception_weights}: no such file")
 
