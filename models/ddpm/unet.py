@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import refuse_unknown
 from models.ddpm.blocks import AttnBlock, Downsample, ResBlock, TimeEmbedding, Upsample
 from models.ddpm.config import ModelConfig
 from models.ddpm.skipped import RemovedAttn, ResShortcut
@@ -122,16 +123,11 @@ class UNet(nn.Module):
         super().__init__()
         self.config = config
         dense = dense_widths(config)
-        unknown = sorted(set(config.width_table) - set(dense))
-        if unknown:
-            raise ValueError(f"config.widths names layers this U-Net does not have: {unknown[:8]}"
-                             f"{' ...' if len(unknown) > 8 else ''}")
+        refuse_unknown(config.width_table, dense, what="config.widths names layers this U-Net does not have")
         widths = {**dense, **config.width_table}
         units = removable_units(config)
-        unknown = sorted(set(config.removed) - set(units))
-        if unknown:
-            raise ValueError(f"config.removed names units this U-Net does not have: {unknown[:8]}"
-                             f"{' ...' if len(unknown) > 8 else ''}; its removable units are {units}")
+        refuse_unknown(config.removed, units, what="config.removed names units this U-Net does not have",
+                       hint=f"; its removable units are {units}")
         dense_plan = _wire(config, dense.__getitem__)  # topology decisions come from the dense net
         # A removed attention block, or a removed ResBlock without a 1x1 shortcut, passes its input on.
         passthrough = frozenset(p for p in config.removed

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from common.errors import refuse_unknown
 from models.sd.attention import BasicTransformerBlock
 from models.sd.config import UNetConditionConfig
 from models.sd.embeddings import TimestepEmbedding, Timesteps
@@ -45,15 +46,10 @@ class UNet2DConditionModel(nn.Module):
         super().__init__()
         self.config = config
         dense = dense_widths(config)
-        unknown = sorted(set(config.width_table) - set(dense))
-        if unknown:
-            raise ValueError(f"config.widths names layers this U-Net does not have: {unknown[:8]}"
-                             f"{' ...' if len(unknown) > 8 else ''}")
+        refuse_unknown(config.width_table, dense, what="config.widths names layers this U-Net does not have")
         units = removable_units(config)
-        unknown = sorted(set(config.removed) - set(units))
-        if unknown:
-            raise ValueError(f"config.removed names units this U-Net does not have: {unknown[:8]}"
-                             f"{' ...' if len(unknown) > 8 else ''}; removable units are e.g. {units[:4]}")
+        refuse_unknown(config.removed, units, what="config.removed names units this U-Net does not have",
+                       hint=f"; removable units are e.g. {units[:4]}")
         nested = sorted(p for p in config.removed if ".transformer_blocks." in p
                         and p.split(".transformer_blocks.")[0] in config.removed)
         if nested:
