@@ -12,7 +12,8 @@ the same --work. Every --every steps it keeps a checkpoint; each is measured onc
 the held-out eps-MSE through metrics/probe.py; SSIM to the shipped teacher's samples from the same noise) and
 the result cached in --work/eval, so a rerun only measures what is new.
 
-Writes benchmarks/results/teacher_curve.json, .md and .png. ``--ship STEP --ship-to PATH`` writes the EMA
+Writes benchmarks/results/teacher_curve_<from>_to_<to>.json, .md and .png (total steps; one name per
+continuation, so no curve replaces another). ``--ship STEP --ship-to PATH`` writes the EMA
 weights of that step as a diffprune checkpoint with the continuation's full provenance (PATH must not exist).
 """
 from __future__ import annotations
@@ -86,6 +87,13 @@ def evaluate(cfg: argparse.Namespace, run_dir: Path) -> list[dict]:
     return rows
 
 
+def results_stem(cfg: argparse.Namespace) -> str:
+    """One name per continuation, by the total steps it spans: a later continuation never replaces the
+    curve of an earlier one (teacher_curve_8000_to_11600, teacher_curve_11600_to_14000, ...)."""
+    base = training_steps(cfg.teacher)
+    return f"teacher_curve_{base}_to_{base + cfg.steps}"
+
+
 def report(cfg: argparse.Namespace, rows: list[dict], wall: float) -> None:
     probe = json.loads((Path(cfg.work) / "eval" / "probe.json").read_text())
     result = {"benchmark": "teacher_curve", "command": command(cfg), "teacher": str(cfg.teacher),
@@ -96,7 +104,8 @@ def report(cfg: argparse.Namespace, rows: list[dict], wall: float) -> None:
               "probe": probe, "rows": rows, "wall_seconds_this_invocation": round(wall, 1),
               "environment": environment()}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "teacher_curve.json").write_text(json.dumps(result, indent=2) + "\n")
+    stem = results_stem(cfg)
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"`{result['command']}`", "",
              f"FD-shapes / KID-shapes of {probe['num_samples']} DDIM-{probe['ddim_steps']} samples against "
              f"{probe['fd_shapes_reference']}; held-out eps-MSE on {probe['heldout_images']} test images x "
@@ -106,7 +115,7 @@ def report(cfg: argparse.Namespace, rows: list[dict], wall: float) -> None:
     for r in rows:
         lines.append(f"| {r['step']} | {r['total_steps']} | {r['fd_shapes']:.2f} | {r['kid_shapes']:.3f} | "
                      f"{r['heldout_loss']:.5f} | {r['ssim_to_teacher']:.3f} |")
-    (RESULTS / "teacher_curve.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     import matplotlib
     matplotlib.use("Agg")
@@ -121,7 +130,7 @@ def report(cfg: argparse.Namespace, rows: list[dict], wall: float) -> None:
         ax.set_xticks(steps)
         ax.tick_params(axis="x", labelrotation=30)
     fig.tight_layout()
-    fig.savefig(RESULTS / "teacher_curve.png", dpi=110)
+    fig.savefig(RESULTS / f"{stem}.png", dpi=110)
 
 
 def ship(cfg: argparse.Namespace, run_dir: Path) -> None:

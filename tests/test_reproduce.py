@@ -97,7 +97,8 @@ def test_teacher_curve_continues_measures_resumes_and_ships(tmp_path, monkeypatc
             "--work", str(tmp_path / "work")]
     parser = curve.build_parser()
     curve.main(parser.parse_args(argv))
-    rows = json.loads((tmp_path / "results" / "teacher_curve.json").read_text())["rows"]
+    base = curve.training_steps(curve.TEACHER_CHECKPOINT)
+    rows = json.loads((tmp_path / "results" / f"teacher_curve_{base}_to_{base + 2}.json").read_text())["rows"]
     assert [r["step"] for r in rows] == [0, 1, 2] and rows[0]["ssim_to_teacher"] == pytest.approx(1.0)
     assert all(r["fd_shapes"] > 0 and r["heldout_loss"] > 0 for r in rows)
 
