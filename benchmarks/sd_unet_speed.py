@@ -26,15 +26,14 @@ import argparse
 import json
 import os
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 from torch import nn
 
+from benchmarks.timing import interleaved, loadavg
 from models.runtime import Runner, RuntimeOptions
 from models.sd import UNet2DConditionModel, UNetConditionConfig
 from models.sd.presets import DIFFUSERS_CONFIGS
@@ -42,28 +41,6 @@ from models.sd.presets import DIFFUSERS_CONFIGS
 ROOT = Path(__file__).resolve().parents[1]
 MODES = ("eager", "diffusers", "channels_last", "bf16", "channels_last+bf16")
 PARITY_RTOL = 1e-4
-
-
-def loadavg() -> str:
-    try:
-        return " ".join(Path("/proc/loadavg").read_text().split()[:3])  # 1, 5 and 15 minute averages
-    except OSError:
-        return "unknown"
-
-
-def interleaved(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int) -> dict[str, dict]:
-    """Median and min seconds of each fn, the fns run in turn (A, B, ..., A, B, ...) after ``warmup`` rounds."""
-    for _ in range(warmup):
-        for f in fns.values():
-            f()
-    times: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, f in fns.items():
-            start = time.perf_counter()
-            f()
-            times[k].append(time.perf_counter() - start)
-    return {k: {"median_s": statistics.median(v), "min_s": min(v), "runs": [round(s, 4) for s in v]}
-            for k, v in times.items()}
 
 
 class Conditioned(nn.Module):

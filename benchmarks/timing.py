@@ -16,7 +16,8 @@ def loadavg() -> str:
 
 
 def interleaved(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: int) -> dict[str, dict]:
-    """Median and min seconds of each fn, the fns run in turn (A, B, ..., A, B, ...) after ``warmup`` rounds."""
+    """Median and min seconds of each fn (and every run's seconds), the fns run in turn (A, B, ..., A, B, ...)
+    after ``warmup`` rounds."""
     for _ in range(warmup):
         for f in fns.values():
             f()
@@ -26,7 +27,8 @@ def interleaved(fns: dict[str, Callable[[], object]], *, repeats: int, warmup: i
             start = time.perf_counter()
             f()
             times[k].append(time.perf_counter() - start)
-    return {k: {"median_s": statistics.median(v), "min_s": min(v), "runs": len(v)} for k, v in times.items()}
+    return {k: {"median_s": statistics.median(v), "min_s": min(v), "runs": len(v), "times_s": [round(x, 4) for x in v]}
+            for k, v in times.items()}
 
 
 def timed_once(f: Callable[[], object]) -> float:
