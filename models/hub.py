@@ -78,26 +78,39 @@ def _has_weights(folder: Path) -> bool:
     return any((folder / f).is_file() for f in _SAFETENSORS + _BIN)
 
 
-def fetch(name: str, *, cache_dir: str | None = None) -> Path:
-    """The local folder of hub model ``name`` (downloaded on first use). Raises HubDownloadError."""
-    url = f"{HUB_URL}/{name}"
-    how = (f"download it on a machine with network access (`huggingface-cli download {name} --local-dir "
-           f"{name.split('/')[-1]}`) and pass that folder, e.g. --model {name.split('/')[-1]}")
+def how_to_pass(repo: str) -> str:
+    """The offline alternative every hub error ends with: fetch the folder elsewhere and pass it."""
+    local = repo.split("/")[-1]
+    return (f"download it on a machine with network access (`huggingface-cli download {repo} --local-dir "
+            f"{local}`) and pass that folder, e.g. --model {local}")
+
+
+def snapshot(repo: str, patterns: list[str], *, cache_dir: str | None = None, name: str | None = None) -> Path:
+    """The files of hub repository ``repo`` matching ``patterns``, downloaded once into the cache; every
+    failure (no huggingface_hub, offline, unknown repository, HTTP error) is one HubDownloadError line
+    naming ``name`` (default ``repo``), the URL and the local alternative. Shared by every family's fetch."""
+    name, url = name or repo, f"{HUB_URL}/{repo}"
     try:
         from huggingface_hub import snapshot_download
     except ImportError:  # pragma: no cover - it is in requirements.txt
-        raise HubDownloadError(f"--model {name} names a model on {url}, which needs the huggingface_hub package "
-                               f"(pip install huggingface_hub); or {how}") from None
+        raise HubDownloadError(f"{name} names a model on {url}, which needs the huggingface_hub package "
+                               f"(pip install huggingface_hub); or {how_to_pass(repo)}") from None
     try:
-        folder = Path(snapshot_download(name, allow_patterns=_CONFIGS + _SAFETENSORS, cache_dir=cache_dir))
-        if not _has_weights(folder):  # an older repository with PyTorch .bin weights only
-            folder = Path(snapshot_download(name, allow_patterns=_CONFIGS + _BIN, cache_dir=cache_dir))
-    except Exception as e:  # offline, unknown repository, HTTP error: the hub raises many types; name them all
+        return Path(snapshot_download(repo, allow_patterns=patterns, cache_dir=cache_dir))
+    except Exception as e:  # the hub raises many types; name them all
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise HubDownloadError(f"{name} is no local file or folder, and fetching it from {url} failed "
-                               f"({type(e).__name__}: {reason}); {how}") from None
+                               f"({type(e).__name__}: {reason}); {how_to_pass(repo)}") from None
+
+
+def fetch(name: str, *, cache_dir: str | None = None) -> Path:
+    """The local folder of hub model ``name`` (downloaded on first use). Raises HubDownloadError."""
+    folder = snapshot(name, _CONFIGS + _SAFETENSORS, cache_dir=cache_dir)
+    if not _has_weights(folder):  # an older repository with PyTorch .bin weights only
+        folder = snapshot(name, _CONFIGS + _BIN, cache_dir=cache_dir)
     if not _has_weights(folder):
-        raise HubDownloadError(f"{url} holds no diffusers U-Net weights (expected one of {_SAFETENSORS + _BIN})")
+        raise HubDownloadError(f"{HUB_URL}/{name} holds no diffusers U-Net weights (expected one of "
+                               f"{_SAFETENSORS + _BIN})")
     return folder
 
 

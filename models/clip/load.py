@@ -32,7 +32,7 @@ from models.clip.open_clip import CONFIG_NAME as OPEN_CLIP_CONFIG, is_open_clip_
 from models.clip.text import CLIPTextModel, CLIPTextModelWithProjection
 from models.clip.tokenizer import CLIPTokenizer
 from models.clip.vision import CLIPModel, CLIPVisionModelWithProjection
-from models.hub import HUB_URL, HubDownloadError, looks_like_hub_name
+from models.hub import HUB_URL, HubDownloadError, looks_like_hub_name, snapshot
 from models.pipelines.component import read_config, weight_file
 from models.pipelines.original_layout import Source
 from models.pipelines.weights import WeightFile, assign_weights, on_meta, open_weights
@@ -159,22 +159,14 @@ def fetch_clip(name: str, *, cache_dir: str | None = None, weights: bool = True)
     """
     repo = KNOWN_CLIPS.get(name, name)
     url = f"{HUB_URL}/{repo}"
-    how = (f"download it on a machine with network access (`huggingface-cli download {repo} --local-dir "
-           f"{repo.split('/')[-1]}`) and pass that folder")
-    try:
-        from huggingface_hub import snapshot_download
-        folder = Path(snapshot_download(repo, allow_patterns=_CONFIG_FILES, cache_dir=cache_dir))
-        if weights:
-            native = (folder / "config.json").is_file() or not (folder / OPEN_CLIP_CONFIG).is_file()
-            formats = ([_SAFETENSORS, _BIN] if native else [_OPEN_CLIP["safetensors"], _OPEN_CLIP["bin"]])
-            for patterns in formats:  # safetensors first; an older repository may have .bin only
-                folder = Path(snapshot_download(repo, allow_patterns=_CONFIG_FILES + patterns, cache_dir=cache_dir))
-                if _has_weights(folder):
-                    break
-    except Exception as e:  # offline, unknown repository, HTTP error: one message whatever the type
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise HubDownloadError(f"{name} is no local folder, and fetching it from {url} failed "
-                               f"({type(e).__name__}: {reason}); {how}") from None
+    folder = snapshot(repo, _CONFIG_FILES, cache_dir=cache_dir, name=name)
+    if weights:
+        native = (folder / "config.json").is_file() or not (folder / OPEN_CLIP_CONFIG).is_file()
+        formats = ([_SAFETENSORS, _BIN] if native else [_OPEN_CLIP["safetensors"], _OPEN_CLIP["bin"]])
+        for patterns in formats:  # safetensors first; an older repository may have .bin only
+            folder = snapshot(repo, _CONFIG_FILES + patterns, cache_dir=cache_dir, name=name)
+            if _has_weights(folder):
+                break
     if weights and not _has_weights(folder):
         raise HubDownloadError(f"{url} holds no CLIP weights (expected one of "
                                f"{_SAFETENSORS + _BIN + _OPEN_CLIP['safetensors'] + _OPEN_CLIP['bin']})")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from models.hub import HUB_URL, HubDownloadError
+from models.hub import HUB_URL, HubDownloadError, snapshot
 
 KNOWN_PIPELINES = {
     "stable-diffusion-v1-5/stable-diffusion-v1-5": "SD-v1.5 (LAPTOP-Diff's and BK-SDM's starting point)",
@@ -32,21 +32,8 @@ def weight_patterns(variant: str | None) -> list[str]:
 def fetch_pipeline(name: str, *, weights: bool = True, variant: str | None = None,
                    cache_dir: str | None = None) -> Path:
     """The local folder of hub pipeline ``name`` (configs only with weights=False). Raises HubDownloadError."""
-    url = f"{HUB_URL}/{name}"
-    how = (f"download it on a machine with network access (`huggingface-cli download {name} --local-dir "
-           f"{name.split('/')[-1]}`) and pass that folder, e.g. --model {name.split('/')[-1]}")
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError:  # pragma: no cover - it is in requirements.txt
-        raise HubDownloadError(f"{name} names a model on {url}, which needs the huggingface_hub package; "
-                               f"or {how}") from None
     patterns = CONFIG_PATTERNS + (weight_patterns(variant) if weights else [])
-    try:
-        folder = Path(snapshot_download(name, allow_patterns=patterns, cache_dir=cache_dir))
-    except Exception as e:  # offline, unknown repository, HTTP error: the hub raises many types
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise HubDownloadError(f"{name} is no local file or folder, and fetching it from {url} failed "
-                               f"({type(e).__name__}: {reason}); {how}") from None
+    folder = snapshot(name, patterns, cache_dir=cache_dir)
     if not (folder / "model_index.json").is_file():
-        raise HubDownloadError(f"{url} holds no model_index.json: not a diffusers pipeline repository")
+        raise HubDownloadError(f"{HUB_URL}/{name} holds no model_index.json: not a diffusers pipeline repository")
     return folder
