@@ -28,7 +28,7 @@ P_l is the identity. The teacher runs frozen, in eval mode, without gradients.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -74,19 +74,51 @@ def capture(model: nn.Module, taps: dict[str, str]) -> Iterator[dict[str, torch.
             h.remove()
 
 
-def feature_kd_terms(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], *,
-                     normalized: bool) -> dict[str, torch.Tensor]:
-    """One KD term per tap (module docstring): MSE, or ||F_S - F_T||^2 / ||F_T||^2 with the teacher detached."""
-    terms = {}
+def feature_kd_terms(student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor], *, normalized: bool,
+                     sync: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """One KD term per tap (module docstring): MSE, or ||F_S - F_T||^2 / ||F_T||^2 with the teacher detached.
+
+    Computed in float32 whatever the features' dtype (bf16 autocast). sync: applied to the stacked teacher
+    norms ||F_T^l||^2 (one tensor, one collective) before the division, e.g. their mean over data-parallel
+    ranks, so that every rank divides by the same normaliser (training/distill_latent.py)."""
     for name, f_t in teacher.items():
-        f_s, f_t = student[name], f_t.detach()
-        if f_s.shape != f_t.shape:
-            raise ValueError(f"stage {name}: student feature {tuple(f_s.shape)} vs teacher {tuple(f_t.shape)}")
-        if normalized:
-            terms[name] = (f_s - f_t).pow(2).sum() / f_t.pow(2).sum().clamp_min(NORM_EPS)
-        else:
-            terms[name] = F.mse_loss(f_s, f_t)
-    return terms
+        if student[name].shape != f_t.shape:
+            raise ValueError(f"stage {name}: student feature {tuple(student[name].shape)} vs teacher {tuple(f_t.shape)}")
+    if normalized:
+        norms = torch.stack([f_t.detach().float().pow(2).sum() for f_t in teacher.values()])  # (n_taps,)
+        norms = (norms if sync is None else sync(norms)).clamp_min(NORM_EPS)
+        return {name: (student[name].float() - f_t.detach().float()).pow(2).sum() / norms[i]
+                for i, (name, f_t) in enumerate(teacher.items())}
+    return {name: F.mse_loss(student[name].float(), f_t.detach().float()) for name, f_t in teacher.items()}
+
+
+def resolve_lambdas(mode: str, given: dict[str, float | None]) -> dict[str, float]:
+    """The loss weights {"task", "out", "feat"}: the given ones, the mode's defaults for those left None."""
+    unknown = sorted(set(given) - {"task", "out", "feat"})
+    if unknown:
+        raise ValueError(f"unknown distillation weights {unknown}; known: task, out, feat")
+    lambdas = {k: float(DEFAULT_LAMBDAS[mode][k] if given.get(k) is None else given[k]) for k in ("task", "out", "feat")}
+    for k, v in lambdas.items():
+        if not v >= 0:
+            raise ValueError(f"lambda_{k} must be >= 0, got {v}")
+    return lambdas
+
+
+def make_projections(widths_s: dict[str, int], widths_t: dict[str, int], seed: int) -> nn.ModuleDict:
+    """P_l for every tap whose student width differs from the teacher's: a 1x1 conv (PyTorch default init,
+    drawn from ``seed`` without touching the global RNG). Keys are tap names with "." -> "_"."""
+    proj = nn.ModuleDict()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for name in widths_t:
+            if widths_s[name] != widths_t[name]:
+                proj[name.replace(".", "_")] = nn.Conv2d(widths_s[name], widths_t[name], 1)
+    return proj
+
+
+def project(proj: nn.ModuleDict, feats: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """P_l(F_S^l) for every tap (the identity where no projection exists)."""
+    return {k: (proj[k.replace(".", "_")](f) if k.replace(".", "_") in proj else f) for k, f in feats.items()}
 
 
 def check_teacher(student: ModelConfig, teacher: ModelConfig, source: str) -> None:
@@ -112,30 +144,20 @@ class Distiller(nn.Module):
         if mode not in MODES or mode == "none":
             raise ValueError(f"distillation mode must be one of {MODES[1:]}, got {mode!r}")
         check_teacher(student.config, teacher.config, teacher_source)
-        given = {"task": lambda_task, "out": lambda_out, "feat": lambda_feat}
-        self.lambdas = {k: float(DEFAULT_LAMBDAS[mode][k] if v is None else v) for k, v in given.items()}
-        for k, v in self.lambdas.items():
-            if v < 0:
-                raise ValueError(f"lambda_{k} must be >= 0, got {v}")
+        self.lambdas = resolve_lambdas(mode, {"task": lambda_task, "out": lambda_out, "feat": lambda_feat})
         self.mode = mode
         # A list: not a submodule, so never saved, moved or trained with the projections. It runs in eval mode
         # under no_grad (forward), so no gradient reaches it; its requires_grad flags are left as the caller set them.
         self.teacher = [teacher.eval()]
         self.taps = stage_taps(student.config) if mode.startswith("feature") else {}
-        self.proj = nn.ModuleDict()
-        if self.taps:
-            widths_s, widths_t = self._tap_widths(student), self._tap_widths(teacher)
-            with torch.random.fork_rng(devices=[]):
-                torch.manual_seed(seed)
-                for name in self.taps:
-                    if widths_s[name] != widths_t[name]:
-                        self.proj[name.replace(".", "_")] = nn.Conv2d(widths_s[name], widths_t[name], 1)
+        self.proj = make_projections(self._tap_widths(student), self._tap_widths(teacher), seed) if self.taps \
+            else nn.ModuleDict()
         self.to(next(student.parameters()).device)
 
     def _tap_widths(self, model: nn.Module) -> dict[str, int]:
         with torch.no_grad(), capture(model, self.taps) as feats:
             model(*model.example_inputs())
-        return {k: v.shape[1] for k, v in feats.items()}
+        return {k: feats[k].shape[1] for k in self.taps}
 
     def forward(self, student_fn: nn.Module, student: nn.Module, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor,
                 eps: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
@@ -156,9 +178,7 @@ class Distiller(nn.Module):
         total = self.lambdas["task"] * task + self.lambdas["out"] * out
         logs = {"loss_task": task.item(), "kd_out": out.item()}
         if self.taps:
-            projected = {k: (self.proj[k.replace(".", "_")](f) if k.replace(".", "_") in self.proj else f)
-                         for k, f in feats_s.items()}
-            terms = feature_kd_terms(projected, feats_t, normalized=self.mode == "feature-normalized")
+            terms = feature_kd_terms(project(self.proj, feats_s), feats_t, normalized=self.mode == "feature-normalized")
             feat = sum(terms.values())
             total = total + self.lambdas["feat"] * feat
             logs["kd_feat"] = feat.item()
