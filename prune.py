@@ -96,11 +96,15 @@ def main(cfg: PruneConfig) -> Path:
     from metrics.macs import count_macs
     from models.loading import load_with_info
     from models.integrity import check_weights
+    from models.pipelines import is_latent_source
     from pruning.api import check_prune, prune
     from pruning.inputs import check_layer_inputs
     from pruning.layers import check_target, prune_layers
     from pruning.layers.additivity import additivity_for_run
 
+    if is_latent_source(cfg.model):  # SD / LDM U-Nets (models/pipelines/): before any weight is read
+        raise cli.UserError(f"--model {cfg.model}: a latent (SD / LDM) pipeline or component; prune.py prunes DDPM "
+                            "U-Nets (UNet2DModel) only: conditional U-Net pruning is not wired in yet")
     cli.check_writable_dir(cfg.out, "--out")
     for stale in clean_interrupted_runs(cfg.out):  # what a killed prune.py left: never a half-written output
         print(f"[prune] removed {stale}, left by an interrupted run")
@@ -244,13 +248,15 @@ def print_summary(cfg: PruneConfig, report, macs: dict, seconds: float, additivi
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from data import DATASETS
     from diffusion.schedule import DiffusionConfig
+    from models.ddpm.config import PRESETS
     from pruning.layers.criteria import DEFAULT_CALIB_SIZE, LAYER_CRITERIA
     from pruning.layers.knapsack import SOLVERS
 
     d = PruneConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    cli.add_model_flags(p, _presets(), default=d.model, help="model to prune: a preset, a diffprune / DDIM-codebase "
+    cli.add_model_flags(p, PRESETS, default=d.model, help="model to prune: a preset, a diffprune / DDIM-codebase "
                         "checkpoint, a diffusers folder or a hub name such as google/ddpm-cifar10-32 (default: the "
                         "shipped tiny teacher)")
     p.add_argument("--replay", metavar="RUN_FOLDER", default=None,
@@ -285,7 +291,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="softmax scale after pruning: from the pruned head width, or the dense one "
                         "[default: the model's own setting]")
     p.add_argument("--ignored", nargs="*", default=None, help="module paths whose output channels are kept")
-    cli.add_data_flags(p, _datasets(), default=d.data, help="the gradient batch's data")
+    cli.add_data_flags(p, DATASETS, default=d.data, help="the gradient batch's data")
     p.add_argument("--batch-size", type=cli.positive_int, default=None,
                    help=f"images of the ONE gradient batch of the gradient methods (taylor, taylor-first-order, "
                         f"diff-pruning; layer: --criterion taylor). The paper's code uses 128 CIFAR-10 images "
@@ -327,18 +333,6 @@ def build_parser() -> argparse.ArgumentParser:
                             f"[default: {d.additivity_subsets}]")
     cli.add_run_flags(p, out=d.out, seed_help="seed of the gradient batch, the random criteria and the grids' noise")
     return p
-
-
-def _presets():
-    from models.ddpm.config import PRESETS
-
-    return PRESETS
-
-
-def _datasets():
-    from data import DATASETS
-
-    return DATASETS
 
 
 def build_spec(args: dict[str, Any]) -> ChannelPruning | LayerPruning:

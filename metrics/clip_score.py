@@ -20,11 +20,18 @@ centre crop (identical to the floor used here on square images, such as BK-SDM's
 Preprocessing (``preprocess``) is CLIP's (Radford et al. 2021; transformers' CLIPImageProcessor, open_clip's
 ``image_transform``): resize the shorter side to S with bicubic interpolation (PIL, on the 8-bit image),
 centre-crop S x S, scale to [0, 1], normalise with CLIP's per-channel mean and std. S is the vision tower's
-``image_size`` (224 for every model named here).
+``image_size`` (224 for every hub model named here).
+
+CLIP-shapes score (``--clip shapes``, ``LOCAL_CLIPS``): the same two numbers with the embedded text-to-image
+world's tiny CLIP (benchmarks/train_t2i_clip.py; checkpoints/t2i_shapes/clip with the pipeline's BPE tokenizer,
+checkpoints/t2i_shapes/tokenizer), the offline stand-in for CLIP score and PickScore on shapes captions. Its
+vision tower's ``image_size`` is 32 and it was trained on 32 x 32 images normalised with CLIP's mean and std,
+so ``preprocess`` at S = 32 is its own preprocessing: a 32 x 32 image passes the resize and crop unchanged.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -37,6 +44,9 @@ from models.clip.tokenizer import CLIPTokenizer
 # Per-channel mean and std of CLIP's training images (Radford et al.'s released preprocessing).
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+# CLIPs that ship with the repository, by short name: (model folder, tokenizer folder).
+_T2I_SHAPES = Path(__file__).resolve().parents[1] / "checkpoints" / "t2i_shapes"
+LOCAL_CLIPS = {"shapes": (_T2I_SHAPES / "clip", _T2I_SHAPES / "tokenizer")}
 
 
 # --------------------------------------------------------------------------------------------- preprocessing
@@ -135,10 +145,18 @@ def clip_score(model, tokenizer: CLIPTokenizer, images, captions: Sequence[str],
 
 
 def load_clip_scorer(name: str = "ViT-g/14", *, dtype: torch.dtype = torch.float32):
-    """(model, tokenizer) by short name (``models.clip.load.KNOWN_CLIPS``), hub id or local folder.
+    """(model, tokenizer) by short name (``LOCAL_CLIPS``, ``models.clip.load.KNOWN_CLIPS``), hub id or local folder.
 
     Downloads once (the Hugging Face cache); offline without a cached copy it raises the one-line
-    ``models.hub.HubDownloadError`` naming the URL and how to pass a folder instead.
+    ``models.hub.HubDownloadError`` naming the URL and how to pass a folder instead. A ``LOCAL_CLIPS`` name
+    whose folders are missing raises FileNotFoundError naming the folder.
     """
     from models.clip.load import load_clip_and_tokenizer
+    if name in LOCAL_CLIPS:
+        folder, tokenizer = LOCAL_CLIPS[name]
+        for f in (folder, tokenizer):
+            if not (f / ("config.json" if f == folder else "vocab.json")).is_file():
+                raise FileNotFoundError(f"CLIP {name!r}: {f} is missing (the shapes CLIP ships there; "
+                                        "benchmarks/train_t2i_clip.py trains it)")
+        return load_clip_and_tokenizer(folder, tokenizer=tokenizer, kind="CLIPModel", dtype=dtype)
     return load_clip_and_tokenizer(name, kind="CLIPModel", dtype=dtype)

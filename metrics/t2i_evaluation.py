@@ -3,6 +3,7 @@
     python evaluate.py --model sd15/ --prompts coco30k.txt --steps 25 --guidance 7.5 --resolution 512 \\
         --eval-size 256 --clip ViT-g/14 --fid-reference data/coco_val2014_256_stats.npz --device cuda
     python evaluate.py --model cin256-v2/model.ckpt --config ldm-cin256-v2 --class-labels 1000 --guidance 3
+    python evaluate.py --model checkpoints/t2i_shapes --prompts data/prompts/shapes_heldout.txt   # shapes world
 
 ``evaluate.py`` hands a command here when it has ``--prompts`` or ``--class-labels``. Sample i of prompt j
 (i < --num-images-per-prompt) has the global index j * K + i, so its initial noise is index j * K + i of --seed
@@ -12,9 +13,14 @@ Kim et al. 2023, arXiv 2305.15798, Sec. 4: 512 px generated, 256 px evaluated), 
 RUN/images/, and every metric reads those 8-bit images: CLIP score (metrics/clip_score.py, both conventions),
 PickScore (metrics/pickscore.py), FID with the bundled Inception (metrics/fid.py) against an image folder or
 a statistics .npz. Params and MACs (metrics/macs.py, both conventions) are the U-Net's, at its sample size.
+Shapes captions (every prompt parses with data/captions.py; --shapes-metrics auto, the default): attribute
+accuracy and FD-shapes against as many real test-split images (metrics/t2i_shapes.py), and --clip defaults
+to ``shapes``, the embedded world's tiny CLIP (CLIP-shapes score, metrics/clip_score.py LOCAL_CLIPS).
 Writes RUN/report.json and RUN/report.md atomically (common/runs.py). Bad input is one line before any
 weight is read: a missing or empty prompts file, guidance below 1, class labels for a text pipeline (or
-prompts for one without text), both or neither of --prompts / --class-labels, a missing --fid-reference.
+prompts for one without text), both or neither of --prompts / --class-labels, a missing --fid-reference,
+--shapes-metrics on with a prompt outside the shapes grammar. Every scorer (CLIP, readers, FID reference) is
+loaded before generation, so a missing one fails in seconds.
 """
 from __future__ import annotations
 
@@ -33,6 +39,7 @@ from common import cli
 from common.cli import UserError
 from common.defaults import RUNS_DIR
 from common.runs import atomic_path, new_run_dir, write_json, write_text
+from metrics import t2i_shapes
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -41,7 +48,8 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.
 class T2IEvalConfig:
     """prompts: a text file, one caption per line (blank lines skipped); class_labels: the labels instead.
     resolution: generated height = width (None: the pipeline's); eval_size: the size every metric sees
-    (None: as generated). clip / fid_reference None: that metric is skipped."""
+    (None: as generated). clip / fid_reference None: that metric is skipped (clip: ``shapes`` when the shapes
+    metrics are on). shapes_metrics: auto (on when every prompt is a shapes caption), on, off."""
 
     model: str
     prompts: str | None = None
@@ -54,6 +62,7 @@ class T2IEvalConfig:
     eval_size: int | None = None
     clip: str | None = None
     pickscore: bool = False
+    shapes_metrics: str = "auto"
     fid_reference: str | None = None
     inception_weights: str | None = None
     config: str | None = None
@@ -103,8 +112,9 @@ def request_of(cfg: T2IEvalConfig, prompt: str = "", label: int | None = None):
                    batch_size=cfg.batch_size)
 
 
-def precheck(cfg: T2IEvalConfig) -> tuple[list[str] | None, list[int] | None]:
-    """Every check that needs no weight (module docstring); returns ``conditions(cfg)``."""
+def precheck(cfg: T2IEvalConfig) -> tuple[list[str] | None, list[int] | None, bool, str | None]:
+    """Every check that needs no weight (module docstring); returns ``conditions(cfg)``, whether the shapes
+    metrics are on and why not (metrics/t2i_shapes.py ``resolve``)."""
     from diffusion.guidance import check_guidance_scale
     from models.pipelines import is_latent_source
     from models.pipelines.text_to_image import check_request, folder_info
@@ -116,6 +126,7 @@ def precheck(cfg: T2IEvalConfig) -> tuple[list[str] | None, list[int] | None]:
         except ValueError as e:
             raise UserError(f"--guidance: {e}") from None
     prompts, labels = conditions(cfg)
+    shapes, why_not = t2i_shapes.resolve(cfg.shapes_metrics, prompts)
     if (cfg.clip is not None or cfg.pickscore) and prompts is None:
         raise UserError("CLIP score and PickScore need captions: use --prompts, not --class-labels")
     if cfg.fid_reference is not None and not Path(cfg.fid_reference).exists():
@@ -128,7 +139,7 @@ def precheck(cfg: T2IEvalConfig) -> tuple[list[str] | None, list[int] | None]:
         check(folder_info(folder), cfg, prompts, labels, check_request)
     elif not folder.exists() and not is_latent_source(cfg.model):
         raise UserError(f"--model {cfg.model}: no such file or folder, and not a known pipeline hub name")
-    return prompts, labels
+    return prompts, labels, shapes, why_not
 
 
 def check(info, cfg: T2IEvalConfig, prompts, labels, check_request) -> None:
@@ -218,12 +229,15 @@ def size_report(unet) -> dict:
 def evaluate_pipeline(cfg: T2IEvalConfig) -> Path:
     """Generate one image per (condition, index), score them; returns the run folder (report.json inside)."""
     from models.pipelines.text_to_image import check_request, generate, pipeline_info
-    prompts, labels = precheck(cfg)
+    prompts, labels, shapes, why_not = precheck(cfg)
+    n = len(prompts or labels)
+    clip_name = cfg.clip or (t2i_shapes.SHAPES_CLIP if shapes else None)
+    clip = scorer_setup(clip_name, cfg)
+    shapes_metrics = t2i_shapes.ShapesMetrics.build(n, device=cfg.device) if shapes else None
     fid = fid_setup(cfg)
     pipe = load_pipeline(cfg)
     check(pipeline_info(pipe), cfg, prompts, labels, check_request)  # single files / hub names: checked here
     pipe.to(cfg.device)
-    n = len(prompts or labels)
     start = time.perf_counter()
     images = generate(pipe, request_of(cfg), range(n), prompts=prompts, class_labels=labels, progress=n > 1)
     seconds = (time.perf_counter() - start) / n
@@ -234,12 +248,15 @@ def evaluate_pipeline(cfg: T2IEvalConfig) -> Path:
             im.save(tmp, format="PNG")
     report = {"config": dataclasses.asdict(cfg), "kind": pipe.kind, "num_images": n,
               "image_size": list(pil[0].size[::-1]), "generated_size": list(images.shape[-2:]),
-              "seconds_per_image": seconds, **size_report(pipe.unet)}
-    if cfg.clip is not None:
-        from metrics.clip_score import clip_score, load_clip_scorer
-        model, tokenizer = load_clip_scorer(cfg.clip)
-        s = clip_score(model.to(cfg.device), tokenizer, pil, prompts, device=cfg.device)
-        report.update(clip_score=s.score, clip_mean_cosine=s.mean_cosine, clip_model=cfg.clip)
+              "seconds_per_image": seconds, **size_report(pipe.unet), "shapes_metrics": shapes}
+    if clip is not None:
+        from metrics.clip_score import clip_score
+        s = clip_score(*clip, pil, prompts, device=cfg.device)
+        report.update(clip_score=s.score, clip_mean_cosine=s.mean_cosine, clip_model=clip_name)
+    if shapes_metrics is not None:
+        report.update(shapes_metrics.measure(as_tensor(pil), prompts, device=cfg.device))
+    else:
+        report["shapes_metrics_skipped"] = why_not
     if cfg.pickscore:
         from metrics.pickscore import load_pickscore, pick_score
         model, tokenizer = load_pickscore()
@@ -248,16 +265,27 @@ def evaluate_pipeline(cfg: T2IEvalConfig) -> Path:
         report.update(fid_of(as_tensor(pil), fid, cfg))
     write_json(run / "report.json", report)
     write_text(run / "report.md", markdown(report))
-    scores = [f"{k} {report[k]:.4g}" for k in ("clip_score", "pickscore", "fid", "fd_custom_inception") if k in report]
+    scores = [f"{k} {v:.4g}" for k, v in {**report, **t2i_shapes.flat(report)}.items() if v is not None and k in
+              ("clip_score", "pickscore", "fid", "fd_custom_inception", "attribute_accuracy.all", "fd_shapes")]
     print(f"[evaluate] {n} image(s) of the {pipe.kind} pipeline {cfg.model}: {', '.join(scores) or 'no score asked'}, "
           f"U-Net {report['params']:,} params, {report['macs_paper']:,} MACs -> {run}")
     return run
 
 
+def scorer_setup(name: str | None, cfg: T2IEvalConfig):
+    """(CLIP model on cfg.device, tokenizer) for CLIP score, or None: loaded before generation."""
+    if name is None:
+        return None
+    from metrics.clip_score import load_clip_scorer
+    model, tokenizer = load_clip_scorer(name)
+    return model.to(cfg.device), tokenizer
+
+
 def markdown(report: dict) -> str:
     rows = [(k, report[k]) for k in ("kind", "num_images", "image_size", "generated_size", "params", "macs_paper",
-                                     "macs_full", "clip_score", "clip_mean_cosine", "pickscore", "fid",
+                                     "macs_full", "clip_model", "clip_score", "clip_mean_cosine", "pickscore", "fid",
                                      "fd_custom_inception", "seconds_per_image") if k in report]
+    rows += list(t2i_shapes.flat(report).items())
     cfg = json.dumps(report["config"])
     return ("# Text-to-image evaluation\n\n| metric | value |\n|---|---|\n"
             + "".join(f"| {k} | {v:.6g} |\n" if isinstance(v, float) else f"| {k} | {v} |\n" for k, v in rows)
@@ -287,7 +315,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", choices=tuple(SCHEDULERS), default=None, help="[default: the pipeline's own]")
     p.add_argument("--resolution", type=cli.positive_int, default=None, help="generated size [default: the pipeline's]")
     p.add_argument("--eval-size", type=cli.positive_int, default=None, help="size the metrics see (bicubic resize)")
-    p.add_argument("--clip", default=None, help="CLIP score model: short name (ViT-g/14), hub name or folder")
+    p.add_argument("--clip", default=None, help="CLIP score model: short name (ViT-g/14, shapes), hub name or "
+                   "folder [default: shapes with the shapes metrics, else none]")
+    p.add_argument("--shapes-metrics", choices=t2i_shapes.MODES, default=d.shapes_metrics,
+                   help="attribute accuracy + FD-shapes of shapes captions: auto = on when every prompt parses "
+                        f"(data/captions.py) [default: {d.shapes_metrics}]")
     p.add_argument("--pickscore", action="store_true", help="also PickScore (yuvalkirstain/PickScore_v1)")
     p.add_argument("--fid-reference", default=None, help="FID reference: an image folder or a statistics .npz")
     p.add_argument("--inception-weights", default=None, help="FID Inception weights [default: cache, else download]")
