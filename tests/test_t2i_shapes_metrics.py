@@ -178,3 +178,49 @@ def test_prune_refuses_a_latent_pipeline_in_one_line_before_loading(pipe, tmp_pa
         assert err.count("\n") == 0 and err.startswith(f"error: --model {model}: a latent (SD / LDM) pipeline")
         assert "not wired in yet" in err
     assert not any(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------------------ benchmarks/t2i_quality
+@needs_shipped
+@pytest.mark.filterwarnings("ignore:The following part of your input was truncated")
+def test_t2i_quality_benchmark_on_a_tiny_pipeline(pipe, tmp_path):
+    from PIL import Image
+
+    from benchmarks import t2i_quality
+    out = tmp_path / "q" / "t2i_quality.json"
+    args = t2i_quality.parse_args(["--model", str(pipe), "--num-prompts", "3", "--guidance-scales", "1", "2",
+                                   "--steps", "2", "--grid-images", "2", "--out", str(out)])
+    record = t2i_quality.main(args)
+    assert json.loads(out.read_text()) == json.loads(json.dumps(record))
+    assert [r["guidance"] for r in record["scales"]] == [1.0, 2.0] and record["best_guidance"] in (1.0, 2.0)
+    best = max(r["attribute_accuracy"]["all"] for r in record["scales"])
+    assert next(r for r in record["scales"] if r["guidance"] == record["best_guidance"])["attribute_accuracy"]["all"] == best
+    real, captions = t2i_shapes.real_images_and_captions(3)
+    assert record["prompts_describe_the_real_images"] is True and captions == heldout(3)
+    assert record["real"]["attribute_accuracy"] == attribute_accuracy(load_attribute_reader(), real, captions)
+    model, tokenizer = load_clip_scorer("shapes")
+    assert record["real"]["clip_mean_cosine"] == pytest.approx(clip_score(model, tokenizer, real, captions).mean_cosine)
+    for r in record["scales"]:
+        assert r["clip_mean_cosine_ratio"] == pytest.approx(r["clip_mean_cosine"] / record["real"]["clip_mean_cosine"])
+        assert r["seconds_per_image"] > 0 and np.isfinite(r["fd_shapes"])
+    assert record["fd_shapes_floor"]["fd_shapes"] > 0
+    assert record["fd_shapes_floor"]["sets"] == "shapes test split (seed 0) [0, 3) vs [10000, 10003)"
+    assert set(record["clip_shapes_word_sensitivity"]) == {"colour", "kind", "count", "background"}
+    assert record["machine"]["torch_threads"] == 1 and record["command"].startswith("OMP_NUM_THREADS=1 python -m")
+    grid = Image.open(out.with_name("t2i_quality_grid.png"))
+    assert grid.size == (4 * (2 * 18 + 2), 4 * (2 * 18 + 2))  # 2 scales x 2 samples of 16 px, pad 2, scale 4
+    assert "| real images |" in out.with_suffix(".md").read_text()
+
+
+def test_t2i_quality_refuses_prompts_outside_the_grammar_before_loading(pipe, tmp_path, monkeypatch):
+    from benchmarks import t2i_quality
+    import models.pipelines
+    monkeypatch.setattr(models.pipelines, "load_latent", lambda *a, **k: pytest.fail("loaded before the check"))
+    (tmp_path / "p.txt").write_text(heldout(1)[0] + "\na cat\n")
+    args = t2i_quality.parse_args(["--model", str(pipe), "--prompts", str(tmp_path / "p.txt"),
+                                   "--out", str(tmp_path / "q.json")])
+    with pytest.raises(UserError, match=r"prompt 2 \('a cat'\) is not a shapes caption"):
+        t2i_quality.main(args)
+    args = t2i_quality.parse_args(["--model", str(pipe), "--num-prompts", "1", "--out", str(tmp_path / "q.json")])
+    with pytest.raises(UserError, match="at least 2 prompts"):
+        t2i_quality.main(args)
