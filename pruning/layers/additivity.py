@@ -11,6 +11,7 @@ uncorrelated; it fails where removed units compound.
 Spearman rho and the least-squares line L = slope * sum + intercept, per subset size and pooled. For the
 output-loss criterion the two axes are the same quantity, so slope 1 and intercept 0 is exact additivity;
 any other criterion (Taylor) is in its own units, and only r and rho are comparable across criteria.
+The SD U-Net needs nothing of its own here: its calibration set carries the condition (``criteria.py``).
 """
 from __future__ import annotations
 
@@ -92,11 +93,13 @@ DEFAULT_SUBSET_SIZES = (2, 4, 8)
 
 
 def additivity_for_run(model: UNet, report: "LayerReport", spec: "LayerPruning", images: torch.Tensor, *,
-                       schedule: Schedule, per_size: int, sizes: Sequence[int] = DEFAULT_SUBSET_SIZES) -> dict:
+                       schedule: Schedule, per_size: int, sizes: Sequence[int] = DEFAULT_SUBSET_SIZES,
+                       cond: dict | None = None) -> dict:
     """The additivity report of ``report.criterion`` and of output-loss (the measured quantity's own score) on
-    the unpruned ``model``, with the calibration set of ``spec`` (the one prune_layers used). Sizes above the
-    number of units are dropped."""
-    calib = make_calibration(images, schedule, size=spec.calib_size, timesteps=spec.calib_timesteps, seed=spec.seed)
+    the unpruned ``model``, with the calibration set of ``spec`` (the one prune_layers used; an SD U-Net's
+    latents with their forward keywords ``cond``). Sizes above the number of units are dropped."""
+    calib = make_calibration(images, schedule, size=spec.calib_size, timesteps=spec.calib_timesteps, seed=spec.seed,
+                             cond=cond)
     scores = {report.criterion: report.scores}
     if report.criterion != "output-loss":
         scores["output-loss"] = LAYER_CRITERIA["output-loss"](model, report.units, CriterionInputs(calib=calib))

@@ -12,18 +12,25 @@ Registry ``LAYER_CRITERIA`` (keys double as ``prune.py --criterion`` choices):
                  All units' scores come from batched forward passes of the one model: replica r of the
                  calibration batch runs with unit r removed (``pruning/layers/units.py``, ``mask_units``).
 ``random``       uniform random scores (seeded): the baseline any criterion must beat.
-``handcrafted``  a fixed rule in the spirit of BK-SDM (Kim et al. 2023, arXiv 2305.15798: fewer
+``handcrafted``  (an SD-v1 U-Net with a ``preset``: BK-SDM's exact architectures, ``pruning/layers/bksdm.py``)
+                 a fixed rule in the spirit of BK-SDM (Kim et al. 2023, arXiv 2305.15798: fewer
                  blocks per stage, then no mid block): ranks, lowest removed first, in this order:
                  (1) the last ResBlock, then its attention, of every stage that has more than one ResBlock,
                  decoder stages innermost first, then encoder stages innermost first; (2) the mid block
                  (attention, block_2, block_1); (3) every other unit, innermost resolution first, encoder
                  before decoder. Meant for ``solver="ranked"`` (remove in this order until the target is met).
+                 On an SD U-Net the same rule in its names: the second (ResNet, attention) pair of every
+                 down block and the middle pair of every up block, innermost first (BK-SDM-Base's removals),
+                 then the mid block (BK-SDM-Small's), then the rest.
 ``taylor``       the Diff-Pruning channel score (Fang et al. 2023, arXiv 2305.10924; ``pruning/importance.py``
                  ``diff_pruning_importance``) summed over the unit's branch parameters: sum (W * G)^2 over its
                  conv/linear weights plus sum |gamma * G| over its GroupNorm weights, with G the gradient
                  accumulated over t = 0 .. T' (threshold ``thr``, the paper's 0.05 by default).
 
 Every criterion is ``fn(model, units, inputs) -> {path: score}`` with ``inputs`` a ``CriterionInputs``.
+An SD U-Net (``pruning/layers/sd.py``) is scored the same way on (latent, t, eps, condition): the calibration
+set carries the forward keywords (``cond``: prompt embeddings, class labels, SDXL's added conditions), and
+taylor's gradient pass runs on latents with their conditions.
 """
 from __future__ import annotations
 
@@ -38,6 +45,7 @@ from diffusion.ddpm import q_sample, stratified_timesteps
 from diffusion.schedule import Schedule
 from models.ddpm.unet import UNet, removable_units
 from pruning.importance import accumulate_gradients
+from pruning.layers import sd
 from pruning.layers.units import Unit, branch_parameters, mask_units
 
 DEFAULT_CALIB_SIZE = 64        # (x0, t, eps) triples; tested stable enough on the tiny teacher (README)
@@ -52,11 +60,24 @@ class Calibration:
     t: torch.Tensor      # (N,) integer timesteps
     seed: int
     timesteps: str
+    cond: dict | None = None  # SD: forward keywords with N rows each (encoder_hidden_states (N, M, D), ...)
+
+    def forward(self, model: nn.Module, x_t: torch.Tensor, t: torch.Tensor, rows: torch.Tensor,
+                replicas: int = 1) -> torch.Tensor:
+        """model(x_t, t) (DDPM) or model(x_t, t, **cond[rows]) with the condition repeated ``replicas``
+        times, on x_t's device: the calibration samples ``rows`` stacked ``replicas`` times."""
+        if self.cond is None:
+            return model(x_t, t)
+        cond = sd.map_tensors(self.cond, lambda v: v[rows.cpu()].to(x_t.device))
+        return model(x_t, t, **sd.repeat_cond(cond, replicas))
 
 
 def make_calibration(images: torch.Tensor, schedule: Schedule, *, size: int = DEFAULT_CALIB_SIZE,
-                     timesteps: str = DEFAULT_CALIB_TIMESTEPS, seed: int = 0) -> Calibration:
+                     timesteps: str = DEFAULT_CALIB_TIMESTEPS, seed: int = 0, cond: dict | None = None) -> Calibration:
     """``size`` triples from clean ``images`` (N, C, H, W) in [-1, 1], used in turn (image i % N).
+
+    An SD U-Net's set: ``images`` are clean latents z0 (VAE-scaled), ``schedule`` its ``sd.latent_schedule()``
+    and ``cond`` the forward keywords of each latent (N rows: prompt embeddings, ...); sample i takes row i % N.
 
     timesteps: "stratified" (default: one uniform draw in each of ``size`` equal bins of [0, T), shuffled,
     so every part of the chain is represented) or "uniform" (i.i.d. on {0..T-1}). eps ~ N(0, I). All of it
@@ -74,9 +95,11 @@ def make_calibration(images: torch.Tensor, schedule: Schedule, *, size: int = DE
         t = stratified_timesteps(size, T, g)
     else:
         t = torch.randint(0, T, (size,), generator=g)
-    x0 = images[torch.arange(size) % images.shape[0]].float().cpu()
+    rows = torch.arange(size) % images.shape[0]
+    x0 = images[rows].float().cpu()
     eps = torch.randn(x0.shape, generator=g)
-    return Calibration(x_t=q_sample(schedule, x0, t, eps), t=t, seed=seed, timesteps=timesteps)
+    cond = sd.map_tensors(cond, lambda v: v[rows.to(v.device)].cpu())
+    return Calibration(x_t=q_sample(schedule, x0, t, eps), t=t, seed=seed, timesteps=timesteps, cond=cond)
 
 
 @torch.no_grad()
@@ -88,13 +111,15 @@ def output_losses(model: UNet, calib: Calibration, subsets: Sequence[frozenset[s
     subset S_r removed (``mask_units``). The dense reference eps_theta(x_t, t) is computed once. The model
     runs in eval mode (dropout off) and is returned to its previous mode.
     """
-    device = next(model.parameters()).device
+    device, dtype = next(model.parameters()).device, next(model.parameters()).dtype
     was_training = model.training
     model.eval()
     try:
         N = calib.x_t.shape[0]
-        x_t, t = calib.x_t.to(device), calib.t.to(device).float()
-        ref = torch.cat([model(x_t[i:i + batch_size], t[i:i + batch_size]) for i in range(0, N, batch_size)])
+        x_t, t = calib.x_t.to(device).to(dtype), calib.t.to(device).float()
+        rows = torch.arange(N)
+        ref = torch.cat([calib.forward(model, x_t[i:i + batch_size], t[i:i + batch_size], rows[i:i + batch_size])
+                         for i in range(0, N, batch_size)])
         k = max(1, batch_size // N)
         out = []
         bar = tqdm(total=len(subsets), desc="unit subsets L(S)", unit="subset", disable=not progress)
@@ -103,7 +128,7 @@ def output_losses(model: UNet, calib: Calibration, subsets: Sequence[frozenset[s
             paths = sorted(set().union(*chunk))
             masks = {p: torch.tensor([p in s for s in chunk], device=device).repeat_interleave(N) for p in paths}
             with mask_units(model, masks):
-                eps_pruned = model(x_t.repeat(len(chunk), 1, 1, 1), t.repeat(len(chunk)))
+                eps_pruned = calib.forward(model, x_t.repeat(len(chunk), 1, 1, 1), t.repeat(len(chunk)), rows, len(chunk))
             err = (eps_pruned - ref.repeat(len(chunk), 1, 1, 1)).double().pow(2)
             out.append(err.reshape(len(chunk), N, -1).mean(dim=(1, 2)).cpu())  # per-pixel mean, then over N
             bar.update(len(chunk))
@@ -121,6 +146,7 @@ class CriterionInputs:
 
     calib: Calibration | None = None
     x0: torch.Tensor | None = None
+    cond: dict | None = None             # SD: x0's forward keywords (taylor's gradient batch)
     schedule: Schedule | None = None
     thr: float | None = None
     micro_batch: int | None = None
@@ -164,20 +190,27 @@ def handcrafted_order(model: UNet) -> list[str]:
 
 
 def handcrafted_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInputs) -> dict[str, float]:
-    rank = {p: i for i, p in enumerate(handcrafted_order(model))}
+    order = sd.handcrafted_order(model, [u.path for u in units]) if sd.is_sd(model) else handcrafted_order(model)
+    rank = {p: i for i, p in enumerate(order)}
     return {u.path: float(rank[u.path]) for u in units}
 
 
 def taylor_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInputs) -> dict[str, float]:
     if inputs.x0 is None:
         raise ValueError("criterion 'taylor' needs data: a batch of clean training images (x0)")
+    net = model
+    if sd.is_sd(model):  # the DDPM-shaped pass calls net(x_t, t): the condition rides along, k replicas per pass
+        if inputs.micro_batch < inputs.x0.shape[0]:
+            raise ValueError(f"criterion 'taylor' on an SD U-Net needs micro_batch >= batch_size (whole timesteps "
+                             f"per pass), got micro_batch={inputs.micro_batch} < {inputs.x0.shape[0]}")
+        net = sd.Conditioned(model, inputs.cond)
     params = [p for p in model.parameters()]
     saved = [None if p.grad is None else p.grad.clone() for p in params]  # leave the caller's grads as they were
     flags = [p.requires_grad for p in params]  # a frozen model (a teacher) is scored too, then frozen again
     try:
         for p in params:
             p.requires_grad_(True)
-        accumulate_gradients(model, inputs.schedule or Schedule(), inputs.x0, thr=inputs.thr,
+        accumulate_gradients(net, inputs.schedule or Schedule(), inputs.x0, thr=inputs.thr,
                              micro_batch=inputs.micro_batch, generator=torch.Generator().manual_seed(inputs.seed),
                              max_timesteps=inputs.max_timesteps, progress=False)
         scores = {}
@@ -187,7 +220,7 @@ def taylor_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInputs) -
                 if not name.endswith("weight") or p.grad is None:
                     continue  # biases are not scored (as pruning/importance.py)
                 wg = (p.detach() * p.grad.detach()).double()
-                is_norm = isinstance(model.get_submodule(f"{u.path}.{name.rsplit('.', 1)[0]}"), nn.GroupNorm)
+                is_norm = isinstance(model.get_submodule(f"{u.path}.{name.rsplit('.', 1)[0]}"), (nn.GroupNorm, nn.LayerNorm))
                 total += float(wg.abs().sum() if is_norm else wg.pow(2).sum())  # |gamma G| / (W G)^2, as diff_pruning_importance
             scores[u.path] = total
         return scores

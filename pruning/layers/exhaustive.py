@@ -70,12 +70,16 @@ def measure(model: UNet, calib: Calibration, units: Sequence[Unit], covers: Sequ
 
 
 def search(model: UNet, calib: Calibration, units: Sequence[Unit], costs: Sequence[int], target: int, *,
-           batch_size: int = 256) -> tuple[list[int], dict]:
-    """The minimal cover of least measured L(S): (its indices ascending, {"covers": n, "loss": L(S)})."""
+           batch_size: int = 256, groups: Sequence[str | None] | None = None) -> tuple[list[int], dict]:
+    """The minimal cover of least measured L(S): (its indices ascending, {"covers": n, "loss": L(S)}).
+    groups: as ``knapsack.knapsack``'s, covers that take a labelled group whole are left out (SD stages)."""
     if len(costs) != len(units):
         raise ValueError(f"{len(costs)} costs for {len(units)} units")
     check_size(len(units))
     covers = minimal_covers(costs, target)
+    if groups is not None:
+        sizes = {g: groups.count(g) for g in set(groups) if g is not None}
+        covers = [s for s in covers if all(sum(groups[i] == g for i in s) < n for g, n in sizes.items())]
     if not covers:
         raise ValueError(f"the target is not reachable: removing every unit removes {sum(costs):,}, "
                          f"the target asks for {target:,}")

@@ -21,6 +21,12 @@ every subset that just reaches the target and keeps the least, so it needs the m
 and is dispatched by ``api.prune_layers``, not by ``select``.
 
 All return indices into the given lists, in ascending order; an unreachable target is a ValueError.
+
+``groups`` (optional, one label per unit, None = free) adds the constraint that no labelled group is taken
+whole: at least one unit of each stays. An SD U-Net labels its units by stage (``sd.py``), so layer
+pruning never empties a down or up block; a target reachable only that way is refused before any work
+(``check_reachable``). The exact DP carries one more bit per state, "every unit of the current group so far
+taken", and drops the states that end a group with it set.
 """
 from __future__ import annotations
 
@@ -29,65 +35,127 @@ from typing import Sequence
 SOLVERS = ("knapsack", "greedy", "ranked", "exhaustive")
 
 
-def check_reachable(costs: Sequence[int], target: int, what: str = "cost") -> None:
-    """ValueError when removing every unit saves less than ``target``."""
+def _members(groups: Sequence[str | None] | None, n: int) -> dict[str, list[int]]:
+    """Label -> indices of the units in that group (free units, None, are in none)."""
+    if groups is None:
+        return {}
+    if len(groups) != n:
+        raise ValueError(f"{len(groups)} group labels for {n} units")
+    out: dict[str, list[int]] = {}
+    for i, g in enumerate(groups):
+        if g is not None:
+            out.setdefault(g, []).append(i)
+    return out
+
+
+def check_reachable(costs: Sequence[int], target: int, what: str = "cost",
+                    groups: Sequence[str | None] | None = None) -> None:
+    """ValueError when removing every unit saves less than ``target``, or, with ``groups``, when only
+    removing every unit of some group (a whole stage) would reach it."""
     if sum(costs) < target:
         raise ValueError(f"the target is not reachable: it asks to remove {target:,} {what}, but removing every "
                          f"removable unit removes only {sum(costs):,}")
+    members = _members(groups, len(costs))
+    most = sum(costs) - sum(min(costs[i] for i in idx) for idx in members.values())  # keep each group's cheapest
+    if most < target:
+        raise ValueError(f"the target is only reachable by removing a whole stage: it asks to remove {target:,} "
+                         f"{what}, but keeping one unit of every stage ({', '.join(sorted(members))}) removes at "
+                         f"most {most:,}; ask for less (or use a handcrafted preset that drops a whole level)")
 
 
-def knapsack(scores: Sequence[float], costs: Sequence[int], target: int) -> list[int]:
-    """The exact minimum-score subset whose costs sum to at least ``target`` (module docstring)."""
+def _front(states: dict) -> dict:
+    """The Pareto front of {cost: (score, chosen)}: a state stays only if every costlier one scores more."""
+    front, best = {}, float("inf")
+    for cost in sorted(states, reverse=True):
+        if states[cost][0] < best:
+            front[cost] = states[cost]
+            best = states[cost][0]
+    return front
+
+
+def knapsack(scores: Sequence[float], costs: Sequence[int], target: int,
+             groups: Sequence[str | None] | None = None) -> list[int]:
+    """The exact minimum-score subset whose costs sum to at least ``target`` and that takes no labelled
+    group whole (module docstring)."""
     if len(scores) != len(costs):
         raise ValueError(f"{len(scores)} scores for {len(costs)} costs")
     if any(c < 0 for c in costs):
         raise ValueError(f"costs must be >= 0, got {list(costs)}")
-    check_reachable(costs, target)
-    # states: saturated cost -> (score, chosen indices). Pareto front over (cost up, score down).
+    check_reachable(costs, target, groups=groups)
+    members = _members(groups, len(costs))
+    # Units in runs: each labelled group together (its first appearance), each free unit alone.
+    runs: list[tuple[bool, list[int]]] = []
+    for i in range(len(costs)):
+        g = None if groups is None else groups[i]
+        if g is None:
+            runs.append((False, [i]))
+        elif members[g][0] == i:
+            runs.append((True, members[g]))
+    # states: (all of the current group taken so far) -> saturated cost -> (score, chosen indices).
     states: dict[int, tuple[float, tuple[int, ...]]] = {0: (0.0, ())}
-    for i, (s, c) in enumerate(zip(scores, costs)):
-        new = dict(states)
-        for cost, (score, chosen) in states.items():
-            cost2, score2 = min(cost + int(c), target), score + float(s)
-            if cost2 not in new or score2 < new[cost2][0]:
-                new[cost2] = (score2, chosen + (i,))
-        front, best = {}, float("inf")
-        for cost in sorted(new, reverse=True):  # keep a state only if every costlier one scores more
-            if new[cost][0] < best:
-                front[cost] = new[cost]
-                best = new[cost][0]
-        states = front
+    for constrained, run in runs:
+        flagged = {True: states, False: {}}
+        for i in run:
+            new: dict[bool, dict] = {True: {}, False: dict(flagged[False])}
+            for whole, front in flagged.items():
+                for cost, (score, chosen) in front.items():
+                    if whole and cost not in new[False] or whole and score < new[False][cost][0]:
+                        new[False][cost] = (score, chosen)  # unit i kept: the group is no longer whole
+                    cost2, score2 = min(cost + int(costs[i]), target), score + float(scores[i])
+                    if cost2 not in new[whole] or score2 < new[whole][cost2][0]:
+                        new[whole][cost2] = (score2, chosen + (i,))  # unit i taken
+            flagged = {k: _front(v) for k, v in new.items()}
+        merged = dict(flagged[False])
+        if not constrained:  # a free unit: taking it "whole" is allowed
+            for cost, state in flagged[True].items():
+                if cost not in merged or state[0] < merged[cost][0]:
+                    merged[cost] = state
+        states = _front(merged)
     return sorted(states[target][1])
 
 
-def greedy(scores: Sequence[float], costs: Sequence[int], target: int) -> list[int]:
-    """Units by ascending s_i / c_i until the target is reached (zero-cost units last)."""
-    check_reachable(costs, target)
+def greedy(scores: Sequence[float], costs: Sequence[int], target: int,
+           groups: Sequence[str | None] | None = None) -> list[int]:
+    """Units by ascending s_i / c_i until the target is reached (zero-cost units last); a unit that would
+    be the last of its group is passed over."""
+    check_reachable(costs, target, groups=groups)
     order = sorted(range(len(scores)), key=lambda i: (scores[i] / costs[i]) if costs[i] > 0 else float("inf"))
-    return _take(order, costs, target)
+    return _take(order, costs, target, groups)
 
 
-def ranked(scores: Sequence[float], costs: Sequence[int], target: int) -> list[int]:
-    """Units by ascending score until the target is reached."""
-    check_reachable(costs, target)
-    return _take(sorted(range(len(scores)), key=lambda i: scores[i]), costs, target)
+def ranked(scores: Sequence[float], costs: Sequence[int], target: int,
+           groups: Sequence[str | None] | None = None) -> list[int]:
+    """Units by ascending score until the target is reached (a group's last unit passed over)."""
+    check_reachable(costs, target, groups=groups)
+    return _take(sorted(range(len(scores)), key=lambda i: scores[i]), costs, target, groups)
 
 
-def _take(order: Sequence[int], costs: Sequence[int], target: int) -> list[int]:
+def _take(order: Sequence[int], costs: Sequence[int], target: int,
+          groups: Sequence[str | None] | None = None) -> list[int]:
+    left = {g: len(idx) for g, idx in _members(groups, len(costs)).items()}  # units of each group still kept
     chosen, total = [], 0
     for i in order:
         if total >= target:
             break
+        g = None if groups is None else groups[i]
+        if g is not None and left[g] == 1:
+            continue
+        if g is not None:
+            left[g] -= 1
         chosen.append(i)
         total += costs[i]
+    if total < target:  # passing over each group's last unit fell short (a greedy order, not the reachability)
+        raise ValueError(f"the {len(chosen)} units this order takes remove {total:,}, short of the target "
+                         f"{target:,}, once each stage keeps a unit; use solver 'knapsack'")
     return sorted(chosen)
 
 
-def select(scores: Sequence[float], costs: Sequence[int], target: int, solver: str = "knapsack") -> list[int]:
-    """Dispatch to a solver by name."""
+def select(scores: Sequence[float], costs: Sequence[int], target: int, solver: str = "knapsack",
+           groups: Sequence[str | None] | None = None) -> list[int]:
+    """Dispatch to a solver by name (``groups``: module docstring)."""
     if solver not in SOLVERS:
         raise ValueError(f"unknown solver {solver!r}; choose one of {SOLVERS}")
     if solver == "exhaustive":
         raise ValueError("solver 'exhaustive' measures L(S) on the model; call pruning.layers.prune_layers "
                          "(or exhaustive.search) instead of select")
-    return {"knapsack": knapsack, "greedy": greedy, "ranked": ranked}[solver](scores, costs, target)
+    return {"knapsack": knapsack, "greedy": greedy, "ranked": ranked}[solver](scores, costs, target, groups)

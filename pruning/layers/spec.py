@@ -6,7 +6,9 @@ Zhang et al. 2024, arXiv 2404.11098).
 
 As ``pruning.spec.ChannelPruning``: one default per option (here or in the registries it names), checked
 once in ``__post_init__`` with one-line errors, the defaults the criterion uses filled in, an option the
-criterion does not read an error. The calibration set (``calib_size`` triples, ``calib_timesteps``, ``seed``)
+criterion does not read an error. ``preset`` (criterion handcrafted only) names a fixed architecture instead of
+a target: BK-SDM's from an SD-v1 U-Net (``pruning/layers/bksdm.py``). ``granularity`` says what an SD
+U-Net's attention unit is (``pruning/layers/sd.py``). The calibration set (``calib_size`` triples, ``calib_timesteps``, ``seed``)
 is always part of the spec: output-loss scores on it, the exhaustive solver measures L(S) on it and
 prune.py's additivity report reads it, whatever the criterion.
 """
@@ -16,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from common.cli import check_seed
-from pruning.layers import knapsack
+from pruning.layers import bksdm, knapsack, sd
 from pruning.layers.criteria import DEFAULT_CALIB_SIZE, DEFAULT_CALIB_TIMESTEPS, DEFAULT_SOLVER, LAYER_CRITERIA
 from pruning.spec import DEFAULTS, check_choice, check_whole, one_target, spec_dict, spec_from_dict
 
@@ -45,13 +47,24 @@ class LayerPruning:
     micro_batch: int | None = None      # taylor: samples per forward/backward; default 64
     max_timesteps: int | None = None    # taylor: cap on the timesteps
     seed: int = 0                       # calibration draw, random scores, taylor's noise
+    preset: str | None = None           # handcrafted: bk-sdm-base | bk-sdm-small | bk-sdm-tiny (no target then)
+    granularity: str = "transformer"    # SD attention unit: a whole Transformer2D | each BasicTransformerBlock
 
     def __post_init__(self) -> None:
         check_choice("criterion", self.criterion, tuple(LAYER_CRITERIA))
-        if self.solver is None:
+        sd.check_granularity(self.granularity)
+        if self.preset is not None:
+            bksdm.check_preset(self.preset)
+            if self.criterion != "handcrafted":
+                raise ValueError(f"preset {self.preset!r} applies to criterion 'handcrafted', got {self.criterion!r}")
+            if self.target_params is not None or self.target_macs is not None or self.solver is not None:
+                raise ValueError(f"preset {self.preset!r} fixes the architecture: give no target_params / "
+                                 "target_macs / solver with it")
+        if self.solver is None and self.preset is None:
             _fill(self, "solver", DEFAULT_SOLVER[self.criterion])
-        check_choice("solver", self.solver, knapsack.SOLVERS)  # read now: solvers added later are known
-        if (self.target_params is None) == (self.target_macs is None) or one_target(self) is None:
+        if self.preset is None:
+            check_choice("solver", self.solver, knapsack.SOLVERS)  # read now: solvers added later are known
+        if self.preset is None and ((self.target_params is None) == (self.target_macs is None) or one_target(self) is None):
             raise ValueError("give exactly one of target_params / target_macs (the fraction to remove)")
         check_whole("calib_size", self.calib_size)
         check_choice("calib_timesteps", self.calib_timesteps, CALIB_TIMESTEPS)
@@ -72,7 +85,8 @@ class LayerPruning:
         check_seed(self.seed)
 
     @property
-    def target(self) -> tuple[str, float]:
+    def target(self) -> tuple[str, float] | None:
+        """("params" | "macs", fraction); None with a preset."""
         return one_target(self)
 
     @property

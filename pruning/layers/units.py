@@ -1,7 +1,10 @@
 """Removable units of the U-Net for layer pruning (LAPTOP-Diff, Zhang et al. 2024, arXiv 2404.11098, Sec. 3).
 
 A *unit* is one residual branch: a ResBlock's (norm1, conv1, temb_proj, norm2, conv2) or an attention
-block's (norm, q, k, v, proj_out). Removing unit i keeps its shortcut (``models/ddpm/skipped.py``), so
+block's (norm, q, k, v, proj_out) in the DDPM U-Net (``models/ddpm``); a ResnetBlock2D, a Transformer2DModel
+or one BasicTransformerBlock in the latent U-Net of the SD family (``models/sd``, units in
+``pruning/layers/sd.py``). Removing unit i keeps its shortcut (``models/ddpm/skipped.py``,
+``models/sd/removed.py``), so
 
     eps_theta^(-S)(x_t, t)     the network with every unit of S removed
 
@@ -23,9 +26,10 @@ from typing import Iterable, Iterator, Mapping
 import torch
 from torch import nn
 
-from metrics.macs import count_macs
+from metrics.macs import MacReport, count_macs
 from models.ddpm.blocks import AttnBlock, ResBlock
 from models.ddpm.unet import UNet, removable_units
+from pruning.layers import sd
 
 # The parameters of a ResBlock that belong to its branch; everything else of the block (nin_shortcut) stays.
 RES_BRANCH = ("norm1", "conv1", "temb_proj", "norm2", "conv2")
@@ -37,11 +41,12 @@ class Unit:
     ``metrics/macs.py``)."""
 
     path: str
-    kind: str            # "res" | "attn"
+    kind: str            # "res" | "attn" (| "block": one BasicTransformerBlock of an SD U-Net)
     params: int
     macs_paper: int
     macs_full: int
     shortcut: bool       # a ResBlock with a 1x1 nin_shortcut (kept when the branch is removed)
+    stage: str | None = None  # SD: the down/up block it belongs to, one unit of which must stay (sd.py); DDPM: None
 
     def cost(self, what: str) -> int:
         """The saving that a target counts: "params" or "macs" (paper convention)."""
@@ -49,12 +54,20 @@ class Unit:
 
 
 def _check_unet(model: nn.Module) -> None:
-    if not isinstance(model, UNet):
-        raise TypeError(f"layer pruning needs this project's UNet (models/ddpm/unet.py), got {type(model).__name__}")
+    if not isinstance(model, UNet) and not sd.is_sd(model):
+        raise TypeError(f"layer pruning needs this project's UNet (models/ddpm/unet.py) or UNet2DConditionModel "
+                        f"(models/sd/unet.py), got {type(model).__name__}")
+
+
+def model_macs(model: nn.Module) -> MacReport:
+    """``count_macs`` at the model's example inputs (an SD U-Net: on a meta-device replica, shapes only)."""
+    return sd.meta_macs(model) if sd.is_sd(model) else count_macs(model, model.example_inputs())
 
 
 def branch_parameters(block: nn.Module) -> dict[str, nn.Parameter]:
     """The parameters of a block's residual branch, by name relative to the block."""
+    if not isinstance(block, (ResBlock, AttnBlock)):
+        return sd.branch_parameters(block)
     if isinstance(block, ResBlock):
         return {f"{m}.{n}": p for m in RES_BRANCH for n, p in getattr(block, m).named_parameters()}
     if isinstance(block, AttnBlock):
@@ -62,10 +75,21 @@ def branch_parameters(block: nn.Module) -> dict[str, nn.Parameter]:
     raise TypeError(f"{type(block).__name__} is not a removable unit (ResBlock or AttnBlock)")
 
 
-def find_units(model: UNet) -> list[Unit]:
+def find_units(model: UNet, granularity: str = "transformer") -> list[Unit]:
     """Every unit ``model`` still has (a layer-pruned model's removed units are not listed), in forward
-    order, with its parameter and MAC savings measured on the model as it is (channel-pruned widths included)."""
+    order, with its parameter and MAC savings measured on the model as it is (channel-pruned widths included).
+    granularity: an SD U-Net's attention unit, a whole Transformer2D or each BasicTransformerBlock (sd.py);
+    the DDPM U-Net has one kind of attention unit and takes "transformer" only."""
     _check_unet(model)
+    sd.check_granularity(granularity)
+    if sd.is_sd(model):
+        pairs = sd.unit_paths(model, granularity)
+        costs = sd.unit_costs(model, [p for p, _ in pairs], sd.meta_macs(model))
+        return [Unit(path=p, kind=k, params=params, macs_paper=paper, macs_full=full, shortcut=shortcut,
+                     stage=sd.stage_of(p)) for (p, k), (params, paper, full, shortcut) in zip(pairs, costs)]
+    if granularity != "transformer":
+        raise ValueError(f"granularity {granularity!r} applies to SD U-Nets (Transformer2D stacks); the DDPM U-Net's "
+                         "attention blocks are single units")
     c = model.config
     macs = count_macs(model, model.example_inputs())
     units = []
@@ -90,7 +114,7 @@ def check_unit_paths(model: UNet, paths: Iterable[str]) -> list[str]:
     """``paths`` as a list, after checking each is a unit ``model`` still has; the error names the bad one."""
     _check_unet(model)
     paths = list(paths)
-    units = removable_units(model.config)
+    units = sorted(sd.all_unit_paths(model)) if sd.is_sd(model) else removable_units(model.config)
     for p in paths:
         if p in model.config.removed:
             raise ValueError(f"unit {p!r} is already removed from this model")
@@ -103,6 +127,8 @@ def check_unit_paths(model: UNet, paths: Iterable[str]) -> list[str]:
 
 def shortcut_output(block: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """What the block returns with its branch removed (``models/ddpm/skipped.py``): x, or nin_shortcut(x)."""
+    if not isinstance(block, (ResBlock, AttnBlock)):
+        return sd.shortcut_output(block, x)
     if isinstance(block, ResBlock) and block.nin_shortcut is not None:
         return block.nin_shortcut(x)
     return x
@@ -119,7 +145,7 @@ def mask_units(model: UNet, masks: Mapping[str, torch.Tensor]) -> Iterator[UNet]
         def hook(block: nn.Module, args: tuple, out: torch.Tensor) -> torch.Tensor:
             if mask.shape != (out.shape[0],):
                 raise ValueError(f"mask of shape {tuple(mask.shape)} for a batch of {out.shape[0]}")
-            m = mask.to(out.device)[:, None, None, None]
+            m = mask.to(out.device).view(-1, *([1] * (out.dim() - 1)))  # (B, C, H, W) maps, (B, N, D) tokens
             return torch.where(m, shortcut_output(block, args[0]), out)
         return hook
 
@@ -137,6 +163,8 @@ def remove_units(model: UNet, paths: Iterable[str]) -> UNet:
     same device, in eval mode. ``model`` itself is left as it was. Widths of the removed branches leave the
     width table; everything else (channel-pruned widths included) is kept."""
     paths = check_unit_paths(model, paths)
+    if sd.is_sd(model):
+        return sd.remove_units(model, paths)
     config = model.config.with_removed(set(model.config.removed) | set(paths))
     with torch.random.fork_rng(devices=[]):  # construction draws a default init we overwrite: keep the caller's RNG
         new = UNet(config)
