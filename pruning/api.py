@@ -35,6 +35,7 @@ from torch import nn
 
 from diffusion.schedule import Schedule
 from pruning.checks import retrace_check, warn_protected
+from pruning.conditional import ConditionalBatch, split_data
 from pruning.groups import Group, describe
 from pruning.importance import IMPORTANCE, TimestepReport, accumulate_gradients
 from pruning.inputs import check_channel_inputs
@@ -76,6 +77,7 @@ class PruneReport:
     round_to: int | None = None  # widths kept at multiples of this (pruning/select.py)
     spec: ChannelPruning | None = None  # what was asked; ``ratio`` above is what it came to
     order_source: str = "autograd"  # which walk ordered the groups (pruning/trace/grouping.py)
+    head_mode: str = "channels"  # what the spec's head_mode came to for this model (ChannelPruning.head_mode_for)
 
     def applied(self) -> dict[str, Any]:
         """What the spec came to: the ratio applied (found by bisection for a target), the threshold and the
@@ -89,7 +91,7 @@ class PruneReport:
         ts = self.timesteps
         return {"spec": None if self.spec is None else self.spec.to_dict(), "applied": self.applied(),
                 "method": self.method, "ratio": self.ratio, "scope": self.scope, "scoring": self.scoring,
-                "attn_grouping": self.attn_grouping, "target": self.target, "round_to": self.round_to,
+                "attn_grouping": self.attn_grouping, "head_mode": self.head_mode, "target": self.target, "round_to": self.round_to,
                 "params_before": self.params_before, "params_after": self.params_after,
                 "widths_before": self.widths_before, "widths_after": self.widths_after,
                 "num_groups": len(self.groups), "num_prunable_groups": sum(g.prunable for g in self.groups),
@@ -113,32 +115,35 @@ def layer_widths(model: nn.Module) -> dict[str, int]:
     return out
 
 
-def channel_spec(data: torch.Tensor | None = None, **options: Any) -> ChannelPruning:
+def channel_spec(data: torch.Tensor | ConditionalBatch | None = None, **options: Any) -> ChannelPruning:
     """The spec of keyword options (``prune(model, x, method=..., ratio=..., data=x0)``): a gradient method's
     batch size is the batch it is given unless stated."""
+    x0, _ = split_data(data)
     if "method" not in options or options["method"] in GRADIENT_METHODS:
-        if "batch_size" not in options and isinstance(data, torch.Tensor) and data.dim() == 4:
-            options["batch_size"] = int(data.shape[0])
+        if "batch_size" not in options and isinstance(x0, torch.Tensor) and x0.dim() == 4:
+            options["batch_size"] = int(x0.shape[0])
     if isinstance(options.get("ignored"), (list, tuple)):
         options["ignored"] = tuple(options["ignored"])
     return ChannelPruning(**options)
 
 
-def check_prune(model: nn.Module, example_inputs: tuple, spec: ChannelPruning, data: torch.Tensor | None = None) -> None:
+def check_prune(model: nn.Module, example_inputs: tuple, spec: ChannelPruning,
+                data: torch.Tensor | ConditionalBatch | None = None) -> None:
     """Everything ``prune`` checks before its long work, for a caller with long work of its own before ``prune``
     (prune.py draws the before-grid): the inputs (pruning/inputs.py) and what the spec asks of the model's
     groups (a ratio that empties a group, a round_to that changes nothing). One trace; ``model`` unchanged."""
     check_channel_inputs(model, example_inputs, data if spec.gradient else None)
     analysis = analyze(model, example_inputs, ignored=spec.ignored, attn_grouping=spec.attn_grouping)
-    check_feasible(analysis, ratio=None if spec.target else spec.ratio, head_mode=spec.head_mode,
+    head_mode = spec.head_mode_for(model)
+    check_feasible(analysis, ratio=None if spec.target else spec.ratio, head_mode=head_mode,
                    round_to=spec.round_to, scope=spec.scope)
     if spec.target is not None and spec.scope == "local":  # reachable at all (the bisection comes in prune)
         ratio_for_target(model, example_inputs, analysis, kind=spec.target[0], target=spec.target[1],
-                         head_mode=spec.head_mode, round_to=spec.round_to, iterations=0)
+                         head_mode=head_mode, round_to=spec.round_to, iterations=0)
 
 
 def prune(model: nn.Module, example_inputs: tuple, spec: ChannelPruning | None = None,
-          data: torch.Tensor | None = None, *, eps: torch.Tensor | None = None, schedule: Schedule | None = None,
+          data: torch.Tensor | ConditionalBatch | None = None, *, eps: torch.Tensor | None = None, schedule: Schedule | None = None,
           progress: bool = True, **options: Any) -> tuple[nn.Module, PruneReport]:
     """Prune ``model`` in place as ``spec`` says and return it with a ``PruneReport``; on any error ``model``
     is left untouched.
@@ -148,7 +153,10 @@ def prune(model: nn.Module, example_inputs: tuple, spec: ChannelPruning | None =
                     options may be given as keywords (``method="magnitude", ratio=0.5``): they build the spec.
     data, eps:      (B, C, H, W) clean images in [-1, 1], the ONE batch x0 of the gradient methods (B must be
                     ``spec.batch_size``), and the ONE noise draw used at every t (drawn from ``spec.seed`` if
-                    not given; pass it to replay a run). The other methods do not read them.
+                    not given; pass it to replay a run). The other methods do not read them. A conditional
+                    U-Net (SD's ``UNet2DConditionModel``) takes ``ConditionalBatch(x0=latents, encoder_hidden_states=
+                    ..., class_labels=..., added_cond_kwargs=...)`` (pruning/conditional.py): L_t is then the
+                    conditional loss, each latent with its own condition.
     schedule:       the diffusion schedule of the gradient pass (default ``Schedule()``).
     """
     if spec is None:
@@ -159,17 +167,19 @@ def prune(model: nn.Module, example_inputs: tuple, spec: ChannelPruning | None =
         raise TypeError(f"spec must be a pruning.spec.ChannelPruning, got {type(spec).__name__}")
     if spec.gradient:
         if data is None:
-            raise ValueError(f"method {spec.method!r} needs data: a batch of clean training images (data=x0)")
+            raise ValueError(f"method {spec.method!r} needs data: a batch of clean training images (data=x0), or "
+                             "of latents with their conditions (data=ConditionalBatch(...))")
     else:
         data = eps = None  # not read
     check_channel_inputs(model, example_inputs, data, eps)  # every method: the model, then the data
-    if spec.gradient and data.shape[0] != spec.batch_size:
-        raise ValueError(f"data holds {data.shape[0]} images but the spec's gradient batch is "
+    x0, cond = split_data(data)
+    if spec.gradient and x0.shape[0] != spec.batch_size:
+        raise ValueError(f"data holds {x0.shape[0]} images but the spec's gradient batch is "
                          f"batch_size={spec.batch_size}")
     seconds: dict[str, float] = {}
     widths_before, params_before = layer_widths(model), sum(p.numel() for p in model.parameters())
     generator = torch.Generator().manual_seed(spec.seed)
-    ratio, target_spec, head_mode, round_to = spec.ratio, spec.target, spec.head_mode, spec.round_to
+    ratio, target_spec, head_mode, round_to = spec.ratio, spec.target, spec.head_mode_for(model), spec.round_to
     with rollback(model):
         if spec.attn_scale is not None and hasattr(getattr(model, "config", None), "attn_scale"):
             model.config = dataclasses.replace(model.config, attn_scale=spec.attn_scale)  # saved with the model
@@ -201,9 +211,9 @@ def prune(model: nn.Module, example_inputs: tuple, spec: ChannelPruning | None =
         timesteps = None
         if spec.gradient:
             start = time.perf_counter()
-            timesteps = accumulate_gradients(model, schedule or Schedule(), data, eps=eps, generator=generator,
+            timesteps = accumulate_gradients(model, schedule or Schedule(), x0, eps=eps, generator=generator,
                                              thr=spec.gradient_thr, micro_batch=spec.micro_batch,
-                                             max_timesteps=spec.max_timesteps, progress=progress)
+                                             max_timesteps=spec.max_timesteps, progress=progress, cond=cond)
             seconds["gradients"] = time.perf_counter() - start
 
         # 3. Score -> select -> cut, group by group.
@@ -242,7 +252,7 @@ def prune(model: nn.Module, example_inputs: tuple, spec: ChannelPruning | None =
                          timesteps=timesteps, seconds=seconds, scoring=spec.scoring, attn_grouping=spec.attn_grouping,
                          order=[analysis.roots.get(i, groups[i].name) for i in order], attributes=attributes,
                          target=target, kept=kept_channels(analysis, dense_keeps), round_to=round_to, spec=spec,
-                         order_source=analysis.order_source)
+                         order_source=analysis.order_source, head_mode=head_mode)
     return model, report
 
 

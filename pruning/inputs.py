@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from models.integrity import check_weights
+from pruning.conditional import ConditionalBatch, check_conditional_batch
 
 
 def _shape(x) -> str:
@@ -59,18 +60,28 @@ def check_example_inputs(model: nn.Module, example_inputs: tuple, image_model: b
                          f"(1, C, H, W){' = x[None]' if x.dim() == 3 else ''}")
 
 
-def check_channel_inputs(model: nn.Module, example_inputs: tuple, data: torch.Tensor | None = None,
+def check_channel_inputs(model: nn.Module, example_inputs: tuple, data: torch.Tensor | ConditionalBatch | None = None,
                          eps: torch.Tensor | None = None) -> None:
-    """``pruning.prune``'s inputs (``data``/``eps`` only where the method reads them; None otherwise)."""
+    """``pruning.prune``'s inputs (``data``/``eps`` only where the method reads them; None otherwise). ``data`` is
+    a batch of images x0, or a ``ConditionalBatch`` of latents and conditions (pruning/conditional.py), which a
+    model taking conditions beyond (x, t) (its example inputs say so) must be given."""
     check_weights(model, "the model to prune")
     # An image model (our U-Net's config, or image data for the gradient pass) reads (B, C, H, W).
     check_example_inputs(model, example_inputs,
                          hasattr(getattr(model, "config", None), "image_size") or data is not None)
-    if data is not None:
+    if isinstance(data, ConditionalBatch):
+        check_conditional_batch(data, example_inputs[0], _device(model))
+    elif data is not None:
+        conditions = [x for x in example_inputs[2:] if x is not None]
+        if conditions:
+            raise ValueError(f"the model takes {len(conditions)} condition input(s) besides (x, t) (its example "
+                             "inputs): give data=ConditionalBatch(x0, encoder_hidden_states=..., class_labels=..., "
+                             "added_cond_kwargs=...) (pruning/conditional.py) so that L_t is the conditional loss")
         check_images(model, data, example_inputs[0], name="data")
+    x0 = data.x0 if isinstance(data, ConditionalBatch) else data
     if eps is not None:
-        if data is None or not isinstance(eps, torch.Tensor) or eps.shape != data.shape:
-            raise ValueError(f"eps must have the shape of data {_shape(data) if data is not None else None}, "
+        if x0 is None or not isinstance(eps, torch.Tensor) or eps.shape != x0.shape:
+            raise ValueError(f"eps must have the shape of data {_shape(x0) if x0 is not None else None}, "
                              f"got {_shape(eps) if isinstance(eps, torch.Tensor) else repr(eps)}")
         if not bool(torch.isfinite(eps).all()):
             raise ValueError("eps holds non-finite values (nan or inf)")

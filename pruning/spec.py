@@ -29,7 +29,10 @@ import math
 from dataclasses import dataclass
 from typing import Any, Mapping
 
+from torch import nn
+
 from common.cli import check_seed
+from models.sd.attention import BasicTransformerBlock
 from pruning.select import HEAD_MODES
 from pruning.trace.record import ATTN_GROUPINGS
 
@@ -114,7 +117,7 @@ class ChannelPruning:
     scope: str = "local"                # local (the paper) | global ranking
     scoring: str = "sequential"         # sequential (the paper's code) | dense
     attn_grouping: str = "joint"        # joint (q, k, v and proj_out's input: the paper's code) | split
-    head_mode: str = "channels"         # channels | heads (remove whole attention heads)
+    head_mode: str | None = None        # channels | heads (whole attention heads); None: the model's (head_mode_for)
     attn_scale: str | None = None       # pruned | dense softmax scale after pruning (None: the model's own)
     round_to: int | None = None         # keep pruned widths multiples of this (local rule, channels)
     ignored: tuple[str, ...] = ()       # module paths whose output channels are kept
@@ -125,9 +128,10 @@ class ChannelPruning:
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
-        for name, choices in (("scope", SCOPES), ("scoring", SCORINGS), ("attn_grouping", ATTN_GROUPINGS),
-                              ("head_mode", HEAD_MODES)):
+        for name, choices in (("scope", SCOPES), ("scoring", SCORINGS), ("attn_grouping", ATTN_GROUPINGS)):
             check_choice(name, getattr(self, name), choices)
+        if self.head_mode is not None:
+            check_choice("head_mode", self.head_mode, HEAD_MODES)
         if self.attn_scale is not None:
             check_choice("attn_scale", self.attn_scale, ATTN_SCALES)
         if self.ratio is not None and (self.target_params is not None or self.target_macs is not None):
@@ -160,13 +164,22 @@ class ChannelPruning:
                 _fill(self, name, DEFAULTS[name])
             check_whole(name, getattr(self, name))
         check_whole("round_to", self.round_to)
-        if self.round_to and self.round_to > 1 and (self.scope != "local" or self.head_mode != "channels"):
+        if self.round_to and self.round_to > 1 and (self.scope != "local" or self.head_mode == "heads"):
             raise ValueError(f"round_to applies to the local rule with head_mode 'channels', got scope={self.scope!r}, "
                              f"head_mode={self.head_mode!r}")
         if isinstance(self.ignored, str) or not all(isinstance(p, str) for p in self.ignored):
             raise ValueError(f"ignored must be a sequence of module paths, got {self.ignored!r}")
         _fill(self, "ignored", tuple(self.ignored))
         check_seed(self.seed)
+
+    def head_mode_for(self, model: nn.Module) -> str:
+        """The head mode applied to ``model``: the spec's, or where it says None, "heads" for a network of
+        transformer blocks (the latent U-Net's ``BasicTransformerBlock``: its head count is a config width,
+        ``<...>.attnN.heads``, and whole heads go, as in structured transformer pruning) and "channels"
+        elsewhere (the DDPM U-Net, as the paper's code prunes it)."""
+        if self.head_mode is not None:
+            return self.head_mode
+        return "heads" if any(isinstance(m, BasicTransformerBlock) for m in model.modules()) else "channels"
 
     @property
     def gradient(self) -> bool:

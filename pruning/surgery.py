@@ -36,25 +36,8 @@ from torch import nn
 
 from pruning.checks import check_consistency
 from pruning.groups import Group
+from pruning.members import NORMS, role_dim, role_width, set_role_width
 from pruning.trace.grouping import Analysis
-
-_WIDTH_ATTR = {  # (type, role) -> (weight dim, attribute holding the width)
-    (nn.Conv2d, "out"): (0, "out_channels"),
-    (nn.Conv2d, "in"): (1, "in_channels"),
-    (nn.Linear, "out"): (0, "out_features"),
-    (nn.Linear, "in"): (1, "in_features"),
-    (nn.GroupNorm, "norm"): (0, "num_channels"),
-}
-
-
-def _dim_info(module: nn.Module, path: str, role: str) -> tuple[int, str]:
-    for (kind, r), info in _WIDTH_ATTR.items():
-        if r == role and isinstance(module, kind):
-            if isinstance(module, nn.Conv2d) and module.groups != 1:
-                raise NotImplementedError(f"{path}: grouped convolutions (groups={module.groups}) are not supported")
-            return info
-    raise TypeError(f"cannot prune {path} ({type(module).__name__}) as role {role!r}")
-
 
 def _slice_parameter(module: nn.Module, name: str, dim: int, index: torch.Tensor, keep_grads: bool) -> None:
     """Replace module.<name> by a NEW nn.Parameter holding the kept slice (so an optimizer built afterwards
@@ -106,7 +89,8 @@ def prune_group(model: nn.Module, group: Group, keep: torch.Tensor, *, keep_grad
     Conv2d/Linear "out": weight dim 0 and bias; "in": weight dim 1 (only [offset, offset + C) of the input
     dimension is touched: a concat consumer keeps the other parts); GroupNorm "norm": weight, bias,
     num_channels (num_groups unchanged; a width not divisible by it is an error naming the norm; a
-    per-channel norm, num_groups == num_channels, stays per-channel).
+    per-channel norm, num_groups == num_channels, stays per-channel); LayerNorm "norm": weight, bias,
+    normalized_shape; Embedding "out": weight dim 1, embedding_dim (the table in ``pruning/members.py``).
     ``.grad`` is sliced too when ``keep_grads``. Updates ``group`` in place (size, member offsets, blocks,
     head counts) and the offsets of members of ``others`` on the shortened dimensions (module docstring).
     Everything is validated before the first parameter is replaced.
@@ -128,8 +112,8 @@ def prune_group(model: nn.Module, group: Group, keep: torch.Tensor, *, keep_grad
     plans = []
     for (path, role), positions in drops.items():
         module = model.get_submodule(path)
-        dim, attr = _dim_info(module, path, role)
-        width = getattr(module, attr)
+        dim, _ = role_dim(module, path, role)
+        width = role_width(module, path, role)
         if max(positions) >= width:
             raise ValueError(f"{path} ({role}): group {group.name} indexes channel {max(positions)} "
                              f"of a width-{width} dimension")
@@ -138,7 +122,7 @@ def prune_group(model: nn.Module, group: Group, keep: torch.Tensor, *, keep_grad
         if isinstance(module, nn.GroupNorm) and not per_channel and kept_idx.numel() % module.num_groups:
             raise ValueError(f"{path}: GroupNorm would have {kept_idx.numel()} channels, not divisible by its "
                              f"num_groups={module.num_groups} (group {group.name})")
-        plans.append((path, role, module, dim, attr, kept_idx, sorted(set(positions))))
+        plans.append((path, role, module, dim, kept_idx, sorted(set(positions))))
 
     # 2. Heads: channels are head-major, so a head survives when it keeps at least one channel.
     new_heads = []
@@ -150,13 +134,13 @@ def prune_group(model: nn.Module, group: Group, keep: torch.Tensor, *, keep_grad
         new_heads.append((path, role, int((counts > 0).sum())))
 
     # 3. Mutate: slice parameters and grads, update the sliced layers' own width attributes.
-    for path, role, module, dim, attr, kept_idx, _ in plans:
+    for path, role, module, dim, kept_idx, _ in plans:
         _slice_parameter(module, "weight", dim, kept_idx, keep_grads)
-        if dim == 0:  # out rows and GroupNorm channels carry a bias; an input dimension does not
+        if dim == 0:  # out rows and norm channels carry a bias; an input dimension (or an Embedding's) does not
             _slice_parameter(module, "bias", 0, kept_idx, keep_grads)
         if isinstance(module, nn.GroupNorm) and module.num_groups == module.num_channels:
             module.num_groups = kept_idx.numel()  # a per-channel norm (one channel per group) stays per-channel
-        setattr(module, attr, kept_idx.numel())
+        set_role_width(module, path, role, kept_idx.numel())
 
     # 4. Offsets: every member on a shortened dimension moves left by the removed positions below it.
     shortened = {(path, role): positions for path, role, *_, positions in plans}
@@ -196,7 +180,7 @@ def apply_keeps(model: nn.Module, groups: Sequence[Group], keep_per_group: Mappi
 
 HEAD_ATTRS = ("num_heads", "heads", "n_heads", "num_attention_heads")
 WIDTH_ATTRS = ("in_channels", "channels", "out_channels", "inner_dim")
-_LAYERS = (nn.Conv2d, nn.Linear, nn.GroupNorm)  # their own width attributes are set by prune_group
+_LAYERS = (nn.Conv2d, nn.Linear, nn.Embedding, *NORMS)  # their own width attributes are set by prune_group
 
 
 def _resolve_attn_scale(model: nn.Module, attn_scale: str | None) -> str | None:

@@ -43,6 +43,7 @@ import numpy as np
 from torch import nn
 
 from pruning.groups import Group, Member
+from pruning.members import role_width
 from pruning.trace.canonical_order import ddim_order
 from pruning.trace.record import BlockConstraint, Trace
 from pruning.trace.tracer import trace
@@ -353,8 +354,7 @@ def _check_widths(groups: list[Group], layers: dict[str, nn.Module]) -> None:
     """Every member slice lies inside its layer's channel dimension (a tracer self-check)."""
     for group in groups:
         for m in group.members:
-            layer = layers[m.module]
-            width = layer.num_channels if m.role == "norm" else layer.weight.shape[0 if m.role == "out" else 1]
+            width = role_width(layers[m.module], m.module, m.role)
             if m.offset + group.size > width:
                 raise RuntimeError(f"tracer bug: {m} of group {group.name} (C={group.size}) exceeds width {width}")
 

@@ -3,7 +3,7 @@
 A rule gets one ``Call`` (op name, real arguments and outputs, module path) and the tracer, reads the
 input tensors' ``Labels``, sets the outputs' labels, and records ties (``tracer.union``) and constraints.
 Supporting a new op that fits a category is one line in ``CATEGORIES``. Conv2d, Linear and GroupNorm are
-single ops too (``LAYERS``): they are where channels get labels and where members are recorded.
+single ops too (``LAYERS``, with LayerNorm and Embedding): they are where channels get labels and where members are recorded.
 
 This file holds the tables, ``Call``, ``UnsupportedOpError``, the layer rules and the rules of ops that
 leave channels on the dims they were on (elementwise, activations, resampling, pad, reductions, norms).
@@ -78,11 +78,38 @@ def _group_norm(tr: Recorder, path: str, m: nn.GroupNorm, x: torch.Tensor, y: to
     tr.set(y, on_dim(v, y.dim(), 1))
 
 
+def _layer_norm(tr: Recorder, path: str, m: nn.LayerNorm, x: torch.Tensor, y: torch.Tensor) -> None:
+    """Normalises the last dim (the token width of a transformer's (B, N, C) stream): output channel c is
+    input channel c, scaled by gamma_c. Its statistics run over whatever channels remain, so it adds no
+    removal constraint; its weight and bias are pruned with the channels (role "norm")."""
+    if len(m.normalized_shape) != 1:
+        raise UnsupportedOpError("LayerNorm", path, f"normalized_shape {tuple(m.normalized_shape)}: only a "
+                                 "LayerNorm over the last dim can be pruned")
+    dim = x.dim() - 1
+    v = tr.channel_vector(x, dim, path, "LayerNorm")
+    tr.layers[path] = m
+    tr.member(path, "norm", v)
+    tr.set(y, on_dim(v, y.dim(), dim))
+
+
+def _embedding(tr: Recorder, path: str, m: nn.Embedding, x: torch.Tensor, y: torch.Tensor) -> None:
+    """An index lookup (class labels): its output channels (the last dim) are a fresh space produced by the
+    table's columns, role "out" on weight dim 1 (``pruning/members.py``)."""
+    if tr.get(x) is not None:
+        raise UnsupportedOpError("Embedding", path, "reads channel-labelled indices")
+    if path not in tr.layer_out:
+        tr.layers[path] = m
+        tr.layer_out[path] = tr.new(y.shape[-1], "layer", path)
+    tr.member(path, "out", tr.layer_out[path])
+    tr.set(y, on_dim(tr.layer_out[path], y.dim(), y.dim() - 1))
+
+
 def opaque(tr: Recorder, path: str, m: nn.Module, x: torch.Tensor, y: Any) -> None:
     """A layer whose inputs carry no labels: its outputs have no prunable producer either."""
 
 
-LAYERS: dict[type, Callable] = {nn.Conv2d: _conv2d, nn.Linear: _linear, nn.GroupNorm: _group_norm}
+LAYERS: dict[type, Callable] = {nn.Conv2d: _conv2d, nn.Linear: _linear, nn.GroupNorm: _group_norm,
+                                nn.LayerNorm: _layer_norm, nn.Embedding: _embedding}
 
 
 def layer_rule(module: nn.Module) -> Callable | None:

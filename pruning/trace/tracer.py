@@ -6,9 +6,9 @@
 
 How. A ``torch.overrides.TorchFunctionMode`` sees every torch function, ``F.*`` functional and Tensor
 method (``__getitem__``, ``reshape``, ``.T`` ...) as it runs, with the real tensors; forward hooks keep the
-path of the module each op runs in. Conv2d, Linear and GroupNorm are single ops (what runs inside them
-is not recorded). Every channel of a layer's output gets an integer *label*; each op maps its inputs'
-labels to its outputs' labels (``Labels``) and records which labels it *ties* (a residual add ties its
+path of the module each op runs in. Conv2d, Linear, GroupNorm, LayerNorm and Embedding are single ops
+(what runs inside them is not recorded). Every channel of a layer's output gets an integer *label*; each op
+maps its inputs' labels to its outputs' labels (``Labels``) and records which labels it *ties* (a residual add ties its
 operands channel by channel). ``pruning/trace/grouping.py`` turns the ties into coupling groups.
 
 Why not torch.fx. fx traces symbolically: ``if t.dim() == 0`` or loops over a list of skips are either
@@ -23,9 +23,9 @@ Rules (``pruning/trace/ops.py``). ``OPS`` maps each supported op name to a categ
 to its rule, so supporting a new op is one line. An op whose tensors carry no labels is not looked up: its output has no
 prunable producer, and a layer that reads such channels (the sinusoidal time embedding) is protected. An
 op that touches labelled tensors and is not in ``OPS`` raises ``UnsupportedOpError`` with the op name and
-the module path. Prunable parameter holders: Conv2d (groups=1), Linear, GroupNorm (affine or not). Other
-torch.nn layers with parameters (BatchNorm, LayerNorm, grouped convs, Embedding ...) raise the same error
-when they read labelled channels; a parameter used directly in a functional op is a constant, so the
+the module path. Prunable parameter holders: Conv2d (groups=1), Linear, GroupNorm (affine or not), LayerNorm
+over the last dim, Embedding (its columns). Other torch.nn layers with parameters (BatchNorm, grouped convs
+...) raise the same error when they read labelled channels; a parameter used directly in a functional op is a constant, so the
 channels it touches are protected. A custom autograd Function is traced through its forward's ops.
 """
 from __future__ import annotations
@@ -67,7 +67,7 @@ class Tracer(Recorder):
         if rule is None and own_params and type(module).__module__.startswith("torch.nn"):
             if any(self.get(t) for t in tensors((args, kwargs))):
                 raise UnsupportedOpError(type(module).__name__, name, "a torch.nn layer with parameters that cannot be "
-                                         "pruned (supported: Conv2d with groups=1, Linear, GroupNorm)")
+                                         "pruned (supported: Conv2d with groups=1, Linear, GroupNorm, LayerNorm, Embedding)")
             rule = opaque  # reads no prunable channels: a constant producer
         if rule is not None:
             self.suppress += 1
@@ -152,8 +152,10 @@ def trace(model: nn.Module, example_inputs: tuple, *, attn_grouping: str = "spli
     Autograd stays on (on meta tensors it costs nothing) so that the output's ``grad_fn`` graph gives the
     paper pruner's layer order (``Trace.autograd_order``). ``attn_grouping``: see ``record.ATTN_GROUPINGS``.
 
-    Input tensors of 2, 4 or 5 dims get "input" labels on dim 1 (channels of (B, C), (B, C, H, W)); a 3-dim
-    input is ambiguous ((B, C, L) or (B, N, C)) and gets none, so the layer reading it is protected anyway.
+    Positional input tensors of 2, 4 or 5 dims get "input" labels on dim 1 (channels of (B, C), (B, C, H, W)); a
+    3-dim input is ambiguous ((B, C, L) or (B, N, C)) and gets none, and so do tensors inside a container (SDXL's
+    ``added_cond_kwargs`` dict: its ``time_ids`` (B, 6) are six scalars, not channels), so the layer reading
+    them is protected anyway ("no prunable producer"): a text encoder's width is never pruned.
     """
     result = _trace(model, example_inputs, meta=True, attn_grouping=attn_grouping)
     return result if result is not None else _trace(model, example_inputs, meta=False, attn_grouping=attn_grouping)
@@ -164,8 +166,8 @@ def _trace(model: nn.Module, example_inputs: tuple, *, meta: bool, attn_grouping
     if meta:
         example_inputs = tuple(torch.empty_like(x, device="meta") if isinstance(x, torch.Tensor) else x
                                for x in example_inputs)
-    for x in tensors(example_inputs):
-        if x.is_floating_point() and x.dim() in (2, 4, 5):
+    for x in example_inputs:  # positional tensors only: a dict of conditioning (SDXL's time_ids) is no channel input
+        if isinstance(x, torch.Tensor) and x.is_floating_point() and x.dim() in (2, 4, 5):
             tr.set(x, on_dim(tr.new(x.shape[1], "input", "network input"), x.dim(), 1))
     handles = []
     try:
