@@ -107,3 +107,37 @@ def setup(device: str) -> Distributed:
         device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
         torch.cuda.set_device(device)
     return Distributed(dist.get_rank(), dist.get_world_size(), device)
+
+
+PARALLEL_STRATEGIES = ("ddp", "fsdp")
+
+
+def data_parallel(module: torch.nn.Module, ctx: Distributed, *, strategy: str = "ddp",
+                  units: list[torch.nn.Module] = ()) -> torch.nn.Module:
+    """``module`` made data-parallel over the process group (returned unchanged for a single process).
+
+    "ddp"   torch's DistributedDataParallel: every rank holds all weights; gradients are averaged in backward.
+    "fsdp"  torch's FSDP2 (``torch.distributed.fsdp.fully_shard``, ZeRO-3 style): every parameter is split into
+            ``world`` shards, one per rank; each of ``units`` (modules the forward calls, e.g. a U-Net's ResNets
+            and transformers) is gathered just before it runs and freed after, and ``module`` itself becomes the
+            root unit for the remaining parameters. Gradients are reduce-scattered (averaged), so each rank keeps
+            its shard's gradient: ``p.grad`` is a DTensor, ``p.grad.full_tensor()`` the whole one. Use it when
+            the weights, gradients and optimizer state of one student do not fit one GPU. ``module`` is changed
+            in place (its class becomes an FSDP subclass); apply activation checkpointing before this.
+    Both work on CPU with gloo (the tests run them with two processes) and on CUDA with nccl.
+    """
+    if strategy not in PARALLEL_STRATEGIES:
+        raise ValueError(f"data-parallel strategy must be one of {PARALLEL_STRATEGIES}, got {strategy!r}")
+    if not ctx.enabled:
+        return module
+    if strategy == "ddp":
+        cuda = ctx.device.startswith("cuda")
+        return torch.nn.parallel.DistributedDataParallel(module, device_ids=[torch.device(ctx.device)] if cuda else None)
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh(torch.device(ctx.device).type, (ctx.world,))
+    for unit in units:
+        fully_shard(unit, mesh=mesh)
+    fully_shard(module, mesh=mesh)
+    return module
