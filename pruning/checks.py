@@ -25,7 +25,8 @@ from pruning.trace.tracer import ForwardFailed, trace
 def check_consistency(model: nn.Module) -> None:
     """Re-read every module and raise (naming each offender) if its attributes disagree with its weights:
     conv/linear widths vs weight shape, GroupNorm num_channels vs weight and num_groups, .grad shapes,
-    attention q/k/v widths vs num_heads, and (attn_scale "pruned") scale = 1/sqrt(q width per head)."""
+    attention q/k/v widths vs num_heads (or ``heads``), LayerNorm normalized_shape vs weight, and (attn_scale
+    "pruned") scale = 1/sqrt(q width per head)."""
     problems = []
     mode = getattr(getattr(model, "config", None), "attn_scale", None)
     for name, m in model.named_modules():
@@ -59,6 +60,13 @@ def check_consistency(model: nn.Module) -> None:
                 problems.append(f"{name}: proj_out reads {proj.weight.shape[1]} channels, v has {dv}")
             if mode == "pruned" and H and dq % H == 0 and not math.isclose(m.scale, (dq // H) ** -0.5, rel_tol=1e-12):
                 problems.append(f"{name}: scale {m.scale} != 1/sqrt({dq // H}) (attn_scale 'pruned')")
+        if isinstance(m, nn.LayerNorm) and m.weight is not None and tuple(m.weight.shape) != tuple(m.normalized_shape):
+            problems.append(f"{name}: weight {tuple(m.weight.shape)} != normalized_shape {tuple(m.normalized_shape)}")
+        if isinstance(getattr(m, "heads", None), int) and all(isinstance(getattr(m, x, None), nn.Linear)
+                                                              for x in ("to_q", "to_k", "to_v")):
+            H, dq, dk, dv = m.heads, m.to_q.out_features, m.to_k.out_features, m.to_v.out_features
+            if dq != dk or dq % H or dv % H:  # the latent U-Net's attention (models/sd/attention.py)
+                problems.append(f"{name}: q/k widths {dq}/{dk} and v width {dv} must agree and divide by heads {H}")
     if problems:
         raise ValueError("inconsistent model after surgery:\n  " + "\n  ".join(problems))
 

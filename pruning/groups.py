@@ -18,10 +18,10 @@ Worked example (one ResBlock without shortcut, the time embedding added after co
 A consumer of a concatenation gets one member per concatenated part, with that part's offset (a tensor
 concatenated twice gives the same module twice with two offsets).
 
-Roles:
-    "out"   Conv2d / Linear output channels: weight dim 0 and bias.
+Roles (per layer type: ``pruning/members.py``):
+    "out"   Conv2d / Linear output channels: weight dim 0 and bias; an Embedding's columns (weight dim 1).
     "in"    Conv2d / Linear input channels: weight dim 1.
-    "norm"  GroupNorm channels: weight and bias (affine), and ``num_channels``.
+    "norm"  GroupNorm / LayerNorm channels: weight and bias (affine), and ``num_channels`` / ``normalized_shape``.
 
 ``blocks``: the group's C channels form ``blocks`` contiguous blocks of C / blocks channels (GroupNorm
 groups, attention heads), and pruning must remove the same number from each block, so that

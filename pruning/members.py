@@ -18,6 +18,8 @@ are sliced with it; a role on dim 1 touches the weight only.
 """
 from __future__ import annotations
 
+from typing import Iterable, Mapping
+
 from torch import nn
 
 # (type, role) -> (weight dim, attribute holding the width)
@@ -54,3 +56,12 @@ def set_role_width(module: nn.Module, path: str, role: str, width: int) -> None:
     """Write the new width into the attribute that states it (surgery only)."""
     _, attr = role_dim(module, path, role)
     setattr(module, attr, (width,) if isinstance(getattr(module, attr), tuple) else width)
+
+
+def check_member_widths(groups: Iterable, layers: Mapping[str, nn.Module]) -> None:
+    """Every member slice of every group lies inside its layer's channel dimension (the tracer's self-check)."""
+    for group in groups:
+        for m in group.members:
+            width = role_width(layers[m.module], m.module, m.role)
+            if m.offset + group.size > width:
+                raise RuntimeError(f"tracer bug: {m} of group {group.name} (C={group.size}) exceeds width {width}")

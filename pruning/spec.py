@@ -176,10 +176,15 @@ class ChannelPruning:
         """The head mode applied to ``model``: the spec's, or where it says None, "heads" for a network of
         transformer blocks (the latent U-Net's ``BasicTransformerBlock``: its head count is a config width,
         ``<...>.attnN.heads``, and whole heads go, as in structured transformer pruning) and "channels"
-        elsewhere (the DDPM U-Net, as the paper's code prunes it)."""
-        if self.head_mode is not None:
-            return self.head_mode
-        return "heads" if any(isinstance(m, BasicTransformerBlock) for m in model.modules()) else "channels"
+        elsewhere (the DDPM U-Net, as the paper's code prunes it). That attention's softmax scale is always
+        1/sqrt(its current head width), so narrower heads with attn_scale "dense" are refused here."""
+        transformer = any(isinstance(m, BasicTransformerBlock) for m in model.modules())
+        mode = self.head_mode or ("heads" if transformer else "channels")
+        if transformer and mode == "channels" and self.attn_scale == "dense":
+            raise ValueError("attn_scale 'dense' cannot hold for transformer blocks pruned channel by channel: their "
+                             "attention scales by 1/sqrt(the current head width); use head_mode 'heads' (whole "
+                             "heads, the head width unchanged) or attn_scale 'pruned'")
+        return mode
 
     @property
     def gradient(self) -> bool:

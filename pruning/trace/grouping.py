@@ -3,8 +3,8 @@
 ``pruning/trace/tracer.py`` runs one forward pass and hands over a ``Trace``: every channel of every prunable
 layer's output (and of the network input, and of tensors no layer produced) got an integer *label*; ops
 that tie channels together (a residual add, q.k contracting over the head width) recorded ``unions`` of
-label arrays; every Conv2d/Linear/GroupNorm call recorded its *member vector*, the labels along its
-channel dimension for role "in"/"out"/"norm".
+label arrays; every Conv2d/Linear/GroupNorm/LayerNorm/Embedding call recorded its *member vector*, the
+labels along its channel dimension for role "in"/"out"/"norm" (``pruning/members.py``).
 
 Grouping, in three steps:
 
@@ -43,7 +43,7 @@ import numpy as np
 from torch import nn
 
 from pruning.groups import Group, Member
-from pruning.members import role_width
+from pruning.members import check_member_widths
 from pruning.trace.canonical_order import ddim_order
 from pruning.trace.record import BlockConstraint, Trace
 from pruning.trace.tracer import trace
@@ -305,7 +305,7 @@ def group_trace(trace: Trace, *, ignored: tuple[str, ...] = (),
         if not reasons[g] and not produced:
             protect(g, "no producer among root types (" + ", ".join(t.__name__ for t in root_types) + ")")
         group.protected = "; ".join(reasons[g])
-    _check_widths(groups, trace.layers)
+    check_member_widths(groups, trace.layers)
     return Analysis(groups=groups, regrouped_norms=regrouped, trace=trace,
                     classes=cls, chains=chain_list, **_paper_order(groups, trace, root_types))
 
@@ -348,15 +348,6 @@ def _merge_pieces(runs: list[tuple[int, int, int, bool]]) -> list[tuple[int, int
         else:
             out.append((g, offset, size, whole))
     return out
-
-
-def _check_widths(groups: list[Group], layers: dict[str, nn.Module]) -> None:
-    """Every member slice lies inside its layer's channel dimension (a tracer self-check)."""
-    for group in groups:
-        for m in group.members:
-            width = role_width(layers[m.module], m.module, m.role)
-            if m.offset + group.size > width:
-                raise RuntimeError(f"tracer bug: {m} of group {group.name} (C={group.size}) exceeds width {width}")
 
 
 # ---------------------------------------------------------------------------------------------------
