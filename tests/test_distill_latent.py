@@ -78,8 +78,9 @@ def test_every_term_equals_a_hand_computation(mode):
 
 
 def test_normalized_terms_are_scale_free_where_plain_ones_are_not():
-    """Scaling the teacher's last layer before a tap by s scales that tap's MSE ~ s^2 but leaves the relative error
-    of a student equal to the teacher scaled by (1 + d) at d^2 — the imbalance LAPTOP-Diff removes."""
+    """A student equal to the teacher but for its down_blocks.0 downsampler, scaled by 1.5, has F_S = 1.5 F_T at that
+    tap: the normalised term is 0.5^2 whatever the feature's scale, the plain MSE 0.25 mean(F_T^2), which grows with
+    it (the imbalance LAPTOP-Diff removes)."""
     teacher = unet(config(), 0)
     student = copy.deepcopy(teacher)
     with torch.no_grad():
@@ -130,6 +131,7 @@ def test_teacher_gets_no_gradient_and_stays_out_of_the_module():
     owned = {id(p) for p in distiller.parameters()}
     assert owned == {id(p) for p in student.parameters()} and not any(id(p) in owned for p in teacher.parameters())
     assert all(torch.equal(v, before[k]) for k, v in teacher.state_dict().items())
+    assert distiller.teacher_checksum() == sum(v.double().sum().item() for v in before.values())
     assert not any(k.startswith("teacher") for k in distiller.state_dict())
 
 

@@ -121,6 +121,11 @@ def project(proj: nn.ModuleDict, feats: dict[str, torch.Tensor]) -> dict[str, to
     return {k: (proj[k.replace(".", "_")](f) if k.replace(".", "_") in proj else f) for k, f in feats.items()}
 
 
+def weights_checksum(model: nn.Module) -> float:
+    """Sum of the model's weights in float64 (a teacher's identity for resuming)."""
+    return float(sum(p.detach().double().sum().item() for p in model.parameters()))
+
+
 def check_teacher(student: ModelConfig, teacher: ModelConfig, source: str) -> None:
     """The teacher must share the student's topology (the student is a pruned copy of it); widths and removed
     units may differ. The error names every field that does not match."""
@@ -195,9 +200,8 @@ class Distiller(nn.Module):
                 p.grad /= world
 
     def teacher_checksum(self) -> float:
-        """Sum of the teacher's weights in float64: saved with training checkpoints so that a resumed run can
-        check it distils from the same teacher."""
-        return float(sum(p.detach().double().sum().item() for p in self.teacher[0].parameters()))
+        """Saved with training checkpoints so that a resumed run can check it distils from the same teacher."""
+        return weights_checksum(self.teacher[0])
 
 
 def check_distill_arguments(mode: str, teacher: str | None, lambdas: dict[str, float | None]) -> None:

@@ -46,7 +46,8 @@ from torch.utils.checkpoint import checkpoint
 
 from models.sd.resnet import ResnetBlock2D
 from models.sd.transformer import Transformer2DModel
-from training.distill import MODES, capture, feature_kd_terms, make_projections, project, resolve_lambdas
+from training.distill import (MODES, capture, feature_kd_terms, make_projections, project, resolve_lambdas,
+                              weights_checksum)
 
 COND_KEYS = ("encoder_hidden_states", "class_labels", "added_cond_kwargs")
 # Teacher and student must agree on these to see the same inputs and predict the same target.
@@ -202,6 +203,10 @@ class LatentDistiller(nn.Module):
             model(x[..., :size, :size].to(p.dtype), t, encoder_hidden_states=text.to(p.dtype), **cond)
         model.train(was_training)
         return {k: tuple(feats[k].shape) for k in self.taps}
+
+    def teacher_checksum(self) -> float:
+        """Saved with training checkpoints so that a resumed run can check it distils from the same teacher."""
+        return weights_checksum(self.teacher[0])
 
     def _autocast(self, x: torch.Tensor):
         if self.autocast_dtype is None:
