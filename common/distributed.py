@@ -132,7 +132,8 @@ def data_parallel(module: torch.nn.Module, ctx: Distributed, *, strategy: str = 
         return module
     if strategy == "ddp":
         cuda = ctx.device.startswith("cuda")
-        return torch.nn.parallel.DistributedDataParallel(module, device_ids=[torch.device(ctx.device)] if cuda else None)
+        return torch.nn.parallel.DistributedDataParallel(module,
+                                                         device_ids=[torch.device(ctx.device)] if cuda else None)
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
 

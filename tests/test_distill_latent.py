@@ -145,6 +145,28 @@ def test_channel_pruned_student_gets_a_trained_projection():
     assert distiller.proj["up_blocks_1"].weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("entry", ["class_cond", "sdxl"])
+def test_class_and_sdxl_conditioning_reach_both_networks(entry):
+    """A student equal to its teacher: every KD term is exactly 0 and the task loss is the teacher's; a changed
+    class label / pooled text embedding changes the student's prediction."""
+    teacher = unet(UNetConditionConfig.from_diffusers(load_entry(entry)["config"]), 0)
+    x, t, text, *rest = teacher.example_inputs(batch=2, tokens=3)
+    cond = {"encoder_hidden_states": text, **dict(zip(("class_labels", "added_cond_kwargs"), rest))}
+    eps = torch.randn_like(x)
+    total, terms = build_latent_distiller(copy.deepcopy(teacher), teacher, mode="feature-normalized")(x, t, cond, eps)
+    assert all(v == 0 for k, v in terms.items() if k.startswith("kd_")) and len(terms) > 4
+    with torch.no_grad():
+        eps_t = teacher(x, t, **cond)
+        torch.testing.assert_close(total, F.mse_loss(eps_t, eps), rtol=1e-6, atol=0)
+        if entry == "class_cond":
+            other = dict(cond, class_labels=1 - cond["class_labels"])
+        else:
+            added = cond["added_cond_kwargs"]
+            other = dict(cond, added_cond_kwargs={**added, "text_embeds": -added["text_embeds"]})
+        _, moved = build_latent_distiller(copy.deepcopy(teacher), teacher, mode="output")(x, t, other, eps)
+    assert moved["loss_task"] != terms["loss_task"]
+
+
 def test_bad_inputs_are_named():
     teacher = unet(config(), 0)
     with pytest.raises(ValueError, match="cross_attention_dim: .*32.* vs .*24"):
@@ -170,7 +192,8 @@ def test_checkpointing_gives_exactly_the_same_loss_and_gradients_with_fewer_save
     keys = list(student.state_dict())
     plain = _loss_and_grads(build_latent_distiller(copy.deepcopy(student), teacher, mode="feature"), data)
     distiller = build_latent_distiller(student, teacher, mode="feature", checkpointing=True)
-    assert enable_checkpointing(student) == len(block_units(student)) == 18  # ResNets + transformers: 6 down, 3 mid, 9 up
+    # the ResNets and transformers: 6 down, 3 mid, 9 up
+    assert enable_checkpointing(student) == len(block_units(student)) == 18
     assert list(student.state_dict()) == keys
     saved = []
 
@@ -201,6 +224,10 @@ def test_bf16_autocast_stays_close_to_float32():
     for n, g in ref[2].items():
         cos = F.cosine_similarity(g.flatten(), bf16[2][n].flatten(), dim=0)
         assert cos > 0.98, (n, cos)
+    # checkpointing recomputes under the same autocast: bit-identical to the bf16 run without it
+    ckpt = _loss_and_grads(build_latent_distiller(copy.deepcopy(student), teacher, mode="feature-normalized",
+                                                  autocast_dtype=torch.bfloat16, checkpointing=True), data)
+    assert torch.equal(ckpt[0], bf16[0])
     # a teacher held in bf16 (half its memory) gets bf16 inputs
     half = build_latent_distiller(unet(config(), 1), copy.deepcopy(teacher).to(torch.bfloat16), mode="feature")
     full = build_latent_distiller(unet(config(), 1), teacher, mode="feature")

@@ -9,7 +9,7 @@ L_task   MSE(eps_S(x_t, t, c), eps): the denoising loss (mean over all elements;
 L_out    MSE(eps_S(x_t, t, c), eps_T(x_t, t, c)): output KD.
 L_feat   over the taps l below, teacher features detached:
          "feature"             sum_l MSE(P_l(F_S^l), F_T^l)                              (BK-SDM)
-         "feature-normalized"  sum_l ||P_l(F_S^l) - F_T^l||_2^2 / ||F_T^l||_2^2          (LAPTOP-Diff, arXiv 2404.11098, Sec. 3.3)
+         "feature-normalized"  sum_l ||P_l(F_S^l) - F_T^l||_2^2 / ||F_T^l||_2^2    (LAPTOP-Diff, arXiv 2404.11098, Sec. 3.3)
                                = sum_l MSE_l / mean((F_T^l)^2): squared L2 norms over the whole batch, so each
                                term is a relative error of order one whatever its stage's scale.
 All MSEs are in float32, as BK-SDM's code computes them, whatever the autocast dtype. Defaults: lambda = 1
@@ -104,7 +104,8 @@ def block_units(unet: nn.Module) -> list[nn.Module]:
     """The ResNets and transformers of the down, mid and up blocks: the units ``enable_checkpointing`` wraps and
     ``common.distributed.data_parallel(strategy="fsdp")`` shards one by one (modules the forward calls)."""
     stages = [*unet.down_blocks, *([unet.mid_block] if unet.mid_block is not None else []), *unet.up_blocks]
-    return [m for s in stages for m in (*s.resnets, *s.attentions) if isinstance(m, (ResnetBlock2D, Transformer2DModel))]
+    units = (ResnetBlock2D, Transformer2DModel)  # removed units (models/sd/removed.py) hold at most a 1x1 conv
+    return [m for s in stages for m in (*s.resnets, *s.attentions) if isinstance(m, units)]
 
 
 class _Checkpointed:
@@ -226,7 +227,7 @@ class LatentDistiller(nn.Module):
             raise ValueError(f"cond has keys {unknown} the U-Net does not take; known: {list(COND_KEYS)}")
         teacher = self.teacher[0]
         dtype_t = next(teacher.parameters()).dtype  # a bf16 teacher gets bf16 inputs (half its memory)
-        cond_t = {k: (v.to(dtype_t) if k == "encoder_hidden_states" else v) for k, v in cond.items()}
+        cond_t = {k: (v.to(dtype_t) if k == "encoder_hidden_states" and v is not None else v) for k, v in cond.items()}
         with torch.no_grad(), self._autocast(x_t), capture(teacher, {k: v[1] for k, v in self.taps.items()}) as feats_t:
             eps_t = teacher(x_t.to(dtype_t), t, **cond_t)  # first: its activations are freed before the student's
         with self._autocast(x_t), capture(self.student, {k: v[0] for k, v in self.taps.items()}) as feats_s:
@@ -249,16 +250,19 @@ class LatentDistiller(nn.Module):
 
 
 def build_latent_distiller(student: nn.Module, teacher: nn.Module, *, mode: str, lambdas: dict | None = None,
-                           include_mid: bool = True, seed: int = 0, autocast_dtype: torch.dtype | None = None,
-                           checkpointing: bool = False, sync_normalizers: bool = False) -> LatentDistiller:
+                           taps: dict[str, tuple[str, str]] | None = None, include_mid: bool = True, seed: int = 0,
+                           autocast_dtype: torch.dtype | None = None, checkpointing: bool = False,
+                           sync_normalizers: bool = False) -> LatentDistiller:
     """The distiller the conditional training loop calls: ``total, terms = distiller(x_t, t, cond, eps)``.
 
     mode: "output", "feature" (BK-SDM) or "feature-normalized" (LAPTOP-Diff); lambdas: {"task", "out", "feat"},
-    missing ones take the mode's defaults; checkpointing: ``enable_checkpointing(student)`` first. The
+    missing ones take the mode's defaults; taps: {name: (student path, teacher path)} instead of
+    ``latent_taps(student, teacher, include_mid=...)``; autocast_dtype: torch.bfloat16 (torch.float16 also runs,
+    but needs a torch.amp.GradScaler in the loop); checkpointing: ``enable_checkpointing(student)``. The
     optimizer trains ``distiller.parameters()`` (the student's and the projections'); save ``distiller.student``.
     """
-    distiller = LatentDistiller(student, teacher, mode=mode, lambdas=lambdas, include_mid=include_mid, seed=seed,
-                                autocast_dtype=autocast_dtype, sync_normalizers=sync_normalizers)
+    distiller = LatentDistiller(student, teacher, mode=mode, lambdas=lambdas, taps=taps, include_mid=include_mid,
+                                seed=seed, autocast_dtype=autocast_dtype, sync_normalizers=sync_normalizers)
     if checkpointing:
         enable_checkpointing(student)
     return distiller
