@@ -24,6 +24,9 @@ unit is still a module (``models/ddpm/skipped.py``), and channel pruning changes
 widths differ (channel pruning), the student feature goes through P_l, a 1x1 conv (student width ->
 teacher width, PyTorch default init, seeded), trained with the student by the same optimizer; elsewhere
 P_l is the identity. The teacher runs frozen, in eval mode, without gradients.
+
+The same loss for the conditional latent U-Nets of the SD family (BK-SDM students): ``training/distill_latent.py``,
+which reuses the pieces below (capture, feature_kd_terms, resolve_lambdas, make_projections, project).
 """
 from __future__ import annotations
 
