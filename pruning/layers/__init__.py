@@ -2,6 +2,8 @@
 
 spec.py        ``LayerPruning``: the one frozen, self-checking description of a run (options, defaults)
 units.py       the removable units, per-sample masking (batched scoring) and building the smaller network
+sd.py          the SD family's U-Net: its units (ResNets, Transformer2Ds or their blocks), stages, schedule, condition
+bksdm.py       BK-SDM's handcrafted architectures (base / small / tiny) and weight copy from an SD-v1 U-Net
 criteria.py    the criteria registry: output-loss, random, handcrafted, taylor; the calibration set
 knapsack.py    selection to a target: exact knapsack DP, greedy, ranked
 exhaustive.py  the exhaustive search of the measured L(S) over the subsets that reach the target

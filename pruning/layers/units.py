@@ -116,10 +116,10 @@ def check_unit_paths(model: UNet, paths: Iterable[str]) -> list[str]:
     paths = list(paths)
     units = sorted(sd.all_unit_paths(model)) if sd.is_sd(model) else removable_units(model.config)
     for p in paths:
-        if p in model.config.removed:
+        if p in model.config.removed or p.split(".transformer_blocks.")[0] in model.config.removed:
             raise ValueError(f"unit {p!r} is already removed from this model")
         if p not in units:
-            raise ValueError(f"{p!r} is not a removable unit of this U-Net; its units are {units}")
+            raise ValueError(f"{p!r} is not a removable unit of this U-Net; its units are e.g. {units[:6]}")
     if len(set(paths)) != len(paths):
         raise ValueError(f"units listed twice: {sorted({p for p in paths if paths.count(p) > 1})}")
     return paths
