@@ -167,6 +167,19 @@ def test_class_and_sdxl_conditioning_reach_both_networks(entry):
     assert moved["loss_task"] != terms["loss_task"]
 
 
+def test_layer_pruned_student_differs_from_its_teacher_only_after_the_removed_unit():
+    """LAPTOP-Diff's student: the teacher's weights minus one removed attention (the last unit of up_blocks.1, the
+    tap itself). Every tap before it is exactly the teacher's; the removed unit's tap and the output are not."""
+    teacher = unet(config(), 0)
+    student = UNet2DConditionModel(config().with_removed(["up_blocks.1.attentions.2"]))
+    missing, unexpected = student.load_state_dict(teacher.state_dict(), strict=False)
+    assert not missing and all(k.startswith("up_blocks.1.attentions.2.") for k in unexpected)
+    _, terms = build_latent_distiller(student, teacher, mode="feature-normalized")(*batch())
+    assert [k for k, v in terms.items() if k.startswith("kd_feat/") and v == 0] == [
+        "kd_feat/down_blocks.0", "kd_feat/down_blocks.1", "kd_feat/mid_block", "kd_feat/up_blocks.0"]
+    assert terms["kd_feat/up_blocks.1"] > 0 and terms["kd_out"] > 0
+
+
 def test_bad_inputs_are_named():
     teacher = unet(config(), 0)
     with pytest.raises(ValueError, match="cross_attention_dim: .*32.* vs .*24"):
