@@ -54,8 +54,18 @@ def removed_fraction(model: nn.Module, example_inputs: tuple, analysis: Analysis
 def _count(model: nn.Module, example_inputs: tuple, kind: str) -> int:
     if kind == "params":
         return sum(p.numel() for p in model.parameters())
-    inputs = tuple(torch.empty_like(x[:1], device="meta") if isinstance(x, torch.Tensor) else x for x in example_inputs)
-    return count_macs(model, inputs).macs_paper
+    return count_macs(model, tuple(_one_meta(x) for x in example_inputs)).macs_paper
+
+
+def _one_meta(x):
+    """Batch 1 of an example input for the meta copy: float tensors (also inside SDXL's ``added_cond_kwargs``
+    dict) become meta; integer ones (class labels) keep their values, which the forward checks and an
+    Embedding on the meta device indexes."""
+    if isinstance(x, dict):
+        return {k: _one_meta(v) for k, v in x.items()}
+    if not isinstance(x, torch.Tensor):
+        return x
+    return torch.empty_like(x[:1], device="meta") if x.is_floating_point() else x[:1]
 
 
 def ratio_for_target(model: nn.Module, example_inputs: tuple, analysis: Analysis, *, kind: str, target: float,

@@ -265,3 +265,12 @@ def test_head_mode_default_is_per_model():
         ddpm = UNet(PRESETS["tiny"])
     assert spec.head_mode_for(ddpm) == "channels"  # the DDPM U-Net keeps the paper code's per-head channels
     assert ChannelPruning(head_mode="channels").head_mode_for(tiny_unet("sd1")) == "channels"
+
+
+@pytest.mark.parametrize("name", [pytest.param("sdxl", marks=pytest.mark.slow),  # 16 s: conditions in a dict
+                                  "class_cond"])  # integer class labels
+def test_a_macs_target_is_reached_on_conditional_unets(name):
+    model = tiny_unet(name)
+    _, report = prune(model, model.example_inputs(batch=1, tokens=5), ChannelPruning(method="random", target_macs=0.3),
+                      progress=False)
+    assert report.target["kind"] == "macs" and 0.3 <= report.target["achieved"] < 0.45
