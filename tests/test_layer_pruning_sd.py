@@ -84,7 +84,7 @@ def test_bk_sdm_tiny_copy_map_is_bk_sdms():
 def test_bk_sdm_kept_blocks_hold_the_teachers_weights(preset):
     teacher = tiny()
     before = {k: v.clone() for k, v in teacher.state_dict().items()}
-    student, report = prune_layers(teacher, LayerPruning(criterion="handcrafted", preset=preset))
+    student, report = prune_layers(teacher, LayerPruning(criterion="handcrafted", architecture=preset))
     s, t = student.state_dict(), teacher.state_dict()
     shift = 1 if preset == "bk-sdm-tiny" else 0
     pairs = [("conv_in.weight", "conv_in.weight"), ("down_blocks.0.resnets.0.conv1.weight", "down_blocks.0.resnets.0.conv1.weight"),
@@ -250,7 +250,7 @@ def test_pruned_unet_saves_and_reloads(tmp_path):
     model = tiny()
     latents, cond = data()
     small, _ = prune_layers(model, criterion="random", target_params=0.2, images=latents, cond=cond)
-    bk, _ = prune_layers(model, criterion="handcrafted", preset="bk-sdm-small")
+    bk, _ = prune_layers(model, criterion="handcrafted", architecture="bk-sdm-small")
     for name, net in (("pruned", small), ("bk", bk)):
         folder = tmp_path / name
         folder.mkdir()
@@ -306,14 +306,14 @@ def test_errors_are_one_line_and_early():
     model = tiny()
     latents, cond = data()
     with pytest.raises(ValueError, match="unknown handcrafted preset 'bk-sdm-huge'"):
-        LayerPruning(criterion="handcrafted", preset="bk-sdm-huge")
-    with pytest.raises(ValueError, match="preset 'bk-sdm-base' applies to criterion 'handcrafted'"):
-        LayerPruning(criterion="output-loss", preset="bk-sdm-base")
-    with pytest.raises(ValueError, match="fixes the architecture"):
-        LayerPruning(criterion="handcrafted", preset="bk-sdm-base", target_params=0.3)
+        LayerPruning(criterion="handcrafted", architecture="bk-sdm-huge")
+    with pytest.raises(ValueError, match="architecture 'bk-sdm-base' applies to criterion 'handcrafted'"):
+        LayerPruning(criterion="output-loss", architecture="bk-sdm-base")
+    with pytest.raises(ValueError, match="is fixed: give no target_params"):
+        LayerPruning(criterion="handcrafted", architecture="bk-sdm-base", target_params=0.3)
     with pytest.raises(ValueError, match="granularity must be one of"):
         LayerPruning(target_params=0.3, granularity="layer")
-    spec = LayerPruning(criterion="handcrafted", preset="bk-sdm-tiny")
+    spec = LayerPruning(criterion="handcrafted", architecture="bk-sdm-tiny")
     sd2 = tiny(use_linear_projection=True)
     with pytest.raises(ValueError, match=r"dense SD-v1 U-Net; this U-Net differs: use_linear_projection=True"):
         prune_layers(sd2, spec)
@@ -361,4 +361,4 @@ def test_sdxl_like_unet_block_granularity_with_added_conditions():
                     added_cond_kwargs={k: v[:1] for k, v in cond["added_cond_kwargs"].items()})
     assert out.shape == (1, 4, 8, 8)
     with pytest.raises(ValueError, match="dense SD-v1 U-Net; this U-Net differs"):
-        prune_layers(model, criterion="handcrafted", preset="bk-sdm-base")
+        prune_layers(model, criterion="handcrafted", architecture="bk-sdm-base")

@@ -22,7 +22,7 @@ The SD family's U-Net (``models/sd``) goes through the same steps, scored on (la
 
 with its own units (``sd.py``: ResNets, Transformer2Ds or, ``granularity="block"``, BasicTransformerBlocks),
 one unit of every down and up block always kept, and the scaled-linear schedule by default. Instead of a
-target, ``criterion="handcrafted", preset="bk-sdm-base" | "bk-sdm-small" | "bk-sdm-tiny"`` builds BK-SDM's
+target, ``criterion="handcrafted", architecture="bk-sdm-base" | "bk-sdm-small" | "bk-sdm-tiny"`` builds BK-SDM's
 architecture from an SD-v1 U-Net with BK-SDM's weight copy (``bksdm.py``); no data is read.
 """
 from __future__ import annotations
@@ -82,7 +82,7 @@ class LayerReport:
             lines.append(f"{u.path:<{w}} {u.kind:<5} {u.params:>11,} {u.macs_paper:>14,} {self.scores[u.path]:>12.5g}{mark}")
         pr = 1 - self.params_after / self.params_before
         mr = 1 - self.macs_after / self.macs_before
-        goal = f"preset {self.spec.preset}" if self.target is None and self.spec else f"target -{self.target[1]:.0%} {self.target[0]}"
+        goal = f"architecture {self.spec.architecture}" if self.target is None and self.spec else f"target -{self.target[1]:.0%} {self.target[0]}"
         lines.append(f"removed {len(self.removed)} of {len(self.units)} units: params {self.params_before:,} -> "
                      f"{self.params_after:,} (-{pr:.1%}), MACs {self.macs_before:,} -> {self.macs_after:,} (-{mr:.1%}); "
                      f"{goal}")
@@ -110,8 +110,8 @@ def stages(units: list[Unit]) -> list[str | None] | None:
 def check_target(model: UNet, spec: LayerPruning) -> None:
     """A target that removing every unit of ``model`` cannot reach is an error, before any scoring or sampling;
     so is a handcrafted preset asked of a U-Net it does not apply to."""
-    if spec.preset is not None:
-        bksdm.check_teacher(model, spec.preset)
+    if spec.architecture is not None:
+        bksdm.check_teacher(model, spec.architecture)
         return
     target_cost(model, find_units(model, spec.granularity), *spec.target)
 
@@ -119,8 +119,8 @@ def check_target(model: UNet, spec: LayerPruning) -> None:
 def _check_inputs(model, spec: LayerPruning, images, cond, calib) -> None:
     """Every input, before any work: the model and its data (DDPM images in [-1, 1]; SD latents and their
     forward keywords)."""
-    if spec.preset is not None:
-        bksdm.check_teacher(model, spec.preset)
+    if spec.architecture is not None:
+        bksdm.check_teacher(model, spec.architecture)
     if not sd.is_sd(model):
         if cond is not None or (calib is not None and calib.cond is not None):
             raise ValueError("cond (prompt embeddings, ...) applies to SD U-Nets; the DDPM U-Net reads (x_t, t)")
@@ -134,11 +134,11 @@ def _check_inputs(model, spec: LayerPruning, images, cond, calib) -> None:
 
 
 def _prune_preset(model, spec: LayerPruning) -> tuple[UNet, LayerReport]:
-    """BK-SDM's architecture of ``spec.preset`` from ``model`` (bksdm.py), reported like a layer pruning."""
+    """BK-SDM's architecture of ``spec.architecture`` from ``model`` (bksdm.py), reported like a layer pruning."""
     start = time.perf_counter()
     macs_before = model_macs(model)
     units = find_units(model)
-    student, info = bksdm.bk_sdm(model, spec.preset)
+    student, info = bksdm.bk_sdm(model, spec.architecture)
     after = model_macs(student)
     dropped = set(info["removed"])
     order = sd.handcrafted_order(model, [u.path for u in units])
@@ -177,7 +177,7 @@ def prune_layers(model: UNet, spec: LayerPruning | None = None, images: torch.Te
     elif not isinstance(spec, LayerPruning):
         raise TypeError(f"spec must be a pruning.layers.spec.LayerPruning, got {type(spec).__name__}")
     _check_inputs(model, spec, images, cond, calib)  # every criterion: the model, then its data, before any work
-    if spec.preset is not None:
+    if spec.architecture is not None:
         return _prune_preset(model, spec)
     if sd.is_sd(model) and images is not None and cond is None:
         raise ValueError("an SD U-Net is scored on (latent, t, noise, condition): give cond= with the latents")

@@ -6,8 +6,8 @@ Zhang et al. 2024, arXiv 2404.11098).
 
 As ``pruning.spec.ChannelPruning``: one default per option (here or in the registries it names), checked
 once in ``__post_init__`` with one-line errors, the defaults the criterion uses filled in, an option the
-criterion does not read an error. ``preset`` (criterion handcrafted only) names a fixed architecture instead of
-a target: BK-SDM's from an SD-v1 U-Net (``pruning/layers/bksdm.py``). ``granularity`` says what an SD
+criterion does not read an error. ``architecture`` (criterion handcrafted only) names a fixed architecture
+instead of a target: BK-SDM's from an SD-v1 U-Net (``pruning/layers/bksdm.py``). ``granularity`` says what an SD
 U-Net's attention unit is (``pruning/layers/sd.py``). The calibration set (``calib_size`` triples, ``calib_timesteps``, ``seed``)
 is always part of the spec: output-loss scores on it, the exhaustive solver measures L(S) on it and
 prune.py's additivity report reads it, whatever the criterion.
@@ -47,24 +47,24 @@ class LayerPruning:
     micro_batch: int | None = None      # taylor: samples per forward/backward; default 64
     max_timesteps: int | None = None    # taylor: cap on the timesteps
     seed: int = 0                       # calibration draw, random scores, taylor's noise
-    preset: str | None = None           # handcrafted: bk-sdm-base | bk-sdm-small | bk-sdm-tiny (no target then)
+    architecture: str | None = None     # handcrafted: bk-sdm-base | bk-sdm-small | bk-sdm-tiny (no target then)
     granularity: str = "transformer"    # SD attention unit: a whole Transformer2D | each BasicTransformerBlock
 
     def __post_init__(self) -> None:
         check_choice("criterion", self.criterion, tuple(LAYER_CRITERIA))
         sd.check_granularity(self.granularity)
-        if self.preset is not None:
-            bksdm.check_preset(self.preset)
+        if self.architecture is not None:
+            bksdm.check_preset(self.architecture)
             if self.criterion != "handcrafted":
-                raise ValueError(f"preset {self.preset!r} applies to criterion 'handcrafted', got {self.criterion!r}")
+                raise ValueError(f"architecture {self.architecture!r} applies to criterion 'handcrafted', got {self.criterion!r}")
             if self.target_params is not None or self.target_macs is not None or self.solver is not None:
-                raise ValueError(f"preset {self.preset!r} fixes the architecture: give no target_params / "
+                raise ValueError(f"architecture {self.architecture!r} is fixed: give no target_params / "
                                  "target_macs / solver with it")
-        if self.solver is None and self.preset is None:
+        if self.solver is None and self.architecture is None:
             _fill(self, "solver", DEFAULT_SOLVER[self.criterion])
-        if self.preset is None:
+        if self.architecture is None:
             check_choice("solver", self.solver, knapsack.SOLVERS)  # read now: solvers added later are known
-        if self.preset is None and ((self.target_params is None) == (self.target_macs is None) or one_target(self) is None):
+        if self.architecture is None and ((self.target_params is None) == (self.target_macs is None) or one_target(self) is None):
             raise ValueError("give exactly one of target_params / target_macs (the fraction to remove)")
         check_whole("calib_size", self.calib_size)
         check_choice("calib_timesteps", self.calib_timesteps, CALIB_TIMESTEPS)
@@ -86,7 +86,7 @@ class LayerPruning:
 
     @property
     def target(self) -> tuple[str, float] | None:
-        """("params" | "macs", fraction); None with a preset."""
+        """("params" | "macs", fraction); None with an architecture."""
         return one_target(self)
 
     @property
