@@ -24,10 +24,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import math
-import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm import tqdm
@@ -37,92 +37,50 @@ from common.cli import UserError, check_writable_dir
 from common.distributed import Distributed, setup as setup_distributed
 from common.ema import EMA
 from common.images import save_grid
-from common.runs import (RUN_MARKER, RunLock, mark_run, new_run_dir, read_run_marker, remove_stale_tmp,
-                         seed_everything, write_json)
-from data import DATASETS, build_dataset, check_dataset
-from diffusion.ddpm import HeldOutLoss, eps_loss, sample_timesteps
-from diffusion.schedule import DiffusionConfig, Schedule
-from models.checkpoint import environment, read_checkpoint, save_checkpoint
-from models.ddpm.config import PRESETS, ModelConfig
-from models.ddpm.unet import UNet, count_parameters
+from common.runs import RunLock, mark_run, new_run_dir, seed_everything, write_json
+from data import DATASETS
+from diffusion.ddpm import HeldOutLoss, sample_timesteps
+from models.checkpoint import environment, save_checkpoint
+from models.ddpm.config import PRESETS
+from models.ddpm.unet import count_parameters
 from models.lineage import default_reference
 from models.loading import load_with_info
 from models.runtime import Runner, RuntimeOptions
 from training.distill import MODES as DISTILL_MODES, build_distiller
-from training.scalar_log import ScalarLog
+from training.families import make_family, model_from_config
+from training.latent import build_latent_model, is_latent_model
 from training.recipe import (OPTIMIZERS, BatchOrder, Run, TrainConfig, TrainState, distill_lambdas,
-                             first_non_finite, lr_at, release_finished, report_heldout, sample_grid, validate,
-                             write_release)
+                             first_non_finite, lr_at, release_finished, report_heldout, validate, write_release)
+from training.resume import open_resume
+from training.scalar_log import ScalarLog
 
 
-def build_model(cfg: TrainConfig) -> tuple[UNet, str]:
+def build_model(cfg: TrainConfig) -> tuple[torch.nn.Module, str, dict | None]:
     """A preset (seeded default init: training from scratch) or the EMA weights of any checkpoint the
-    loader knows (diffprune, pruned ones included; DDIM codebase; diffusers), in train mode."""
+    loader knows (diffprune, pruned ones included; DDIM codebase; diffusers), in train mode; and the frozen
+    parts (VAE, text encoder) of a latent text-to-image model (training/latent.py), else None."""
+    if is_latent_model(cfg.model):
+        return build_latent_model(cfg.model, cfg.seed)
     model, info = load_with_info(cfg.model, ema=True, dropout=cfg.dropout, seed=cfg.seed, preset=cfg.preset,
                                  norm_groups=cfg.norm_groups)
     cli.print_load_notes(cfg.model, info, "train")
     origin = f"{info['format']} {cfg.model}" + (" (random init: training from scratch)" if info["format"] == "preset" else "")
-    return model.train(), origin
-
-
-# ----------------------------------------------------------------------------------------------- run folders
-def resolve_resume(resume: str | os.PathLike) -> tuple[Path, Path]:
-    """(run folder, checkpoint) of ``--resume``: a run folder, or a checkpoint in its ``checkpoints/``.
-
-    The run folder is the one whose ``run.json`` marker carries the checkpoint's run id. A checkpoint that
-    was copied out of its run folder has no such folder and is refused: resuming it would write
-    ``model.pt`` and ``config.json`` into whatever folder happens to sit two levels above it.
-    """
-    path = Path(resume)
-    if path.is_dir():
-        run_dir, ckpt = path, path / "checkpoints" / "latest.pt"
-        if read_run_marker(run_dir) is None:
-            raise UserError(f"--resume {path}: not a train.py run folder (no {RUN_MARKER})")
-        if not ckpt.is_file():
-            raise UserError(f"--resume {path}: the run has no checkpoint yet ({ckpt} does not exist); start it again")
-        return run_dir, ckpt
-    if not path.is_file():
-        raise UserError(f"--resume {path}: no such run folder or checkpoint")
-    run_dir = path.resolve().parent.parent
-    if path.resolve().parent.name != "checkpoints" or read_run_marker(run_dir) is None:
-        raise UserError(f"--resume {path}: this checkpoint is not inside the run folder that wrote it (no "
-                        f"{RUN_MARKER} two levels up); resume the run folder itself, or fine-tune the file as a "
-                        f"new run with --model {path}")
-    return run_dir, path
+    return model.train(), origin, None
 
 
 # ----------------------------------------------------------------------------------------------- set-up
-def open_resume(cfg: TrainConfig, resume: str, ctx: Distributed, locks: list) -> tuple[TrainConfig, dict, Path]:
-    """The run's saved config (with ``cfg``'s total steps and device), its checkpoint and its folder,
-    checked and locked (rank 0) before anything is built."""
-    run_dir, ckpt_path = resolve_resume(resume)
-    if ctx.is_main:  # one writer per run folder; a kill leaves no stale lock (flock)
-        locks.append(RunLock(run_dir, "resuming or training this run").acquire())
-        for stale in remove_stale_tmp(run_dir / "checkpoints"):
-            print(f"[train] removed {stale}, left by an interrupted checkpoint write")
-    ckpt = read_checkpoint(ckpt_path)
-    marker, meta = read_run_marker(run_dir), ckpt.get("meta", {})
-    if meta.get("run_id") != marker["run_id"]:
-        raise UserError(f"--resume {resume}: {ckpt_path} was written by another run than {run_dir} "
-                        f"(run id {meta.get('run_id')!r} vs {marker['run_id']!r})")
-    # A run saved before ``ema_warmup`` existed was started without the warm-up: it continues without it.
-    saved = TrainConfig(**{"ema_warmup": False, **meta["train_config"]})
-    cfg = dataclasses.replace(saved, steps=cfg.steps if cfg.steps is not None else saved.steps, device=cfg.device)
-    if cfg.steps < int(ckpt["train_state"]["step"]):
-        raise UserError(f"--steps {cfg.steps} is the TOTAL number of steps, but {run_dir} is already at step "
-                        f"{ckpt['train_state']['step']}; pass a larger total to continue it")
-    return cfg, ckpt, run_dir
-
-
-def build_state(cfg: TrainConfig, ckpt: dict | None, resume: str | None, device: str) -> tuple[TrainState, str]:
+def build_state(cfg: TrainConfig, ckpt: dict | None, resume: str | None, device: str) -> tuple[TrainState, str, Any]:
     """Model, distiller, EMA, optimizer and generator, fresh or restored from ``ckpt``; and where the
     weights came from. A resumed model is rebuilt from its saved config: no architecture flag is re-read."""
+    parts = None
     if ckpt is not None:
-        model = UNet(ModelConfig.from_dict(ckpt["model_config"]))
+        model = model_from_config(ckpt["model_config"])
         model.load_state_dict(ckpt["state_dict"])
         origin = ckpt["meta"].get("origin", f"resumed from {resume}")
+        if is_latent_model(cfg.model):  # the frozen parts are read again: they must be the run's own
+            parts = build_latent_model(cfg.model, cfg.seed)[2]
     else:
-        model, origin = build_model(cfg)
+        model, origin, parts = build_model(cfg)
     model.to(device).train()
     # The teacher is loaded and checked against the student's architecture before any training work.
     distiller = build_distiller(cfg.distill, cfg.teacher, model, lambdas=distill_lambdas(cfg), seed=cfg.seed,
@@ -130,7 +88,7 @@ def build_state(cfg: TrainConfig, ckpt: dict | None, resume: str | None, device:
     params = list(model.parameters()) + ([] if distiller is None else list(distiller.parameters()))  # + 1x1 taps
     ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)
     opt = OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
-    return TrainState(model, ema, opt, torch.Generator().manual_seed(cfg.seed), distiller), origin
+    return TrainState(model, ema, opt, torch.Generator().manual_seed(cfg.seed), distiller), origin, parts
 
 
 def restore(state: TrainState, ckpt: dict, cfg: TrainConfig, resume: str, rank: int) -> None:
@@ -142,26 +100,17 @@ def restore(state: TrainState, ckpt: dict, cfg: TrainConfig, resume: str, rank: 
                         "from (its weights changed); an exact resume needs the same teacher")
 
 
-def heldout_set(cfg: TrainConfig, image_size: int, schedule: Schedule) -> HeldOutLoss | None:
-    """The held-out eps-MSE measured at every checkpoint (datasets with a test split only)."""
-    if cfg.heldout_images == 0 or cfg.data not in ("shapes", "cifar10"):
-        return None
-    test = build_dataset(cfg.data, root=cfg.data_root, image_size=image_size, split="test")
-    n = min(cfg.heldout_images, len(test))
-    return HeldOutLoss(torch.stack([test[i] for i in range(n)]), schedule, draws=4, seed=1234)
-
-
 # ----------------------------------------------------------------------------------------------- one step
-def train_step(state: TrainState, forward: Runner, schedule: Schedule, x0: torch.Tensor, t: torch.Tensor,
+def train_step(state: TrainState, forward: Runner, family, x0: torch.Tensor, cond: dict, t: torch.Tensor,
                eps: torch.Tensor, lr: float, cfg: TrainConfig, ctx: Distributed) -> tuple[torch.Tensor, dict]:
-    """One optimizer step on this rank's share (x0, t, eps); returns ([loss, grad norm] averaged over
+    """One optimizer step on this rank's share (x0, condition, t, eps); returns ([loss, grad norm] averaged over
     ranks, the distillation terms). Stops before a non-finite loss or gradient reaches the weights."""
     for group in state.opt.param_groups:
         group["lr"] = lr
     if state.distiller is None:
-        loss, terms = eps_loss(forward, schedule, x0, t, eps), {}
+        loss, terms = family.loss(forward, x0, t, eps, cond), {}
     else:  # task + KD terms (training/distill.py); every term is logged on its own
-        loss, terms = state.distiller(forward, state.model, schedule, x0, t, eps)
+        loss, terms = state.distiller(forward, state.model, family.schedule, x0, t, eps)
     state.opt.zero_grad(set_to_none=True)
     loss.backward()
     if state.distiller is not None and ctx.enabled:
@@ -185,6 +134,7 @@ def save_state(state: TrainState, cfg: TrainConfig, run: Run, ctx: Distributed, 
         save_checkpoint(path, config=state.model.config, state_dict=state.model.state_dict(),
                         ema_state_dict=state.ema.state_dict(), train_state=state.train_state(rngs),
                         meta={"train_config": dataclasses.asdict(cfg), "origin": run.origin, "run_id": run.id,
+                              "family": run.family,
                               "verified_finite": True})
 
 
@@ -247,14 +197,14 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
     if ctx.is_main and not resume:
         check_writable_dir(cfg.out, "--out")
     seed_everything(cfg.seed * 1000 + ctx.rank)  # dropout masks differ per rank; everything shared uses state.g
-    state, origin = build_state(cfg, ckpt, resume, ctx.device)
+    state, origin, parts = build_state(cfg, ckpt, resume, ctx.device)
     model, c = state.model, state.model.config
-    dataset = build_dataset(cfg.data, root=cfg.data_root, image_size=c.image_size, split="train")
-    check_dataset(dataset)  # a truncated image fails now, naming the file, not at the step that draws it
-    diffusion = DiffusionConfig(loss_reduction=cfg.loss_reduction)
-    schedule = Schedule(diffusion)
+    family = make_family(cfg, model, parts, Path(cfg.out).parent / "cache")  # the dataset / latents, the schedule
     if ckpt is not None:
         restore(state, ckpt, cfg, resume, ctx.rank)
+        if ckpt["meta"].get("family", {}).get("parts_checksum") != family.record().get("parts_checksum"):
+            raise UserError(f"--resume {resume}: the frozen VAE / text encoder of {cfg.model} changed since the run "
+                            "started; an exact resume needs the same ones")
         run_id = ckpt["meta"]["run_id"]
         del ckpt
     elif ctx.is_main:
@@ -262,21 +212,21 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
         run_id = mark_run(run_dir, "train")
         locks.append(RunLock(run_dir, "training this run").acquire())
     run_dir, run_id = ctx.broadcast((str(run_dir), run_id) if ctx.is_main else None)  # rank 0 picked the folder
-    run = Run(Path(run_dir), run_id, origin)
+    run = Run(Path(run_dir), run_id, origin, family=family.record())
     if state.step:
         run.last_good, run.last_good_step = run.dir / "checkpoints" / "latest.pt", state.step
     if cfg.channels_last:  # before DDP records the parameters' memory layout for its gradient buckets
         model.to(memory_format=torch.channels_last)
     ddp = torch.nn.parallel.DistributedDataParallel(model) if ctx.enabled else model
     forward = Runner(ddp, RuntimeOptions(channels_last=cfg.channels_last, compile=cfg.compile, bf16=cfg.bf16))
-    order = BatchOrder(len(dataset), cfg.batch_size, cfg.seed)
+    order = BatchOrder(len(family), cfg.batch_size, cfg.seed)
     shard = slice(ctx.rank * cfg.batch_size // ctx.world, (ctx.rank + 1) * cfg.batch_size // ctx.world)
-    heldout = heldout_set(cfg, c.image_size, schedule)
+    heldout = family.heldout(cfg.heldout_images)
     if ctx.is_main:
         from torch.utils.tensorboard import SummaryWriter  # lazy: only rank 0 writes
         run.writer = ScalarLog(SummaryWriter(str(run.dir / "tb")), run.dir)  # + scalars.jsonl / scalars.csv
         write_json(run.dir / "config.json", {"train": dataclasses.asdict(cfg), "model": c.to_dict(),
-                                             "diffusion": dataclasses.asdict(diffusion), "environment": environment(),
+                                             "family": family.record(), "environment": environment(),
                                              "world_size": ctx.world, "origin": origin, "run_id": run_id})
         print(f"[train] {origin}: {count_parameters(model):,} params, run folder {run.dir}")
 
@@ -287,14 +237,11 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
         for step in bar:
             idx = order.indices(step)
             B = len(idx)
-            t = sample_timesteps(B, schedule.num_timesteps, state.g, cfg.antithetic)
-            eps = torch.randn((B, c.in_channels, c.image_size, c.image_size), generator=state.g)
-            flip = torch.rand(B, generator=state.g) < 0.5  # one flip mask for the global batch, sliced like it
-            x0 = torch.stack([dataset[i] for i in idx[shard]])
-            if cfg.random_flip:
-                x0 = torch.where(flip[shard, None, None, None], x0.flip(-1), x0)
+            t = sample_timesteps(B, family.schedule.num_timesteps, state.g, cfg.antithetic)
+            eps = torch.randn((B, *family.shape), generator=state.g)
+            x0, cond = family.batch(idx, shard, state.g, ctx.device)  # after t and eps: flips, captions, ...
             lr = lr_at(step, cfg.lr, cfg.warmup)
-            stats, terms = train_step(state, forward, schedule, x0.to(ctx.device), t[shard].to(ctx.device),
+            stats, terms = train_step(state, forward, family, x0, cond, t[shard].to(ctx.device),
                                       eps[shard].to(ctx.device), lr, cfg, ctx)
             if state.step == step:  # the step was refused
                 run.stop(f"non-finite loss {stats[0].item()} at step {step}")
@@ -307,13 +254,14 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
             if done % cfg.ckpt_every == 0 or done == cfg.steps:
                 checkpoint(state, cfg, run, ctx, heldout, t0)
             if ctx.is_main and cfg.sample_every and (done % cfg.sample_every == 0 or done == cfg.steps):
-                grid = sample_grid(state.ema.model, schedule, 64, cfg.sample_steps, cfg.seed + 12345, ctx.device)
+                grid = family.grid(state.ema.model, cfg.sample_steps, cfg.seed + 12345)
                 save_grid(grid, run.dir / "samples" / f"step_{done:07d}.png", nrow=8)
                 run.writer.add_image("samples/ema", (grid[:64] + 1) / 2, done, dataformats="NCHW")
         if ctx.is_main:
             # The release file: weights only (no optimizer), same format, ready for prune.py / evaluate.py.
             write_release(run.dir, config=c, state_dict=model.state_dict(), ema_state_dict=state.ema.state_dict(),
                           cfg=cfg, origin=origin, run_id=run_id, wall_time_s=round(time.time() - t0, 1))
+            family.release(run.dir, state.ema.model)  # latent models: RUN/pipeline, the folder generate.py reads
             print(f"[train] done: {run.dir / 'model.pt'} (step {cfg.steps}, {time.time() - t0:.0f} s)")
     finally:
         if run.writer is not None:
@@ -326,8 +274,9 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], argument_default=argparse.SUPPRESS)
-    p.add_argument("--model", help="preset name (train from scratch) or any checkpoint / diffusers folder / hub "
-                                   f"name the loader reads (fine-tune) [default: {d.model}]")
+    p.add_argument("--model", help="preset name (train from scratch; t2i-shapes: the embedded text-to-image U-Net) or "
+                                   "any checkpoint / diffusers or pipeline folder / hub name the loader reads "
+                                   f"(fine-tune) [default: {d.model}]")
     cli.add_loader_overrides(p, PRESETS)
     cli.add_data_flags(p, DATASETS, help="training data")
     p.add_argument("--steps", type=cli.positive_int, help=f"TOTAL optimizer steps of the run, also when resuming "
@@ -345,9 +294,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--antithetic", action=argparse.BooleanOptionalAction,
                    help=f"draw t and T-1-t in one batch (DDIM codebase) [default: {d.antithetic}]")
     p.add_argument("--random-flip", action=argparse.BooleanOptionalAction,
-                   help=f"random horizontal flips [default: {d.random_flip}]")
+                   help="random horizontal flips [default: on for images, off for latent models]")
     p.add_argument("--loss-reduction", choices=("sum", "mean"),
-                   help=f"eps-MSE summed over pixels (DDIM codebase) or averaged (diffusers) [default: {d.loss_reduction}]")
+                   help="eps-MSE summed over pixels (DDIM codebase) or averaged (diffusers) [default: sum for "
+                        "images, mean for latent models]")
+    p.add_argument("--caption-dropout", type=cli.finite_float,
+                   help=f"latent text-to-image models: P(caption replaced by '') [default: {d.caption_dropout}]")
     p.add_argument("--dropout", type=cli.finite_float, help="override the model's dropout (fine-tuning)")
     p.add_argument("--ckpt-every", type=cli.positive_int,
                    help=f"write checkpoints/latest.pt every N steps [default: {d.ckpt_every}]")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-SCHEDULES = ("linear", "cosine")
+SCHEDULES = ("linear", "cosine", "scaled_linear")
 
 
 @dataclass(frozen=True)
@@ -63,6 +63,8 @@ class Schedule:
         self.config = config
         if config.schedule == "linear":
             betas = linear_betas(config.num_timesteps, config.beta_start, config.beta_end)
+        elif config.schedule == "scaled_linear":  # latent diffusion / Stable Diffusion: sqrt(beta_t) linear in t
+            betas = linear_betas(config.num_timesteps, config.beta_start ** 0.5, config.beta_end ** 0.5) ** 2
         else:
             betas = cosine_betas(config.num_timesteps)
         self.num_timesteps = config.num_timesteps

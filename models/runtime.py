@@ -79,11 +79,12 @@ class Runner:
         # the fastest; a new shape (the last, smaller batch) compiles once more.
         self._forward = torch.compile(model, dynamic=False) if options.compile else model
 
-    def __call__(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, t: torch.Tensor, **cond: torch.Tensor) -> torch.Tensor:
+        """cond: a conditional U-Net's keyword inputs (encoder_hidden_states, ...), passed on unchanged."""
         if self.options.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=self.options.bf16):
-            eps = self._forward(x, t)
+            eps = self._forward(x, t, **cond)
         # .float() and .contiguous() return eps itself when it already is float32 and contiguous.
         return eps.float().contiguous()
 

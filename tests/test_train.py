@@ -11,6 +11,7 @@ import pytest
 import torch
 
 import train
+from training import families
 from models.checkpoint import read_checkpoint, save_checkpoint
 from models.ddpm.config import ModelConfig
 from models.ddpm.unet import UNet
@@ -80,14 +81,14 @@ def test_run_folders_are_numbered_and_config_saved(tmp_path):
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path, monkeypatch):
     model = small_checkpoint(tmp_path / "init.pt")
     calls = {"n": 0}
-    real = train.eps_loss
+    real = families.eps_loss  # the image family's loss (training/families.py)
 
     def poisoned(*args, **kwargs):
         calls["n"] += 1
         loss = real(*args, **kwargs)
         return loss * float("nan") if calls["n"] == 3 else loss  # the third step (index 2) goes bad
 
-    monkeypatch.setattr(train, "eps_loss", poisoned)
+    monkeypatch.setattr(families, "eps_loss", poisoned)
     with pytest.raises(FloatingPointError, match=r"non-finite loss .* at step 2.*latest\.pt"):
         train.main(base_config(tmp_path, model, steps=6, ckpt_every=1))
     run = next((tmp_path / "runs").iterdir())

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 import train
+from training import families
 from common import cli
 from common.runs import RunLock, RunLocked
 from models.checkpoint import read_checkpoint
@@ -110,13 +111,13 @@ def test_train_flips_half_the_batch_when_asked(tmp_path, monkeypatch):
     """data/__init__.py's promise: datasets do not augment, train.py flips (one mask per global batch)."""
     model = small_checkpoint(tmp_path / "init.pt")
     batches = []
-    real = train.eps_loss
+    real = families.eps_loss  # the image family's loss (training/families.py)
 
     def spy(net, schedule, x0, *args, **kwargs):
         batches.append(x0.clone())
         return real(net, schedule, x0, *args, **kwargs)
 
-    monkeypatch.setattr(train, "eps_loss", spy)
+    monkeypatch.setattr(families, "eps_loss", spy)
     for flip in (False, True):
         train.main(train_config(tmp_path, model, steps=1, batch_size=16, heldout_images=0, random_flip=flip))
     plain, flipped = batches

@@ -48,8 +48,9 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_warmup: bool = True        # decay min(mu, (1+n)/(10+n)) at update n (latent-diffusion's LitEma)
     antithetic: bool = True        # t and T-1-t in one batch (DDIM codebase)
-    random_flip: bool = True
-    loss_reduction: str = "sum"    # sum over pixels (DDIM codebase) | mean
+    random_flip: bool | None = None  # None: the family's default (images: True; cached latents: no flips)
+    loss_reduction: str | None = None  # sum over pixels (DDIM codebase) | mean; None: the family's (sum | mean)
+    caption_dropout: float = 0.1   # latent text-to-image models: P(caption -> "") for classifier-free guidance
     dropout: float | None = None   # override the model's dropout (fine-tuning)
     preset: str | None = None      # DDIM-codebase state dicts: the preset they are read against
     norm_groups: int | None = None # DDIM-codebase state dicts: GroupNorm groups (not stored in the weights)
@@ -94,7 +95,15 @@ def validate(cfg: TrainConfig) -> None:
     need(math.isfinite(cfg.grad_clip) and cfg.grad_clip >= 0, "grad-clip", ">= 0 (0 disables clipping)", cfg.grad_clip)
     need(0.0 <= cfg.ema_decay < 1.0, "ema-decay", "in [0, 1)", cfg.ema_decay)
     need(cfg.optimizer in OPTIMIZERS, "optimizer", f"one of {sorted(OPTIMIZERS)}", cfg.optimizer)
-    need(cfg.loss_reduction in ("sum", "mean"), "loss-reduction", "sum or mean", cfg.loss_reduction)
+    need(cfg.loss_reduction in (None, "sum", "mean"), "loss-reduction", "sum or mean", cfg.loss_reduction)
+    need(0.0 <= cfg.caption_dropout < 1.0, "caption-dropout", "in [0, 1)", cfg.caption_dropout)
+    from training.latent import is_latent_model
+
+    if is_latent_model(cfg.model):  # training/latent.py: captioned shapes as cached latents, no flips, no KD yet
+        need(cfg.data == "shapes", "data", "shapes (the captioned shapes) for a latent text-to-image model", cfg.data)
+        need(not cfg.random_flip, "random-flip", "off for a latent model (cached latents are not flipped)",
+             cfg.random_flip)
+        need(cfg.distill == "none", "distill", "none for a latent model (not supported by train.py yet)", cfg.distill)
     need(cfg.data in DATASETS, "data", f"one of {DATASETS}", cfg.data)
     need(cfg.dropout is None or 0.0 <= cfg.dropout < 1.0, "dropout", "in [0, 1)", cfg.dropout)
     try:
@@ -147,6 +156,7 @@ class Run:
     dir: Path
     id: str
     origin: str
+    family: dict | None = None        # training/families.py: what the family records (checked on resume)
     writer: Any = None                # TensorBoard, rank 0 only
     last_good: Path | None = None
     last_good_step: int | None = None
@@ -221,7 +231,9 @@ def release_finished(run_dir: Path, ckpt: Mapping[str, Any], cfg: TrainConfig) -
     if bad:  # checkpoints are verified before they are written: this one was damaged since
         raise UserError(f"{run_dir}: the checkpoint of step {step} holds non-finite values in {bad}; no model.pt")
     meta = ckpt["meta"]
-    write_release(run_dir, config=ModelConfig.from_dict(ckpt["model_config"]), state_dict=ckpt["state_dict"],
+    from training.families import config_from_dict
+
+    write_release(run_dir, config=config_from_dict(ckpt["model_config"]), state_dict=ckpt["state_dict"],
                   ema_state_dict=ckpt["ema_state_dict"], cfg=cfg, origin=meta.get("origin", "resumed"),
                   run_id=meta["run_id"], wall_time_s=None)
     return f"{run_dir} is at step {step} = --steps {cfg.steps}: wrote {path} (step {step}) from its last checkpoint"

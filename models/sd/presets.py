@@ -13,6 +13,7 @@ so that ``UNetConditionConfig.from_diffusers`` reads them exactly as it reads a 
     bk-sdm-small     nota-ai/bk-sdm-small: Base without the mid block                  482,346,884
     bk-sdm-tiny      nota-ai/bk-sdm-tiny: Small without the innermost level             323,384,964
                      (down_blocks.3 / up_blocks.0 of SD-v1.4, the 1280-wide ResNet-only stage)
+    t2i-shapes       the embedded text-to-image teacher's U-Net (16x16x4 latents)          2,205,828
 
 The BK-SDM structures are those of Kim et al. 2023 (arXiv 2305.15798, Sec. 3.1, Fig. 2) and their released
 configs; the parameter counts above are the tests' known answers (tests/test_sd_unet.py).
@@ -63,6 +64,15 @@ _BK_TINY = {
     "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
 }
 
+# The embedded text-to-image teacher (checkpoints/t2i_shapes, docs/TEACHER.md): SD-1's block types at 1/10 of
+# its widths, on 16x16x4 latents of the tiny VAE, cross-attending to the tiny CLIP's 64-wide text states.
+_T2I_SHAPES = {
+    **_SD1, "block_out_channels": [32, 64, 96], "layers_per_block": 1, "attention_head_dim": 4,
+    "cross_attention_dim": 64, "norm_num_groups": 16, "sample_size": 16,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+}
+
 DIFFUSERS_CONFIGS: dict[str, dict[str, Any]] = {
     "sd-v1.5": _SD1,
     "sd-2.1": {**_SD21_BASE, "sample_size": 96, "upcast_attention": True},
@@ -71,6 +81,7 @@ DIFFUSERS_CONFIGS: dict[str, dict[str, Any]] = {
     "bk-sdm-base": _BK_BASE,
     "bk-sdm-small": _BK_SMALL,
     "bk-sdm-tiny": _BK_TINY,
+    "t2i-shapes": _T2I_SHAPES,
 }
 
 

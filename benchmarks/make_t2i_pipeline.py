@@ -1,0 +1,91 @@
+"""Assemble the embedded text-to-image pipeline folder, checkpoints/t2i_shapes (diffusers layout).
+
+    python -m benchmarks.make_t2i_pipeline --parts                          # text_encoder/ + scheduler/ (before training)
+    python -m benchmarks.make_t2i_pipeline --ship runs/train/<run>/pipeline  # unet/ + model_index.json (after)
+
+The folder's parts and where they come from:
+
+    tokenizer/     BPE vocabulary of the captions (data/bpe_vocab.py)                 shipped before
+    clip/          the tiny CLIP, both towers (benchmarks/train_t2i_clip.py): the CLIP-shapes scorer, not a
+                   pipeline component (model_index.json does not list it)
+    text_encoder/  the tiny CLIP's text tower as a CLIPTextModel: the teacher's frozen text encoder, as CLIP's
+                   text tower is SD-1's (Rombach et al. 2022, Sec. 4.3)                 --parts
+    vae/           the 16x16x4 AutoencoderKL (benchmarks/train_t2i_vae.py)              shipped before
+    scheduler/     SD's training schedule (scaled_linear, beta 0.00085..0.012, T 1000, eps prediction), sampled
+                   by DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095) by default   --parts
+    unet/          the EMA U-Net of a train.py --model t2i-shapes run (RUN/pipeline/unet)  --ship
+
+Nothing is overwritten: a part that exists is left as it is and said so.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from common.cli import UserError
+from common.runs import write_text
+
+REPO = Path(__file__).resolve().parents[1]
+FOLDER = REPO / "checkpoints" / "t2i_shapes"
+SCHEDULER = {"_class_name": "DPMSolverMultistepScheduler", "num_train_timesteps": 1000, "beta_start": 0.00085,
+             "beta_end": 0.012, "beta_schedule": "scaled_linear", "prediction_type": "epsilon", "solver_order": 2,
+             "algorithm_type": "dpmsolver++", "steps_offset": 1, "timestep_spacing": "leading"}
+
+
+def write_parts(folder: Path) -> list[str]:
+    """text_encoder/ (from clip/) and scheduler/ when missing; returns what was written."""
+    from models.clip import CLIPTextModel
+    from models.clip.load import load_clip
+    from models.pipelines.save import component_config
+    from safetensors.torch import save_file
+
+    done = []
+    if not (folder / "text_encoder").exists():
+        clip = load_clip(folder / "clip")
+        text = CLIPTextModel(clip.config.text)
+        text.text_model.load_state_dict(clip.text_model.state_dict())
+        config, weights = component_config(text)
+        (folder / "text_encoder").mkdir()
+        write_text(folder / "text_encoder" / "config.json", json.dumps(config, indent=2))
+        save_file({k: v.contiguous() for k, v in text.state_dict().items()}, folder / "text_encoder" / weights)
+        done.append("text_encoder")
+    if not (folder / "scheduler").exists():
+        (folder / "scheduler").mkdir()
+        write_text(folder / "scheduler" / "scheduler_config.json", json.dumps(SCHEDULER, indent=2))
+        done.append("scheduler")
+    return done
+
+
+def ship(run_pipeline: Path, folder: Path) -> None:
+    """unet/ and model_index.json from a run's released pipeline, whose frozen parts must be the folder's own."""
+    for name in ("unet", "model_index.json"):
+        if (folder / name).exists():
+            raise UserError(f"{folder / name} exists; it is not overwritten (remove it first to ship another U-Net)")
+    from safetensors.torch import load_file
+
+    for name, weights in (("vae", "diffusion_pytorch_model.safetensors"), ("text_encoder", "model.safetensors")):
+        a, b = load_file(run_pipeline / name / weights), load_file(folder / name / weights)
+        if a.keys() != b.keys() or any(not a[k].equal(b[k]) for k in a):
+            raise UserError(f"{run_pipeline / name} differs from {folder / name}: the run had other frozen parts")
+    shutil.copytree(run_pipeline / "unet", folder / "unet")
+    index = json.loads((run_pipeline / "model_index.json").read_text())
+    write_text(folder / "model_index.json", json.dumps(index, indent=2))
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--folder", type=Path, default=FOLDER)
+    p.add_argument("--parts", action="store_true", help="write text_encoder/ and scheduler/")
+    p.add_argument("--ship", type=Path, help="a run's pipeline folder: copy its unet/ and model_index.json")
+    args = p.parse_args(argv)
+    if args.parts:
+        print(f"[make_t2i_pipeline] wrote {write_parts(args.folder) or 'nothing (all parts exist)'}")
+    if args.ship:
+        ship(args.ship, args.folder)
+        print(f"[make_t2i_pipeline] shipped {args.ship / 'unet'} to {args.folder}")
+
+
+if __name__ == "__main__":
+    main()
