@@ -22,6 +22,7 @@ from pruning.importance import accumulate_gradients, diff_pruning_importance
 from pruning.spec import METHODS
 from pruning.surgery import apply_keeps, finalize, update_attributes
 from pruning.trace.grouping import analyze
+from pruning.trace.record import UnsupportedOpError
 
 D, CTX, HIDDEN = 16, 12, 32  # token width, text width, GEGLU hidden width of the minimal module
 TB = "attn.transformer_blocks.0"
@@ -274,3 +275,25 @@ def test_a_macs_target_is_reached_on_conditional_unets(name):
     _, report = prune(model, model.example_inputs(batch=1, tokens=5), ChannelPruning(method="random", target_macs=0.3),
                       progress=False)
     assert report.target["kind"] == "macs" and 0.3 <= report.target["achieved"] < 0.45
+
+
+def test_split_attention_grouping_on_a_layer_pruned_unet():
+    """q/k and v as two groups that lose the same whole heads, on a U-Net whose units were removed first."""
+    removed = ("down_blocks.1.resnets.0", "mid_block.attentions.0.transformer_blocks.0", "up_blocks.1.attentions.0")
+    model = UNet2DConditionModel(tiny_unet("sd1").config.with_removed(removed)).eval()
+    inputs = model.example_inputs(batch=1, tokens=5)
+    pruned, report = prune(model, inputs, ChannelPruning(method="magnitude", ratio=0.3, attn_grouping="split"),
+                           progress=False)
+    heads = {k: v for k, v in pruned.config.widths if k.endswith(".heads")}
+    assert heads and set(heads.values()) == {1} and pruned.config.removed == removed
+    path = "up_blocks.1.attentions.1.transformer_blocks.0.attn1"
+    q, v = report.kept[f"{path}.to_q"]["out"], report.kept[f"{path}.to_v"]["out"]  # 2 heads of 16 -> 1
+    assert len(q) == len(v) == 16 and len(set(q // 16)) == 1 and set(q // 16) == set(v // 16)  # the same head
+    with torch.no_grad():
+        torch.testing.assert_close(rebuilt(pruned)(*inputs), pruned(*inputs), rtol=0, atol=0)
+
+
+def test_a_layer_norm_over_several_dims_stays_an_error():
+    model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.LayerNorm([8, 4, 4]), nn.Conv2d(8, 3, 1))
+    with pytest.raises(UnsupportedOpError, match=r"op 'LayerNorm' in module '1': normalized_shape \(8, 4, 4\)"):
+        analyze(model, (torch.randn(1, 3, 4, 4),))
