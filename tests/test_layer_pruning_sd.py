@@ -19,7 +19,7 @@ from pruning.layers.additivity import additivity_report
 from pruning.layers.bksdm import bk_sdm, copy_map
 from pruning.layers.criteria import LAYER_CRITERIA
 from pruning.layers.knapsack import check_reachable, greedy, knapsack
-from pruning.layers.sd import latent_schedule
+from pruning.layers.sd import latent_schedule, prompt_conditions
 
 # SD-v1's topology (CrossAttnDown x3 + Down, mid block, Up + CrossAttnUp x3, 2 pairs per down block) at toy widths.
 SD1_TINY = dict(block_out_channels=[8, 8, 16, 16], norm_num_groups=4, attention_head_dim=2, cross_attention_dim=6,
@@ -362,3 +362,27 @@ def test_sdxl_like_unet_block_granularity_with_added_conditions():
     assert out.shape == (1, 4, 8, 8)
     with pytest.raises(ValueError, match="dense SD-v1 U-Net; this U-Net differs"):
         prune_layers(model, criterion="handcrafted", architecture="bk-sdm-base")
+
+
+def test_calibration_conditions_from_a_prompts_file(tmp_path):
+    """Captions of a prompts file through the pipeline's text tower give the cond of prune_layers; an empty
+    file is a one-line error before any encoding."""
+    from common.errors import UserError
+    from models.pipelines import load_pipeline
+    from tiny_pipeline import write_tiny_pipeline
+
+    pipe = load_pipeline(write_tiny_pipeline(tmp_path / "pipe"))
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a red circle\n\n  a blue square  \n")
+    cond = prompt_conditions(pipe, prompts)
+    assert list(cond) == ["encoder_hidden_states"] and cond["encoder_hidden_states"].shape[0] == 2
+    torch.testing.assert_close(cond["encoder_hidden_states"][1], prompt_conditions(pipe, ["a blue square"])["encoder_hidden_states"][0])
+    c = pipe.unet.config
+    latents = torch.randn(2, c.in_channels, c.sample_size, c.sample_size)
+    small, report = prune_layers(pipe.unet, criterion="output-loss", target_params=0.2, images=latents, cond=cond,
+                                 calib_size=2)
+    assert report.params_after <= 0.8 * report.params_before
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n  \n")
+    with pytest.raises(UserError, match="holds no caption"):
+        prompt_conditions(pipe, empty)

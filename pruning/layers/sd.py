@@ -24,7 +24,8 @@ same alpha_bar_t the network was trained with.
 """
 from __future__ import annotations
 
-from typing import Iterator, Mapping
+import os
+from typing import Iterator, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -244,6 +245,26 @@ def check_condition(model: UNet2DConditionModel, latents: torch.Tensor | None, c
     if text is not None and (text.dim() != 3 or text.shape[-1] not in cfg.cross_attention_dim):
         raise ValueError(f"cond['encoder_hidden_states'] has shape {tuple(text.shape)}; this U-Net reads "
                          f"(N, M, {cfg.cross_attention_dim[0]}) prompt embeddings")
+
+
+def prompt_conditions(pipe, prompts: str | os.PathLike | Sequence[str],
+                      size: tuple[int, int] | None = None) -> dict:
+    """The forward keywords ``cond`` of a calibration set from captions: a list, or a prompts file (one caption a
+    line; an empty file is a one-line error). Encoded by the pipeline's text tower(s) as generation encodes
+    them (``models/pipelines/text_to_image.py``; SDXL: both towers, pooled embedding and time ids at ``size``,
+    default the U-Net's sample size in pixels). One row per caption, on the text encoder's device."""
+    from metrics.t2i_evaluation import read_prompts  # the captions reader of evaluate.py --prompts
+    from models.pipelines.text_to_image import text_conditioning
+
+    if isinstance(prompts, (str, os.PathLike)):
+        prompts = read_prompts(str(prompts))
+    if not prompts:
+        raise ValueError("no calibration captions: give at least one prompt")
+    if not pipe.has_text:
+        raise ValueError(f"the {pipe.kind} pipeline has no text encoder: its calibration condition is not a prompt")
+    side = (pipe.unet.config.sample_size or 64) * pipe.vae_scale
+    with torch.no_grad():
+        return text_conditioning(pipe, list(prompts), size or (side, side)).kwargs()
 
 
 def _flat(cond, prefix: str = ""):
