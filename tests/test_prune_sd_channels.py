@@ -18,7 +18,7 @@ from models.sd.transformer import Transformer2DModel
 from models.sd.wiring import dense_widths
 from pruning import ChannelPruning, prune
 from pruning.conditional import ConditionalBatch
-from pruning.importance import accumulate_gradients, diff_pruning_importance
+from pruning.importance import accumulate_gradients, diff_pruning_importance, magnitude_importance
 from pruning.spec import METHODS
 from pruning.surgery import apply_keeps, finalize, update_attributes
 from pruning.trace.grouping import analyze
@@ -297,3 +297,16 @@ def test_a_layer_norm_over_several_dims_stays_an_error():
     model = nn.Sequential(nn.Conv2d(3, 8, 1), nn.LayerNorm([8, 4, 4]), nn.Conv2d(8, 3, 1))
     with pytest.raises(UnsupportedOpError, match=r"op 'LayerNorm' in module '1': normalized_shape \(8, 4, 4\)"):
         analyze(model, (torch.randn(1, 3, 4, 4),))
+
+
+def test_magnitude_reads_the_class_embedding_by_column():
+    """Hand computation: the time-embedding channel space's magnitude score sums time_embedding.linear_2's rows,
+    the class table's columns and every ResNet's time_emb_proj columns."""
+    model = tiny_unet("class_cond")
+    analysis = analyze(model, model.example_inputs(batch=1, tokens=5))
+    (group,) = [g for g in analysis.groups if g.name == "time_embedding.linear_2" and g.prunable]
+    expected = model.time_embedding.linear_2.weight.pow(2).sum(1) + model.class_embedding.weight.pow(2).sum(0)
+    for name, m in model.named_modules():
+        if name.endswith("time_emb_proj"):
+            expected = expected + m.weight.pow(2).sum(0)
+    torch.testing.assert_close(magnitude_importance(model, group), expected.double().detach(), rtol=1e-6, atol=0)
