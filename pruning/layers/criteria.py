@@ -199,10 +199,7 @@ def taylor_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInputs) -
     if inputs.x0 is None:
         raise ValueError("criterion 'taylor' needs data: a batch of clean training images (x0)")
     net = model
-    if sd.is_sd(model):  # the DDPM-shaped pass calls net(x_t, t): the condition rides along, k replicas per pass
-        if inputs.micro_batch < inputs.x0.shape[0]:
-            raise ValueError(f"criterion 'taylor' on an SD U-Net needs micro_batch >= batch_size (whole timesteps "
-                             f"per pass), got micro_batch={inputs.micro_batch} < {inputs.x0.shape[0]}")
+    if sd.is_sd(model):  # the DDPM-shaped pass calls net(x_t, t): the condition rides along (sd.Conditioned)
         net = sd.Conditioned(model, inputs.cond)
     params = [p for p in model.parameters()]
     saved = [None if p.grad is None else p.grad.clone() for p in params]  # leave the caller's grads as they were
