@@ -73,7 +73,8 @@ def test_search_finds_the_least_measured_loss_and_is_a_prune_layers_solver():
     single = output_losses(model, calib, [frozenset([u.path]) for u in units]).numpy()
     ks = knapsack(single.tolist(), costs, target)
     ks_loss = output_losses(model, calib, [frozenset(units[i].path for i in ks)]).item()
-    assert ks_loss >= info["loss"] - 1e-12
+    # (relative slack: the same set measured in another batch composition differs in the float32 last bits)
+    assert ks_loss >= info["loss"] * (1 - 1e-6)
     # As the solver of prune_layers (same calibration), whatever the criterion's scores say.
     small, report = prune_layers(model, criterion="random", target_params=0.3, solver="exhaustive", calib=calib)
     assert report.solver == "exhaustive"
