@@ -82,7 +82,8 @@ class LayerReport:
             lines.append(f"{u.path:<{w}} {u.kind:<5} {u.params:>11,} {u.macs_paper:>14,} {self.scores[u.path]:>12.5g}{mark}")
         pr = 1 - self.params_after / self.params_before
         mr = 1 - self.macs_after / self.macs_before
-        goal = f"architecture {self.spec.architecture}" if self.target is None and self.spec else f"target -{self.target[1]:.0%} {self.target[0]}"
+        goal = (f"architecture {self.spec.architecture}" if self.target is None and self.spec
+                else f"target -{self.target[1]:.0%} {self.target[0]}")
         lines.append(f"removed {len(self.removed)} of {len(self.units)} units: params {self.params_before:,} -> "
                      f"{self.params_after:,} (-{pr:.1%}), MACs {self.macs_before:,} -> {self.macs_after:,} (-{mr:.1%}); "
                      f"{goal}")
@@ -206,8 +207,11 @@ def prune_layers(model: UNet, spec: LayerPruning | None = None, images: torch.Te
     seconds["units"] = time.perf_counter() - start
     start = time.perf_counter()
     taylor = criterion == "taylor"
-    inputs = CriterionInputs(calib=calib, x0=images[:spec.batch_size] if taylor and images is not None else images,
-                             cond=sd.map_tensors(cond, lambda v: v[:spec.batch_size]) if taylor else cond,
+    x0, x0_cond = images, cond
+    if taylor and images is not None:  # its ONE gradient batch, with the conditions on the latents' device
+        x0 = images[:spec.batch_size]
+        x0_cond = sd.map_tensors(cond, lambda v: v[:spec.batch_size].to(images.device))
+    inputs = CriterionInputs(calib=calib, x0=x0, cond=x0_cond,
                              schedule=schedule, thr=spec.thr, micro_batch=spec.micro_batch,
                              max_timesteps=spec.max_timesteps, seed=spec.seed, batch_size=forward_batch)
     if scores is None:

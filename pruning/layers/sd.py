@@ -226,6 +226,9 @@ def check_condition(model: UNet2DConditionModel, latents: torch.Tensor | None, c
             raise ValueError(f"latents must be a (N, {cfg.in_channels}, h, w) batch of clean latents, got {shape}")
         if latents.shape[0] == 0:
             raise ValueError("latents is empty: give at least one latent")
+        device = next(model.parameters()).device
+        if latents.device != device:
+            raise ValueError(f"latents are on {latents.device} but the model on {device}; move one of them")
         if not bool(torch.isfinite(latents).all()):
             raise ValueError("latents hold non-finite values (nan or inf)")
     if cond is None:
