@@ -388,3 +388,10 @@ def test_calibration_conditions_from_a_prompts_file(tmp_path):
     empty.write_text("\n  \n")
     with pytest.raises(UserError, match="holds no caption"):
         prompt_conditions(pipe, empty)
+
+
+def test_latent_schedule_is_sds():
+    from diffusion.schedulers.base import make_alphas_cumprod
+    from pruning.layers.sd import SD_SCHEDULER
+    torch.testing.assert_close(latent_schedule().alpha_bars.float(), make_alphas_cumprod(SD_SCHEDULER))
+    assert float(latent_schedule().alpha_bars[-1]) == pytest.approx(0.0047, abs=1e-4)  # SD's alpha_bar_999
