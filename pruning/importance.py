@@ -70,11 +70,11 @@ def _weight_and_grad(model: nn.Module, member: Member, size: int, *, need_grad: 
 
 
 def _duplicated(group: Group) -> set[tuple[str, str]]:
-    """(module, "in") pairs that occur more than once in the group: the consumer of a concat that
-    contains this channel space twice (e.g. cat([h, skip]) with h and skip in the same group). A producer
-    listed twice (GEGLU's ``ff.net.0.proj``, whose value and gate halves are tied channel for channel) is
-    the group's own channel, not a doubled consumer entry, and always counts."""
-    counts = Counter((m.module, m.role) for m in group.members if m.role == "in")
+    """(module, role) pairs of consumers ("in", "norm") that occur more than once in the group: the reader of a
+    concat that contains this channel space twice (e.g. cat([h, skip]) with h and skip in the same group). A
+    producer listed twice (GEGLU's ``ff.net.0.proj``, whose value and gate halves are tied channel for channel)
+    is the group's own channel, not a doubled consumer entry, and always counts."""
+    counts = Counter((m.module, m.role) for m in group.members if m.role != "out")
     return {key for key, n in counts.items() if n > 1}
 
 

@@ -310,3 +310,38 @@ def test_magnitude_reads_the_class_embedding_by_column():
         if name.endswith("time_emb_proj"):
             expected = expected + m.weight.pow(2).sum(0)
     torch.testing.assert_close(magnitude_importance(model, group), expected.double().detach(), rtol=1e-6, atol=0)
+
+
+class ReadTwice(nn.Module):
+    """cat([h, h]) read by a GroupNorm and a conv: doubled consumers, which the paper's score leaves out."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv, self.norm, self.head = nn.Conv2d(3, 4, 1), nn.GroupNorm(2, 8), nn.Conv2d(8, 3, 1)
+
+    def forward(self, x):
+        h = self.conv(x)
+        return self.head(self.norm(torch.cat([h, h], dim=1)))
+
+
+def unit_grads(model: nn.Module) -> None:
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)  # G = 1: the score becomes a sum of squared (or absolute) weights
+
+
+def test_diff_pruning_counts_both_geglu_halves_and_drops_doubled_consumers():
+    model = TinyTransformer(linear=True)
+    unit_grads(model)
+    group = next(g for g in analyze(model, tiny_inputs()).groups if g.name == f"{TB}.ff.net.0.proj")
+    W0, W2 = model.attn.transformer_blocks[0].ff.net[0].proj.weight, model.attn.transformer_blocks[0].ff.net[2].weight
+    expected = W0[:HIDDEN].pow(2).sum(1) + W0[HIDDEN:].pow(2).sum(1) + W2.pow(2).sum(0)  # value, gate, consumer
+    torch.testing.assert_close(diff_pruning_importance(model, group), expected.double().detach())
+    twice = ReadTwice()
+    unit_grads(twice)
+    (group,) = [g for g in analyze(twice, (torch.randn(1, 3, 4, 4),)).groups if g.name == "conv" and g.prunable]
+    conv = twice.conv.weight.pow(2).sum((1, 2, 3))
+    torch.testing.assert_close(diff_pruning_importance(twice, group), conv.double().detach())  # the paper's quirk
+    both = conv + 2 * twice.norm.weight[:4].abs() + twice.head.weight[:, :4].pow(2).sum((0, 2, 3)) \
+        + twice.head.weight[:, 4:].pow(2).sum((0, 2, 3))
+    torch.testing.assert_close(diff_pruning_importance(twice, group, concat_duplicates="sum"), both.double().detach())
