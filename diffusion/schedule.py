@@ -89,3 +89,21 @@ class Schedule:
         """values[t] reshaped to (B, 1, 1, 1) to broadcast over an image batch ``like``."""
         out = values.to(like.device)[t.long()].to(like.dtype)
         return out.reshape(-1, *([1] * (like.dim() - 1)))
+
+
+def training_schedule(scheduler, loss_reduction: str = "mean", *, source: str = "scheduler") -> Schedule:
+    """The forward process a pipeline's scheduler config describes (a ``diffusion.schedulers`` SchedulerConfig
+    or its scheduler_config.json dict): the schedule an SD-family U-Net was trained with (SD: scaled_linear,
+    beta 0.00085..0.012, T = 1000). Only the eps-prediction, linear / scaled_linear case is a training schedule
+    here; anything else is a one-line ValueError naming ``source``."""
+    from diffusion.schedulers.base import SchedulerConfig
+
+    config = scheduler if isinstance(scheduler, SchedulerConfig) else SchedulerConfig.from_diffusers(dict(scheduler))
+    if config.prediction_type != "epsilon" or config.beta_schedule not in ("linear", "scaled_linear") \
+            or config.trained_betas is not None:
+        raise ValueError(f"{source}: supported are eps prediction with a linear or scaled_linear beta schedule, not "
+                         f"prediction_type={config.prediction_type!r}, beta_schedule={config.beta_schedule!r}"
+                         + (" with trained_betas" if config.trained_betas is not None else ""))
+    return Schedule(DiffusionConfig(num_timesteps=config.num_train_timesteps, schedule=config.beta_schedule,
+                                    beta_start=config.beta_start, beta_end=config.beta_end,
+                                    loss_reduction=loss_reduction))

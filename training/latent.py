@@ -42,7 +42,7 @@ from common.cli import UserError
 from data.captions import NUM_VARIANTS, caption
 from data.rendered import rendered_split, to_minus_one_one
 from diffusion.ddpm import eps_loss
-from diffusion.schedule import DiffusionConfig, Schedule
+from diffusion.schedule import training_schedule
 from models.pipelines import is_latent_source
 from models.pipelines.component import load_component
 from models.pipelines.pipeline import SCHEDULER_FILE, Pipeline
@@ -121,18 +121,6 @@ def cached_posterior(vae: nn.Module, *, count: int, seed: int, cache_dir: Path, 
     return mean, std, attrs
 
 
-def latent_schedule(scheduler: dict[str, Any], loss_reduction: str, source: str) -> Schedule:
-    """The forward process the pipeline's scheduler config describes (an eps-prediction model's)."""
-    kind = scheduler.get("beta_schedule", "linear")
-    if scheduler.get("prediction_type", "epsilon") != "epsilon" or kind not in ("linear", "scaled_linear") \
-            or scheduler.get("trained_betas") is not None:
-        raise UserError(f"{source}/scheduler: training supports eps prediction with a linear or scaled_linear "
-                        f"schedule, not prediction_type={scheduler.get('prediction_type')!r}, beta_schedule={kind!r}")
-    return Schedule(DiffusionConfig(num_timesteps=int(scheduler.get("num_train_timesteps", 1000)), schedule=kind,
-                                    beta_start=float(scheduler.get("beta_start", 1e-4)),
-                                    beta_end=float(scheduler.get("beta_end", 0.02)), loss_reduction=loss_reduction))
-
-
 class LatentFamily:
     """What train.py's loop asks of a model family (training/families.py): data, loss, grids, release."""
 
@@ -141,7 +129,10 @@ class LatentFamily:
         self.parts, self.caption_dropout = parts, caption_dropout
         self.pipe = Pipeline(kind="sd1", unet=model, vae=parts["vae"], scheduler=parts["scheduler"],
                              text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], source=source)
-        self.schedule = latent_schedule(parts["scheduler"], loss_reduction or "mean", source)
+        try:
+            self.schedule = training_schedule(parts["scheduler"], loss_reduction or "mean", source=f"{source}/scheduler")
+        except ValueError as e:
+            raise UserError(str(e)) from None
         self.checksum = parts_checksum(parts)
         vae = parts["vae"]
         self.mean, self.std, self.attrs = cached_posterior(vae, count=TRAIN_IMAGES, seed=0, cache_dir=cache_dir,

@@ -30,8 +30,8 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
-from diffusion.schedule import DiffusionConfig, Schedule
-from diffusion.schedulers.base import SchedulerConfig, make_betas
+from diffusion.schedule import Schedule, training_schedule
+from diffusion.schedulers.base import SchedulerConfig
 from metrics.macs import MacReport, count_macs
 from models.sd.attention import BasicTransformerBlock
 from models.sd.resnet import ResnetBlock2D
@@ -160,19 +160,8 @@ def remove_units(model: UNet2DConditionModel, paths: list[str]) -> UNet2DConditi
 
 
 def latent_schedule(config: SchedulerConfig | None = None) -> Schedule:
-    """A ``diffusion.schedule.Schedule`` whose alpha_bar_t is the latent model's (SD's scaled-linear by
-    default; ``q_sample`` and the taylor pass read only ``alpha_bars`` and ``num_timesteps``). The DDPM
-    ``Schedule`` knows the linear and cosine schedules; the scaled-linear betas are set in afterwards."""
-    config = config or SD_SCHEDULER
-    betas = make_betas(config).double()
-    schedule = Schedule(DiffusionConfig(num_timesteps=config.num_train_timesteps, loss_reduction="mean"))
-    schedule.betas, schedule.alphas = betas, 1.0 - betas
-    schedule.alpha_bars = torch.cumprod(schedule.alphas, dim=0)
-    schedule.alpha_bars_prev = torch.cat([torch.ones(1, dtype=torch.float64), schedule.alpha_bars[:-1]])
-    schedule.posterior_variance = betas * (1.0 - schedule.alpha_bars_prev) / (1.0 - schedule.alpha_bars)
-    schedule.posterior_coef_x0 = betas * schedule.alpha_bars_prev.sqrt() / (1.0 - schedule.alpha_bars)
-    schedule.posterior_coef_xt = (1.0 - schedule.alpha_bars_prev) * schedule.alphas.sqrt() / (1.0 - schedule.alpha_bars)
-    return schedule
+    """The latent model's forward process (SD's scaled-linear one by default; diffusion/schedule.py)."""
+    return training_schedule(config or SD_SCHEDULER, "mean")
 
 
 def handcrafted_order(model: UNet2DConditionModel, units: list[str]) -> list[str]:
