@@ -3,6 +3,7 @@
     request = Request(prompt="a red circle", guidance_scale=7.5, steps=25, scheduler="dpmpp_2m", num_images=4)
     check_request(folder_info(folder), request)          # every bad input, one line each, before any weight is read
     images = generate(pipe, request, indices=range(4))   # (4, 3, H, W) in [0, 1]
+    latents = generate_latents(pipe, request, indices=range(4))   # the same samples before the VAE decode
 
 Text conditioning, as the diffusers pipelines compute it:
     sd1 / sd2   c = text_encoder(ids).last_hidden_state                 (B, 77, D)
@@ -214,14 +215,10 @@ def conditioning(pipe: Pipeline, request: Request, prompts: Sequence[str], label
     return _to(cond, dtype), (None if uncond is None else _to(uncond, dtype))
 
 
-@torch.inference_mode()
-def generate(pipe: Pipeline, request: Request, indices: Sequence[int], *, prompts: Sequence[str] | None = None,
-             class_labels: Sequence[int] | None = None, progress: bool = False) -> torch.Tensor:
-    """Images for the global sample ``indices`` of ``request`` (its seed): (N, 3, H, W) float32 in [0, 1], CPU.
-
-    prompts / class_labels: one per index (e.g. the captions of a prompts file), instead of the request's
-    single ``prompt`` / ``class_label`` for every sample; each is checked like the request's.
-    """
+def _latent_batches(pipe: Pipeline, request: Request, indices: Sequence[int], prompts: Sequence[str] | None,
+                    class_labels: Sequence[int] | None, progress: bool):
+    """Yields the sampled latents (b, C, h, w) of ``indices``, ``request.batch_size`` at a time, after the
+    checks of ``generate`` (its docstring)."""
     info = pipeline_info(pipe)
     n = len(indices)
     if prompts is None and class_labels is None:
@@ -242,7 +239,6 @@ def generate(pipe: Pipeline, request: Request, indices: Sequence[int], *, prompt
     device, dtype = next(pipe.unet.parameters()).device, next(pipe.unet.parameters()).dtype
     latent_shape = (pipe.latent_channels, H // pipe.vae_scale, W // pipe.vae_scale)
     config = pipe.scheduler_config(request.scheduler)
-    out = []
     for start in range(0, len(indices), request.batch_size):
         rows = slice(start, start + request.batch_size)
         batch = [int(i) for i in indices[rows]]
@@ -253,9 +249,35 @@ def generate(pipe: Pipeline, request: Request, indices: Sequence[int], *, prompt
                                         class_labels[rows], (H, W), scale, device=device, dtype=dtype)
         x_T = initial_latents(request.seed, batch, latent_shape, device=device)  # (B, C, h, w) float32
         denoiser = GuidedDenoiser(pipe.unet, cond, uncond, scale)
-        latents = sample_loop(make_scheduler(config, request.steps), denoiser, x_T, progress=progress)
-        out.append(((decode(pipe.vae, latents) + 1) / 2).clamp(0, 1).cpu())
-    return torch.cat(out) if out else torch.empty(0, 3, H, W)
+        yield sample_loop(make_scheduler(config, request.steps), denoiser, x_T, progress=progress)
+
+
+@torch.inference_mode()
+def generate(pipe: Pipeline, request: Request, indices: Sequence[int], *, prompts: Sequence[str] | None = None,
+             class_labels: Sequence[int] | None = None, progress: bool = False) -> torch.Tensor:
+    """Images for the global sample ``indices`` of ``request`` (its seed): (N, 3, H, W) float32 in [0, 1], CPU.
+
+    prompts / class_labels: one per index (e.g. the captions of a prompts file), instead of the request's
+    single ``prompt`` / ``class_label`` for every sample; each is checked like the request's.
+    """
+    out = [((decode(pipe.vae, latents) + 1) / 2).clamp(0, 1).cpu()
+           for latents in _latent_batches(pipe, request, indices, prompts, class_labels, progress)]
+    if out:
+        return torch.cat(out)
+    return torch.empty(0, 3, *image_size(pipeline_info(pipe), request))
+
+
+@torch.inference_mode()
+def generate_latents(pipe: Pipeline, request: Request, indices: Sequence[int], *,
+                     prompts: Sequence[str] | None = None, class_labels: Sequence[int] | None = None,
+                     progress: bool = False) -> torch.Tensor:
+    """What ``generate`` samples, before the VAE decode: (N, C, h, w) latents in the U-Net's space (the VAE's
+    latents times its scaling factor), on the U-Net's device. The same checks, seeds and batches as
+    ``generate``, so ``decode`` of these latents gives its images. Inference tensors: ``.clone()`` them
+    outside inference mode before autograd reads them."""
+    if not len(indices):
+        raise ValueError("generate_latents: no sample indices given")
+    return torch.cat(list(_latent_batches(pipe, request, indices, prompts, class_labels, progress)))
 
 
 def decode(vae, latents: torch.Tensor) -> torch.Tensor:
