@@ -12,7 +12,7 @@ Registry ``LAYER_CRITERIA`` (keys double as ``prune.py --criterion`` choices):
                  All units' scores come from batched forward passes of the one model: replica r of the
                  calibration batch runs with unit r removed (``pruning/layers/units.py``, ``mask_units``).
 ``random``       uniform random scores (seeded): the baseline any criterion must beat.
-``handcrafted``  (an SD-v1 U-Net with a ``preset``: BK-SDM's exact architectures, ``pruning/layers/bksdm.py``)
+``handcrafted``  (an SD-v1 U-Net with an ``architecture``: BK-SDM's exact architectures, ``pruning/layers/bksdm.py``)
                  a fixed rule in the spirit of BK-SDM (Kim et al. 2023, arXiv 2305.15798: fewer
                  blocks per stage, then no mid block): ranks, lowest removed first, in this order:
                  (1) the last ResBlock, then its attention, of every stage that has more than one ResBlock,
@@ -42,6 +42,7 @@ from tqdm import tqdm
 from torch import nn
 
 from diffusion.ddpm import q_sample, stratified_timesteps
+from diffusion.guidance import Conditioning
 from diffusion.schedule import Schedule
 from models.ddpm.unet import UNet, removable_units
 from pruning.importance import accumulate_gradients
@@ -198,18 +199,17 @@ def handcrafted_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInpu
 def taylor_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInputs) -> dict[str, float]:
     if inputs.x0 is None:
         raise ValueError("criterion 'taylor' needs data: a batch of clean training images (x0)")
-    net = model
-    if sd.is_sd(model):  # the DDPM-shaped pass calls net(x_t, t): the condition rides along (sd.Conditioned)
-        net = sd.Conditioned(model, inputs.cond)
+    # An SD U-Net's latents carry their conditions: L_t is the conditional loss (pruning/conditional.py).
+    cond = Conditioning(**inputs.cond) if sd.is_sd(model) and inputs.cond is not None else None
     params = [p for p in model.parameters()]
     saved = [None if p.grad is None else p.grad.clone() for p in params]  # leave the caller's grads as they were
     flags = [p.requires_grad for p in params]  # a frozen model (a teacher) is scored too, then frozen again
     try:
         for p in params:
             p.requires_grad_(True)
-        accumulate_gradients(net, inputs.schedule or Schedule(), inputs.x0, thr=inputs.thr,
+        accumulate_gradients(model, inputs.schedule or Schedule(), inputs.x0, thr=inputs.thr,
                              micro_batch=inputs.micro_batch, generator=torch.Generator().manual_seed(inputs.seed),
-                             max_timesteps=inputs.max_timesteps, progress=False)
+                             max_timesteps=inputs.max_timesteps, progress=False, cond=cond)
         scores = {}
         for u in units:
             total = 0.0

@@ -266,26 +266,3 @@ def _flat(cond, prefix: str = ""):
         else:
             yield prefix + k, v
 
-
-class Conditioned(nn.Module):
-    """``model(x, t, **cond)`` as a two-argument ``model(x, t)``, for the DDPM-shaped taylor pass
-    (``pruning/importance.py accumulate_gradients``) over B conditioned samples. That pass calls it in one of
-    two ways, and the rows of ``cond`` follow: k t-major replicas of the whole batch (k B samples, micro_batch
-    >= B: the condition repeated k times), or the batch's consecutive micro-batches in order, timestep after
-    timestep (micro_batch < B: a cursor walks the rows and wraps at B)."""
-
-    def __init__(self, model: UNet2DConditionModel, cond):
-        super().__init__()
-        self.model, self.cond = model, cond
-        self.rows = next(v for _, v in _flat(cond)).shape[0]
-        self.cursor = 0
-
-    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
-        n = x.shape[0]
-        if self.cursor == 0 and n % self.rows == 0:
-            return self.model(x, t, **repeat_cond(self.cond, n // self.rows))
-        if self.cursor + n > self.rows:  # a bug in the caller's order, never bad input
-            raise AssertionError(f"a micro-batch of {n} at row {self.cursor} of {self.rows}")
-        rows = slice(self.cursor, self.cursor + n)
-        self.cursor = (self.cursor + n) % self.rows
-        return self.model(x, t, **map_tensors(self.cond, lambda v: v[rows]))
