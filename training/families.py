@@ -76,15 +76,16 @@ class ImageFamily:
                               ("num_timesteps", "schedule", "beta_start", "beta_end", "loss_reduction")}}
 
 
+def config_from_dict(config: dict[str, Any]) -> UNetConditionConfig | ModelConfig:
+    """The model config of either family from a checkpoint's ``model_config`` dict (a latent U-Net's has
+    ``block_out_channels``)."""
+    return UNetConditionConfig.from_dict(config) if "block_out_channels" in config else ModelConfig.from_dict(config)
+
+
 def model_from_config(config: dict[str, Any]) -> nn.Module:
     """A freshly built U-Net of either family from a checkpoint's ``model_config`` dict."""
-    if "block_out_channels" in config:
-        return UNet2DConditionModel(UNetConditionConfig.from_dict(config))
-    return UNet(ModelConfig.from_dict(config))
-
-
-def config_from_dict(config: dict[str, Any]):
-    return UNetConditionConfig.from_dict(config) if "block_out_channels" in config else ModelConfig.from_dict(config)
+    built = config_from_dict(config)
+    return UNet2DConditionModel(built) if isinstance(built, UNetConditionConfig) else UNet(built)
 
 
 def make_family(cfg, model: nn.Module, parts: dict | None, cache_dir: Path):
