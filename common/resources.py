@@ -1,5 +1,5 @@
-"""Will a request fit this machine? Checked before the work, in one line (issue 22: a 20000-image sample grid
-died out of memory with a traceback; 100 million evaluation samples ran silently).
+"""Will a request fit this machine? Checked before the work, in one line (before this check a 20000-image
+sample grid died out of memory with a traceback; 100 million evaluation samples ran silently).
 
     check_fits("--num-samples 20000", memory=bytes_held, disk=bytes_written, folder=out)
 

@@ -1,5 +1,5 @@
 """What evaluate.py checks once its models are loaded, before drawing a single sample, and what a run folder
-must match to be resumed (issue 22, wrong results 1 and 3).
+must match to be resumed.
 
     check_loaded(models, reference, num_samples, out)   every model usable, the reference's images comparable,
                                                          the request's disk and memory within reach

@@ -137,7 +137,7 @@ def generate_samples(model: nn.Module, schedule: Schedule, folder: Path, *, num_
         x0 = sample(model, schedule, indices=idx, seed=cfg.seed, image_shape=shape, sampler=cfg.sampler,
                     steps=cfg.steps if cfg.sampler == "ddim" else None, skip_type=cfg.skip_type, eta=cfg.eta,
                     batch_size=len(idx), device=device, clip_x0=cfg.clip_x0)
-        if not bool(torch.isfinite(x0).all()):  # would be saved as black PNGs and scored as if real (issue 22)
+        if not bool(torch.isfinite(x0).all()):  # would be saved as black PNGs and scored as if real
             raise FloatingPointError(f"{folder.parent.name}: the model drew non-finite samples (indices {idx[0]}.."
                                      f"{idx[-1]}); none of them is saved or scored")
         for i, img in zip(idx, to_uint8_hwc(x0)):

@@ -2,7 +2,7 @@
 
 A diverged run or a corrupted file can hold an inf or NaN in a single tensor. Nothing downstream fails
 loudly: magnitude pruning ranks the channels and writes the tensor on, sampling draws black images that FD
-and KID then score as if real (issue 22). So every script and API that spends time on a model (prune,
+and KID then score as if real. So every script and API that spends time on a model (prune,
 prune_layers, evaluate) asks here first, and the answer names the tensor. A model built under
 ``torch.device("meta")`` has shapes but no values: also refused here, in one line, rather than as torch's
 "Cannot copy out of meta tensor" deep inside the work.

@@ -3,7 +3,7 @@
 The gradient methods (taylor, taylor-first-order, diff-pruning) accumulate G = sum_{t < T'} grad_theta L_t
 (``pruning/importance.py``). For a text-to-image or class-conditional U-Net the loss is the conditional one the
 network was trained on (Rombach et al. 2022, "High-Resolution Image Synthesis with Latent Diffusion Models",
-eq. 2):
+eq. 3, the conditional L_LDM):
 
     L_t = E_b || eps_b - eps_theta(sqrt(abar_t) x0_b + sqrt(1 - abar_t) eps_b, t, c_b) ||^2
 

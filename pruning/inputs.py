@@ -2,8 +2,8 @@
 
 What a method is given must describe the network it prunes, or the result is quietly wrong rather than an
 error: magnitude pruning of a model with an inf weight writes the inf on, and a gradient pass on 16x16 or
-64x64 images of a 32x32 model runs (the U-Net is convolutional) but keeps other channels (issue 22: 152
-layer roles differ). So, for every method alike, and with the caller's model untouched:
+64x64 images of a 32x32 model runs (the U-Net is convolutional) but keeps other channels. So, for every
+method alike, and with the caller's model untouched:
 
     the model       every weight materialised (not on the meta device) and finite (``models/integrity.py``);
     example inputs  a non-empty tuple whose first entry is a batch, (B, C, H, W) for an image model;

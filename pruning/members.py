@@ -12,8 +12,8 @@ scores (``pruning/importance.py``) and the surgery (``pruning/surgery.py``).
     Embedding   out     1            embedding_dim        (a class embedding: row k is class k's vector)
 
 An Embedding's rows are indexed by class, so its channels sit on weight dim 1: it produces a channel space
-(the class embedding added to the time embedding, Rombach et al. 2022 Sec. 4.3 / LDM's class-conditional
-models) just as a Linear does, and is pruned with it. Parameters on dim 0 other than the weight (the biases)
+(the class embedding added to the time embedding, as ADM conditions on classes: Dhariwal & Nichol 2021,
+arXiv 2105.05233, Sec. 3; diffusers' ``num_class_embeds``) just as a Linear does, and is pruned with it. Parameters on dim 0 other than the weight (the biases)
 are sliced with it; a role on dim 1 touches the weight only.
 """
 from __future__ import annotations
