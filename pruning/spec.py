@@ -21,6 +21,26 @@ VainF/Diff-Pruning ``ddpm_exp/prune.py``):
                          timesteps (what the reference's LDM script calls taylor with ``multivariable=True``)
     diff-pruning         the paper: (W G)^2 with G summed over t up to the first L_t < thr * L_max
     scratch              random pruning, then the pruned structure re-initialised
+
+Recipes (``recipe``): the settings of one of the paper's scripts as ONE option. None is the DDPM script
+(``ddpm_exp/prune.py``): x0 is a batch of training images, one noise draw for every t. "ldm-script" is its
+ImageNet-LDM script (VainF/Diff-Pruning ``ldm_exp/prune_ldm.py``), for the gradient methods only:
+
+    x0           latents the model itself samples: DDIM (eta 0) with classifier-free guidance for random class
+                 labels (or random captions of a text model), ``pruning/self_sampled.py`` draws them;
+                 x0_steps 20, x0_guidance 3.0, batch_size 6 samples (the script's n_samples_per_class)
+    thr          0.1 (diff-pruning)
+    head_mode    "channels": q/k/v grouped by heads, every head loses the same channels (its
+                 channel_groups[to_q/to_k/to_v] = heads); round_to 2
+    ignored      the output conv, conv_out (its ignored_layers = [diffusion_model.out]: latent-diffusion's
+                 GroupNorm-SiLU-conv output; the network output is protected here in any case)
+
+Each filled value is a default: an explicit thr, head_mode, round_to or batch_size wins. The script's
+"taylor" is method "taylor-first-order" here, its "diff0" method "taylor". Differences that remain (docs/PRUNING.md): the script
+redraws its 6 classes, latents and noise at EVERY t, while here ONE sampled batch and one noise draw serve all t
+(the paper's DDPM loop); its attention keeps the dense softmax scale after pruning; and Torch-Pruning, which
+drops every group holding an ignored layer's output channels, also keeps the width of the last decoder level
+(the output GroupNorm's channels), which is pruned here.
 """
 from __future__ import annotations
 
@@ -32,6 +52,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from common.cli import check_seed
+from diffusion.guidance import check_guidance_scale
 from models.sd.attention import BasicTransformerBlock
 from pruning.select import HEAD_MODES
 from pruning.trace.record import ATTN_GROUPINGS
@@ -53,6 +74,18 @@ DEFAULTS: dict[str, Any] = {
     "micro_batch": 64,   # samples per forward/backward of the gradient pass (memory only: same result)
 }
 GRADIENT_ONLY = ("batch_size", "micro_batch", "max_timesteps")
+RECIPES = ("ldm-script",)
+RECIPE_ONLY = ("x0_steps", "x0_guidance")  # options of the self-sampled x0: an error without a recipe
+# The LDM script's settings (VainF/Diff-Pruning ldm_exp/prune_ldm.py; module docstring), filled where None.
+LDM_SCRIPT: dict[str, Any] = {
+    "thr": 0.1,              # its diff-pruning threshold (diff0: 0)
+    "batch_size": 6,         # n_samples_per_class: latents sampled per gradient batch
+    "x0_steps": 20,          # ddim_steps, eta 0
+    "x0_guidance": 3.0,      # its unconditional_guidance_scale
+    "head_mode": "channels",  # channel_groups = heads for to_q / to_k / to_v
+    "round_to": 2,
+}
+OUTPUT_LAYERS = ("conv_out",)  # its ignored diffusion_model.out (GroupNorm, SiLU, conv): see the docstring
 
 
 def check_fraction(name: str, value: Any, *, closed_low: bool = False) -> None:
@@ -125,9 +158,13 @@ class ChannelPruning:
     micro_batch: int | None = None      # gradient methods: samples per forward/backward; default 64
     max_timesteps: int | None = None    # gradient methods: cap on the timesteps of the gradient pass
     seed: int = 0                       # random scores, the noise draw eps, scratch's re-init
+    recipe: str | None = None           # None (the DDPM script: x0 = training images) | "ldm-script" (docstring)
+    x0_steps: int | None = None         # ldm-script: DDIM steps of the self-sampled x0; default 20
+    x0_guidance: float | None = None    # ldm-script: their classifier-free guidance scale; default 3.0
 
     def __post_init__(self) -> None:
         check_choice("method", self.method, METHODS)
+        self._fill_recipe()
         for name, choices in (("scope", SCOPES), ("scoring", SCORINGS), ("attn_grouping", ATTN_GROUPINGS)):
             check_choice(name, getattr(self, name), choices)
         if self.head_mode is not None:
@@ -170,7 +207,36 @@ class ChannelPruning:
         if isinstance(self.ignored, str) or not all(isinstance(p, str) for p in self.ignored):
             raise ValueError(f"ignored must be a sequence of module paths, got {self.ignored!r}")
         _fill(self, "ignored", tuple(self.ignored))
+        if self.recipe == "ldm-script":  # the output layers join the caller's ignored paths
+            _fill(self, "ignored", self.ignored + tuple(p for p in OUTPUT_LAYERS if p not in self.ignored))
         check_seed(self.seed)
+
+    def _fill_recipe(self) -> None:
+        """Check ``recipe`` and its options, and fill the recipe's defaults where the spec says None."""
+        if self.recipe is None:
+            for name in RECIPE_ONLY:
+                if getattr(self, name) is not None:
+                    raise ValueError(f"{name} configures the self-sampled x0 of recipe 'ldm-script' only; without "
+                                     f"a recipe x0 is given as data, got {name}={getattr(self, name)!r}")
+            return
+        check_choice("recipe", self.recipe, RECIPES)
+        if self.method not in GRADIENT_METHODS:
+            raise ValueError(f"recipe {self.recipe!r} samples the gradient batch x0 from the model: it applies to "
+                             f"the gradient methods {GRADIENT_METHODS}, got method {self.method!r}")
+        for name, value in LDM_SCRIPT.items():
+            if name == "thr" and self.method != "diff-pruning":
+                continue  # taylor / taylor-first-order read every t (the script's diff0 / taylor)
+            if name == "round_to" and (self.head_mode == "heads" or self.scope != "local"):
+                continue  # rounding is a rule of the local selection with head_mode channels (select.py)
+            if getattr(self, name) is None:
+                _fill(self, name, value)
+        check_whole("x0_steps", self.x0_steps)
+        if isinstance(self.x0_guidance, bool) or not isinstance(self.x0_guidance, (int, float)):
+            raise ValueError(f"x0_guidance must be a number >= 1, got {self.x0_guidance!r}")
+        try:
+            _fill(self, "x0_guidance", check_guidance_scale(self.x0_guidance))
+        except ValueError as e:
+            raise ValueError(f"x0_guidance: {e}") from None
 
     def head_mode_for(self, model: nn.Module) -> str:
         """The head mode applied to ``model``: the spec's, or where it says None, "heads" for a network of
@@ -211,5 +277,6 @@ class ChannelPruning:
         """The spec of ``options`` less those the method does not read (a sweep over methods passes one set of
         options to all of them); only this explicit call drops options instead of refusing them."""
         method = options.get("method", "diff-pruning")
-        unused = (() if method == "diff-pruning" else ("thr",)) + (() if method in GRADIENT_METHODS else GRADIENT_ONLY)
+        unused = (() if method == "diff-pruning" else ("thr",)) \
+            + (() if method in GRADIENT_METHODS else GRADIENT_ONLY + RECIPE_ONLY + ("recipe",))
         return cls(**{k: v for k, v in options.items() if k not in unused})
