@@ -27,6 +27,9 @@ from common.runs import write_text
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 HELDOUT = REPO / "data" / "prompts" / "shapes_heldout.txt"
+# Real images of the 128 held-out prompts (benchmarks/t2i_quality.py, docs/METRICS.md): the reader's attribute
+# accuracy "all", their CLIP-shapes score, and the FD-shapes floor of two disjoint real sets of 128.
+REAL_ACCURACY, REAL_CLIP_SHAPES, REAL_FD_FLOOR = 0.859, 92.3, 11.6
 
 
 def measure(pipe, prompts: list[str], metrics, clip, *, guidance: float, seed: int, batch_size: int) -> dict:
@@ -47,11 +50,9 @@ def measure(pipe, prompts: list[str], metrics, clip, *, guidance: float, seed: i
 
 def pipeline_at(run: Path, ckpt_path: Path):
     """The run's pipeline with the EMA U-Net of one checkpoint."""
-    import dataclasses
-
     from models.checkpoint import read_checkpoint
     from training.families import model_from_config
-    from training.latent import build_latent_model, LatentFamily  # noqa: F401 (LatentFamily: the same parts)
+    from training.latent import build_latent_model
 
     config = json.loads((run / "config.json").read_text())
     _, _, parts = build_latent_model(config["train"]["model"], 0)
@@ -64,7 +65,7 @@ def pipeline_at(run: Path, ckpt_path: Path):
 
     pipe = Pipeline(kind="sd1", unet=unet.eval(), vae=parts["vae"], scheduler=parts["scheduler"],
                     text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], source=str(ckpt_path))
-    return dataclasses.replace(pipe), int(ckpt["train_state"]["step"])
+    return pipe, int(ckpt["train_state"]["step"])
 
 
 def plot(rows: list[dict], path: Path) -> None:
@@ -78,14 +79,14 @@ def plot(rows: list[dict], path: Path) -> None:
     axes[0].plot(steps, [r["attribute_accuracy"]["all"] for r in rows], "o-", label="all")
     for key in ("count", "kinds", "colours"):
         axes[0].plot(steps, [r["attribute_accuracy"][key] for r in rows], ".--", label=key)
-    axes[0].axhline(0.859, color="grey", lw=0.8, label="real images (all)")
+    axes[0].axhline(REAL_ACCURACY, color="grey", lw=0.8, label="real images (all)")
     axes[0].set_title("attribute accuracy")
     axes[0].legend(fontsize=7)
     axes[1].plot(steps, [r["clip_shapes_score"] for r in rows], "o-")
-    axes[1].axhline(92.3, color="grey", lw=0.8)
+    axes[1].axhline(REAL_CLIP_SHAPES, color="grey", lw=0.8)
     axes[1].set_title("CLIP-shapes score (grey: real)")
     axes[2].plot(steps, [r["fd_shapes"] for r in rows], "o-")
-    axes[2].axhline(11.6, color="grey", lw=0.8)
+    axes[2].axhline(REAL_FD_FLOOR, color="grey", lw=0.8)
     axes[2].set_title("FD-shapes, 128 samples (grey: real floor)")
     for ax in axes:
         ax.set_xlabel("training step")
@@ -96,11 +97,12 @@ def plot(rows: list[dict], path: Path) -> None:
 
 def main(args: argparse.Namespace) -> dict:
     from metrics.clip_score import load_clip_scorer
+    from metrics.t2i_evaluation import read_prompts
     from metrics.t2i_shapes import ShapesMetrics
 
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    prompts = [line.strip() for line in HELDOUT.read_text().splitlines() if line.strip()][:args.num_prompts]
+    prompts = read_prompts(str(HELDOUT))[:args.num_prompts]
     store = run / "teacher_curve.json"
     done = json.loads(store.read_text()) if store.is_file() else {}
     ckpts = sorted((run / "checkpoints").glob("step_*.pt"))
@@ -138,8 +140,9 @@ def main(args: argparse.Namespace) -> dict:
         lines.append(f"| {r['step']} | {a['all']:.3f} | {a['count']:.3f} | {a['kinds']:.3f} | {a['colours']:.3f} | "
                      f"{a['background']:.3f} | {a['pairs']:.3f} | {r['clip_shapes_score']:.1f} | {r['fd_shapes']:.1f} | "
                      f"{r['seconds_per_image']:.2f} |")
-    lines.append("\nReal images of the same prompts: attribute accuracy all 0.859, CLIP-shapes 92.3, FD-shapes floor "
-                 "11.6 (two disjoint real sets of 128; benchmarks/t2i_quality.py, docs/METRICS.md).")
+    lines.append(f"\nReal images of the same prompts: attribute accuracy all {REAL_ACCURACY}, CLIP-shapes "
+                 f"{REAL_CLIP_SHAPES}, FD-shapes floor {REAL_FD_FLOOR} (two disjoint real sets of 128; "
+                 "benchmarks/t2i_quality.py, docs/METRICS.md).")
     write_text(out.with_suffix(".md"), "\n".join(lines) + "\n")
     plot(rows, out.with_suffix(".png"))
     return record
