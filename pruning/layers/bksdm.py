@@ -57,6 +57,7 @@ SD1_TOPOLOGY = {
 
 
 def check_preset(name: str) -> None:
+    """A one-line error unless ``name`` is one of ``PRESETS``."""
     if name not in PRESETS:
         raise ValueError(f"unknown handcrafted preset {name!r}; known: {sorted(PRESETS)}")
 

@@ -157,6 +157,7 @@ class CriterionInputs:
 
 
 def output_loss_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInputs) -> dict[str, float]:
+    """s_i = L({i}) on ``inputs.calib`` for every unit (module docstring: LAPTOP-Diff's output loss)."""
     if inputs.calib is None:
         raise ValueError("criterion 'output-loss' needs a calibration set (make_calibration)")
     losses = output_losses(model, inputs.calib, [frozenset([u.path]) for u in units], inputs.batch_size)
@@ -164,6 +165,7 @@ def output_loss_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInpu
 
 
 def random_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInputs) -> dict[str, float]:
+    """U[0, 1) per unit from a generator seeded with ``inputs.seed``; the model is not read."""
     g = torch.Generator().manual_seed(inputs.seed)
     return {u.path: float(v) for u, v in zip(units, torch.rand(len(units), generator=g, dtype=torch.float64))}
 
@@ -191,12 +193,15 @@ def handcrafted_order(model: UNet) -> list[str]:
 
 
 def handcrafted_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInputs) -> dict[str, float]:
+    """Each unit's rank in the handcrafted order (``handcrafted_order``; an SD U-Net: ``sd.handcrafted_order``)."""
     order = sd.handcrafted_order(model, [u.path for u in units]) if sd.is_sd(model) else handcrafted_order(model)
     rank = {p: i for i, p in enumerate(order)}
     return {u.path: float(rank[u.path]) for u in units}
 
 
 def taylor_scores(model: UNet, units: Sequence[Unit], inputs: CriterionInputs) -> dict[str, float]:
+    """The Diff-Pruning score summed over each unit's branch weights, G from ``accumulate_gradients`` on
+    ``inputs.x0`` (module docstring); the caller's ``.grad`` and ``requires_grad`` flags are restored."""
     if inputs.x0 is None:
         raise ValueError("criterion 'taylor' needs data: a batch of clean training images (x0)")
     # An SD U-Net's latents carry their conditions: L_t is the conditional loss (pruning/conditional.py).

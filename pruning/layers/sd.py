@@ -46,6 +46,7 @@ COUNTED = (nn.Conv2d, nn.Linear, nn.GroupNorm, nn.LayerNorm)  # modules whose MA
 
 
 def is_sd(model: nn.Module) -> bool:
+    """Whether ``model`` is the latent U-Net of the SD family (else the DDPM U-Net's code paths apply)."""
     return isinstance(model, UNet2DConditionModel)
 
 
@@ -56,6 +57,7 @@ def stage_of(path: str) -> str:
 
 
 def check_granularity(granularity: str) -> None:
+    """A one-line error unless ``granularity`` is one of ``GRANULARITIES``."""
     if granularity not in GRANULARITIES:
         raise ValueError(f"granularity must be one of {GRANULARITIES}, got {granularity!r}")
 
