@@ -17,8 +17,8 @@ and an original and a pruned pipeline start from the same x_T.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, fields
+from typing import Mapping, Sequence
 
 import torch
 from torch import nn
@@ -70,6 +70,17 @@ class Conditioning:
             None if self.encoder_hidden_states is None else take(self.encoder_hidden_states),
             None if self.added_cond_kwargs is None else {k: take(v) for k, v in self.added_cond_kwargs.items()},
             None if self.class_labels is None else take(self.class_labels))
+
+
+# The keyword inputs of a conditional U-Net besides (x, t), by name: the fields of ``Conditioning``.
+CONDITION_KEYS = tuple(f.name for f in fields(Conditioning))
+
+
+def check_condition_keys(cond: Mapping) -> None:
+    """A one-line error naming every key of ``cond`` (U-Net keyword inputs) that is not in ``CONDITION_KEYS``."""
+    unknown = sorted(set(cond) - set(CONDITION_KEYS))
+    if unknown:
+        raise ValueError(f"cond has keys {unknown} the U-Net does not take; known: {sorted(CONDITION_KEYS)}")
 
 
 def _cat(a: Conditioning, b: Conditioning) -> dict:

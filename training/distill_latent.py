@@ -44,12 +44,12 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from diffusion.guidance import check_condition_keys
 from models.sd.resnet import ResnetBlock2D
 from models.sd.transformer import Transformer2DModel
 from training.distill import (MODES, capture, feature_kd_terms, make_projections, project, resolve_lambdas,
                               weights_checksum)
 
-COND_KEYS = ("encoder_hidden_states", "class_labels", "added_cond_kwargs")
 # Teacher and student must agree on these to see the same inputs and predict the same target.
 SHARED_FIELDS = ("in_channels", "out_channels", "cross_attention_dim", "num_class_embeds", "addition_embed_type",
                  "addition_time_embed_dim", "projection_class_embeddings_input_dim")
@@ -222,9 +222,7 @@ class LatentDistiller(nn.Module):
         Returns the total loss (float32 scalar with grad) and every term, detached, for logging: loss_task,
         kd_out, and in the feature modes kd_feat and kd_feat/<tap>."""
         cond = dict(cond or {})
-        unknown = sorted(set(cond) - set(COND_KEYS))
-        if unknown:
-            raise ValueError(f"cond has keys {unknown} the U-Net does not take; known: {list(COND_KEYS)}")
+        check_condition_keys(cond)
         teacher = self.teacher[0]
         dtype_t = next(teacher.parameters()).dtype  # a bf16 teacher gets bf16 inputs (half its memory)
         cond_t = {k: (v.to(dtype_t) if k == "encoder_hidden_states" and v is not None else v) for k, v in cond.items()}

@@ -30,6 +30,7 @@ from typing import Iterator, Mapping, Sequence
 import torch
 from torch import nn
 
+from diffusion.guidance import check_condition_keys
 from diffusion.schedule import Schedule, training_schedule
 from diffusion.schedulers.base import SchedulerConfig
 from metrics.macs import MacReport, count_macs
@@ -225,10 +226,7 @@ def check_condition(model: UNet2DConditionModel, latents: torch.Tensor | None, c
     if cond is None:
         raise ValueError("an SD U-Net is scored on (latent, t, noise, condition): give cond={'encoder_hidden_states': "
                          "(N, M, D) prompt embeddings, ...}")
-    known = {"encoder_hidden_states", "class_labels", "added_cond_kwargs"}
-    unknown = sorted(set(cond) - known)
-    if unknown:
-        raise ValueError(f"cond has keys {unknown} the U-Net does not take; known: {sorted(known)}")
+    check_condition_keys(cond)
     n = None if latents is None else latents.shape[0]
     for name, v in _flat(cond):
         if not isinstance(v, torch.Tensor):
