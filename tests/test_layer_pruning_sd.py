@@ -309,7 +309,7 @@ def test_target_only_reachable_by_removing_a_stage_fails_before_any_work(monkeyp
 def test_errors_are_one_line_and_early():
     model = tiny()
     latents, cond = data()
-    with pytest.raises(ValueError, match="unknown handcrafted preset 'bk-sdm-huge'"):
+    with pytest.raises(ValueError, match="unknown handcrafted architecture 'bk-sdm-huge'"):
         LayerPruning(criterion="handcrafted", architecture="bk-sdm-huge")
     with pytest.raises(ValueError, match="architecture 'bk-sdm-base' applies to criterion 'handcrafted'"):
         LayerPruning(criterion="output-loss", architecture="bk-sdm-base")

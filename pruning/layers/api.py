@@ -49,7 +49,7 @@ class LayerReport:
 
     criterion: str
     solver: str | None
-    target: tuple[str, float] | None    # None: a handcrafted preset's fixed architecture
+    target: tuple[str, float] | None    # None: a handcrafted (BK-SDM) fixed architecture
     units: list[Unit]
     scores: dict[str, float]
     removed: list[str]
@@ -60,7 +60,7 @@ class LayerReport:
     calibration: dict[str, Any] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
     spec: LayerPruning | None = None
-    copied: dict[str, str] | None = None  # a preset: student path -> teacher path of the re-mapped weights
+    copied: dict[str, str] | None = None  # an architecture: student path -> teacher path of the re-mapped weights
 
     def summary(self) -> dict[str, Any]:
         """JSON-ready (saved as report.json next to the pruned checkpoint)."""
@@ -110,7 +110,7 @@ def stages(units: list[Unit]) -> list[str | None] | None:
 
 def check_target(model: UNet, spec: LayerPruning) -> None:
     """A target that removing every unit of ``model`` cannot reach is an error, before any scoring or sampling;
-    so is a handcrafted preset asked of a U-Net it does not apply to."""
+    so is a handcrafted architecture asked of a U-Net it does not apply to."""
     if spec.architecture is not None:
         bksdm.check_teacher(model, spec.architecture)
         return
@@ -134,7 +134,7 @@ def _check_inputs(model, spec: LayerPruning, images, cond, calib) -> None:
         sd.check_condition(model, None, calib.cond)
 
 
-def _prune_preset(model, spec: LayerPruning) -> tuple[UNet, LayerReport]:
+def _prune_architecture(model, spec: LayerPruning) -> tuple[UNet, LayerReport]:
     """BK-SDM's architecture of ``spec.architecture`` from ``model`` (bksdm.py), reported like a layer pruning."""
     start = time.perf_counter()
     macs_before = model_macs(model)
@@ -179,7 +179,7 @@ def prune_layers(model: UNet, spec: LayerPruning | None = None, images: torch.Te
         raise TypeError(f"spec must be a pruning.layers.spec.LayerPruning, got {type(spec).__name__}")
     _check_inputs(model, spec, images, cond, calib)  # every criterion: the model, then its data, before any work
     if spec.architecture is not None:
-        return _prune_preset(model, spec)
+        return _prune_architecture(model, spec)
     if sd.is_sd(model) and images is not None and cond is None:
         raise ValueError("an SD U-Net is scored on (latent, t, noise, condition): give cond= with the latents")
     criterion, solver, (what, fraction) = spec.criterion, spec.solver, spec.target

@@ -37,7 +37,7 @@ from models.sd.wiring import topology
 from pruning.layers import sd
 
 # name -> (mid block removed, innermost level removed)
-PRESETS: dict[str, tuple[bool, bool]] = {
+ARCHITECTURES: dict[str, tuple[bool, bool]] = {
     "bk-sdm-base": (False, False),
     "bk-sdm-small": (True, False),
     "bk-sdm-tiny": (True, True),
@@ -56,37 +56,37 @@ SD1_TOPOLOGY = {
 }
 
 
-def check_preset(name: str) -> None:
-    """A one-line error unless ``name`` is one of ``PRESETS``."""
-    if name not in PRESETS:
-        raise ValueError(f"unknown handcrafted preset {name!r}; known: {sorted(PRESETS)}")
+def check_architecture(name: str) -> None:
+    """A one-line error unless ``name`` is one of ``ARCHITECTURES``."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown handcrafted architecture {name!r}; known: {sorted(ARCHITECTURES)}")
 
 
-def check_sd1(config: UNetConditionConfig, preset: str) -> None:
+def check_sd1(config: UNetConditionConfig, architecture: str) -> None:
     """A one-line error unless ``config`` is a dense SD-v1 U-Net (any widths of the four levels: tests use
     tiny ones), naming every field that differs."""
-    check_preset(preset)
+    check_architecture(architecture)
     wrong = [f"{k}={getattr(config, k)!r} (SD-v1: {v!r})" for k, v in SD1_TOPOLOGY.items() if getattr(config, k) != v]
     if config.widths or config.removed:
         wrong.append("config.widths / config.removed not empty (a pruned U-Net)")
     if wrong:
-        raise ValueError(f"handcrafted preset {preset!r} is BK-SDM's removal from a dense SD-v1 U-Net; this U-Net "
-                         f"differs: {'; '.join(wrong)}")
+        raise ValueError(f"handcrafted architecture {architecture!r} is BK-SDM's removal from a dense SD-v1 U-Net; "
+                         f"this U-Net differs: {'; '.join(wrong)}")
 
 
-def check_teacher(model, preset: str) -> None:
+def check_teacher(model, architecture: str) -> None:
     """A one-line error unless ``model`` is a dense SD-v1 ``UNet2DConditionModel``."""
-    check_preset(preset)
+    check_architecture(architecture)
     if not sd.is_sd(model):
-        raise ValueError(f"handcrafted preset {preset!r} is BK-SDM's removal from an SD-v1 U-Net "
+        raise ValueError(f"handcrafted architecture {architecture!r} is BK-SDM's removal from an SD-v1 U-Net "
                          f"(models/sd UNet2DConditionModel), got {type(model).__name__}")
-    check_sd1(model.config, preset)
+    check_sd1(model.config, architecture)
 
 
-def student_config(config: UNetConditionConfig, preset: str) -> UNetConditionConfig:
-    """The BK-SDM architecture of ``preset`` built from the teacher's config (module docstring)."""
-    check_sd1(config, preset)
-    no_mid, no_inner = PRESETS[preset]
+def student_config(config: UNetConditionConfig, architecture: str) -> UNetConditionConfig:
+    """The BK-SDM student config of ``architecture`` built from the teacher's config (module docstring)."""
+    check_sd1(config, architecture)
+    no_mid, no_inner = ARCHITECTURES[architecture]
     L = len(config.block_out_channels)
     changes: dict = {"layers_per_block": (1,) * L}
     if no_mid:
@@ -98,11 +98,11 @@ def student_config(config: UNetConditionConfig, preset: str) -> UNetConditionCon
     return dataclasses.replace(config, **changes)
 
 
-def copy_map(config: UNetConditionConfig, preset: str) -> dict[str, str]:
+def copy_map(config: UNetConditionConfig, architecture: str) -> dict[str, str]:
     """Student module path -> teacher module path for the re-mapped modules (the up path; everything else
     is copied from the module of the same name). Lists only modules the student has."""
-    student = student_config(config, preset)
-    shift = 1 if PRESETS[preset][1] else 0  # Tiny: the teacher's up block 0 (the innermost level) is gone
+    student = student_config(config, architecture)
+    shift = 1 if ARCHITECTURES[architecture][1] else 0  # Tiny: the teacher's up block 0 (the innermost level) is gone
     mapping = {}
     for _, path, _ in topology(student):
         parts = path.split(".")
@@ -129,14 +129,14 @@ def removed_paths(config: UNetConditionConfig, used: set[str]) -> list[str]:
     return [path for _, path, _ in topology(config) if not any(k.startswith(path + ".") for k in used)]
 
 
-def bk_sdm(teacher: UNet2DConditionModel, preset: str) -> tuple[UNet2DConditionModel, dict]:
-    """(student, info): the BK-SDM U-Net of ``preset`` initialised from ``teacher`` by BK-SDM's weight copy,
+def bk_sdm(teacher: UNet2DConditionModel, architecture: str) -> tuple[UNet2DConditionModel, dict]:
+    """(student, info): the BK-SDM U-Net of ``architecture`` initialised from ``teacher`` by BK-SDM's weight copy,
     on the teacher's device and dtype (the meta device too: sizes in milliseconds), eval mode. info holds
     "config" (the student's), "copied" (student path -> teacher path for the re-mapped modules) and
     "removed" (the teacher's blocks left out). ``teacher`` is unchanged; the student shares no storage."""
-    check_teacher(teacher, preset)
-    config = student_config(teacher.config, preset)
-    mapping = copy_map(teacher.config, preset)
+    check_teacher(teacher, architecture)
+    config = student_config(teacher.config, architecture)
+    mapping = copy_map(teacher.config, architecture)
     own = teacher.state_dict()
     with torch.device("meta"):
         shapes = {k: v.shape for k, v in UNet2DConditionModel(config).state_dict().items()}

@@ -60,7 +60,7 @@ def check_reachable(costs: Sequence[int], target: int, what: str = "cost",
     if most < target:
         raise ValueError(f"the target is only reachable by removing a whole stage: it asks to remove {target:,} "
                          f"{what}, but keeping one unit of every stage ({', '.join(sorted(members))}) removes at "
-                         f"most {most:,}; ask for less (or use a handcrafted preset that drops a whole level)")
+                         f"most {most:,}; ask for less (or use a handcrafted architecture that drops a whole level)")
 
 
 def _front(states: dict) -> dict:

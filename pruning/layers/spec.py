@@ -54,7 +54,7 @@ class LayerPruning:
         check_choice("criterion", self.criterion, tuple(LAYER_CRITERIA))
         sd.check_granularity(self.granularity)
         if self.architecture is not None:
-            bksdm.check_preset(self.architecture)
+            bksdm.check_architecture(self.architecture)
             if self.criterion != "handcrafted":
                 raise ValueError(f"architecture {self.architecture!r} applies to criterion 'handcrafted', got {self.criterion!r}")
             if self.target_params is not None or self.target_macs is not None or self.solver is not None:
