@@ -24,8 +24,8 @@ Registry ``LAYER_CRITERIA`` (keys double as ``prune.py --criterion`` choices):
                  then the mid block (BK-SDM-Small's), then the rest.
 ``taylor``       the Diff-Pruning channel score (Fang et al. 2023, arXiv 2305.10924; ``pruning/importance.py``
                  ``diff_pruning_importance``) summed over the unit's branch parameters: sum (W * G)^2 over its
-                 conv/linear weights plus sum |gamma * G| over its GroupNorm weights, with G the gradient
-                 accumulated over t = 0 .. T' (threshold ``thr``, the paper's 0.05 by default).
+                 conv/linear weights plus sum |gamma * G| over its GroupNorm (SD: and LayerNorm) weights, with G
+                 the gradient accumulated over t = 0 .. T' (threshold ``thr``, the paper's 0.05 by default).
 
 Every criterion is ``fn(model, units, inputs) -> {path: score}`` with ``inputs`` a ``CriterionInputs``.
 An SD U-Net (``pruning/layers/sd.py``) is scored the same way on (latent, t, eps, condition): the calibration
