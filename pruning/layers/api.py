@@ -134,6 +134,22 @@ def _check_inputs(model, spec: LayerPruning, images, cond, calib) -> None:
         sd.check_condition(model, None, calib.cond)
 
 
+def _check_data_for(model, spec: LayerPruning, images, cond, calib, scores) -> None:
+    """What the criterion and the solver read is there: one-line errors before any work."""
+    if sd.is_sd(model) and images is not None and cond is None:
+        raise ValueError("an SD U-Net is scored on (latent, t, noise, condition): give cond= with the latents")
+    criterion = spec.criterion
+    if criterion in ("output-loss", "taylor") and images is None and calib is None and scores is None:
+        raise ValueError(f"criterion {criterion!r} needs data: clean training images (images=x0)")
+    if criterion == "taylor" and images is None and scores is None:
+        raise ValueError("criterion 'taylor' needs images=x0 (its gradient batch)")
+    if criterion == "taylor" and images is not None and images.shape[0] < spec.batch_size:
+        raise ValueError(f"criterion 'taylor' reads a gradient batch of batch_size={spec.batch_size} images, "
+                         f"got {images.shape[0]}")
+    if spec.solver == "exhaustive" and images is None and calib is None:
+        raise ValueError("solver 'exhaustive' measures L(S): it needs images=x0 or calib")
+
+
 def _prune_architecture(model, spec: LayerPruning) -> tuple[UNet, LayerReport]:
     """BK-SDM's architecture of ``spec.architecture`` from ``model`` (bksdm.py), reported like a layer pruning."""
     start = time.perf_counter()
@@ -180,18 +196,8 @@ def prune_layers(model: UNet, spec: LayerPruning | None = None, images: torch.Te
     _check_inputs(model, spec, images, cond, calib)  # every criterion: the model, then its data, before any work
     if spec.architecture is not None:
         return _prune_architecture(model, spec)
-    if sd.is_sd(model) and images is not None and cond is None:
-        raise ValueError("an SD U-Net is scored on (latent, t, noise, condition): give cond= with the latents")
+    _check_data_for(model, spec, images, cond, calib, scores)
     criterion, solver, (what, fraction) = spec.criterion, spec.solver, spec.target
-    if criterion in ("output-loss", "taylor") and images is None and calib is None and scores is None:
-        raise ValueError(f"criterion {criterion!r} needs data: clean training images (images=x0)")
-    if criterion == "taylor" and images is None and scores is None:
-        raise ValueError("criterion 'taylor' needs images=x0 (its gradient batch)")
-    if criterion == "taylor" and images is not None and images.shape[0] < spec.batch_size:
-        raise ValueError(f"criterion 'taylor' reads a gradient batch of batch_size={spec.batch_size} images, "
-                         f"got {images.shape[0]}")
-    if solver == "exhaustive" and images is None and calib is None:
-        raise ValueError("solver 'exhaustive' measures L(S): it needs images=x0 or calib")
     seconds: dict[str, float] = {}
     start = time.perf_counter()
     units = find_units(model, spec.granularity)
@@ -206,9 +212,8 @@ def prune_layers(model: UNet, spec: LayerPruning | None = None, images: torch.Te
                                  seed=spec.seed, cond=cond)
     seconds["units"] = time.perf_counter() - start
     start = time.perf_counter()
-    taylor = criterion == "taylor"
     x0, x0_cond = images, cond
-    if taylor and images is not None:  # its ONE gradient batch, with the conditions on the latents' device
+    if criterion == "taylor" and images is not None:  # its ONE gradient batch, the conditions on its device
         x0 = images[:spec.batch_size]
         x0_cond = sd.map_tensors(cond, lambda v: v[:spec.batch_size].to(images.device))
     inputs = CriterionInputs(calib=calib, x0=x0, cond=x0_cond,
