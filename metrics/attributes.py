@@ -13,7 +13,7 @@ compared with what ``parse_caption`` says the caption asks for:
     pairs       set of (kind, colour) pairs present (32 flags)         == the caption's pairs ("a red square")
     all         count, kinds and colours all right together
 
-``all`` holds what the issue's definition names (count, kinds and colours) and leaves out two attributes that
+``all`` holds count, kinds and colours and leaves out two attributes that
 are reported beside it: ``pairs``, the binding of colours to kinds, and ``background``. The reader gets whole
 pair sets right on 45% of held-out real images and both background names on 70% (the names cut a continuous
 colour range into hue sectors, and colours near a border are ambiguous), against 87% for the kind sets, 95% for

@@ -9,7 +9,7 @@ run and the explicit command it stands for measure the same thing); ``--steps``,
 the protocol's name, the overrides and the resolved settings; the table is printed under ``describe()``.
 
   embedded  DDIM-100, uniform spacing, x0 clipped to [-1, 1]: the shipped small teacher needs the clipping
-            (64 samples, FD-shapes 97.7 clipped vs 149.8 unclipped, issue measurements by its reporter).
+            (64 samples, FD-shapes 97.7 clipped vs 149.8 unclipped).
   paper     DDIM-100, quad spacing, no clipping: the sampler of Diff-Pruning (Fang et al. 2023, Table 1: DDIM
             100 steps; VainF/Diff-Pruning's ddpm_exp samples with --skip_type quad and no x0 clipping), as
             metrics/probe.STUDY.

@@ -1,4 +1,4 @@
-"""Atomic outputs (issue 22): every output file is written through common/runs.py atomic_path, so a killed
+"""Atomic outputs: every output file is written through common/runs.py atomic_path, so a killed
 writer leaves the old file or none, never a 0-byte PNG; prune.py removes the temporaries a killed run left;
 the printed "next:" commands are shell-quoted."""
 from __future__ import annotations

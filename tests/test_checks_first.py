@@ -1,4 +1,4 @@
-"""Check what can be checked first, for every method (issue 22): what a spec asks of the model's groups fails
+"""Check what can be checked first, for every method: what a spec asks of the model's groups fails
 before the gradient pass and before prune.py's sample grids; flags out of range fail at parse time, naming
 the flag."""
 from __future__ import annotations

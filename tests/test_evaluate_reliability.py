@@ -1,4 +1,4 @@
-"""evaluate.py and issue 22: a model with a non-finite weight is refused before sampling, naming the tensor;
+"""evaluate.py's reliability: a model with a non-finite weight is refused before sampling, naming the tensor;
 non-finite samples are never scored; --resume continues the same evaluation only (models by weights hash,
 same settings) and never rewrites a finished report; a reference of another resolution, and requests too
 large for the disk or memory, fail before sampling; --steps is bounded at parse time."""

@@ -26,7 +26,7 @@ def test_evaluate_resume_refuses_samples_of_another_model_with_the_same_name(tmp
         evaluate.main(eval_config(tmp_path, [b]), resume=str(run))
     after = {p.name: p.read_bytes() for p in (run / "0-pruned" / "samples").glob("*.png")}
     assert before == after  # nothing overwritten, nothing reported
-    # The same model resumes a run interrupted before its report (issue 22: a finished run is never rewritten,
+    # The same model resumes a run interrupted before its report (a finished run is never rewritten,
     # and a resume continues the same evaluation only, so more samples are a new evaluation).
     (run / "report.json").unlink()
     with pytest.raises(cli.UserError, match="num_samples 2 vs 3"):

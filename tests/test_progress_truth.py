@@ -1,4 +1,4 @@
-"""Progress that tells the truth (issue 23): the gradient pass's bar does not promise T=1000 timesteps when the
+"""Progress that tells the truth: the gradient pass's bar does not promise T=1000 timesteps when the
 threshold ends the loop early, and a --max-timesteps cap is named as the reason the loop ended."""
 from __future__ import annotations
 

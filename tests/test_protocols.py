@@ -1,6 +1,6 @@
 """One evaluation however it is invoked: evaluate.py's sampler comes from a named protocol (metrics/protocols.py).
 
-The trap (issue 23): `evaluate.py` with no models clipped x0 while the explicit command it stands for (and the
+The trap: `evaluate.py` with no models clipped x0 while the explicit command it stands for (and the
 one prune.py prints) did not, so the two measured different things (FD-shapes 97.7 vs 149.8 on one teacher).
 """
 from __future__ import annotations

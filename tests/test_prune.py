@@ -179,7 +179,7 @@ def test_prune_script_writes_everything(tmp_path, capsys):
     assert report["params_after"] < report["params_before"] and report["macs_paper_after"] < report["macs_paper_before"]
     assert report["kept_timesteps"]["count"] >= 1
     out = capsys.readouterr().out
-    # The per-layer table goes to widths.txt; the screen gets one line per stage (issue 23).
+    # The per-layer table goes to widths.txt; the screen gets one line per stage.
     assert "down.0.block.0.conv1" in (run / "widths.txt").read_text() and "down.0.block.0.conv1" not in out
     assert "down.0" in out and "->" in out and "python train.py --model" in out
     pruned = load(run / "pruned.pt")

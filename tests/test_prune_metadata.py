@@ -1,4 +1,4 @@
-"""Issue 22, wrong result 4: a pruned checkpoint records the ratio that was applied (found for a target),
+"""A pruned checkpoint records the ratio that was applied (found for a target),
 never the unused --ratio default; --ratio together with a target is an error (pruning/spec.py)."""
 from __future__ import annotations
 

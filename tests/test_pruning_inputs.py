@@ -1,5 +1,5 @@
-"""One input check for every pruning method (pruning/inputs.py), before any work (issue 22, wrong results 2 and
-5): a model with a non-finite weight or on the meta device, and data that is empty or does not match the model
+"""One input check for every pruning method (pruning/inputs.py), before any work: a
+model with a non-finite weight or on the meta device, and data that is empty or does not match the model
 (another resolution or channel count than the example inputs) are refused in one line naming the tensor or
 both shapes, and the caller's model is left as it was."""
 from __future__ import annotations
@@ -76,7 +76,7 @@ def test_every_layer_criterion_refuses_a_non_finite_weight(criterion):
 
 
 def test_prune_script_magnitude_refuses_a_checkpoint_with_an_inf_weight(tmp_path, capsys):
-    """The issue's exact case: prune.py --method magnitude wrote a pruned checkpoint still holding inf."""
+    """The case that was seen: prune.py --method magnitude wrote a pruned checkpoint still holding inf."""
     model = small()
     poison(model, "temb.dense.1.bias", float("inf"))
     path = tmp_path / "broken.pt"

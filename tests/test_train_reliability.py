@@ -1,4 +1,4 @@
-"""train.py and issue 22: a run killed at step k of n and resumed with --steps k writes the model of step k
+"""train.py's reliability: a run killed at step k of n and resumed with --steps k writes the model of step k
 (the last verified checkpoint) instead of saying "already finished" with no model.pt; a --data folder with a
 truncated image is refused before the first step, naming the file."""
 from __future__ import annotations
