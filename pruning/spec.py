@@ -36,11 +36,11 @@ ImageNet-LDM script (VainF/Diff-Pruning ``ldm_exp/prune_ldm.py``), for the gradi
                  GroupNorm-SiLU-conv output; the network output is protected here in any case)
 
 Each filled value is a default: an explicit thr, head_mode, round_to or batch_size wins. The script's
-"taylor" is method "taylor-first-order" here, its "diff0" method "taylor". Differences that remain (docs/PRUNING.md): the script
-redraws its 6 classes, latents and noise at EVERY t, while here ONE sampled batch and one noise draw serve all t
-(the paper's DDPM loop); its attention keeps the dense softmax scale after pruning; and Torch-Pruning, which
-drops every group holding an ignored layer's output channels, also keeps the width of the last decoder level
-(the output GroupNorm's channels), which is pruned here.
+"taylor" is method "taylor-first-order" here, its "diff0" method "taylor". Differences that remain
+(docs/PRUNING.md): the script redraws its 6 classes, latents and noise at EVERY t, while here ONE sampled batch
+and one noise draw serve all t (the paper's DDPM loop); its attention keeps the dense softmax scale after
+pruning; and Torch-Pruning, which drops every group holding an ignored layer's output channels, also keeps the
+width of the last decoder level (the output GroupNorm's channels), which is pruned here.
 """
 from __future__ import annotations
 

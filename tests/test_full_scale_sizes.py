@@ -53,7 +53,8 @@ def test_sd15_reaches_bk_sdm_small_size(granularity, capsys):
     model = on_meta("sd-v1.5")
     total = params(model)
     assert total == 859_520_964
-    removed, after, need = knapsack_run("sd-v1.5", model, granularity, 1 - BK_SDM_SMALL / total, ("res", "attn", "block"))
+    kinds = ("res", "attn", "block")
+    removed, after, need = knapsack_run("sd-v1.5", model, granularity, 1 - BK_SDM_SMALL / total, kinds)
     assert after <= BK_SDM_SMALL  # at least BK-SDM-Small's saving ...
     assert BK_SDM_SMALL - after < min(u.params for u in removed)  # ... and not one unit more than needed
     with capsys.disabled():

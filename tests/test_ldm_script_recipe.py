@@ -141,7 +141,8 @@ def test_a_tiny_class_conditional_ldm_prunes_end_to_end(cin):
             attn = pruned.get_submodule(path.rsplit(".", 1)[0])
             dense = before[f"{path}.weight"].shape[0]
             per = dense // attn.heads
-            counts = [int(((roles["out"] >= h * per) & (roles["out"] < (h + 1) * per)).sum()) for h in range(attn.heads)]
+            out = roles["out"]
+            counts = [int(((out >= h * per) & (out < (h + 1) * per)).sum()) for h in range(attn.heads)]
             assert len(set(counts)) == 1 and 0 < counts[0] < per
             assert sum(counts) % 2 == 0  # round_to 2
             for other in ("to_k", "to_v"):

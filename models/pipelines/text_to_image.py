@@ -3,7 +3,7 @@
     request = Request(prompt="a red circle", guidance_scale=7.5, steps=25, scheduler="dpmpp_2m", num_images=4)
     check_request(folder_info(folder), request)          # every bad input, one line each, before any weight is read
     images = generate(pipe, request, indices=range(4))   # (4, 3, H, W) in [0, 1]
-    latents = generate_latents(pipe, request, indices=range(4))   # the same samples before the VAE decode
+    latents = generate_latents(pipe, request, indices=range(4))   # the same samples, before the VAE decode
 
 Text conditioning, as the diffusers pipelines compute it:
     sd1 / sd2   c = text_encoder(ids).last_hidden_state                 (B, 77, D)
