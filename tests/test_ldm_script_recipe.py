@@ -121,6 +121,18 @@ def test_a_text_pipeline_draws_captions(t2i):
     assert data.encoder_hidden_states.shape[0] == 4 and "class_labels" not in record
 
 
+def test_an_sdxl_pipeline_gets_its_added_conditions(tmp_path):
+    pipe = load_pipeline(write_tiny_pipeline(tmp_path / "xl", sdxl=True))
+    spec = ChannelPruning(recipe="ldm-script", batch_size=3, **FAST)
+    data, record = self_sampled_batch(pipe, spec, prompts=["a red circle", "a blue square"])
+    H = 8 * pipe.vae_scale
+    assert data.added_cond_kwargs["time_ids"].tolist() == [[H, H, 0, 0, H, H]] * 3  # SDXL's micro-conditioning
+    assert data.added_cond_kwargs["text_embeds"].shape[0] == 3 and len(record["prompts"]) == 3
+    pruned, report = prune(pipe.unet, pipe.unet.example_inputs(), spec, data=data,
+                           schedule=training_schedule(pipe.scheduler), progress=False)
+    assert report.params_after < report.params_before
+
+
 def test_a_tiny_class_conditional_ldm_prunes_end_to_end(cin):
     unet = load_pipeline_unet_copy(cin)
     spec = ChannelPruning(method="diff-pruning", recipe="ldm-script", **FAST)
