@@ -15,6 +15,14 @@ grids of the model before and after pruning (deterministic DDIM from the same fi
 gradient methods, the plot of L_t against t with the threshold marked. ``--method layer`` (LAPTOP-Diff, arXiv
 2404.11098) removes whole residual branches instead (pruning/layers/): the folder then holds units.txt and
 the additivity report (additivity.json, additivity.png) in place of groups.txt and the L_t plot.
+
+A latent text-to-image pipeline (``--model`` a pipeline folder or hub name: SD-1/2, SDXL, BK-SDM) has its U-Net
+pruned by the same specs, calibrated on (VAE latents, caption embeddings) of captioned images, and the run folder
+holds the pruned PIPELINE folder (pipeline/) that generate.py, evaluate.py and train.py read
+(reports/pipeline_prune.py, pruning/pipelines.py):
+
+    python prune.py --model checkpoints/t2i_shapes --method diff-pruning --ratio 0.3 --batch-size 32
+    python prune.py --model checkpoints/t2i_shapes --method layer --target-params 0.3
 """
 from __future__ import annotations
 
@@ -22,7 +30,6 @@ import argparse
 import dataclasses
 import json
 import os
-import shlex
 import sys
 import time
 from dataclasses import dataclass, field
@@ -38,7 +45,7 @@ from common.runs import RunLock, clean_interrupted_runs, new_run_dir, seed_every
 from diffusion.samplers import sample
 from models.lineage import root_teacher
 from pruning.layers.spec import LayerPruning
-from pruning.spec import DEFAULTS, METHODS, ChannelPruning
+from pruning.spec import DEFAULTS, METHODS, RECIPES, ChannelPruning
 
 SPEC_FILE = "spec.json"
 GRID_BATCH = 64  # samples per forward of the sample grids (any --num-samples fits in memory; same images)
@@ -56,6 +63,7 @@ class PruneConfig:
     preset: str | None = None             # DDIM-codebase state dicts: the preset they are read against
     norm_groups: int | None = None        # DDIM-codebase state dicts: GroupNorm groups (not in the weights)
     data: str = "shapes"                  # the gradient batch's / calibration set's images
+    prompts: str | None = None            # text-to-image pipelines: the captions of --data folder's images
     data_root: str | None = None
     num_samples: int = 16                 # before/after sample grids; 0 skips them
     sample_steps: int = 50
@@ -102,12 +110,15 @@ def main(cfg: PruneConfig) -> Path:
     from pruning.layers import check_target, prune_layers
     from pruning.layers.additivity import additivity_for_run
 
-    if is_latent_source(cfg.model):  # SD / LDM U-Nets (models/pipelines/): before any weight is read
-        raise cli.UserError(f"--model {cfg.model}: a latent (SD / LDM) pipeline or component; prune.py prunes DDPM "
-                            "U-Nets (UNet2DModel) only: conditional U-Net pruning is not wired in yet")
     cli.check_writable_dir(cfg.out, "--out")
     for stale in clean_interrupted_runs(cfg.out):  # what a killed prune.py left: never a half-written output
         print(f"[prune] removed {stale}, left by an interrupted run")
+    if is_latent_source(cfg.model):  # an SD-family pipeline: its U-Net pruned, a pipeline folder written
+        from reports.pipeline_prune import prune_pipeline
+
+        return prune_pipeline(cfg)
+    if cfg.prompts is not None:
+        raise cli.UserError(f"--prompts {cfg.prompts}: captions apply to text-to-image pipelines, not {cfg.model}")
     spec, layer = cfg.spec, cfg.pipeline == "layer"
     seed_everything(spec.seed)
     start = time.perf_counter()
@@ -151,6 +162,8 @@ def main(cfg: PruneConfig) -> Path:
     seconds = time.perf_counter() - start
     run = write_run(cfg, small, report, info=info, macs=macs, seconds=seconds, additivity=additivity,
                     samples=(samples_before, samples_after))
+    from reports.prune_summary import print_summary
+
     print_summary(cfg, report, macs, seconds, additivity, run)
     return run
 
@@ -202,57 +215,14 @@ def _write_files(cfg: PruneConfig, run: Path, model, report, *, info: dict, macs
         plot_additivity(additivity, run / "additivity.png")
 
 
-def print_summary(cfg: PruneConfig, report, macs: dict, seconds: float, additivity: dict | None, run: Path) -> None:
-    from metrics.macs import format_count
-    from reports.widths import stage_summary
-
-    timing = ", ".join(f"{k} {v:.2f}s" for k, v in report.seconds.items())
-    q = shlex.quote  # the printed commands run as pasted, also for paths with spaces or quotes
-    root = root_teacher(cfg.model) or cfg.model  # the next commands compare with the ROOT teacher (models/lineage.py)
-    pruned, model_arg = q(str(run / "pruned.pt")), q(os.path.relpath(root) if Path(root).exists() else root)  # short
-    fine_tune = (f"python train.py --model {pruned} --steps 1000 --lr 5e-4 --loss-reduction mean --ema-decay 0.999 "
-                 f"--batch-size 32")
-    listing = ", ".join(sorted(p.name for p in run.iterdir() if not p.name.startswith(".")))
-    if cfg.pipeline == "layer":
-        from pruning.layers.additivity import format_report
-
-        print(report.table())
-        if additivity is not None:
-            print("\nadditivity: measured output loss L(S) of random unit subsets against the summed single-unit scores")
-            print(format_report(additivity))
-        print(f"time: {seconds:.1f}s in all ({timing})\n\nwrote {run}/: {listing}")
-        print(f"\nnext:\n  {fine_tune} --distill feature-normalized --teacher {model_arg}")
-        return
-    print(stage_summary(report.widths_before, report.widths_after) + f"\n(every layer: {run / 'widths.txt'})")
-    f = format_count
-    print(f"\n#params {f(report.params_before)} -> {f(report.params_after)}   MACs (paper convention) "
-          f"{f(macs['macs_paper_before'])} -> {f(macs['macs_paper_after'])}   MACs (+attention matmuls) "
-          f"{f(macs['macs_full_before'])} -> {f(macs['macs_full_after'])}")
-    if report.target is not None:
-        tg = report.target
-        print(f"target: remove {tg['target']:.1%} of the {tg['kind']} -> ratio {tg['ratio']:.4f} removes {tg['achieved']:.2%}")
-        if abs(tg["achieved"] - tg["target"]) > 0.01:
-            print("  (the local rule applies one ratio to every group and GroupNorm blocks make its widths coarse; "
-                  "--scope global reaches a target to within a percentage point)")
-    if report.timesteps is not None:
-        ts = report.timesteps
-        stop = ts.stop_reason  # the threshold, or the --max-timesteps cap (pruning/importance.py)
-        print(f"gradient over {len(ts.kept)} timesteps (t = 0..{ts.kept[-1] if ts.kept else '-'}; thr {ts.thr}, {stop}) "
-              f"of a batch of {cfg.spec.batch_size} images")
-    print(f"time: {seconds:.1f}s in all ({timing})")
-    print(f"\nwrote {run}/: {listing}")
-    print(f"\nnext:\n  {fine_tune}     # fine-tune (the teacher's recipe, under 10% of its steps)")
-    print(f"  python evaluate.py {model_arg} {pruned} --reference {model_arg}     # compare with the original")
-    print(f"  python prune.py --replay {q(str(run))}     # the same pruned weights again, in a new folder")
-    print(f"  python -m benchmarks.side_by_side {model_arg} {pruned} --labels teacher pruned     # same-noise grid")
-
-
 def build_parser() -> argparse.ArgumentParser:
     from data import DATASETS
     from diffusion.schedule import DiffusionConfig
     from models.ddpm.config import PRESETS
     from pruning.layers.criteria import DEFAULT_CALIB_SIZE, LAYER_CRITERIA
+    from pruning.layers.bksdm import ARCHITECTURES
     from pruning.layers.knapsack import SOLVERS
+    from pruning.layers.sd import GRANULARITIES
 
     d = PruneConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -291,7 +261,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="softmax scale after pruning: from the pruned head width, or the dense one "
                         "[default: the model's own setting]")
     p.add_argument("--ignored", nargs="*", default=None, help="module paths whose output channels are kept")
-    cli.add_data_flags(p, DATASETS, default=d.data, help="the gradient batch's data")
+    cli.add_data_flags(p, DATASETS, default=d.data, help="the gradient batch's data (pipelines: shapes = the "
+                       "captioned shapes, folder = images with sibling .txt captions or --prompts)")
+    p.add_argument("--prompts", default=None, help="text-to-image pipelines: a captions file, line i for image i of "
+                   "--data folder; also the grids' prompts (reports/pipeline_prune.py)")
+    p.add_argument("--recipe", choices=RECIPES, default=None, help="ldm-script: Diff-Pruning's LDM script (x0 "
+                   "sampled by the pipeline itself, gradient methods; pruning/spec.py) [default: none]")
+    p.add_argument("--x0-steps", type=cli.positive_int, default=None, help="ldm-script: DDIM steps of the x0 [default: 20]")
+    p.add_argument("--x0-guidance", type=float, default=None, help="ldm-script: their guidance scale [default: 3.0]")
     p.add_argument("--batch-size", type=cli.positive_int, default=None,
                    help=f"images of the ONE gradient batch of the gradient methods (taylor, taylor-first-order, "
                         f"diff-pruning; layer: --criterion taylor). The paper's code uses 128 CIFAR-10 images "
@@ -323,6 +300,10 @@ def build_parser() -> argparse.ArgumentParser:
     layer.add_argument("--solver", choices=SOLVERS, default=None,
                        help="knapsack (exact, minimum summed score), greedy by score per cost, ranked by score, or "
                             "exhaustive (measured L(S), <= 20 units) [default: knapsack; ranked for handcrafted]")
+    layer.add_argument("--granularity", choices=GRANULARITIES, default=None, help="SD U-Nets: an attention unit is a "
+                       "whole Transformer2D or each transformer block [default: transformer]")
+    layer.add_argument("--architecture", choices=tuple(ARCHITECTURES), default=None, help="--criterion handcrafted "
+                       "of an SD-v1 U-Net: BK-SDM's fixed architecture instead of a target")
     layer.add_argument("--calib-size", type=cli.positive_int, default=None,
                        help=f"calibration triples (x0, t, eps) of output-loss, the exhaustive solver and the additivity "
                             f"report [default: {DEFAULT_CALIB_SIZE}]")

@@ -1,0 +1,218 @@
+"""The data of a pipeline pruning: the calibration / gradient batch of an SD-family U-Net and the grids' prompts.
+
+prune.py prunes the U-Net of a latent text-to-image pipeline (a pipeline folder, a hub name) and keeps its frozen
+parts (VAE, text encoder(s), tokenizer, scheduler) unchanged. Channel pruning's gradient methods and layer
+pruning's criteria read the loss the U-Net was trained with, latent diffusion's conditional L_LDM (Rombach et al.
+2022, arXiv 2112.10752, eq. 3):
+
+    L_t = E_b || eps_b - eps_theta(sqrt(abar_t) z0_b + sqrt(1 - abar_t) eps_b, t, tau(y_b)) ||^2
+
+so the batch is pairs (z0_b, tau(y_b)): VAE latents of captioned training images and their caption embeddings,
+abar_t the pipeline's own training schedule (scheduler/scheduler_config.json). The pairs come from
+
+    --data shapes      (default) the captioned shapes' train split, as train.py's latent family reads them
+                       (training/latent.py: the same rendered images, the same cached VAE posterior, one of
+                       data.captions' paraphrases per image); at the U-Net's own pixel size when it is not 32 px
+    --data folder      an image folder (--data-root): each image's caption from a sibling .txt file (the
+                       img2dataset layout 00000.jpg + 00000.txt) or, with --prompts FILE, line i for image i
+                       (images in sorted path order, data/image_folder.py)
+
+z0 = s * (mu + sigma * n) is one draw of the VAE posterior q(z|x) (n from the spec's seed), s the VAE's scaling
+factor. SDXL's extra inputs (pooled text embedding, time ids at the U-Net's pixel size) come with the captions
+(``pruning/layers/sd.py`` prompt_conditions). A pipeline without a text encoder (class-conditional LDMs) has no
+caption to condition on: its gradient methods take self-sampled latents (``recipe="ldm-script"``,
+``pruning/self_sampled.py``), and data-free methods (random, magnitude) need nothing.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from common.cli import UserError
+from data.captions import NUM_VARIANTS, caption
+from data.rendered import rendered_split, to_minus_one_one
+from pruning.conditional import ConditionalBatch
+from pruning.layers.spec import LayerPruning
+from pruning.spec import ChannelPruning
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPES_PROMPTS = REPO / "data" / "prompts" / "shapes_heldout.txt"  # the shapes world's held-out captions
+# The grids of a pipeline that was not calibrated on the shapes: a few fixed, varied prompts.
+FIXED_PROMPTS = ("a photograph of an astronaut riding a horse", "a red apple on a wooden table",
+                 "a lighthouse on a rocky coast at sunset", "a bowl of ramen, oil painting",
+                 "a cat sleeping on a sofa", "a city street at night in the rain",
+                 "a watercolor painting of a mountain lake", "a close-up photo of a sunflower")
+ENCODE_BATCH = 16  # images per VAE encode (memory only)
+
+
+def images_needed(spec: ChannelPruning | LayerPruning) -> int:
+    """How many (latent, caption) pairs the spec reads: a layer spec's calibration set / taylor batch, a channel
+    gradient method's ONE batch; none for the data-free methods, a fixed architecture or a self-sampled x0."""
+    if isinstance(spec, LayerPruning):
+        return 0 if spec.architecture is not None else spec.needs_images
+    return spec.batch_size if spec.gradient and spec.recipe is None else 0
+
+
+def check_source(*, data: str, data_root: str | None, prompts: str | None) -> None:
+    """One-line errors about the calibration source, before any weight is read: data the pipeline path reads,
+    an existing, non-empty prompts file."""
+    from metrics.t2i_evaluation import read_prompts
+
+    if data not in ("shapes", "folder"):
+        raise UserError(f"--data {data}: a text-to-image pipeline is calibrated on captioned images: shapes (the "
+                        "captioned shapes) or folder (--data-root with captions)")
+    if data == "folder" and not data_root:
+        raise UserError("--data folder needs --data-root: the folder of captioned images")
+    if prompts is not None:
+        read_prompts(prompts)  # an empty or missing file fails here, naming it
+
+
+def check_pipeline(pipe, spec: ChannelPruning | LayerPruning, source: str) -> None:
+    """The loaded pipeline can be pruned as asked: a text pipeline for captioned data; a pipeline without text
+    only with data-free methods or the self-sampled recipe."""
+    if pipe.has_text or not images_needed(spec):
+        return
+    raise UserError(f"--model {source}: the {pipe.kind} pipeline has no text encoder, so captioned images cannot "
+                    "condition it; use a data-free method (random, magnitude), or --recipe ldm-script for the "
+                    "gradient methods (self-sampled latents)")
+
+
+def _folder_pairs(root: str, prompts: str | None) -> tuple[list[Path], list[str]]:
+    """(image files in sorted order, their captions): sibling .txt files, or the prompts file's lines."""
+    from data.image_folder import list_images
+    from metrics.t2i_evaluation import read_prompts
+
+    try:
+        files = list_images(root)
+    except FileNotFoundError as e:
+        raise UserError(f"--data-root {root}: {e}") from None
+    if not files:
+        raise UserError(f"--data-root {root}: no image files")
+    if prompts is not None:
+        captions = read_prompts(prompts)
+        if len(captions) != len(files):
+            raise UserError(f"--prompts {prompts}: {len(captions)} captions for the {len(files)} images of "
+                            f"{root}; give one caption per image, line i for the i-th image in sorted path order")
+        return files, captions
+    missing = [f.name for f in files if not f.with_suffix(".txt").is_file()]
+    if missing:
+        raise UserError(f"--data-root {root}: no caption file {Path(missing[0]).with_suffix('.txt')} (and "
+                        f"{len(missing) - 1} more); give --prompts FILE (one caption per image) instead")
+    return files, [f.with_suffix(".txt").read_text(encoding="utf-8").strip() for f in files]
+
+
+@torch.no_grad()
+def _encode(vae, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """Images (N, 3, H, W) in [-1, 1] -> z0 = s * (mu + sigma * n), one posterior draw each, float32 on CPU."""
+    p = next(vae.parameters())
+    out = []
+    for batch in images.split(ENCODE_BATCH):
+        q = vae.encode(batch.to(p.device, p.dtype))
+        n = torch.randn(q.mean.shape, generator=generator)
+        out.append(q.mean.float().cpu() + q.std.float().cpu() * n)
+    return float(vae.config.scaling_factor) * torch.cat(out)
+
+
+def calibration_pairs(pipe, count: int, *, data: str, data_root: str | None, prompts: str | None, seed: int,
+                      cache_dir: Path) -> tuple[torch.Tensor, list[str], dict[str, Any]]:
+    """``count`` (z0, caption) pairs (module docstring): latents (count, C, h, w) float32 on CPU, the captions,
+    and a JSON record of where they came from. Drawn from ``seed``: which images, the paraphrase, the posterior
+    noise."""
+    from training.latent import TRAIN_IMAGES, cached_posterior, parts_checksum
+
+    unet = pipe.unet.config
+    side = unet.sample_size[0] if isinstance(unet.sample_size, (tuple, list)) else unet.sample_size
+    px = int(side) * pipe.vae_scale
+    g = torch.Generator().manual_seed(seed)
+    if data == "folder":
+        from data.image_folder import ImageFolder
+
+        files, captions = _folder_pairs(data_root, prompts)
+        if len(files) < count:
+            raise UserError(f"--data-root {data_root}: the run needs {count} captioned images, the folder has "
+                            f"{len(files)}")
+        idx = torch.randperm(len(files), generator=g)[:count].tolist()
+        folder = ImageFolder(data_root, image_size=px)
+        x = torch.stack([folder[i] for i in idx])
+        return _encode(pipe.vae, x, g), [captions[i] for i in idx], {"data": "folder", "root": data_root,
+                                                                       "files": [files[i].name for i in idx]}
+    n_train = max(TRAIN_IMAGES, count)
+    idx = torch.randperm(n_train, generator=g)[:count]
+    variant = torch.randint(NUM_VARIANTS, (count,), generator=g)
+    if px == 32:  # the shapes' own resolution: train.py's cached posterior of the train split
+        parts = {"vae": pipe.vae, "text_encoder": pipe.text_encoder}
+        mean, std, attrs = cached_posterior(pipe.vae, count=n_train, seed=0, cache_dir=cache_dir,
+                                            key=parts_checksum(parts))
+        n = torch.randn((count, *mean.shape[1:]), generator=g)
+        z0 = float(pipe.vae.config.scaling_factor) * (mean[idx] + std[idx] * n)
+    else:  # another pixel size: the same images rendered at it, encoded now
+        images, attrs = rendered_split("train", n_train, image_size=px, seed=0, cache_dir=cache_dir)
+        z0 = _encode(pipe.vae, to_minus_one_one(images[idx.numpy()]), g)
+    captions = [caption(attrs[int(i)], int(v)) for i, v in zip(idx, variant)]
+    return z0, captions, {"data": "shapes", "split": "train", "pixels": px, "indices": idx.tolist()}
+
+
+def calibration(pipe, spec: ChannelPruning | LayerPruning, *, data: str, data_root: str | None,
+                prompts: str | None, cache_dir: Path, device: str) -> tuple[torch.Tensor | None, dict | None, dict]:
+    """(latents on ``device``, their U-Net keyword inputs {"encoder_hidden_states", ...}, record) of the spec's
+    batch; (None, None, {}) when the spec reads no data."""
+    from pruning.layers.sd import map_tensors, prompt_conditions
+
+    count = images_needed(spec)
+    if not count:
+        return None, None, {}
+    z0, captions, record = calibration_pairs(pipe, count, data=data, data_root=data_root, prompts=prompts,
+                                             seed=spec.seed, cache_dir=cache_dir)
+    cond = prompt_conditions(pipe, captions)  # SDXL: both towers, pooled embedding and time ids
+    record = {**record, "count": count, "captions": captions[:8]}
+    return z0.to(device), map_tensors(cond, lambda v: v.to(device)), record
+
+
+def gradient_batch(latents: torch.Tensor, cond: dict) -> ConditionalBatch:
+    """The ConditionalBatch of channel pruning's gradient methods (``pruning/conditional.py``)."""
+    return ConditionalBatch(x0=latents, encoder_hidden_states=cond.get("encoder_hidden_states"),
+                            class_labels=cond.get("class_labels"), added_cond_kwargs=cond.get("added_cond_kwargs"))
+
+
+def self_sampled(pipe, spec: ChannelPruning, *, data: str, prompts: str | None) -> tuple[ConditionalBatch, dict]:
+    """recipe "ldm-script": x0 the pipeline samples itself (``pruning/self_sampled.py``); a text pipeline draws
+    its captions from --prompts, else from the shapes' held-out captions (data shapes)."""
+    from metrics.t2i_evaluation import read_prompts
+    from pruning.self_sampled import self_sampled_batch
+
+    captions = None
+    if pipe.has_text:
+        captions = read_prompts(str(prompts or SHAPES_PROMPTS)) if (prompts or data == "shapes") else None
+        if captions is None:
+            raise UserError("--recipe ldm-script: a text pipeline samples its x0 from captions; give --prompts FILE")
+    return self_sampled_batch(pipe, spec, prompts=captions, progress=True)
+
+
+def grid_prompts(data: str, prompts: str | None, count: int) -> list[str]:
+    """The sample grids' prompts: the first ``count`` held-out shapes captions for the shapes world, else the
+    calibration prompts file's first lines, else ``FIXED_PROMPTS`` (cycled to ``count``)."""
+    from metrics.t2i_evaluation import read_prompts
+
+    pool: Sequence[str] = read_prompts(str(SHAPES_PROMPTS if data == "shapes" else prompts)) \
+        if data == "shapes" or prompts else FIXED_PROMPTS
+    return [pool[i % len(pool)] for i in range(count)]
+
+
+def sample_grid(pipe, unet: torch.nn.Module, prompts: list[str], *, steps: int, seed: int) -> torch.Tensor:
+    """One image per prompt from ``unet`` in ``pipe`` (its scheduler and guidance default), the same initial noise
+    for every U-Net (sample index i, ``seed``): (N, 3, H, W) in [-1, 1]."""
+    import dataclasses
+
+    from models.pipelines.text_to_image import Request, generate
+
+    request = Request(steps=steps, seed=seed, batch_size=8)
+    return generate(dataclasses.replace(pipe, unet=unet.eval()), request, indices=range(len(prompts)),
+                    prompts=prompts if pipe.has_text else None) * 2 - 1
+
+
+def pipeline_name(source: str | os.PathLike) -> str:
+    """A short name for the run folder: the folder's or hub repo's last component."""
+    return Path(str(source).rstrip("/")).name or "pipeline"
