@@ -43,15 +43,14 @@ from diffusion.ddpm import HeldOutLoss, sample_timesteps
 from models.checkpoint import environment, save_checkpoint
 from models.ddpm.config import PRESETS
 from models.ddpm.unet import count_parameters
-from models.lineage import default_reference
 from models.loading import load_with_info
 from models.runtime import Runner, RuntimeOptions
-from training.distill import MODES as DISTILL_MODES, build_distiller
+from training.distill import MODES as DISTILL_MODES
 from training.families import make_family, model_from_config
 from training.latent import build_latent_model, is_latent_model
-from training.recipe import (OPTIMIZERS, BatchOrder, Run, TrainConfig, TrainState, distill_lambdas,
-                             first_non_finite, lr_at, release_finished, report_heldout, validate, write_release)
+from training.recipe import (OPTIMIZERS, BatchOrder, Run, TrainConfig, TrainState, first_non_finite, lr_at, release_finished, report_heldout, validate, write_release)
 from training.resume import open_resume
+from training.teacher import build_train_distiller, default_teacher
 from training.scalar_log import ScalarLog
 
 
@@ -83,8 +82,7 @@ def build_state(cfg: TrainConfig, ckpt: dict | None, resume: str | None, device:
         model, origin, parts = build_model(cfg)
     model.to(device).train()
     # The teacher is loaded and checked against the student's architecture before any training work.
-    distiller = build_distiller(cfg.distill, cfg.teacher, model, lambdas=distill_lambdas(cfg), seed=cfg.seed,
-                                device=device)
+    distiller = build_train_distiller(cfg, model, parts, device)  # DDPM: training/distill.py; latent: LatentKD
     params = list(model.parameters()) + ([] if distiller is None else list(distiller.parameters()))  # + 1x1 taps
     ema = EMA(model, cfg.ema_decay, warmup=cfg.ema_warmup)
     opt = OPTIMIZERS[cfg.optimizer](params, lr=cfg.lr, betas=(0.9, 0.999), eps=1e-8, weight_decay=cfg.weight_decay)
@@ -110,7 +108,7 @@ def train_step(state: TrainState, forward: Runner, family, x0: torch.Tensor, con
     if state.distiller is None:
         loss, terms = family.loss(forward, x0, t, eps, cond), {}
     else:  # task + KD terms (training/distill.py); every term is logged on its own
-        loss, terms = state.distiller(forward, state.model, family.schedule, x0, t, eps)
+        loss, terms = state.distiller(forward, state.model, family.schedule, x0, t, eps, *([cond] if cond else []))
     state.opt.zero_grad(set_to_none=True)
     loss.backward()
     if state.distiller is not None and ctx.enabled:
@@ -344,7 +342,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
                     f"cannot be changed (fine-tune its model.pt as a new run with --model instead)")
         return TrainConfig(steps=args.get("steps"), device=args.get("device", d.device)), resume
     if args.get("distill", d.distill) != "none" and not args.get("teacher") and args.get("model"):
-        args["teacher"] = default_reference([args["model"]])  # a pruned model's root teacher (models/lineage.py)
+        args["teacher"] = default_teacher(args["model"])  # a pruned model's root teacher, a pruned pipeline's source
     return TrainConfig(**args), None
 
 

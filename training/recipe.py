@@ -99,17 +99,22 @@ def validate(cfg: TrainConfig) -> None:
     need(0.0 <= cfg.caption_dropout < 1.0, "caption-dropout", "in [0, 1)", cfg.caption_dropout)
     from training.latent import is_latent_model
 
-    if is_latent_model(cfg.model):  # training/latent.py: captioned shapes as cached latents, no flips, no KD yet
+    if is_latent_model(cfg.model):  # training/latent.py: captioned shapes as cached latents, no flips
         need(cfg.data == "shapes", "data", "shapes (the captioned shapes) for a latent text-to-image model", cfg.data)
         need(not cfg.random_flip, "random-flip", "off for a latent model (cached latents are not flipped)",
              cfg.random_flip)
-        need(cfg.distill == "none", "distill", "none for a latent model (not supported by train.py yet)", cfg.distill)
+        need(cfg.distill == "none" or cfg.loss_reduction in (None, "mean"), "loss-reduction", "mean with --distill "
+             "for a latent model (training/distill_latent.py's MSEs are means)", cfg.loss_reduction)
     need(cfg.data in DATASETS, "data", f"one of {DATASETS}", cfg.data)
     need(cfg.dropout is None or 0.0 <= cfg.dropout < 1.0, "dropout", "in [0, 1)", cfg.dropout)
     try:
         check_distill_arguments(cfg.distill, cfg.teacher, distill_lambdas(cfg))
     except ValueError as e:
         raise UserError(str(e)) from None
+    if cfg.distill != "none":  # a DDPM student with an SD teacher or the reverse: before anything is loaded
+        from training.teacher import check_families
+
+        check_families(cfg.model, cfg.teacher)
 
 
 def distill_lambdas(cfg: TrainConfig) -> dict[str, float | None]:
