@@ -19,18 +19,10 @@ import train
 RECIPES = Path(__file__).resolve().parents[1] / "docs" / "RECIPES.md"
 TITLE = "# Reproducing the papers at full scale (GPU)"
 PARSERS = {"prune.py": prune.parse_args, "train.py": train.parse_args, "evaluate.py": evaluate.parse_args}
-# What each script writes into its numbered run folder (tests/test_*_script.py check the scripts do).
-WRITES = {"prune.py": "runs/prune/NNNNN-*/pruned.pt", "train.py": "runs/train/NNNNN-*/model.pt"}
-# Spellings the "Stable Diffusion at full scale" commands use before the scripts have them: (flag, its
-# value or None for any, the tokens that stand in for flag and value in the check, what is pending). A pending
-# spelling must still be rejected (so the list shrinks as the scripts learn them: the test names the entry to
-# remove), and the command must parse with the stand-ins.
-PENDING = [
-    ("--data", "captioned", ["--data", "folder"], "a captioned image folder dataset (images + metadata.csv)"),
-    ("--granularity", None, [], "prune.py --granularity (LayerPruning.granularity)"),
-    ("--architecture", None, ["--target-params", "0.43882"], "prune.py --architecture (LayerPruning.architecture)"),
-    ("--recipe", None, [], "prune.py --recipe (ChannelPruning.recipe)"),
-]
+# What each script writes into its numbered run folder (tests/test_*_script.py check the scripts do): a DDPM
+# checkpoint, or for an SD-family pipeline the pipeline folder RUN/pipeline (tests/test_prune_pipeline.py).
+WRITES = {"prune.py": ("runs/prune/NNNNN-*/pruned.pt", "runs/prune/NNNNN-*/pipeline"),
+          "train.py": ("runs/train/NNNNN-*/model.pt", "runs/train/NNNNN-*/pipeline")}
 
 
 def recipe_commands() -> list[str]:
@@ -60,30 +52,6 @@ def check_python_snippet(code: str) -> list[str]:
             "export_png" and len(c.args) == 2 and isinstance(c.args[1], ast.Constant)]
 
 
-def pending_in(args: list[str]) -> list[tuple[int, tuple]]:
-    """(index of the flag, PENDING entry) for every pending spelling in ``args``."""
-    return [(i, entry) for i, a in enumerate(args[:-1]) for entry in PENDING
-            if a == entry[0] and entry[1] in (None, args[i + 1])]
-
-
-def check_pending(parse, args: list[str], line: str) -> list[str]:
-    """``args`` with every pending spelling replaced by its stand-in (or dropped), after checking that the
-    script still rejects it: a spelling the script has learnt must leave PENDING."""
-    found = pending_in(args)
-    if not found:
-        return args
-    try:
-        parse(args)
-    except SystemExit:
-        pass
-    else:
-        pytest.fail(f"the script now takes {[e[0] for _, e in found]}: remove them from PENDING ({line})")
-    out = list(args)
-    for i, (_, _, stand_in, _) in sorted(found, key=lambda f: f[0], reverse=True):
-        out[i:i + 2] = stand_in
-    return out
-
-
 def test_full_scale_sd_section_has_both_runs_and_their_sizes():
     text = RECIPES.read_text()
     section = text[text.index("## Stable Diffusion at full scale"):]
@@ -91,7 +59,8 @@ def test_full_scale_sd_section_has_both_runs_and_their_sizes():
     for needle in ("--model stable-diffusion-v1-5/stable-diffusion-v1-5 --method layer --criterion output-loss "
                    "--target-params 0.43882", "--model stabilityai/stable-diffusion-xl-base-1.0 --method layer",
                    "--target-params 0.5 --granularity block", "--distill feature-normalized", "--pickscore",
-                   "--prompts data/coco30k.txt", "--architecture bk-sdm-small", "--recipe ldm-script"):
+                   "--prompts data/coco30k.txt", "--architecture bk-sdm-small", "--recipe ldm-script",
+                   "--model runs/prune/NNNNN-*/pipeline --teacher", "--model runs/train/NNNNN-*/pipeline --prompts"):
         assert needle in joined, needle
     assert "unmeasured (no GPU was lent)" in section
     # the fraction reaches BK-SDM-Small's size: at least 859,520,964 - 482,346,884 parameters removed
@@ -114,7 +83,6 @@ def test_every_recipe_command_parses_and_reads_only_what_an_earlier_step_wrote(c
         args = argv[argv.index(script) + 1:]
         # --device cuda is checked against this machine's torch build; the recipe's machine has a GPU.
         args = ["cpu" if i and args[i - 1] == "--device" else a for i, a in enumerate(args)]
-        args = check_pending(PARSERS[script], args, line)
         try:
             PARSERS[script](args)
         except SystemExit as e:
@@ -129,4 +97,4 @@ def test_every_recipe_command_parses_and_reads_only_what_an_earlier_step_wrote(c
             stats = args[args.index("--fid-stats") + 1]
             assert stats in written, f"{stats} is read before any step writes it: {line}"
         if script in WRITES:
-            written.add(WRITES[script])
+            written.update(WRITES[script])

@@ -149,7 +149,6 @@ def test_readme_commands_parse():
 
     import generate
     import prune
-    from test_readme_recipe import check_pending
     text = "\n".join(p.read_text() for p in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))])
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", text, re.S):
@@ -168,10 +167,7 @@ def test_readme_commands_parse():
         if "--replay" in tokens:  # reads the run folder's spec.json while parsing: checked for the flag only
             assert "--replay" in {s for a in scripts[script].build_parser()._actions for s in a.option_strings}
             continue
-        args = tokens[tokens.index(script) + 1:]
-        # spellings the full-scale SD recipe uses before the scripts have them (test_readme_recipe.PENDING)
-        args = check_pending(scripts[script].parse_args, args, command)
-        scripts[script].parse_args(args)  # SystemExit fails the test
+        scripts[script].parse_args(tokens[tokens.index(script) + 1:])  # SystemExit fails the test
         checked += 1
     assert checked >= 8
 
