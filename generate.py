@@ -1,5 +1,6 @@
 """Generate images from a prompt (or a class label) with a latent diffusion pipeline, original or pruned.
 
+    python generate.py --prompt "two red discs and a blue square on a green-to-yellow background"   # embedded
     python generate.py --model stable-diffusion-v1-5/stable-diffusion-v1-5 --prompt "a red circle on grey"
     python generate.py --model sd15/ --prompt "..." --negative-prompt "blurry" --guidance 7.5 --steps 25 \\
                        --scheduler dpmpp_2m --num-images 4 --seed 0
@@ -30,7 +31,7 @@ import torch
 from PIL import Image
 
 from common import cli
-from common.defaults import RUNS_DIR
+from common.defaults import RUNS_DIR, T2I_PIPELINE
 from common.images import save_grid
 from common.runs import atomic_path, new_run_dir, write_json
 from diffusion.guidance import check_guidance_scale
@@ -139,7 +140,9 @@ def main(cfg: GenerateConfig) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     d = GenerateConfig(model="")
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", required=True, help="pipeline folder, hub name, or SD-v1.x single file")
+    p.add_argument("--model", default=str(T2I_PIPELINE),
+                   help="pipeline folder, hub name, or SD-v1.x single file [default: the embedded text-to-image "
+                        "pipeline, checkpoints/t2i_shapes]")
     p.add_argument("--prompt", default=d.prompt, help="the text prompt (pipelines with a text encoder)")
     p.add_argument("--negative-prompt", default=None, help="the unconditional text of classifier-free guidance")
     p.add_argument("--guidance", type=cli.finite_float, default=None,

@@ -74,12 +74,15 @@ def ship(run_pipeline: Path, folder: Path) -> None:
     write_text(folder / "model_index.json", json.dumps(index, indent=2))
 
 
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--folder", type=Path, default=FOLDER)
     p.add_argument("--parts", action="store_true", help="write text_encoder/ and scheduler/")
     p.add_argument("--ship", type=Path, help="a run's pipeline folder: copy its unet/ and model_index.json")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(args: argparse.Namespace) -> None:
     if args.parts:
         print(f"[make_t2i_pipeline] wrote {write_parts(args.folder) or 'nothing (all parts exist)'}")
     if args.ship:
@@ -88,4 +91,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    import sys
+
+    from common import cli
+
+    sys.exit(cli.run(main, parse_args))

@@ -6,6 +6,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # The tiny U-Net trained on the procedural shapes data (README: "The tiny teacher").
 TEACHER_CHECKPOINT = REPO_ROOT / "checkpoints" / "tiny_shapes.pt"
+# The embedded text-to-image pipeline (README: "The embedded text-to-image teacher"): generate.py's default.
+T2I_PIPELINE = REPO_ROOT / "checkpoints" / "t2i_shapes"
 RUNS_DIR = Path("runs")
 
 
