@@ -47,7 +47,7 @@ from models.loading import load_with_info
 from models.runtime import Runner, RuntimeOptions
 from training.distill import MODES as DISTILL_MODES
 from training.families import make_family, model_from_config
-from training.latent import build_latent_model, is_latent_model
+from training.latent import build_latent_model, is_latent_model, release_checkpoint
 from training.recipe import (OPTIMIZERS, BatchOrder, Run, TrainConfig, TrainState, first_non_finite, lr_at, release_finished, report_heldout, validate, write_release)
 from training.resume import open_resume
 from training.teacher import build_train_distiller, default_teacher
@@ -187,6 +187,8 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
         cfg, ckpt, run_dir = open_resume(cfg, resume, ctx, locks)
         if cfg.steps == int(ckpt["train_state"]["step"]):  # at its total: the release file, or "finished"
             print(f"[train] {release_finished(run_dir, ckpt, cfg)}")
+            if is_latent_model(cfg.model) and ctx.is_main and not (run_dir / "pipeline").exists():
+                print(f"[train] wrote {release_checkpoint(run_dir, ckpt, cfg.model)} from the same checkpoint")
             return run_dir
     elif cfg.steps is None:
         raise UserError("--steps is required (the total number of steps) unless resuming")

@@ -115,3 +115,19 @@ def test_resume_refuses_changed_frozen_parts(tmp_path, pipe_folder):
     save_file(state, weights)
     with pytest.raises(UserError, match="frozen VAE / text encoder .* changed"):
         train.main(train.TrainConfig(steps=4), resume=str(run))
+
+
+def test_a_run_stopped_at_a_checkpoint_releases_its_pipeline_on_resume(tmp_path, pipe_folder):
+    """A run killed after its step-2 checkpoint, resumed with --steps 2, writes model.pt and RUN/pipeline from it."""
+    import shutil
+
+    from models.pipelines import load_latent
+
+    run = train.main(config(tmp_path, pipe_folder, steps=2))
+    (run / "model.pt").unlink()
+    shutil.rmtree(run / "pipeline")  # as if killed between the checkpoint and the release
+    assert train.main(train.TrainConfig(steps=2), resume=str(run)) == run
+    ema = read_checkpoint(run / "checkpoints" / "latest.pt")["ema_state_dict"]
+    pipe = load_latent(run / "pipeline")
+    assert all(torch.equal(v, ema[k]) for k, v in pipe.unet.state_dict().items())
+    assert read_checkpoint(run / "model.pt")["meta"]["steps"] == 2

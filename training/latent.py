@@ -200,3 +200,20 @@ class LatentFamily:
         return {"family": "latent", "frozen_parts": self.pipe.source, "parts_checksum": self.checksum,
                 "latent_shape": list(self.shape), "scaling_factor": self.scale, "train_images": len(self),
                 "schedule": dataclasses.asdict(self.schedule.config), "caption_dropout": self.caption_dropout}
+
+
+def release_checkpoint(run_dir: Path, ckpt: dict[str, Any], model: str) -> Path:
+    """RUN/pipeline from a checkpoint's EMA U-Net, for a run that ends at a checkpoint without a release (stopped,
+    then resumed with ``--steps`` equal to the step it reached): the same folder the loop's release writes."""
+    from models.sd.config import UNetConditionConfig
+    from models.pipelines.save import save_pipeline
+
+    _, _, parts = build_latent_model(model, 0)
+    if ckpt["meta"].get("family", {}).get("parts_checksum") != parts_checksum(parts):
+        raise UserError(f"{run_dir}: the frozen VAE / text encoder of {model} changed since the run started; "
+                        "its pipeline folder is not written with other parts")
+    unet = UNet2DConditionModel(UNetConditionConfig.from_dict(ckpt["model_config"]))
+    unet.load_state_dict(ckpt["ema_state_dict"])
+    pipe = Pipeline(kind="sd1", unet=unet.eval(), vae=parts["vae"], scheduler=parts["scheduler"],
+                    text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], source=parts["source"])
+    return save_pipeline(pipe, Path(run_dir) / "pipeline")
