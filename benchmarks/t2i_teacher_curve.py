@@ -68,6 +68,15 @@ def pipeline_at(run: Path, ckpt_path: Path):
     return pipe, int(ckpt["train_state"]["step"])
 
 
+def step_name(path: Path) -> str:
+    """step_NNNNNNN of a checkpoint (a kept one by its name, latest.pt by its train_state)."""
+    if path.stem != "latest":
+        return path.stem
+    from models.checkpoint import read_checkpoint
+
+    return f"step_{int(read_checkpoint(path)['train_state']['step']):07d}"
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -108,10 +117,13 @@ def main(args: argparse.Namespace) -> dict:
     ckpts = sorted((run / "checkpoints").glob("step_*.pt"))
     if not ckpts:
         raise cli.UserError(f"{run}/checkpoints has no step_*.pt (train with --keep-every)")
+    last = run / "checkpoints" / "latest.pt"
+    if args.with_latest and last.is_file() and not (run / "checkpoints" / f"{step_name(last)}.pt").is_file():
+        ckpts.append(last)  # the run's last checkpoint too, when it is not a kept one (stopped between them)
     metrics, clip = ShapesMetrics.build(len(prompts)), load_clip_scorer("shapes")
     t0 = time.time()
     for path in ckpts:
-        key = f"{path.stem}@{args.guidance:g}"
+        key = f"{step_name(path)}@{args.guidance:g}"
         if key in done:
             continue
         pipe, step = pipeline_at(run, path)
@@ -131,7 +143,7 @@ def main(args: argparse.Namespace) -> dict:
               "train_config": json.loads((run / "config.json").read_text())["train"]}
     out = Path(args.out)
     write_text(out, json.dumps(record, indent=1))
-    lines = [f"# The embedded text-to-image teacher's curve\n", f"`{record['command']}`; {record['prompts']}, guidance "
+    lines = ["# The embedded text-to-image teacher's curve\n", f"`{record['command']}`; {record['prompts']}, guidance "
              f"{args.guidance:g}, {record['sampler']}, one sample per prompt.\n",
              "| step | attr. all | count | kinds | colours | background | pairs | CLIP-shapes | FD-shapes | s/image |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -158,6 +170,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--seed", type=cli.nonnegative_int, default=0, help="[0]")
     p.add_argument("--batch-size", type=cli.positive_int, default=32, help="[32]")
     p.add_argument("--threads", type=cli.positive_int, default=1, help="[1]")
+    p.add_argument("--with-latest", action="store_true", help="also measure checkpoints/latest.pt")
     p.add_argument("--out", default=str(RESULTS / "t2i_teacher_curve.json"))
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
