@@ -1,0 +1,180 @@
+"""The relative-drop tables and per-claim verdicts of benchmarks/reproduce_t2i.py, from its saved cells.
+
+LAPTOP-Diff (Zhang et al. 2024, arXiv 2404.11098) reports a pruned model by how far it falls from its dense
+teacher: "a 4.0% decline in PickScore at a pruning ratio of 50%", against 8.2% for the best other method. Here
+every metric of a cell gets that number against the teacher measured by the same protocol:
+
+    drop = (teacher - student) / teacher    attribute accuracy (all, per attribute), CLIP-shapes score
+    drop = (student - teacher) / teacher    FD-shapes, KID-shapes (lower is better: a rise is the drop)
+
+so a positive drop is always a loss of quality, and a row is its drops' mean +- std over the seeds. Verdict
+rule (the DDPM study's, benchmarks/reproduce_report.py and benchmarks/stats.py): a claim "A is better than each
+of B1..Bk" is k Welch t-tests on the per-seed drops of the primary metric (attribute accuracy ``all``: what the
+prompts ask for, read by a reader validated against real images; the shapes CLIP is blind to kind and count),
+Holm-corrected within the claim at alpha 0.05, each with the difference of means and its bootstrap interval;
+"supported" when all are significant in the claimed direction, "contradicted" when one is significant the other
+way, else "not supported at this scale". CLIP-shapes and FD-shapes are reported beside it, each its own family.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from benchmarks import stats as st
+from benchmarks.reproduce_report import fmt, stats, verdict_lines
+from benchmarks.reproduce_t2i_config import (C6_TARGET, CHANNEL_METHODS, CHANNEL_RATIO, LAYER_CRITERIA, LAYER_TARGETS,
+                                             PUBLISHED_DROP_50)
+from metrics.attributes import ATTRIBUTES
+from models.checkpoint import environment
+
+BEGIN = "<!-- reproduce_t2i.py:begin (generated; edit benchmarks/reproduce_t2i_report.py) -->"
+END = "<!-- reproduce_t2i.py:end -->"
+# metric -> lower is better; "attribute_accuracy.<a>" reads cell["attribute_accuracy"][a]
+LOWER_IS_BETTER = {**{f"attribute_accuracy.{a}": False for a in ATTRIBUTES}, "clip_score": False,
+                   "fd_shapes": True, "kid_shapes": True}
+PRIMARY = "attribute_accuracy.all"
+SECONDARY = ("clip_score", "fd_shapes")
+
+
+def value(cell: dict, metric: str) -> float:
+    head, _, tail = metric.partition(".")
+    return float(cell[head][tail]) if tail else float(cell[head])
+
+
+def relative_drop(student: float, teacher: float, lower_is_better: bool) -> float:
+    """The share of the teacher's quality lost (module docstring): positive = worse than the teacher."""
+    return (student - teacher) / teacher if lower_is_better else (teacher - student) / teacher
+
+
+def rows_for(cells: dict[str, dict], names, seeds, teacher: dict | None) -> dict[str, dict]:
+    """Per row present: its seeds, params, and per metric the per-seed values and (with a teacher) drops."""
+    rows = {}
+    for name in names:
+        found = [cells[f"{name}-s{s}"] for s in seeds if f"{name}-s{s}" in cells]
+        if not found:
+            continue
+        row = {"row": name, "seeds": [c["seed"] for c in found], "params": found[0]["params"],
+               "params_removed": 1 - found[0]["params"] / found[0]["params_before"],
+               "values": {m: stats([value(c, m) for c in found]) for m in LOWER_IS_BETTER},
+               "cell_minutes": stats([c.get("seconds", 0) / 60 for c in found])}
+        if teacher is not None:  # a teacher at 0 (an untrained stand-in) has no relative drop: None
+            row["drop"] = {m: stats([relative_drop(value(c, m), value(teacher, m), low) for c in found])
+                           if value(teacher, m) else None for m, low in LOWER_IS_BETTER.items()}
+        rows[name] = row
+    return rows
+
+
+def verdict(rows: dict, a: str, others: list[str]) -> dict:
+    """Is row a's drop smaller than each of ``others``'? The primary metric decides (one Holm family); the
+    secondary metrics are reported, each its own family."""
+    missing = [x for x in [a, *others] if x not in rows or "drop" not in rows[x]]
+    if missing:
+        return {"verdict": f"untested (rows missing: {', '.join(missing)})", "comparisons": {}, "secondary": {}}
+    if rows[a]["drop"][PRIMARY] is None:
+        return {"verdict": f"untested (the teacher's {PRIMARY} is 0: no relative drop)", "comparisons": {},
+                "secondary": {}}
+    fams = {m: st.claim_verdict({f"{a} vs {o} ({m} drop)": st.compare(
+        rows[a]["drop"][m]["values"], rows[o]["drop"][m]["values"], lower_is_better=True) for o in others})
+        for m in (PRIMARY, *SECONDARY) if rows[a]["drop"][m] is not None}
+    first = fams[PRIMARY]
+    return {"verdict": first["verdict"], "test": f"Welch, {first['correction']}, alpha {first['alpha']}",
+            "comparisons": first["comparisons"],
+            "secondary": {k: v for m in SECONDARY if m in fams for k, v in fams[m]["comparisons"].items()}}
+
+
+def claims(rows: dict) -> dict[str, dict]:
+    """C5' at each target, C6', C1' (benchmarks/reproduce_t2i_config.py)."""
+    out = {}
+    for t in LAYER_TARGETS:
+        others = [f"layer:{c}@{t}" for c in LAYER_CRITERIA if c != "output-loss"]
+        out[f"C5' ({t:.0%}): output-loss layer pruning loses less than taylor, random and handcrafted"] = \
+            verdict(rows, f"layer:output-loss@{t}", others)
+    base = f"layer:output-loss@{C6_TARGET}"
+    out[f"C6' ({C6_TARGET:.0%}): normalised feature KD loses less than no KD, output KD and feature KD"] = \
+        verdict(rows, f"{base}+feature-normalized", [base, f"{base}+output", f"{base}+feature"])
+    ch = [f"channel:{m}@{CHANNEL_RATIO}" for m in CHANNEL_METHODS]
+    out[f"C1' (ratio {CHANNEL_RATIO}): diff-pruning loses less than random, magnitude and taylor"] = \
+        verdict(rows, ch[0], ch[1:])
+    return out
+
+
+def drop_table(rows: dict[str, dict]) -> list[str]:
+    """Relative drops from the teacher, mean +- std over seeds (%; positive = worse)."""
+    head = ["row", "params removed", *[f"acc {a}" for a in ATTRIBUTES], "CLIP-shapes", "FD-shapes (rise)", "seeds",
+            "cell min"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    pct = lambda s: "-" if s is None else fmt({**s, "mean": 100 * s["mean"], "std": 100 * s["std"]}, ".1f")  # noqa: E731
+    for r in rows.values():
+        if "drop" not in r:
+            continue
+        d = r["drop"]
+        cols = [pct(d[f"attribute_accuracy.{a}"]) for a in ATTRIBUTES] + [pct(d["clip_score"]), pct(d["fd_shapes"])]
+        lines.append(f"| {r['row']} | {r['params_removed']:.1%} | " + " | ".join(cols) +
+                     f" | {len(r['seeds'])} | {r['cell_minutes']['mean']:.0f} |")
+    return lines
+
+
+def value_table(rows: dict[str, dict], teacher: dict | None) -> list[str]:
+    """The measured values themselves (teacher first)."""
+    head = ["row", "params", *[f"acc {a}" for a in ATTRIBUTES], "CLIP-shapes", "FD-shapes", "KID-shapes"]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    if teacher:
+        lines.append(f"| teacher (dense) | {teacher['params'] / 1e6:.3f}M | " +
+                     " | ".join(f"{teacher['attribute_accuracy'][a]:.3f}" for a in ATTRIBUTES) +
+                     f" | {teacher['clip_score']:.2f} | {teacher['fd_shapes']:.2f} | {teacher['kid_shapes']:.4f} |")
+    for r in rows.values():
+        v = r["values"]
+        lines.append(f"| {r['row']} | {r['params'] / 1e6:.3f}M | " +
+                     " | ".join(fmt(v[f"attribute_accuracy.{a}"], ".3f") for a in ATTRIBUTES) +
+                     f" | {fmt(v['clip_score'], '.2f')} | {fmt(v['fd_shapes'], '.2f')} | {fmt(v['kid_shapes'], '.4f')} |")
+    return lines
+
+
+def write_report(cfg, study, jobs, wall: float) -> dict:
+    """reproduce_t2i.{json,md} in --results and the docs block, from every saved cell of --work."""
+    results = Path(cfg.results)
+    results.mkdir(parents=True, exist_ok=True)
+    cells = {p.stem: json.loads(p.read_text()) for p in sorted((Path(cfg.work) / "cells").glob("*.json"))}
+    teacher = cells.get("teacher")
+    rows = rows_for(cells, cfg.rows, cfg.seeds, teacher)
+    expected = [f"{a[0]}-s{a[1]}" for fn, a in jobs if fn == "main_cell"]
+    done = sum(name in cells for name in expected)
+    result = {"benchmark": "reproduce_t2i", "partial": done < len(expected) or teacher is None,
+              "cells_done": done, "cells_expected": len(expected), "teacher": str(cfg.teacher),
+              "finetune": {"steps": study.steps(), "budget": cfg.budget, "teacher_steps": cfg.teacher_steps,
+                           "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_decay": cfg.ema_decay,
+                           "kd_weights": "equal (1/1/1)"},
+              "measurement": {"prompts": cfg.prompts, "num_prompts": cfg.num_prompts, "sample_seed": cfg.sample_seed},
+              "teacher_metrics": teacher, "rows": rows, "verdicts": claims(rows),
+              "seconds_all_cells": round(sum(c.get("seconds", 0) for c in cells.values()), 1),
+              "wall_seconds_this_invocation": round(wall, 1), "environment": environment(),
+              "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (results / "reproduce_t2i.json").write_text(json.dumps(result, indent=2) + "\n")
+    md = markdown(result)
+    (results / "reproduce_t2i.md").write_text(md + "\n")
+    if cfg.docs and Path(cfg.docs).exists():
+        text = Path(cfg.docs).read_text()
+        if BEGIN in text and END in text:
+            head, rest = text.split(BEGIN, 1)
+            Path(cfg.docs).write_text(head + BEGIN + "\n" + md + "\n" + END + rest.split(END, 1)[1])
+    print(md)
+    return result
+
+
+def markdown(r: dict) -> str:
+    f = r["finetune"]
+    lines = [("**PARTIAL RESULTS** " if r["partial"] else "") + f"{r['cells_done']} of {r['cells_expected']} cells; "
+             f"teacher {r['teacher']}; every pruned U-Net fine-tuned {f['steps']} steps at batch {f['batch_size']} "
+             f"({f['budget']:.1%} of the teacher's {f['teacher_steps']}), lr {f['lr']}, EMA {f['ema_decay']} with "
+             f"warm-up, KD weights {f['kd_weights']}; {r['seconds_all_cells'] / 3600:.1f} h of cell time, written "
+             f"{r['written']}.", "",
+             "### Relative drop from the teacher (%, mean ± std over seeds; positive = worse; FD: the rise)", ""]
+    lines += drop_table(r["rows"])
+    lines += ["", "LAPTOP-Diff on SD-v1.5 at 50% (PickScore drop): " +
+              ", ".join(f"{k} {v:.1%}" for k, v in PUBLISHED_DROP_50.items()) + ".", "",
+              "### Measured values", ""]
+    lines += value_table(r["rows"], r["teacher_metrics"])
+    lines += ["", "### Verdicts (rule: benchmarks/reproduce_t2i_report.py)", ""] + verdict_lines(r["verdicts"])
+    return "\n".join(lines)
+
