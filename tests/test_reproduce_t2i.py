@@ -155,3 +155,21 @@ def test_relative_drops_and_verdicts_on_constructed_numbers():
     assert rows0[a]["drop"]["attribute_accuracy.all"] is None and rows0[a]["drop"]["fd_shapes"]["n"] == 3
     assert rep.drop_table(rows0)[2].startswith(f"| {a} | 30.0% | - |")
     assert rep.verdict(rows0, a, [b])["verdict"].startswith("untested (the teacher's attribute_accuracy.all is 0")
+
+
+def test_the_results_doc_commands_parse_and_the_block_is_in_place():
+    import shlex
+
+    from benchmarks import reproduce_t2i as study
+
+    text = (Path(study.REPO) / "docs" / "RESULTS.md").read_text()
+    section = text.split("## The text-to-image study (C5', C6', C1')", 1)[1].split(rep.END, 1)[0]
+    assert rep.BEGIN in section
+    commands = [c.strip() for c in section.replace("\\\n", " ").splitlines() if "-m benchmarks.reproduce_t2i" in c]
+    assert len(commands) == 4
+    for command in commands:
+        words = shlex.split(command.split("#")[0])
+        args = study.parse_args(words[words.index("benchmarks.reproduce_t2i") + 1:])
+        assert args.rows == default_rows() and args.seeds == [0, 1, 2]
+    shards = [study.parse_args(shlex.split(c)[4:]) for c in commands if "--shards" in c]
+    assert sorted(a.shard for a in shards) == [0, 1] and all(a.threads == 1 for a in shards)
