@@ -42,6 +42,7 @@ H100 a step is milliseconds: the whole study is well under an hour (`--device cu
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import time
 from pathlib import Path
@@ -145,7 +146,13 @@ class T2IStudy:
             return {"row": row.pruned_name, "seed": seed, "run": str(folder), "prune_argv": argv,
                     "params_before": report["params_before"], "params_after": report["params_after"],
                     "cpu_s": round(time.process_time() - cpu0, 1)}
-        return self.cells.get(f"pruned-{row.pruned_name}-s{seed}", run)
+        # Rows sharing a pruned model may sit in two shards: the second waits for the first's cell (flock; a
+        # killed holder releases it) instead of pruning the same model again.
+        name = f"pruned-{row.pruned_name}-s{seed}"
+        (self.work / "prune").mkdir(parents=True, exist_ok=True)
+        with open(self.work / "prune" / f".{name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            return self.cells.get(name, run)
 
     def finetune(self, row, seed: int, pipeline: str) -> Path:
         """Fine-tune ``pipeline``'s U-Net as ``row`` says, resuming an interrupted run of the same cell."""
