@@ -75,9 +75,10 @@ def check_pipeline(pipe, spec: ChannelPruning | LayerPruning, source: str) -> No
     only with data-free methods or the self-sampled recipe."""
     if pipe.has_text or not images_needed(spec):
         return
+    what = "layer pruning's calibration set" if isinstance(spec, LayerPruning) else f"method {spec.method!r}"
     raise UserError(f"--model {source}: the {pipe.kind} pipeline has no text encoder, so captioned images cannot "
-                    "condition it; use a data-free method (random, magnitude), or --recipe ldm-script for the "
-                    "gradient methods (self-sampled latents)")
+                    f"condition {what}; use channel pruning with a data-free method (random, magnitude) or "
+                    "--recipe ldm-script for the gradient methods (self-sampled latents)")
 
 
 def _folder_pairs(root: str, prompts: str | None) -> tuple[list[Path], list[str]]:
@@ -201,16 +202,26 @@ def grid_prompts(data: str, prompts: str | None, count: int) -> list[str]:
     return [pool[i % len(pool)] for i in range(count)]
 
 
-def sample_grid(pipe, unet: torch.nn.Module, prompts: list[str], *, steps: int, seed: int) -> torch.Tensor:
-    """One image per prompt from ``unet`` in ``pipe`` (its scheduler and guidance default), the same initial noise
-    for every U-Net (sample index i, ``seed``): (N, 3, H, W) in [-1, 1]."""
+def grid_conditions(pipe, prompts: list[str]) -> list[str]:
+    """What the grids condition on, one line per image: the prompts; a class-conditional pipeline's class labels
+    0, 1, ... instead; "(unconditional)" for a pipeline with neither."""
+    if pipe.has_text:
+        return prompts
+    n = pipe.num_classes
+    return [f"class {i % n}" if n else "(unconditional)" for i in range(len(prompts))]
+
+
+def sample_grid(pipe, unet: torch.nn.Module, conditions: list[str], *, steps: int, seed: int) -> torch.Tensor:
+    """One image per condition (``grid_conditions``) from ``unet`` in ``pipe`` (its scheduler and guidance
+    default), the same initial noise for every U-Net (sample index i, ``seed``): (N, 3, H, W) in [-1, 1]."""
     import dataclasses
 
     from models.pipelines.text_to_image import Request, generate
 
     request = Request(steps=steps, seed=seed, batch_size=8)
-    return generate(dataclasses.replace(pipe, unet=unet.eval()), request, indices=range(len(prompts)),
-                    prompts=prompts if pipe.has_text else None) * 2 - 1
+    labels = [int(c.split()[1]) for c in conditions] if not pipe.has_text and pipe.num_classes else None
+    return generate(dataclasses.replace(pipe, unet=unet.eval()), request, indices=range(len(conditions)),
+                    prompts=conditions if pipe.has_text else None, class_labels=labels) * 2 - 1
 
 
 def pipeline_name(source: str | os.PathLike) -> str:

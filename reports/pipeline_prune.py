@@ -93,7 +93,7 @@ def prune_pipeline(cfg) -> Path:
             check_prune(unet, example, spec, data)
         except ValueError as e:
             raise UserError(str(e)) from None
-    prompts = pp.grid_prompts(cfg.data, cfg.prompts, cfg.num_samples)
+    prompts = pp.grid_conditions(pipe, pp.grid_prompts(cfg.data, cfg.prompts, cfg.num_samples))
     t_grids = time.perf_counter()
     grid = dict(steps=cfg.sample_steps, seed=spec.seed)
     before = pp.sample_grid(pipe, unet, prompts, **grid) if prompts else None
@@ -182,7 +182,9 @@ def _print_summary(cfg, run: Path, report, macs: dict, additivity: dict | None, 
     print(f"time: {seconds:.1f}s in all ({timing})\n\nwrote {run}/: {listing}")
     print(f"\nnext:\n  python train.py --model {pipe} --distill feature-normalized --teacher {src} --steps 1000 "
           f"--lr 1e-4 --batch-size 32     # fine-tune with distillation from the dense pipeline")
-    print(f"  python generate.py --model {pipe} --prompt {q(_first_prompt(run))}")
+    first = _first_prompt(run)
+    condition = f"--class-label {first.split()[1]}" if first.startswith("class ") else f"--prompt {q(first)}"
+    print(f"  python generate.py --model {pipe} {condition}")
     print(f"  python evaluate.py --model {pipe} --prompts data/prompts/shapes_heldout.txt     # the shapes world")
     print(f"  python prune.py --replay {q(str(run))}")
 

@@ -180,3 +180,12 @@ def test_prompts_with_a_ddpm_model_is_an_error(tmp_path):
     with pytest.raises(UserError, match="--prompts .*: captions apply to text-to-image pipelines"):
         prune.main(prune.parse_args(["--model", "tiny", "--method", "magnitude", "--prompts", str(tmp_path / "p.txt"),
                                      "--out", str(tmp_path / "runs")]))
+
+
+def test_a_class_conditional_pipeline_prunes_data_free_and_refuses_captioned_calibration(tmp_path):
+    folder = write_tiny_pipeline(tmp_path / "ldm", text=False, class_embedder=True)  # the ImageNet LDM's layout
+    run = run_prune(tmp_path, folder, "--method", "magnitude")
+    assert (run / "grid_prompts.txt").read_text().splitlines() == ["class 0", "class 1"]  # class-labelled grids
+    assert params(load_latent(run / "pipeline").unet) < params(load_latent(folder).unet)
+    with pytest.raises(UserError, match="no text encoder, so captioned images cannot condition layer pruning"):
+        run_prune(tmp_path, folder, "--method", "layer", "--target-params", "0.2")
