@@ -32,12 +32,15 @@ higher-is-better metrics and (student - teacher) / teacher for FD-shapes (positi
 the seeds (benchmarks/reproduce_t2i_report.py). Every cell records its wall and CPU seconds per phase.
 Writes --results/reproduce_t2i.{json,md} and the generated block of docs/RESULTS.md.
 
-CPU-time plan (measured 2026-12-07 on this 2-core machine while the teacher trained at raised priority, so an
-upper bound): one optimizer step of the dense t2i-shapes U-Net (2.2M params) at batch 64 takes ~7 s on one
-thread, one guided sampling forward at 16 prompts (batch 32) ~0.7 s. So a cell is ~1000 x (4-7 s) = 1-2 h of
-fine-tuning (pruned students are cheaper, KD adds a teacher forward) plus ~3 min of measuring 128 prompts; the
-default study (15 rows x 3 seeds = 45 cells) is ~60-80 CPU-hours, ~30-40 h wall as two one-thread shards. On one
-H100 a step is milliseconds: the whole study is well under an hour (`--device cuda`).
+CPU-time plan (one-thread timings on this 2-core machine, 2026-12-07, while the teacher trained at raised
+priority: load 4.5, they varied 2x): one optimizer step at batch 64 takes 3.4-7 s for the dense t2i-shapes U-Net
+(2.2M params), 1.6 s for a 50% layer-pruned student, +1.4 s with the teacher's KD forward; one guided sampling
+forward for 16 prompts ~0.7 s. A 1000-step cell is so 0.5-1 h of fine-tuning, ~3 min of measuring 128 prompts,
+and for the taylor rows (layer and channel) up to ~1 h of pruning (1000 timesteps of a 64-image gradient batch;
+diff-pruning stops at its threshold). Per seed (15 rows) ~10-12 CPU-hours; the default 3 seeds ~30-70
+CPU-hours, i.e. ~15-35 h wall as two one-thread shards. On one H100 a step is milliseconds: the whole study
+is well under an hour (`--device cuda`). The first use also caches the VAE posterior of the 20,000 train
+images (training/latent.py), once per --work.
 """
 from __future__ import annotations
 
