@@ -256,7 +256,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="attention: q, k, v and proj_out's input as one group (joint, the paper's code) or q/k "
                         "apart from v (split) [default: joint]")
     p.add_argument("--head-mode", choices=("channels", "heads"), default=None,
-                   help="attention: remove channels from every head, or whole heads [default: channels]")
+                   help="attention: remove channels from every head, or whole heads [default: whole heads in SD-family "
+                        "transformer blocks, channels in the DDPM U-Net]")
     p.add_argument("--attn-scale", choices=("pruned", "dense"), default=None,
                    help="softmax scale after pruning: from the pruned head width, or the dense one "
                         "[default: the model's own setting]")

@@ -29,11 +29,13 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 from common.cli import UserError
-from data.captions import NUM_VARIANTS, caption
-from data.rendered import rendered_split, to_minus_one_one
+from data.captions import NUM_VARIANTS, caption, caption_attributes
+from data.procedural import ProceduralShapes
+from data.rendered import to_minus_one_one
 from pruning.conditional import ConditionalBatch
 from pruning.layers.spec import LayerPruning
 from pruning.spec import ChannelPruning
@@ -149,10 +151,12 @@ def calibration_pairs(pipe, count: int, *, data: str, data_root: str | None, pro
                                             key=parts_checksum(parts))
         n = torch.randn((count, *mean.shape[1:]), generator=g)
         z0 = float(pipe.vae.config.scaling_factor) * (mean[idx] + std[idx] * n)
-    else:  # another pixel size: the same images rendered at it, encoded now
-        images, attrs = rendered_split("train", n_train, image_size=px, seed=0, cache_dir=cache_dir)
-        z0 = _encode(pipe.vae, to_minus_one_one(images[idx.numpy()]), g)
-    captions = [caption(attrs[int(i)], int(v)) for i, v in zip(idx, variant)]
+        captions = [caption(attrs[int(i)], int(v)) for i, v in zip(idx, variant)]
+    else:  # another pixel size: the chosen train images rendered at it (only those), encoded now
+        shapes = ProceduralShapes(image_size=px, size=n_train, seed=0, split="train")
+        drawn = [shapes.image_and_attributes(int(i)) for i in idx]
+        z0 = _encode(pipe.vae, to_minus_one_one(np.stack([image for image, _ in drawn])), g)
+        captions = [caption(caption_attributes(a), int(v)) for (_, a), v in zip(drawn, variant)]
     return z0, captions, {"data": "shapes", "split": "train", "pixels": px, "indices": idx.tolist()}
 
 
