@@ -47,7 +47,7 @@ FIXED_PROMPTS = ("a photograph of an astronaut riding a horse", "a red apple on 
                  "a lighthouse on a rocky coast at sunset", "a bowl of ramen, oil painting",
                  "a cat sleeping on a sofa", "a city street at night in the rain",
                  "a watercolor painting of a mountain lake", "a close-up photo of a sunflower")
-ENCODE_BATCH = 16  # images per VAE encode (memory only)
+ENCODE_BATCH = 4  # images per VAE encode (memory only: SD's VAE at 512 px holds GBs of activations)
 
 
 def images_needed(spec: ChannelPruning | LayerPruning) -> int:
@@ -146,8 +146,12 @@ def calibration_pairs(pipe, count: int, *, data: str, data_root: str | None, pro
     idx = torch.randperm(n_train, generator=g)[:count]
     variant = torch.randint(NUM_VARIANTS, (count,), generator=g)
     if px == 32:  # the shapes' own resolution: train.py's cached posterior of the train split
+        import copy
+
         parts = {"vae": pipe.vae, "text_encoder": pipe.text_encoder}
-        mean, std, attrs = cached_posterior(pipe.vae, count=n_train, seed=0, cache_dir=cache_dir,
+        if next(pipe.vae.parameters()).device.type != "cpu":  # the cache and its key (train.py's) read CPU tensors
+            parts = {k: copy.deepcopy(v).cpu() for k, v in parts.items()}
+        mean, std, attrs = cached_posterior(parts["vae"], count=n_train, seed=0, cache_dir=cache_dir,
                                             key=parts_checksum(parts))
         n = torch.randn((count, *mean.shape[1:]), generator=g)
         z0 = float(pipe.vae.config.scaling_factor) * (mean[idx] + std[idx] * n)
