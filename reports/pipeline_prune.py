@@ -55,7 +55,9 @@ def _load(cfg):
 def _target_error(spec, e: Exception) -> UserError:
     what, fraction = spec.target or ("architecture", spec.architecture)
     flag = f"--target-{what} {fraction}" if spec.target else f"--architecture {fraction}"
-    return UserError(f"{flag}: {e}")
+    why = (" (layer pruning keeps at least one unit of every down and up stage: a target beyond that would empty "
+           "a whole stage; BK-SDM-Tiny's --architecture bk-sdm-tiny removes one by design)") if "reachable" in str(e) else ""
+    return UserError(f"{flag}: {e}{why}")
 
 
 def prune_pipeline(cfg) -> Path:

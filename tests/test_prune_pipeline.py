@@ -154,7 +154,7 @@ def test_sdxl_pipeline_prunes_with_its_added_conditions(tmp_path):
 
 
 @pytest.mark.parametrize("args, match", [
-    (["--method", "layer", "--target-params", "0.95"], "--target-params 0.95: the target is not reachable"),
+    (["--method", "layer", "--target-params", "0.95"], "--target-params 0.95: the target is not reachable.*at least one unit of every down and up stage"),
     (["--method", "layer", "--criterion", "handcrafted", "--architecture", "bk-sdm-small"], "--architecture bk-sdm-small"),
     (["--method", "magnitude", "--data", "cifar10"], "--data cifar10: a text-to-image pipeline"),
     (["--method", "magnitude", "--data", "folder"], "--data folder needs --data-root"),
