@@ -189,3 +189,16 @@ def test_a_class_conditional_pipeline_prunes_data_free_and_refuses_captioned_cal
     assert params(load_latent(run / "pipeline").unet) < params(load_latent(folder).unet)
     with pytest.raises(UserError, match="no text encoder, so captioned images cannot condition layer pruning"):
         run_prune(tmp_path, folder, "--method", "layer", "--target-params", "0.2")
+
+
+def test_evaluate_reports_the_pruned_unets_params_and_macs(tmp_path, pipe_folder):
+    import evaluate
+
+    run = run_prune(tmp_path, pipe_folder, "--method", "magnitude", "--ratio", "0.3", "--num-samples", "0")
+    (tmp_path / "p.txt").write_text("a red disc on a blue background\n")
+    cfg = evaluate.parse_args(["--model", str(run / "pipeline"), "--prompts", str(tmp_path / "p.txt"), "--steps", "2",
+                               "--shapes-metrics", "off", "--out", str(tmp_path / "runs" / "eval")])[0]
+    report = json.loads((evaluate.run_command(cfg) / "report.json").read_text())
+    pruned = json.loads((run / "report.json").read_text())
+    assert report["params"] == pruned["params_after"] < pruned["params_before"]
+    assert report["macs_paper"] == pruned["macs_paper_after"] < pruned["macs_paper_before"]
