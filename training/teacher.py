@@ -117,7 +117,8 @@ def build_train_distiller(cfg, model: nn.Module, parts: dict[str, Any] | None, d
         print(f"[train] note: --teacher {cfg.teacher} holds the student's own weights: the KD terms start at 0")
     try:
         inner = build_latent_distiller(model, teacher, mode=cfg.distill, lambdas=lambdas, seed=cfg.seed,
-                                       autocast_dtype=torch.bfloat16 if cfg.bf16 else None)
+                                       autocast_dtype=torch.bfloat16 if cfg.bf16 else None,
+                                       sync_normalizers=True)  # data parallel: the whole batch's norms, as 1 process
     except ValueError as e:
         raise UserError(f"--teacher {cfg.teacher}: {e}") from None
     return LatentKD(inner)
