@@ -85,8 +85,8 @@ def test_what_counts_as_a_hub_name(tmp_path, monkeypatch):
 def test_train_accepts_a_hub_name(fake_hub):
     cfg, _ = train.parse_args(["--model", NAME])
     assert cfg.model == NAME
-    model, origin = train.build_model(cfg)
-    assert origin.startswith("diffusers-hub") and model.training
+    model, origin, parts = train.build_model(cfg)
+    assert origin.startswith("diffusers-hub") and model.training and parts is None  # a DDPM: no frozen parts
 
 
 # ----------------------------------------------------------------------------------------------- ddim:<name>
