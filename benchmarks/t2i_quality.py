@@ -160,7 +160,10 @@ def main(args: argparse.Namespace) -> dict:
     k = args.grid_images
     rows = [generate(pipe, request(args, g), range(k), prompts=[prompts[args.grid_prompt]] * k) for g in args.guidance_scales]
     save_grid(torch.cat(rows) * 2 - 1, grid, nrow=k, scale=4)
-    record = {"command": "OMP_NUM_THREADS=1 python -m benchmarks.t2i_quality " + shlex.join(args.argv),
+    import os
+
+    env = f"OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']} " if "OMP_NUM_THREADS" in os.environ else ""
+    record = {"command": env + "python -m benchmarks.t2i_quality " + shlex.join(args.argv),
               "model": args.model, "prompts": args.prompts, "num_prompts": n,
               "prompts_describe_the_real_images": prompts == real_captions,
               "sampling": {"scheduler": args.scheduler, "steps": args.steps, "seed": args.seed,
