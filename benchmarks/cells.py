@@ -47,3 +47,18 @@ class CellStore:
                  if not isinstance(v, (dict, list))}
         print(f"[{self.tag}] {name}: {json.dumps(short)}", flush=True)
         return result
+
+
+def run_jobs(study, jobs: list, cfg, tag: str) -> None:
+    """Run this shard's share of ``jobs`` ((method name, args) pairs, ``study``'s methods): job i belongs to shard
+    i % cfg.shards; none with --report-only; stop before a job once --stop-after seconds have passed (rerun
+    to continue: every job is a resumable cell)."""
+    wall = time.perf_counter()
+    for i, (fn, args) in enumerate(jobs):
+        if i % cfg.shards != cfg.shard or cfg.report_only:
+            continue
+        if cfg.stop_after and time.perf_counter() - wall > cfg.stop_after:
+            print(f"[{tag}] --stop-after {cfg.stop_after} s reached; rerun to continue", flush=True)
+            break
+        print(f"[{tag}] job {i + 1}/{len(jobs)}: {fn}{args}", flush=True)
+        getattr(study, fn)(*args)

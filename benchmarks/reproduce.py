@@ -43,7 +43,7 @@ import torch
 
 import train
 from common.defaults import TEACHER_CHECKPOINT
-from benchmarks.cells import CellStore
+from benchmarks.cells import CellStore, run_jobs
 from benchmarks.reproduce_config import (ALL_METHODS, CHANNEL, STUDIES, kd_lambdas, seeds_of,
                                          split_method)
 from benchmarks.reproduce_report import write_report
@@ -286,14 +286,7 @@ def main(cfg: argparse.Namespace) -> dict:
     wall = time.perf_counter()
     study = Study(cfg)
     jobs = study.plan()
-    for i, (fn, args) in enumerate(jobs):
-        if i % cfg.shards != cfg.shard or cfg.report_only:
-            continue
-        if cfg.stop_after and time.perf_counter() - wall > cfg.stop_after:
-            print(f"[reproduce] --stop-after {cfg.stop_after} s reached; rerun to continue", flush=True)
-            break
-        print(f"[reproduce] job {i + 1}/{len(jobs)}: {fn}{args}", flush=True)
-        getattr(study, fn)(*args)
+    run_jobs(study, jobs, cfg, "reproduce")
     return write_report(cfg, study, jobs, time.perf_counter() - wall)
 
 

@@ -54,7 +54,7 @@ import torch
 
 import prune
 import train
-from benchmarks.cells import CellStore
+from benchmarks.cells import CellStore, run_jobs
 from benchmarks.reproduce_t2i_config import (GUIDANCE, SAMPLE_STEPS, SCHEDULER, default_rows, distill_settings,
                                              parse_row, prune_args)
 from benchmarks.reproduce_t2i_report import write_report
@@ -214,14 +214,7 @@ def main(cfg: argparse.Namespace) -> dict:
     wall = time.perf_counter()
     study = T2IStudy(cfg)
     jobs = study.plan()
-    for i, (fn, args) in enumerate(jobs):
-        if i % cfg.shards != cfg.shard or cfg.report_only:
-            continue
-        if cfg.stop_after and time.perf_counter() - wall > cfg.stop_after:
-            print(f"[reproduce_t2i] --stop-after {cfg.stop_after} s reached; rerun to continue", flush=True)
-            break
-        print(f"[reproduce_t2i] job {i + 1}/{len(jobs)}: {fn}{args}", flush=True)
-        getattr(study, fn)(*args)
+    run_jobs(study, jobs, cfg, "reproduce_t2i")
     return write_report(cfg, study, jobs, time.perf_counter() - wall)
 
 

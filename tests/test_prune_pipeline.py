@@ -20,15 +20,10 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*truncat")
 FAST = ["--num-samples", "2", "--sample-steps", "2"]
 
 
-def _shapes_sized(folder: Path) -> Path:
-    config = json.loads((folder / "unet" / "config.json").read_text())
-    (folder / "unet" / "config.json").write_text(json.dumps({**config, "sample_size": 16}))  # 32 px images
-    return folder
-
 
 @pytest.fixture(scope="module")
 def pipe_folder(tmp_path_factory) -> Path:
-    return _shapes_sized(write_tiny_pipeline(tmp_path_factory.mktemp("prune_pipe") / "pipe"))
+    return write_tiny_pipeline(tmp_path_factory.mktemp("prune_pipe") / "pipe", sample_size=16)
 
 
 @pytest.fixture(autouse=True)

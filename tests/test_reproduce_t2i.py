@@ -26,9 +26,7 @@ def few_images(monkeypatch):
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory) -> Path:
-    folder = write_tiny_pipeline(tmp_path_factory.mktemp("t2i_study") / "teacher")
-    config = json.loads((folder / "unet" / "config.json").read_text())
-    (folder / "unet" / "config.json").write_text(json.dumps({**config, "sample_size": 16}))  # 32 px images
+    folder = write_tiny_pipeline(tmp_path_factory.mktemp("t2i_study") / "teacher", sample_size=16)
     return folder
 
 

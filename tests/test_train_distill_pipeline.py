@@ -22,17 +22,12 @@ from training import latent
 pytestmark = pytest.mark.filterwarnings("ignore:.*truncat")
 
 
-def _shapes_sized(folder: Path) -> Path:
-    config = json.loads((folder / "unet" / "config.json").read_text())
-    (folder / "unet" / "config.json").write_text(json.dumps({**config, "sample_size": 16}))  # 32 px images
-    return folder
-
 
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory) -> dict[str, Path]:
     """The dense tiny pipeline (the teacher) and its magnitude-pruned copy (the student), as prune.py writes it."""
     root = tmp_path_factory.mktemp("distill_pipe")
-    dense = _shapes_sized(write_tiny_pipeline(root / "dense"))
+    dense = write_tiny_pipeline(root / "dense", sample_size=16)
     pipe = load_latent(dense)
     small, _ = prune(pipe.unet, pipe.unet.example_inputs(), ChannelPruning(method="magnitude", ratio=0.3))
     import dataclasses
@@ -112,6 +107,6 @@ def test_a_teacher_of_another_family_is_refused_before_loading(tmp_path, folders
 
 
 def test_a_teacher_with_other_frozen_parts_is_refused(tmp_path, folders):
-    other = _shapes_sized(write_tiny_pipeline(tmp_path / "other", seed=1))  # another VAE / text encoder
+    other = write_tiny_pipeline(tmp_path / "other", seed=1, sample_size=16)  # another VAE / text encoder
     with pytest.raises(UserError, match="its VAE / text encoder are not the student's"):
         train.main(config(tmp_path, folders, teacher=str(other)))

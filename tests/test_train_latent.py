@@ -19,12 +19,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:.*truncat")
 
 @pytest.fixture(scope="module")
 def pipe_folder(tmp_path_factory) -> Path:
-    import json
-
-    folder = write_tiny_pipeline(tmp_path_factory.mktemp("latent") / "pipe")
-    config = json.loads((folder / "unet" / "config.json").read_text())
-    (folder / "unet" / "config.json").write_text(json.dumps({**config, "sample_size": 16}))  # 32 px images
-    return folder
+    return write_tiny_pipeline(tmp_path_factory.mktemp("latent") / "pipe", sample_size=16)  # 32 px images
 
 
 @pytest.fixture(autouse=True)

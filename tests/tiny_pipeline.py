@@ -67,11 +67,12 @@ def write_tokenizer(folder: Path) -> None:
 
 def write_tiny_pipeline(folder: str | Path, *, text: bool = True, class_cond: bool = False, vq: bool = False,
                         sdxl: bool = False, class_embedder: bool = False, seed: int = 0,
-                        variant: str | None = None) -> Path:
+                        variant: str | None = None, sample_size: int | None = None) -> Path:
     """A pipeline folder: model_index.json, unet/, vae/ (vqvae/ with ``vq``), scheduler/, and with ``text``
     text_encoder/ + tokenizer/; ``sdxl`` adds text_encoder_2/ + tokenizer_2/ (SDXL's layout); ``class_embedder``
     (with text=False) is the ImageNet LDM's layout: a cross-attention U-Net and class_embedder/ (10 classes +
-    the unconditional row, 32 wide). variant "fp16" writes half-precision ``*.fp16.safetensors`` files only."""
+    the unconditional row, 32 wide). variant "fp16" writes half-precision ``*.fp16.safetensors`` files only.
+    sample_size: the U-Net's latent size instead of the golden config's (16: the 32 px shapes' latents)."""
     from models.pipelines.vq_model import VQModel
     from models.clip import CLIPTextConfig, CLIPTextModel
     from models.sd.config import UNetConditionConfig
@@ -83,6 +84,8 @@ def write_tiny_pipeline(folder: str | Path, *, text: bool = True, class_cond: bo
     from models.pipelines.class_embedder import ClassEmbedder, ClassEmbedderConfig
     configs = tiny_configs(class_cond, text or class_embedder, sdxl)  # the class token needs cross-attention
     configs["class_embedder"] = ClassEmbedderConfig(n_classes=11, embed_dim=32, unconditional_class=10).to_dict()
+    if sample_size is not None:
+        configs["unet"]["sample_size"] = sample_size
     torch.manual_seed(seed)
     modules = {"unet": UNet2DConditionModel(UNetConditionConfig.from_diffusers(configs["unet"]))}
     if vq:
