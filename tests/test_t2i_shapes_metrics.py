@@ -1,6 +1,7 @@
 """The embedded text-to-image world's metrics in evaluate.py --prompts (metrics/t2i_shapes.py, --clip shapes):
 known answers with real shapes images standing in for samples, the report of a tiny random pipeline, the
-shipped held-out prompts file, and prune.py's one-line refusal of a latent pipeline."""
+shipped held-out prompts file, and benchmarks/t2i_quality.py on a tiny pipeline. (prune.py on pipelines:
+tests/test_prune_pipeline.py.)"""
 from __future__ import annotations
 
 import json
@@ -164,20 +165,6 @@ def test_heldout_prompts_file_is_what_its_script_writes():
     ds = CaptionedShapes(size=128, split="test")
     assert [parse_caption(c) for c in lines[:16]] == [ds.caption_and_attributes(i)[1] for i in range(16)]
     assert shapes_heldout.main(["--check"]) == 0
-
-
-# ------------------------------------------------------------------------------------------------- prune.py
-def test_prune_refuses_a_latent_pipeline_in_one_line_before_loading(pipe, tmp_path, monkeypatch, capsys):
-    import models.loading
-    import prune
-    from common import cli
-    monkeypatch.setattr(models.loading, "load_with_info", lambda *a, **k: pytest.fail("loaded before the check"))
-    for model in (pipe, pipe / "unet"):
-        assert cli.run(prune.main, prune.parse_args, ["--model", str(model), "--out", str(tmp_path)]) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.count("\n") == 0 and err.startswith(f"error: --model {model}: a latent (SD / LDM) pipeline")
-        assert "not wired in yet" in err
-    assert not any(tmp_path.iterdir())
 
 
 # ------------------------------------------------------------------------------------ benchmarks/t2i_quality
