@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from benchmarks import stats as st
+from common.runs import replace_between
 from models.checkpoint import environment
 
 LOWER_IS_BETTER = {"fd_shapes": True, "kid_shapes": True, "heldout_loss": True, "ssim_to_teacher": False}
@@ -272,10 +273,7 @@ def write_report(cfg, study, jobs, wall: float) -> dict:
     (results / "reproduce.md").write_text(md + "\n")
     begin, end = markers(cfg.study)
     if cfg.docs and Path(cfg.docs).exists():
-        text = Path(cfg.docs).read_text()
-        if begin in text and end in text:
-            head, rest = text.split(begin, 1)
-            Path(cfg.docs).write_text(head + begin + "\n" + md + "\n" + end + rest.split(end, 1)[1])
+        replace_between(cfg.docs, begin, end, "\n" + md + "\n")
     print(md)
     return result
 

@@ -25,6 +25,7 @@ from benchmarks import stats as st
 from benchmarks.reproduce_report import fmt, stats, verdict_lines
 from benchmarks.reproduce_t2i_config import (C6_TARGET, CHANNEL_METHODS, CHANNEL_RATIO, LAYER_CRITERIA, LAYER_TARGETS,
                                              PUBLISHED_DROP_50)
+from common.runs import replace_between
 from metrics.attributes import ATTRIBUTES
 from models.checkpoint import environment
 
@@ -154,10 +155,7 @@ def write_report(cfg, study, jobs, wall: float) -> dict:
     md = markdown(result)
     (results / "reproduce_t2i.md").write_text(md + "\n")
     if cfg.docs and Path(cfg.docs).exists():
-        text = Path(cfg.docs).read_text()
-        if BEGIN in text and END in text:
-            head, rest = text.split(BEGIN, 1)
-            Path(cfg.docs).write_text(head + BEGIN + "\n" + md + "\n" + END + rest.split(END, 1)[1])
+        replace_between(cfg.docs, BEGIN, END, "\n" + md + "\n")
     print(md)
     return result
 

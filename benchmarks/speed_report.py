@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from common.runs import replace_between, write_text
+
 DOC_BEGIN, DOC_END = "<!-- speed.py tables: begin -->", "<!-- speed.py tables: end -->"
 
 
@@ -79,14 +81,7 @@ def render(results: dict) -> str:
 
 def write_doc(doc: Path, tables: str) -> None:
     """Replace the text between the markers (appending them if absent); everything else stays."""
-    text = doc.read_text() if doc.exists() else "# Performance\n"
-    block = f"{DOC_BEGIN}\n{tables}{DOC_END}"
-    if DOC_BEGIN in text and DOC_END in text:
-        head, rest = text.split(DOC_BEGIN, 1)
-        text = head + block + rest.split(DOC_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n" + block + "\n"
-    doc.parent.mkdir(parents=True, exist_ok=True)
-    tmp = doc.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(doc)
+    if not doc.exists():
+        doc.parent.mkdir(parents=True, exist_ok=True)
+        write_text(doc, "# Performance\n")
+    replace_between(doc, DOC_BEGIN, DOC_END, "\n" + tables, append=True)

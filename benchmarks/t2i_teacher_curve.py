@@ -49,23 +49,13 @@ def measure(pipe, prompts: list[str], metrics, clip, *, guidance: float, seed: i
 
 
 def pipeline_at(run: Path, ckpt_path: Path):
-    """The run's pipeline with the EMA U-Net of one checkpoint."""
+    """The run's pipeline with the EMA U-Net of one checkpoint, and the checkpoint's step."""
     from models.checkpoint import read_checkpoint
-    from training.families import model_from_config
-    from training.latent import build_latent_model
+    from training.latent import pipeline_from_checkpoint
 
-    config = json.loads((run / "config.json").read_text())
-    _, _, parts = build_latent_model(config["train"]["model"], 0)
     ckpt = read_checkpoint(ckpt_path)
-    if ckpt["meta"].get("family", {}).get("parts_checksum") != config["family"]["parts_checksum"]:
-        raise ValueError(f"{ckpt_path}: not trained with the run's frozen parts")
-    unet = model_from_config(ckpt["model_config"])
-    unet.load_state_dict(ckpt["ema_state_dict"])
-    from models.pipelines.pipeline import Pipeline
-
-    pipe = Pipeline(kind="sd1", unet=unet.eval(), vae=parts["vae"], scheduler=parts["scheduler"],
-                    text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], source=str(ckpt_path))
-    return pipe, int(ckpt["train_state"]["step"])
+    model = json.loads((run / "config.json").read_text())["train"]["model"]
+    return pipeline_from_checkpoint(ckpt, model, str(ckpt_path)), int(ckpt["train_state"]["step"])
 
 
 def step_name(path: Path) -> str:

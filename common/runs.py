@@ -63,6 +63,24 @@ def write_text(path: str | os.PathLike, text: str) -> None:
         tmp.write_text(text)
 
 
+def replace_between(path: str | os.PathLike, begin: str, end: str, inner: str, *, append: bool = False) -> bool:
+    """Replace the text between the markers ``begin`` and ``end`` of the file ``path`` by ``inner`` (everything
+    else stays), written atomically. Without both markers: with ``append`` add ``begin + inner + end`` at the end
+    (creating the file), else leave the file as it is. True when the file was written."""
+    path = Path(path)
+    text = path.read_text() if path.exists() else ""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        text = head + begin + inner + end + rest.split(end, 1)[1]
+    elif append:
+        text = (text.rstrip() + "\n\n" if text else "") + begin + inner + end + "\n"
+    else:
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text(path, text)
+    return True
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
     """Write JSON atomically (``atomic_path``)."""
     write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")

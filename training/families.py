@@ -96,4 +96,4 @@ def make_family(cfg, model: nn.Module, parts: dict | None, cache_dir: Path):
     from training.latent import LatentFamily
 
     return LatentFamily(model, parts, caption_dropout=cfg.caption_dropout, loss_reduction=cfg.loss_reduction,
-                        seed=cfg.seed, cache_dir=cache_dir, source=parts.get("source", cfg.model))
+                        seed=cfg.seed, cache_dir=cache_dir, source=parts["source"])

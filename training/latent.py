@@ -92,12 +92,30 @@ def build_latent_model(model: str, seed: int) -> tuple[UNet2DConditionModel, str
 
 def parts_checksum(parts: dict[str, Any]) -> str:
     """sha256 (16 hex) of the frozen VAE's and text encoder's weights: a resume refuses other frozen parts."""
-    h = hashlib.sha256()
-    for name in ("vae", "text_encoder"):
-        for key, value in sorted(parts[name].state_dict().items()):
-            h.update(key.encode())
-            h.update(value.detach().float().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
+    from metrics.evaluation import weights_sha256
+
+    both = weights_sha256(parts["vae"]) + weights_sha256(parts["text_encoder"])
+    return hashlib.sha256(both.encode()).hexdigest()[:16]
+
+
+def frozen_pipeline(unet: nn.Module, parts: dict[str, Any], source: str) -> Pipeline:
+    """The SD-1-kind pipeline of a U-Net and the frozen parts it is trained with."""
+    return Pipeline(kind="sd1", unet=unet, vae=parts["vae"], scheduler=parts["scheduler"],
+                    text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], source=source)
+
+
+def pipeline_from_checkpoint(ckpt: dict[str, Any], model: str, source: str) -> Pipeline:
+    """The pipeline of a train.py checkpoint of ``--model``: its EMA U-Net with the frozen parts, which must be
+    the ones the checkpoint was trained with (their checksum is in its meta)."""
+    from models.sd.config import UNetConditionConfig
+
+    _, _, parts = build_latent_model(model, 0)
+    if ckpt["meta"].get("family", {}).get("parts_checksum") != parts_checksum(parts):
+        raise UserError(f"{source}: the frozen VAE / text encoder of {model} changed since this checkpoint was "
+                        "trained; its pipeline is not built with other parts")
+    unet = UNet2DConditionModel(UNetConditionConfig.from_dict(ckpt["model_config"]))
+    unet.load_state_dict(ckpt["ema_state_dict"])
+    return frozen_pipeline(unet.eval(), parts, source)
 
 
 @torch.no_grad()
@@ -127,8 +145,7 @@ class LatentFamily:
     def __init__(self, model: UNet2DConditionModel, parts: dict[str, Any], *, caption_dropout: float,
                  loss_reduction: str | None, seed: int, cache_dir: Path, source: str):
         self.parts, self.caption_dropout = parts, caption_dropout
-        self.pipe = Pipeline(kind="sd1", unet=model, vae=parts["vae"], scheduler=parts["scheduler"],
-                             text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], source=source)
+        self.pipe = frozen_pipeline(model, parts, source)
         try:
             self.schedule = training_schedule(parts["scheduler"], loss_reduction or "mean", source=f"{source}/scheduler")
         except ValueError as e:
@@ -172,9 +189,7 @@ class LatentFamily:
     @torch.no_grad()
     def grid(self, ema_model: nn.Module, steps: int, seed: int) -> torch.Tensor:
         """8 held-out prompts x 8 samples, guidance 5 with the pipeline's scheduler: (64, 3, H, W) in [-1, 1]."""
-        from data.rendered import rendered_split as split
-
-        _, attrs = split("test", GRID_PROMPTS, seed=0)
+        _, attrs = rendered_split("test", GRID_PROMPTS, seed=0)
         prompts = [caption(a, 0) for a in attrs for _ in range(8)]
         pipe = dataclasses.replace(self.pipe, unet=ema_model.eval())
         request = Request(guidance_scale=5.0, steps=steps, seed=seed, batch_size=16)
@@ -205,15 +220,6 @@ class LatentFamily:
 def release_checkpoint(run_dir: Path, ckpt: dict[str, Any], model: str) -> Path:
     """RUN/pipeline from a checkpoint's EMA U-Net, for a run that ends at a checkpoint without a release (stopped,
     then resumed with ``--steps`` equal to the step it reached): the same folder the loop's release writes."""
-    from models.sd.config import UNetConditionConfig
     from models.pipelines.save import save_pipeline
 
-    _, _, parts = build_latent_model(model, 0)
-    if ckpt["meta"].get("family", {}).get("parts_checksum") != parts_checksum(parts):
-        raise UserError(f"{run_dir}: the frozen VAE / text encoder of {model} changed since the run started; "
-                        "its pipeline folder is not written with other parts")
-    unet = UNet2DConditionModel(UNetConditionConfig.from_dict(ckpt["model_config"]))
-    unet.load_state_dict(ckpt["ema_state_dict"])
-    pipe = Pipeline(kind="sd1", unet=unet.eval(), vae=parts["vae"], scheduler=parts["scheduler"],
-                    text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], source=parts["source"])
-    return save_pipeline(pipe, Path(run_dir) / "pipeline")
+    return save_pipeline(pipeline_from_checkpoint(ckpt, model, str(run_dir)), Path(run_dir) / "pipeline")
