@@ -10,6 +10,12 @@ attribute accuracy (``all`` = count, kinds and colours right together; the reade
 of these prompts is 0.859), CLIP-shapes score (the tiny CLIP, both conventions) and FD-shapes against the 128 real
 images the prompts describe. Results per step are kept in RUN/teacher_curve.json, so a rerun measures only new
 checkpoints; the table, the plot and the record go to benchmarks/results/t2i_teacher_curve.{json,md,png}.
+
+A run that continues an earlier one (``train.py --model checkpoints/t2i_shapes``: the earlier run's release
+fine-tuned with fresh Adam moments) is measured with ``--previous`` naming the earlier run's curve record: its
+rows come first, this run's steps count on from its last step, and the record keeps the earlier one whole.
+
+    python -m benchmarks.t2i_teacher_curve --run runs/train/00001-t2i_shapes-shapes --previous benchmarks/results/t2i_teacher_curve.json --threads 2
 """
 from __future__ import annotations
 
@@ -110,6 +116,17 @@ def main(args: argparse.Namespace) -> dict:
     last = run / "checkpoints" / "latest.pt"
     if args.with_latest and last.is_file() and not (run / "checkpoints" / f"{step_name(last)}.pt").is_file():
         ckpts.append(last)  # the run's last checkpoint too, when it is not a kept one (stopped between them)
+    previous, earlier, offset = None, [], 0
+    if args.previous:
+        previous = json.loads(Path(args.previous).read_text())
+        earlier = [{"run": previous["run"], **r} for r in previous.get("earlier_rows", []) + previous["rows"]
+                   if r["guidance"] == args.guidance]
+        if not earlier:
+            raise cli.UserError(f"{args.previous}: no rows at guidance {args.guidance:g} to continue")
+        if previous["prompts"] != f"{HELDOUT.relative_to(REPO)} (first {len(prompts)})" or previous["seed"] != args.seed:
+            raise cli.UserError(f"{args.previous}: measured on {previous['prompts']}, seed {previous['seed']}; this "
+                                f"call measures the first {len(prompts)} prompts, seed {args.seed}")
+        offset = max(r["step"] for r in earlier)
     metrics, clip = ShapesMetrics.build(len(prompts)), load_clip_scorer("shapes")
     t0 = time.time()
     for path in ckpts:
@@ -118,28 +135,34 @@ def main(args: argparse.Namespace) -> dict:
             continue
         pipe, step = pipeline_at(run, path)
         with torch.no_grad():
-            done[key] = {"step": step, "guidance": args.guidance,
+            done[key] = {"step": step + offset, "run_step": step, "guidance": args.guidance,
                          **measure(pipe, prompts, metrics, clip, guidance=args.guidance, seed=args.seed,
                                    batch_size=args.batch_size)}
         write_text(store, json.dumps(done, indent=1))
         r = done[key]
         print(f"[t2i_teacher_curve] step {step}: attribute accuracy all {r['attribute_accuracy']['all']:.3f}, "
               f"CLIP-shapes {r['clip_shapes_score']:.1f}, FD-shapes {r['fd_shapes']:.1f}", flush=True)
-    rows = sorted((r for r in done.values() if r["guidance"] == args.guidance), key=lambda r: r["step"])
+    mine = sorted((dict(r, run=str(run)) for r in done.values() if r["guidance"] == args.guidance),
+                  key=lambda r: r["step"])
+    rows = earlier + mine
     record = {"command": "python -m benchmarks.t2i_teacher_curve " + " ".join(args.argv), "run": str(run),
+              "step_offset": offset, "previous": previous, "earlier_rows": earlier, "rows": mine,
               "prompts": f"{HELDOUT.relative_to(REPO)} (first {len(prompts)})", "guidance": args.guidance,
-              "sampler": "dpmpp_2m, 25 steps", "seed": args.seed, "rows": rows,
+              "sampler": "dpmpp_2m, 25 steps", "seed": args.seed,
               "wall_seconds_this_call": round(time.time() - t0, 1), "machine": machine(),
               "train_config": json.loads((run / "config.json").read_text())["train"]}
     out = Path(args.out)
     write_text(out, json.dumps(record, indent=1))
     lines = ["# The embedded text-to-image teacher's curve\n", f"`{record['command']}`; {record['prompts']}, guidance "
              f"{args.guidance:g}, {record['sampler']}, one sample per prompt.\n",
-             "| step | attr. all | count | kinds | colours | background | pairs | CLIP-shapes | FD-shapes | s/image |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "| step | run | attr. all | count | kinds | colours | background | pairs | CLIP-shapes | FD-shapes | s/image |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    if offset:
+        lines.insert(2, f"Steps count from the start of the first run; this run ({run}) continues the release of "
+                        f"{previous['run']} at step {offset} (fresh Adam moments).\n")
     for r in rows:
         a = r["attribute_accuracy"]
-        lines.append(f"| {r['step']} | {a['all']:.3f} | {a['count']:.3f} | {a['kinds']:.3f} | {a['colours']:.3f} | "
+        lines.append(f"| {r['step']} | {Path(r['run']).name} | {a['all']:.3f} | {a['count']:.3f} | {a['kinds']:.3f} | {a['colours']:.3f} | "
                      f"{a['background']:.3f} | {a['pairs']:.3f} | {r['clip_shapes_score']:.1f} | {r['fd_shapes']:.1f} | "
                      f"{r['seconds_per_image']:.2f} |")
     lines.append(f"\nReal images of the same prompts: attribute accuracy all {REAL_ACCURACY}, CLIP-shapes "
@@ -161,6 +184,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=cli.positive_int, default=32, help="[32]")
     p.add_argument("--threads", type=cli.positive_int, default=1, help="[1]")
     p.add_argument("--with-latest", action="store_true", help="also measure checkpoints/latest.pt")
+    p.add_argument("--previous", default=None, help="the curve record (.json) of the run this one continues: its "
+                   "rows first, this run's steps offset by its last step")
     p.add_argument("--out", default=str(RESULTS / "t2i_teacher_curve.json"))
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
