@@ -202,9 +202,13 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
     family = make_family(cfg, model, parts, Path(cfg.out).parent / "cache")  # the dataset / latents, the schedule
     if ckpt is not None:
         restore(state, ckpt, cfg, resume, ctx.rank)
-        if ckpt["meta"].get("family", {}).get("parts_checksum") != family.record().get("parts_checksum"):
+        saved, now = ckpt["meta"].get("family", {}), family.record()
+        if saved.get("parts_checksum") != now.get("parts_checksum"):
             raise UserError(f"--resume {resume}: the frozen VAE / text encoder of {cfg.model} changed since the run "
                             "started; an exact resume needs the same ones")
+        if saved.get("data_checksum") != now.get("data_checksum"):  # a captioned folder (training/latent.py)
+            raise UserError(f"--resume {resume}: the captioned images under --data-root {cfg.data_root} changed "
+                            "since the run started (files, sizes or captions); an exact resume needs the same data")
         run_id = ckpt["meta"]["run_id"]
         del ckpt
     elif ctx.is_main:

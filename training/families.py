@@ -6,7 +6,8 @@
     family.shape, family.schedule, family.heldout(n), family.grid(ema_model, steps, seed), family.release(...)
 
 ``ImageFamily``: the DDPM U-Net on an image dataset (pixel space, random flips, the DDIM codebase's objective).
-``LatentFamily`` (training/latent.py): an SD-style conditional U-Net on cached VAE latents with captions.
+``LatentFamily`` (training/latent.py): an SD-style conditional U-Net on VAE latents of captioned images (the
+captioned shapes, or a captioned image folder: data/captioned_folder.py).
 A family draws its per-step randomness (flips; caption variants, dropout, posterior noise) from the run's
 generator AFTER the loop has drawn t and eps, for the global batch, so resume and data parallel stay exact.
 """
@@ -96,4 +97,5 @@ def make_family(cfg, model: nn.Module, parts: dict | None, cache_dir: Path):
     from training.latent import LatentFamily
 
     return LatentFamily(model, parts, caption_dropout=cfg.caption_dropout, loss_reduction=cfg.loss_reduction,
-                        seed=cfg.seed, cache_dir=cache_dir, source=parts["source"])
+                        seed=cfg.seed, cache_dir=cache_dir, source=parts["source"], data=cfg.data,
+                        data_root=cfg.data_root)

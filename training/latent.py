@@ -2,14 +2,18 @@
 
     python train.py --model t2i-shapes --steps 8000 --batch-size 64 --lr 3e-4 --warmup 200   # the embedded teacher
     python train.py --model checkpoints/t2i_shapes --steps 1000 --lr 1e-4                    # fine-tune a pipeline's U-Net
+    python train.py --model checkpoints/t2i_shapes --data folder --data-root data/my_captioned_images --steps 1000
 
 The objective is latent diffusion's (Rombach et al. 2022, arXiv 2112.10752, eq. 2, conditioned as in Sec. 3.3):
 
     L = E_{z0, y, eps, t} || eps - eps_theta(sqrt(abar_t) z0 + sqrt(1 - abar_t) eps, t, tau(y)) ||^2
 
 z0 is a sample of the frozen VAE's posterior times its scaling factor, tau the frozen text encoder (its last hidden
-state, as SD-1 conditions), abar_t the pipeline's own training schedule (scheduler/scheduler_config.json: SD's
-scaled_linear 0.00085..0.012 over 1000 steps), and the loss is the mean over latent elements (diffusers' and the
+state, as SD-1 conditions; SDXL: both encoders' penultimate states, the pooled text embedding and the time ids
+(H, W, 0, 0, H, W) of the training resolution, as models/pipelines/text_to_image.py text_conditioning builds them
+for generation; per-image original sizes and crop offsets, Podell et al. 2023 Sec. 2.2, are not used), abar_t
+the pipeline's own training schedule (scheduler/scheduler_config.json: SD's scaled_linear 0.00085..0.012 over
+1000 steps), and the loss is the mean over latent elements (diffusers' and the
 LDM code's reduction) unless --loss-reduction says otherwise. With probability ``caption_dropout`` (10%) a caption
 is replaced by "" (Ho & Salimans 2022, arXiv 2207.12598, Sec. 3.2, as SD does): the unconditional input that
 classifier-free guidance needs at sampling time.
@@ -22,10 +26,16 @@ not the latent of the flipped image). Everything a step draws (variants, dropout
 the run's generator for the GLOBAL batch and is then sliced per rank, like the DDPM family's flips, so a resumed
 or a 2-process run follows the same sequence.
 
+Captioned folders. ``--data folder --data-root DIR`` trains on real images instead: data/captioned_folder.py
+(metadata.jsonl, metadata.csv or sidecar .txt captions), each image resized and center-cropped to the U-Net's
+pixel size. Its posteriors are cached as above when they fit in CACHE_LIMIT_BYTES, else encoded per step on the
+U-Net's device (``LatentFamily``); one caption per image (no paraphrases), the same caption dropout. A resume
+refuses a folder whose files, sizes or captions changed (``CaptionedFolder.checksum``, in config.json's family).
+
 Models. ``--model t2i-shapes`` is a fresh U-Net of that preset (models/sd/presets.py) with the frozen parts of the
-shipped pipeline (checkpoints/t2i_shapes: VAE, text encoder, tokenizer, scheduler); a pipeline folder fine-tunes
-its own U-Net with its own parts. The release is ``RUN/pipeline/``: the pipeline folder with the EMA U-Net, which
-generate.py, evaluate.py and ``models.load`` read.
+shipped pipeline (checkpoints/t2i_shapes: VAE, text encoder, tokenizer, scheduler); a pipeline folder (SD-1/2,
+or SDXL with text_encoder_2/ and tokenizer_2/) fine-tunes its own U-Net with its own parts. The release is
+``RUN/pipeline/``: the pipeline folder with the EMA U-Net, which generate.py, evaluate.py and ``models.load`` read.
 """
 from __future__ import annotations
 
@@ -55,14 +65,33 @@ SHAPES_PIPELINE = REPO / "checkpoints" / "t2i_shapes"  # the frozen parts of ``-
 LATENT_PRESETS = {"t2i-shapes": SHAPES_PIPELINE}       # U-Net preset -> the folder of its frozen parts
 TRAIN_IMAGES = 20000                                   # the captioned shapes' train split (the VAE's and CLIP's)
 GRID_PROMPTS = 8                                       # sample grids: captions of test images 0..7, 8 seeds each
+FROZEN_MODULES = ("vae", "text_encoder", "text_encoder_2")
+CACHE_LIMIT_BYTES = 2 * 2**30  # a captioned folder's posteriors (mean + std, float32) are cached up to this size
+ENCODE_BATCH = 16              # images per VAE encode (memory only: SD's VAE at 512 px holds GBs of activations)
 
 
 def is_latent_model(model: str) -> bool:
     return model in LATENT_PRESETS or is_latent_source(model)
 
 
+def _kind(folder: Path) -> tuple[str, bool]:
+    """(pipeline kind, force_zeros_for_empty_prompt) of a folder: from its model_index.json as load_pipeline
+    derives them (models/pipelines/pipeline.py), else "sd1" (or "sdxl" with a text_encoder_2/ folder)."""
+    from models.pipelines.component import read_config
+    from models.pipelines.pipeline import listed_components, pipeline_kind, read_model_index
+
+    if not (folder / "model_index.json").is_file():
+        kind = "sdxl" if (folder / "text_encoder_2").is_dir() else "sd1"
+        return kind, kind == "sdxl"
+    index = read_model_index(folder)
+    unet = read_config(folder / "unet") if (folder / "unet" / "config.json").is_file() else None
+    kind = pipeline_kind(listed_components(index), unet)
+    return kind, bool(index.get("force_zeros_for_empty_prompt", kind == "sdxl"))
+
+
 def _load_parts(folder: Path) -> dict[str, Any]:
-    """The frozen VAE, text encoder, tokenizer and scheduler config of a pipeline folder (its U-Net is not read)."""
+    """The frozen VAE, text encoder(s), tokenizer(s) and scheduler config of a pipeline folder, and its kind
+    ("sd1", "sd2" or "sdxl": SDXL adds text_encoder_2/ and tokenizer_2/); its U-Net is not read."""
     import json
 
     from models.clip.tokenizer import CLIPTokenizer
@@ -71,11 +100,20 @@ def _load_parts(folder: Path) -> dict[str, Any]:
     if missing:
         raise UserError(f"{folder}: no {', '.join(missing)} folder; a latent text-to-image model needs a pipeline "
                         f"folder with vae/, text_encoder/, tokenizer/ and scheduler/")
+    kind, force_zeros = _kind(folder)
+    second = [name for name in ("text_encoder_2", "tokenizer_2") if not (folder / name).is_dir()]
+    if kind == "sdxl" and second:
+        raise UserError(f"{folder}: an sdxl pipeline, but no {', '.join(second)} folder")
     parts = {"vae": load_component(folder / "vae"), "text_encoder": load_component(folder / "text_encoder"),
              "tokenizer": CLIPTokenizer.from_folder(folder / "tokenizer"),
-             "scheduler": json.loads((folder / "scheduler" / SCHEDULER_FILE).read_text()), "source": str(folder)}
-    for name in ("vae", "text_encoder"):
-        parts[name].eval().requires_grad_(False)
+             "scheduler": json.loads((folder / "scheduler" / SCHEDULER_FILE).read_text()), "source": str(folder),
+             "kind": kind, "force_zeros_for_empty_prompt": force_zeros}
+    if kind == "sdxl":
+        parts["text_encoder_2"] = load_component(folder / "text_encoder_2")
+        parts["tokenizer_2"] = CLIPTokenizer.from_folder(folder / "tokenizer_2")
+    for name in FROZEN_MODULES:
+        if name in parts:
+            parts[name].eval().requires_grad_(False)
     return parts
 
 
@@ -91,17 +129,21 @@ def build_latent_model(model: str, seed: int) -> tuple[UNet2DConditionModel, str
 
 
 def parts_checksum(parts: dict[str, Any]) -> str:
-    """sha256 (16 hex) of the frozen VAE's and text encoder's weights: a resume refuses other frozen parts."""
+    """sha256 (16 hex) of the frozen VAE's and text encoder(s)' weights: a resume refuses other frozen parts.
+    An SD-1/2 pipeline has no text_encoder_2, so its checksum is the one runs made before SDXL was trained."""
     from metrics.evaluation import weights_sha256
 
-    both = weights_sha256(parts["vae"]) + weights_sha256(parts["text_encoder"])
+    both = "".join(weights_sha256(parts[name]) for name in ("vae", "text_encoder", "text_encoder_2")
+                   if parts.get(name) is not None)
     return hashlib.sha256(both.encode()).hexdigest()[:16]
 
 
 def frozen_pipeline(unet: nn.Module, parts: dict[str, Any], source: str) -> Pipeline:
-    """The SD-1-kind pipeline of a U-Net and the frozen parts it is trained with."""
-    return Pipeline(kind="sd1", unet=unet, vae=parts["vae"], scheduler=parts["scheduler"],
-                    text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"], source=source)
+    """The pipeline (of the parts' kind) of a U-Net and the frozen parts it is trained with."""
+    return Pipeline(kind=parts.get("kind", "sd1"), unet=unet, vae=parts["vae"], scheduler=parts["scheduler"],
+                    text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
+                    text_encoder_2=parts.get("text_encoder_2"), tokenizer_2=parts.get("tokenizer_2"),
+                    force_zeros_for_empty_prompt=parts.get("force_zeros_for_empty_prompt", False), source=source)
 
 
 def pipeline_from_checkpoint(ckpt: dict[str, Any], model: str, source: str) -> Pipeline:
@@ -139,11 +181,69 @@ def cached_posterior(vae: nn.Module, *, count: int, seed: int, cache_dir: Path, 
     return mean, std, attrs
 
 
+def open_captioned_folder(root: str | None, pixels: int):
+    """The CaptionedFolder (data/captioned_folder.py) of ``--data folder --data-root root`` at ``pixels``."""
+    from data.captioned_folder import CaptionedFolder
+
+    if not root:
+        raise UserError("--data folder needs --data-root: the folder of captioned images")
+    try:
+        return CaptionedFolder(root, image_size=pixels)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--data-root {root}: {e}") from None
+
+
+@torch.no_grad()
+def encode_posterior(vae: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, sigma) of q(z|x) for images (N, 3, H, W) in [-1, 1], each (N, C, h, w) float32 on the VAE's device."""
+    p = next(vae.parameters())
+    means, stds = [], []
+    for batch in images.split(ENCODE_BATCH):
+        q = vae.encode(batch.to(p.device, p.dtype))
+        means.append(q.mean.float())
+        stds.append(q.std.float())
+    return torch.cat(means), torch.cat(stds)
+
+
+def folder_posterior(vae: nn.Module, folder, *, cache_dir: Path, key: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, sigma) of every image of a CaptionedFolder, each (N, C, h, w) float32 on the CPU, cached under
+    ``cache_dir`` by ``key``. Building it decodes every image: an unreadable one raises OSError naming it."""
+    from common.runs import atomic_torch_save
+
+    path = cache_dir / f"t2i_folder_latents_{key}.pt"
+    if path.is_file():
+        blob = torch.load(path, weights_only=True)
+        return blob["mean"], blob["std"]
+    means, stds = [], []
+    for start in range(0, len(folder), 256):
+        mean, std = encode_posterior(vae, folder.load(range(start, min(start + 256, len(folder)))))
+        means.append(mean.cpu())
+        stds.append(std.cpu())
+    mean, std = torch.cat(means), torch.cat(stds)
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_torch_save({"mean": mean, "std": std}, path)
+    return mean, std
+
+
+def _to(value, device: str):
+    """A conditioning value (a tensor, or SDXL's added_cond_kwargs dict of tensors) on ``device``."""
+    return {k: v.to(device) for k, v in value.items()} if isinstance(value, dict) else value.to(device)
+
+
 class LatentFamily:
-    """What train.py's loop asks of a model family (training/families.py): data, loss, grids, release."""
+    """What train.py's loop asks of a model family (training/families.py): data, loss, grids, release.
+
+    data "shapes": the captioned shapes (module docstring). data "folder": the CaptionedFolder at ``data_root``
+    at the U-Net's pixel size (latent size x the VAE's factor). Its posteriors are cached like the shapes' when
+    they fit in CACHE_LIMIT_BYTES (an 11k-image folder of SD-1.5's 64x64x4 latents: 1.4 GB), else each step
+    encodes its own images on the U-Net's device; both draw z = mu + sigma n with the same n, so the choice
+    changes nothing but speed and memory (up to the VAE's float batch effects). For a folder the frozen parts
+    are moved to the U-Net's device (the shapes keep them on the CPU, where their cache and earlier runs were made).
+    """
 
     def __init__(self, model: UNet2DConditionModel, parts: dict[str, Any], *, caption_dropout: float,
-                 loss_reduction: str | None, seed: int, cache_dir: Path, source: str):
+                 loss_reduction: str | None, seed: int, cache_dir: Path, source: str, data: str = "shapes",
+                 data_root: str | None = None):
         self.parts, self.caption_dropout = parts, caption_dropout
         self.pipe = frozen_pipeline(model, parts, source)
         try:
@@ -152,33 +252,71 @@ class LatentFamily:
             raise UserError(str(e)) from None
         self.checksum = parts_checksum(parts)
         vae = parts["vae"]
-        self.mean, self.std, self.attrs = cached_posterior(vae, count=TRAIN_IMAGES, seed=0, cache_dir=cache_dir,
-                                                           key=self.checksum)
+        self.folder = None
+        if data == "folder":
+            self._open_folder(model, data_root, cache_dir, source)
+        else:
+            self.mean, self.std, self.attrs = cached_posterior(vae, count=TRAIN_IMAGES, seed=0, cache_dir=cache_dir,
+                                                               key=self.checksum)
         self.scale = float(vae.config.scaling_factor)
         c = model.config
         size = c.sample_size[0] if isinstance(c.sample_size, (tuple, list)) else c.sample_size
         self.shape = (int(c.in_channels), int(size), int(size))
-        if tuple(self.mean.shape[1:]) != self.shape:
+        self.pixels = int(size) * self.pipe.vae_scale  # SDXL's time ids: original = target size, no crop
+        if self.mean is not None and tuple(self.mean.shape[1:]) != self.shape:
             raise UserError(f"{source}: the U-Net reads latents {self.shape} but the VAE makes "
                             f"{tuple(self.mean.shape[1:])}")
         self.seed = seed
 
+    def _open_folder(self, model: nn.Module, data_root: str | None, cache_dir: Path, source: str) -> None:
+        """The captioned folder and its cached posteriors (None when encoded per step); every image decoded once."""
+        c = model.config
+        size = c.sample_size[0] if isinstance(c.sample_size, (tuple, list)) else c.sample_size
+        if self.pipe.latent_channels != int(c.in_channels):
+            raise UserError(f"{source}: the U-Net reads {c.in_channels} latent channels but the VAE makes "
+                            f"{self.pipe.latent_channels}")
+        device = next(model.parameters()).device
+        for name in FROZEN_MODULES:
+            if self.parts.get(name) is not None:
+                self.parts[name].to(device)
+        self.folder = open_captioned_folder(data_root, int(size) * self.pipe.vae_scale)
+        self.data_checksum = self.folder.checksum()
+        latent_bytes = 2 * 4 * int(c.in_channels) * int(size) ** 2  # mean + std, float32
+        self.cached = len(self.folder) * latent_bytes <= CACHE_LIMIT_BYTES
+        self.mean = self.std = None
+        try:
+            if self.cached:
+                self.mean, self.std = folder_posterior(self.parts["vae"], self.folder, cache_dir=cache_dir, key=(
+                    f"{self.checksum}_{self.data_checksum}_{int(size) * self.pipe.vae_scale}px"))
+            else:
+                self.folder.verify()  # a truncated file fails now, not at the step that draws it
+        except OSError as e:
+            raise UserError(f"--data-root {data_root}: {e}") from None
+
     def __len__(self) -> int:
-        return len(self.attrs)
+        return len(self.attrs) if self.folder is None else len(self.folder)
 
     def batch(self, idx: list[int], shard: slice, g: torch.Generator, device: str) -> tuple[torch.Tensor, dict]:
         """(z0, U-Net keyword inputs) of this rank's share of the global batch ``idx``."""
         B = len(idx)
-        variant = torch.randint(NUM_VARIANTS, (B,), generator=g)
+        variant = torch.randint(NUM_VARIANTS, (B,), generator=g) if self.folder is None else None  # paraphrases
         drop = torch.rand(B, generator=g) < self.caption_dropout
         n = torch.randn((B, *self.shape), generator=g)
         rows = list(range(B))[shard]
-        sel = torch.tensor([idx[j] for j in rows], dtype=torch.long)
-        z0 = self.scale * (self.mean[sel] + self.std[sel] * n[shard])
-        captions = ["" if drop[j] else caption(self.attrs[idx[j]], int(variant[j])) for j in rows]
+        mine = [idx[j] for j in rows]
+        if self.mean is not None:
+            sel = torch.tensor(mine, dtype=torch.long)
+            mean, std = self.mean[sel], self.std[sel]
+        else:  # a folder too large to cache: this step's images, encoded now
+            mean, std = encode_posterior(self.parts["vae"], self.folder.load(mine))
+        z0 = self.scale * (mean + std * n[shard].to(mean.device))
+        if self.folder is None:
+            captions = ["" if drop[j] else caption(self.attrs[idx[j]], int(variant[j])) for j in rows]
+        else:
+            captions = ["" if drop[j] else self.folder.captions[idx[j]] for j in rows]
         with torch.no_grad():
-            cond = text_conditioning(self.pipe, captions, (0, 0)).kwargs()
-        return z0.to(device), {k: v.to(device) for k, v in cond.items()}
+            cond = text_conditioning(self.pipe, captions, (self.pixels, self.pixels)).kwargs()
+        return z0.to(device), {k: _to(v, device) for k, v in cond.items()}
 
     def loss(self, forward, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, cond: dict) -> torch.Tensor:
         return eps_loss(lambda x, tt: forward(x, tt, **cond), self.schedule, z0, t, eps)
@@ -188,9 +326,14 @@ class LatentFamily:
 
     @torch.no_grad()
     def grid(self, ema_model: nn.Module, steps: int, seed: int) -> torch.Tensor:
-        """8 held-out prompts x 8 samples, guidance 5 with the pipeline's scheduler: (64, 3, H, W) in [-1, 1]."""
-        _, attrs = rendered_split("test", GRID_PROMPTS, seed=0)
-        prompts = [caption(a, 0) for a in attrs for _ in range(8)]
+        """8 held-out prompts (a folder: its first 8 captions) x 8 samples, guidance 5 with the pipeline's
+        scheduler: (64, 3, H, W) in [-1, 1]."""
+        if self.folder is None:
+            _, attrs = rendered_split("test", GRID_PROMPTS, seed=0)
+            captions = [caption(a, 0) for a in attrs]
+        else:  # a folder has no held-out split: the captions of its first images
+            captions = [self.folder.captions[i % len(self.folder)] for i in range(GRID_PROMPTS)]
+        prompts = [p for p in captions for _ in range(8)]
         pipe = dataclasses.replace(self.pipe, unet=ema_model.eval())
         request = Request(guidance_scale=5.0, steps=steps, seed=seed, batch_size=16)
         return generate(pipe, request, indices=range(len(prompts)), prompts=prompts) * 2 - 1
@@ -212,9 +355,14 @@ class LatentFamily:
 
     def record(self) -> dict[str, Any]:
         """What config.json records of the family."""
-        return {"family": "latent", "frozen_parts": self.pipe.source, "parts_checksum": self.checksum,
-                "latent_shape": list(self.shape), "scaling_factor": self.scale, "train_images": len(self),
-                "schedule": dataclasses.asdict(self.schedule.config), "caption_dropout": self.caption_dropout}
+        out = {"family": "latent", "frozen_parts": self.pipe.source, "parts_checksum": self.checksum,
+               "latent_shape": list(self.shape), "scaling_factor": self.scale, "train_images": len(self),
+               "schedule": dataclasses.asdict(self.schedule.config), "caption_dropout": self.caption_dropout,
+               "pipeline_kind": self.pipe.kind}
+        if self.folder is not None:  # a resume compares data_checksum (train.py)
+            out.update(data="folder", data_root=str(self.folder.root), data_checksum=self.data_checksum,
+                       pixel_size=self.pixels, posterior="cached" if self.cached else "encoded per step")
+        return out
 
 
 def release_checkpoint(run_dir: Path, ckpt: dict[str, Any], model: str) -> Path:

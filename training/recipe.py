@@ -99,8 +99,11 @@ def validate(cfg: TrainConfig) -> None:
     need(0.0 <= cfg.caption_dropout < 1.0, "caption-dropout", "in [0, 1)", cfg.caption_dropout)
     from training.latent import is_latent_model
 
-    if is_latent_model(cfg.model):  # training/latent.py: captioned shapes as cached latents, no flips
-        need(cfg.data == "shapes", "data", "shapes (the captioned shapes) for a latent text-to-image model", cfg.data)
+    if is_latent_model(cfg.model):  # training/latent.py: captioned shapes or a captioned folder as latents, no flips
+        need(cfg.data in ("shapes", "folder"), "data", "shapes (the captioned shapes) or folder (captioned images "
+             "under --data-root) for a latent text-to-image model", cfg.data)
+        need(cfg.data != "folder" or bool(cfg.data_root), "data-root", "the folder of captioned images with "
+             "--data folder", cfg.data_root)
         need(not cfg.random_flip, "random-flip", "off for a latent model (cached latents are not flipped)",
              cfg.random_flip)
         need(cfg.distill == "none" or cfg.loss_reduction in (None, "mean"), "loss-reduction", "mean with --distill "
