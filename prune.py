@@ -263,7 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "[default: the model's own setting]")
     p.add_argument("--ignored", nargs="*", default=None, help="module paths whose output channels are kept")
     cli.add_data_flags(p, DATASETS, default=d.data, help="the gradient batch's data (pipelines: shapes = the "
-                       "captioned shapes, folder = images with sibling .txt captions or --prompts)")
+                       "captioned shapes, folder = images captioned by metadata.jsonl / metadata.csv rows or "
+                       "sibling .txt files, or --prompts)")
     p.add_argument("--prompts", default=None, help="text-to-image pipelines: a captions file, line i for image i of "
                    "--data folder; also the grids' prompts (reports/pipeline_prune.py)")
     p.add_argument("--recipe", choices=RECIPES, default=None, help="ldm-script: Diff-Pruning's LDM script (x0 "

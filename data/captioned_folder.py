@@ -78,6 +78,24 @@ def read_metadata(root: Path) -> dict[str, str]:
     return captions
 
 
+def folder_captions(root: str | os.PathLike, files: Sequence[Path]) -> list[str]:
+    """The caption of each of ``files`` (images under ``root``), from the module docstring's sources in order."""
+    root = Path(root)
+    named = read_metadata(root)
+    captions = []
+    for path in files:
+        key = path.relative_to(root).as_posix()
+        sidecar = path.with_suffix(".txt")
+        if key in named:
+            captions.append(named[key])
+        elif sidecar.is_file():
+            captions.append(sidecar.read_text(encoding="utf-8").strip())
+        else:
+            raise ValueError(f"{path}: no caption (no {' / '.join(METADATA_FILES)} row names it, and no caption "
+                             f"file {sidecar.name} beside it)")
+    return captions
+
+
 class CaptionedFolder:
     """Every image under ``root`` (float32 (3, image_size, image_size) in [-1, 1]) and its caption.
 
@@ -90,18 +108,7 @@ class CaptionedFolder:
         if not self.root.is_dir():
             raise FileNotFoundError(f"captioned image folder {self.root} does not exist (or is not a folder)")
         self.images = ImageFolder(self.root, image_size=image_size, crop="center")  # no images: FileNotFoundError
-        named = read_metadata(self.root)
-        self.captions: list[str] = []
-        for path in self.images.files:
-            key = path.relative_to(self.root).as_posix()
-            sidecar = path.with_suffix(".txt")
-            if key in named:
-                self.captions.append(named[key])
-            elif sidecar.is_file():
-                self.captions.append(sidecar.read_text(encoding="utf-8").strip())
-            else:
-                raise ValueError(f"{path}: no caption (no row of a {' / '.join(METADATA_FILES)} names it and "
-                                 f"there is no {sidecar.name} beside it)")
+        self.captions: list[str] = folder_captions(self.root, self.images.files)
 
     def __len__(self) -> int:
         return len(self.captions)

@@ -13,9 +13,9 @@ abar_t the pipeline's own training schedule (scheduler/scheduler_config.json). T
     --data shapes      (default) the captioned shapes' train split, as train.py's latent family reads them
                        (training/latent.py: the same rendered images, the same cached VAE posterior, one of
                        data.captions' paraphrases per image); at the U-Net's own pixel size when it is not 32 px
-    --data folder      an image folder (--data-root): each image's caption from a sibling .txt file (the
-                       img2dataset layout 00000.jpg + 00000.txt) or, with --prompts FILE, line i for image i
-                       (images in sorted path order, data/image_folder.py)
+    --data folder      an image folder (--data-root): each image's caption from a metadata.jsonl / metadata.csv
+                       row or a sibling .txt file (data/captioned_folder.py, as train.py reads it) or, with
+                       --prompts FILE, line i for image i (images in sorted path order, data/image_folder.py)
 
 z0 = s * (mu + sigma * n) is one draw of the VAE posterior q(z|x) (n from the spec's seed), s the VAE's scaling
 factor. SDXL's extra inputs (pooled text embedding, time ids at the U-Net's pixel size) come with the captions
@@ -84,7 +84,8 @@ def check_pipeline(pipe, spec: ChannelPruning | LayerPruning, source: str) -> No
 
 
 def _folder_pairs(root: str, prompts: str | None) -> tuple[list[Path], list[str]]:
-    """(image files in sorted order, their captions): sibling .txt files, or the prompts file's lines."""
+    """(image files in sorted order, their captions): data/captioned_folder.py's metadata files or sibling .txt
+    files, or the prompts file's lines."""
     from data.image_folder import list_images
     from metrics.t2i_evaluation import read_prompts
 
@@ -100,11 +101,12 @@ def _folder_pairs(root: str, prompts: str | None) -> tuple[list[Path], list[str]
             raise UserError(f"--prompts {prompts}: {len(captions)} captions for the {len(files)} images of "
                             f"{root}; give one caption per image, line i for the i-th image in sorted path order")
         return files, captions
-    missing = [f.name for f in files if not f.with_suffix(".txt").is_file()]
-    if missing:
-        raise UserError(f"--data-root {root}: no caption file {Path(missing[0]).with_suffix('.txt')} (and "
-                        f"{len(missing) - 1} more); give --prompts FILE (one caption per image) instead")
-    return files, [f.with_suffix(".txt").read_text(encoding="utf-8").strip() for f in files]
+    from data.captioned_folder import folder_captions
+
+    try:  # metadata.jsonl / metadata.csv rows or sidecar .txt files, as train.py reads them
+        return files, folder_captions(root, files)
+    except (OSError, ValueError) as e:
+        raise UserError(f"--data-root {root}: {e}; or give --prompts FILE (one caption per image)") from None
 
 
 @torch.no_grad()

@@ -175,3 +175,13 @@ def test_bad_folders_are_one_line_errors_naming_the_file(tmp_path, pipes):
     with pytest.raises(UserError, match="--data-root must be the folder of captioned images"):
         train.main(train.TrainConfig(**{**vars(config(tmp_path, pipes["sd"], broken)), "data_root": None}))
     assert not (tmp_path / "runs").exists()  # refused before any run folder was made
+
+
+def test_prune_calibrates_on_the_same_folder_layouts(tmp_path, pipes):
+    """pruning/pipelines.py reads its --data folder captions with the same reader (here a metadata.csv)."""
+    from pruning.pipelines import calibration_pairs
+
+    data = captioned(tmp_path / "data", "csv")
+    z0, captions, _ = calibration_pairs(load_latent(pipes["sd"]), 3, data="folder", data_root=str(data), prompts=None,
+                                        seed=0, cache_dir=tmp_path)
+    assert z0.shape == (3, 4, 16, 16) and set(captions) <= set(CAPTIONS) and len(set(captions)) == 3
