@@ -298,14 +298,15 @@ def build_parser() -> argparse.ArgumentParser:
     layer = p.add_argument_group("layer pruning (--method layer)")
     layer.add_argument("--criterion", choices=tuple(LAYER_CRITERIA), default=None,
                        help="unit score: output-loss (LAPTOP-Diff), random, handcrafted (BK-SDM-style rule) or "
-                            "taylor (Diff-Pruning's score summed per unit) [default: output-loss]")
+                            "taylor (Diff-Pruning's score summed per unit) [default: output-loss; handcrafted with "
+                            "--architecture]")
     layer.add_argument("--solver", choices=SOLVERS, default=None,
                        help="knapsack (exact, minimum summed score), greedy by score per cost, ranked by score, or "
                             "exhaustive (measured L(S), <= 20 units) [default: knapsack; ranked for handcrafted]")
     layer.add_argument("--granularity", choices=GRANULARITIES, default=None, help="SD U-Nets: an attention unit is a "
                        "whole Transformer2D or each transformer block [default: transformer]")
     layer.add_argument("--architecture", choices=tuple(ARCHITECTURES), default=None, help="--criterion handcrafted "
-                       "of an SD-v1 U-Net: BK-SDM's fixed architecture instead of a target")
+                       "(implied) of an SD-v1 U-Net: BK-SDM's fixed architecture instead of a target")
     layer.add_argument("--calib-size", type=cli.positive_int, default=None,
                        help=f"calibration triples (x0, t, eps) of output-loss, the exhaustive solver and the additivity "
                             f"report [default: {DEFAULT_CALIB_SIZE}]")
@@ -333,6 +334,8 @@ def build_spec(args: dict[str, Any]) -> ChannelPruning | LayerPruning:
                             else "(layer pruning's; give --method layer)"))
     if "ignored" in given:
         given["ignored"] = tuple(given["ignored"])
+    if layer and "architecture" in given and "criterion" not in given:
+        given["criterion"] = "handcrafted"  # a fixed BK-SDM architecture is the handcrafted criterion's only
     return cls(**given) if layer else cls(method=args["method"], **given)
 
 
