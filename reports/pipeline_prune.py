@@ -38,8 +38,15 @@ def _load(cfg):
     """The pipeline of ``cfg.model`` on ``cfg.device``, in float32; a component folder or a non-SD U-Net is refused."""
     from models.integrity import check_weights
     from models.pipelines import Pipeline, load_latent
+    from models.pipelines.component import class_name, read_config
     from models.sd.unet import UNet2DConditionModel
 
+    folder = Path(cfg.model)
+    if folder.is_dir() and not (folder / "model_index.json").is_file():  # refused before minutes of reading
+        raise UserError(f"--model {cfg.model}: a single component folder ({class_name(read_config(folder))}, no "
+                        "model_index.json); prune.py prunes the U-Net of a whole pipeline folder so that the result "
+                        "can generate: give the folder holding model_index.json, unet/, vae/, text_encoder/, "
+                        "tokenizer/ and scheduler/")
     pipe = load_latent(cfg.model)
     if not isinstance(pipe, Pipeline):
         raise UserError(f"--model {cfg.model}: a single component ({type(pipe).__name__}); prune.py prunes the U-Net "

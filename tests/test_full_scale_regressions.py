@@ -15,3 +15,17 @@ def test_architecture_implies_the_handcrafted_criterion():
     assert cfg.spec.criterion == "handcrafted" and cfg.spec.architecture == "bk-sdm-small"
     with pytest.raises(SystemExit):
         prune.parse_args(["--method", "layer", "--architecture", "bk-sdm-small", "--criterion", "random"])
+
+
+def test_a_bare_unet_folder_is_refused_before_its_weights_are_read(tmp_path, monkeypatch):
+    """A diffusers U-Net folder alone (SDXL's unet/ is 10 GB) is refused in one line naming its class, before
+    the minutes of reading it that the refusal used to come after."""
+    from common.cli import UserError
+    from models import pipelines
+    from tiny_pipeline import write_tiny_pipeline
+
+    unet = write_tiny_pipeline(tmp_path / "pipe") / "unet"
+    monkeypatch.setattr(pipelines, "load_latent", lambda *a, **k: pytest.fail("weights were read"))
+    with pytest.raises(UserError, match=r"single component folder \(UNet2DConditionModel.*model_index.json"):
+        prune.main(prune.parse_args(["--model", str(unet), "--out", str(tmp_path / "runs"), "--method", "magnitude"]))
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
