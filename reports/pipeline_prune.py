@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from common.cli import UserError
+from common.resources import check_fits
 from common.runs import RunLock, new_run_dir, write_json, write_text
 from pruning import pipelines as pp
 from pruning.layers.spec import LayerPruning
@@ -81,6 +82,9 @@ def prune_pipeline(cfg) -> Path:
     start = time.perf_counter()
     pipe = _load(cfg)
     unet = pipe.unet
+    # The pipeline folder is written last, in float32 (SDXL's: 9 GB even pruned); the dense pipeline's size bounds it.
+    written = sum(t.numel() * 4 for m in pipe.modules().values() for t in (*m.parameters(), *m.buffers()))
+    check_fits(f"--out {cfg.out}", disk=written, folder=cfg.out, prefix="[prune] ")
     pp.check_pipeline(pipe, spec, cfg.model)
     try:
         if layer:

@@ -29,3 +29,18 @@ def test_a_bare_unet_folder_is_refused_before_its_weights_are_read(tmp_path, mon
     with pytest.raises(UserError, match=r"single component folder \(UNet2DConditionModel.*model_index.json"):
         prune.main(prune.parse_args(["--model", str(unet), "--out", str(tmp_path / "runs"), "--method", "magnitude"]))
     assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+def test_a_pipeline_folder_that_cannot_fit_on_disk_is_refused_before_pruning(tmp_path, monkeypatch):
+    """The pruned pipeline folder (float32: 9 GB for a pruned SDXL) is written after all the work; a disk without
+    room for it fails in one line first (it used to fail at the end, in save_pipeline, with "No space left")."""
+    from common import resources
+    from common.cli import UserError
+    from pruning import pipelines as pp
+    from tiny_pipeline import write_tiny_pipeline
+
+    folder = write_tiny_pipeline(tmp_path / "pipe")
+    monkeypatch.setattr(resources, "free_disk", lambda _: 1000)
+    monkeypatch.setattr(pp, "calibration", lambda *a, **k: pytest.fail("pruning went on"))
+    with pytest.raises(UserError, match=r"--out .*writes up to .* GiB, .* has 0.0 GiB free"):
+        prune.main(prune.parse_args(["--model", str(folder), "--out", str(tmp_path / "runs"), "--method", "magnitude"]))
