@@ -2,9 +2,10 @@
 
     /tmp/dvenv/bin/python benchmarks/make_random_sd_folder.py --kind sd15 --out /tmp/sd15_s8 --sample-size 8
     /tmp/dvenv/bin/python benchmarks/make_random_sd_folder.py --kind sd15 --out /tmp/sd15_full
-    /tmp/dvenv/bin/python benchmarks/make_random_sd_folder.py --kind sdxl --out /tmp/sdxl_s8 --sample-size 8
+    /tmp/dvenv/bin/python benchmarks/make_random_sd_folder.py --kind sdxl --out /tmp/sdxl_s8 --sample-size 8 --dtype float16
 
-What full-scale pruning runs are measured on (docs/RECIPES.md, "Full scale"): a folder with the real file
+What full-scale pruning runs are measured on (docs/RECIPES.md, "Every method on random-weight SD-v1.5 /
+SDXL-base folders"): a folder with the real file
 layout of the hub's SD-v1.5 / SDXL-base folders (model_index.json, unet/ vae/ text_encoder/ [text_encoder_2/]
 config.json + safetensors, tokenizer/ [tokenizer_2/], scheduler/) written by diffusers and transformers
 themselves, so that prune.py meets what it will meet on the real weights -- every channel width, layer count,
