@@ -25,6 +25,19 @@ def available_memory() -> int | None:
         return None
 
 
+def total_memory(device: str = "cpu") -> int | None:
+    """Bytes of memory the device has in all, used or not (an empty machine's): a CUDA device's own memory, else
+    the physical memory (MemTotal of /proc/meminfo); None where the platform does not say."""
+    import torch
+
+    if str(device).startswith("cuda") and torch.cuda.is_available():
+        return int(torch.cuda.get_device_properties(torch.device(device)).total_memory)
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def free_disk(folder: str | os.PathLike) -> int:
     """Free bytes on the file system that holds ``folder`` (or would: its nearest existing ancestor)."""
     probe = Path(folder).absolute()

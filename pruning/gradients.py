@@ -20,6 +20,7 @@ from tqdm import tqdm
 from diffusion.ddpm import eps_loss_per_sample
 from diffusion.guidance import Conditioning
 from diffusion.schedule import Schedule
+from pruning.memory import out_of_memory_named
 
 @dataclass
 class TimestepReport:
@@ -129,10 +130,12 @@ def accumulate_gradients(model: nn.Module, schedule: Schedule, x0: torch.Tensor,
             for start in range(0, B, micro_batch):
                 sl = slice(start, start + micro_batch)
                 tt = torch.full((x0[sl].shape[0],), t, dtype=torch.long, device=x0.device)
-                per = eps_loss_per_sample(_network(model, cond, sl), schedule, x0[sl], tt, eps[sl],
-                                          reduction="sum")  # (mb,)
-                part = per.sum() / B  # = (mb / B) * mean over the micro-batch
-                part.backward()
+                with out_of_memory_named(f"timestep t={t}, samples {start}..{start + len(tt) - 1} of the batch",
+                                         micro_batch=micro_batch, batch_size=B):
+                    per = eps_loss_per_sample(_network(model, cond, sl), schedule, x0[sl], tt, eps[sl],
+                                              reduction="sum")  # (mb,)
+                    part = per.sum() / B  # = (mb / B) * mean over the micro-batch
+                    part.backward()
                 L_t += part.item()
             _check_finite_loss(L_t, t)
             _check_finite_grads(params, names, t)
@@ -170,8 +173,10 @@ def _accumulate_chunks(model: nn.Module, schedule: Schedule, x0: torch.Tensor, e
         tt = torch.tensor(ts, dtype=torch.long, device=x0.device).repeat_interleave(B)  # (k B,): t-major
         n = len(ts)
         net = _network(model, cond, None if cond is None else list(range(B)) * n)  # c_b repeated like x0_b
-        per = eps_loss_per_sample(net, schedule, x0.repeat(n, 1, 1, 1), tt, eps.repeat(n, 1, 1, 1),
-                                  reduction="sum")  # (k B,)
+        where = f"timesteps t={ts[0]}..{ts[-1]}, {n * B} samples in one pass"
+        with out_of_memory_named(where, micro_batch=k * B, batch_size=B):
+            per = eps_loss_per_sample(net, schedule, x0.repeat(n, 1, 1, 1), tt, eps.repeat(n, 1, 1, 1),
+                                      reduction="sum")  # (k B,)
         losses = per.view(n, B).mean(dim=1)  # (k,): L_t for each t of the pass
         kept = 0
         for t, L_t in zip(ts, losses.tolist()):
@@ -183,7 +188,8 @@ def _accumulate_chunks(model: nn.Module, schedule: Schedule, x0: torch.Tensor, e
                 break
             kept += 1
         if kept:
-            losses[:kept].sum().backward()
+            with out_of_memory_named(where, micro_batch=k * B, batch_size=B):
+                losses[:kept].sum().backward()
             if not _grads_finite(params):
                 _name_non_finite_timestep(_network(model, cond), schedule, x0, eps, report.kept + ts[:kept], params,
                                           names)

@@ -83,6 +83,44 @@ def check_pipeline(pipe, spec: ChannelPruning | LayerPruning, source: str) -> No
                     "--recipe ldm-script for the gradient methods (self-sampled latents)")
 
 
+def gradient_pass(spec: ChannelPruning | LayerPruning) -> bool:
+    """Whether the spec runs ``accumulate_gradients`` on the U-Net (the memory check of pruning/memory.py)."""
+    return spec.criterion == "taylor" if isinstance(spec, LayerPruning) else spec.gradient
+
+
+def data_needed(spec: ChannelPruning | LayerPruning) -> str | None:
+    """What of the spec reads latents and captions (so a VAE and a text encoder), e.g. "method 'taylor'"; None
+    for the data-free methods: channel random / magnitude / scratch, layer random / handcrafted (a BK-SDM
+    architecture included) with a solver that measures nothing. The additivity report is skipped instead."""
+    if isinstance(spec, LayerPruning):
+        if spec.architecture is not None:
+            return None
+        if spec.criterion not in ("random", "handcrafted"):
+            return f"layer --criterion {spec.criterion}"
+        return "layer --solver exhaustive" if spec.solver == "exhaustive" else None
+    if spec.recipe is not None:
+        return f"--recipe {spec.recipe}"
+    return f"method {spec.method!r}" if spec.gradient else None
+
+
+def check_bare_unet(spec: ChannelPruning | LayerPruning, source: str, name: str | None) -> None:
+    """A bare component folder is pruned only when it is a conditional U-Net and the spec is data-free: one-line
+    errors, before any weight is read (an SDXL unet/ alone is 10 GB)."""
+    if name != "UNet2DConditionModel":
+        raise UserError(f"--model {source}: a single component folder ({name}, no model_index.json); prune.py "
+                        "prunes a U-Net: give a UNet2DConditionModel folder or the whole pipeline folder holding "
+                        "model_index.json, unet/, vae/, text_encoder/, tokenizer/ and scheduler/")
+    what = data_needed(spec)
+    if what is not None:
+        batch = "gradient batch" if gradient_pass(spec) or not isinstance(spec, LayerPruning) else "calibration set"
+        of = ("latents the pipeline samples itself from captions" if getattr(spec, "recipe", None)
+              else "VAE latents of captioned images with their caption embeddings")
+        raise UserError(f"--model {source}: a bare U-Net folder (no model_index.json) has no VAE or text encoder to "
+                        f"make the {batch} of {what} ({of}); give the whole pipeline "
+                        "folder (model_index.json, unet/, vae/, text_encoder/, tokenizer/, scheduler/), or a "
+                        "data-free method (channel random / magnitude, layer --criterion random / handcrafted)")
+
+
 def _folder_pairs(root: str, prompts: str | None) -> tuple[list[Path], list[str]]:
     """(image files in sorted order, their captions): data/captioned_folder.py's metadata files or sibling .txt
     files, or the prompts file's lines."""

@@ -25,7 +25,7 @@ from torch import nn
 from models.pipelines.component import BUILDERS, class_name, load_component, read_config
 from models.pipelines.hub import KNOWN_PIPELINES, fetch_pipeline
 from models.pipelines.pipeline import KINDS, Pipeline, load_pipeline
-from models.pipelines.save import save_pipeline
+from models.pipelines.save import save_component, save_pipeline
 from models.pipelines.single_file import is_single_file, load_single_file
 
 
@@ -77,4 +77,4 @@ def load_latent(source: str | os.PathLike, *, variant: str | None = None, dtype:
 
 
 __all__ = ["Pipeline", "KINDS", "load_pipeline", "load_component", "load_single_file", "load_latent", "save_pipeline",
-           "is_latent_source", "fetch_pipeline", "KNOWN_PIPELINES"]
+           "save_component",           "is_latent_source", "fetch_pipeline", "KNOWN_PIPELINES"]

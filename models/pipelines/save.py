@@ -1,6 +1,7 @@
 """Writing a ``Pipeline`` as a pipeline folder that ``load_pipeline`` (and, for dense networks, diffusers) reads.
 
     save_pipeline(load_single_file("model.ckpt", config="ldm-cin256-v2"), "cin256-v2")   # convert once
+    save_component(pruned_unet, "runs/prune/00004-unet-magnitude/unet")                 # one component folder
 
 The layout is diffusers': model_index.json, one folder per component with config.json and
 ``diffusion_pytorch_model.safetensors`` (transformers' ``model.safetensors`` for the CLIP text towers),
@@ -60,6 +61,44 @@ def _write_tokenizer(tokenizer, folder: Path) -> None:
         "unk_token": tokenizer.unk_token}))
 
 
+def _empty_target(folder: Path) -> Path:
+    """The temporary folder to write ``folder`` under (fresh); an existing non-empty ``folder`` is an error."""
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise FileExistsError(f"{folder} exists and is not an empty folder: nothing is overwritten")
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # what an interrupted earlier save left behind
+    tmp.mkdir(parents=True)
+    return tmp
+
+
+def _write_module(module: nn.Module, sub: Path, config: dict[str, Any], weights: str) -> None:
+    sub.mkdir(exist_ok=True)
+    (sub / "config.json").write_text(json.dumps(config, indent=2))
+    save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, sub / weights)
+
+
+def _move_into_place(tmp: Path, folder: Path) -> None:
+    if folder.exists():
+        folder.rmdir()  # empty (checked by _empty_target)
+    os.replace(tmp, folder)
+
+
+def save_component(module: nn.Module, folder: str | os.PathLike) -> Path:
+    """Write one module as a component folder (config.json + weights, as in a pipeline folder's unet/) that
+    ``load_component`` reads back; a pruned U-Net's config under ``_diffprune_config``. Returns the folder."""
+    folder = Path(folder)
+    config, weights = component_config(module)  # unsupported: fails before writing
+    tmp = _empty_target(folder)
+    try:
+        _write_module(module, tmp, config, weights)
+        _move_into_place(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder
+
+
 def save_pipeline(pipe: Pipeline, folder: str | os.PathLike) -> Path:
     """Write ``pipe`` to ``folder`` (module docstring); returns the folder."""
     folder = Path(folder)
@@ -67,10 +106,7 @@ def save_pipeline(pipe: Pipeline, folder: str | os.PathLike) -> Path:
         raise FileExistsError(f"{folder} exists and is not an empty folder: nothing is overwritten")
     configs = {name: component_config(m) for name, m in pipe.modules().items()}  # unsupported: fails before writing
     autoencoder = "vqvae" if type(pipe.vae).__name__ == "VQModel" else "vae"
-    tmp = folder.with_name(f".{folder.name}.tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)  # what an interrupted earlier save left behind
-    tmp.mkdir(parents=True)
+    tmp = _empty_target(folder)
     try:
         index: dict[str, Any] = {"_class_name": PIPELINE_CLASSES[pipe.kind] if pipe.class_embedder is None
                                  else "LDMClassConditionalPipeline",
@@ -80,9 +116,7 @@ def save_pipeline(pipe: Pipeline, folder: str | os.PathLike) -> Path:
         for name, module in pipe.modules().items():
             sub = autoencoder if name == "vae" else name
             config, weights = configs[name]
-            (tmp / sub).mkdir()
-            (tmp / sub / "config.json").write_text(json.dumps(config, indent=2))
-            save_file({k: v.detach().contiguous().cpu() for k, v in module.state_dict().items()}, tmp / sub / weights)
+            _write_module(module, tmp / sub, config, weights)
             index[sub] = ["diffprune" if name == "class_embedder" else
                           "transformers" if name.startswith("text_encoder") else "diffusers", config["_class_name"]
                           if "_class_name" in config else config["architectures"][0]]
@@ -93,9 +127,7 @@ def save_pipeline(pipe: Pipeline, folder: str | os.PathLike) -> Path:
         (tmp / "scheduler").mkdir()
         (tmp / "scheduler" / SCHEDULER_FILE).write_text(json.dumps(pipe.scheduler, indent=2))
         (tmp / "model_index.json").write_text(json.dumps(index, indent=2))
-        if folder.exists():
-            folder.rmdir()  # empty (checked above)
-        os.replace(tmp, folder)
+        _move_into_place(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
