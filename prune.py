@@ -23,6 +23,10 @@ holds the pruned PIPELINE folder (pipeline/) that generate.py, evaluate.py and t
 
     python prune.py --model checkpoints/t2i_shapes --method diff-pruning --ratio 0.3 --batch-size 32
     python prune.py --model checkpoints/t2i_shapes --method layer --target-params 0.3
+
+A bare diffusers U-Net folder (UNet2DConditionModel, no model_index.json) takes the data-free methods only and
+gives RUN/unet/ instead of pipeline/; a gradient method that cannot fit the device's total memory is refused
+before any weight is read (pruning/memory.py).
 """
 from __future__ import annotations
 
