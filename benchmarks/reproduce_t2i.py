@@ -18,7 +18,7 @@ channel pruning at ratio 0.3. A cell is one row at one seed:
      its pruned pipeline kept in --work/prune (one pruned model per criterion, target and seed: the KD rows
      share the no-KD row's);
   2. train.py fine-tunes its U-Net, the same budget for every row: --budget x --teacher-steps steps (the
-     papers' "10-20% of the training cost"; default 12.5% of 8000 = 1000 steps) at batch 64 (the teacher's),
+     papers' "10-20% of the training cost"; default 12.5% of 12,000 = 1500 steps) at batch 64 (the teacher's),
      lr --lr, EMA --ema-decay with warm-up, fine-tune seed = the cell's seed (same data order and noise for
      every row of a seed); an interrupted fine-tune resumes exactly from its last checkpoint (--ckpt-every);
   3. measured: one sample per held-out prompt (--prompts, the first --num-prompts) at guidance 5 with 25
@@ -223,7 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default=str(REPO / "checkpoints" / "t2i_shapes"), help="the dense pipeline folder")
     p.add_argument("--rows", nargs="+", default=default_rows(), help="rows (benchmarks/reproduce_t2i_config.py)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument("--teacher-steps", type=int, default=8000, help="the teacher's training steps at batch 64 [8000]")
+    p.add_argument("--teacher-steps", type=int, default=12000,
+                   help="the teacher's training steps at batch 64 [12000: the shipped checkpoints/t2i_shapes]")
     p.add_argument("--budget", type=float, default=0.125, help="fine-tune steps as a share of --teacher-steps [0.125]")
     p.add_argument("--steps", type=int, default=0, help="fine-tune steps, overriding --budget (0: use --budget)")
     p.add_argument("--batch-size", type=int, default=64, help="fine-tune batch (the teacher's) [64]")
