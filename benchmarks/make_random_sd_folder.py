@@ -15,7 +15,8 @@ pixel) size that the configs record, to keep CPU runs short; every weight shape 
 
 NEEDS diffusers and transformers, which the project never depends on: run it with the python of a SEPARATE
 environment (python3 -m venv /tmp/dvenv && /tmp/dvenv/bin/pip install torch==2.13.0 diffusers transformers
-safetensors accelerate). It imports nothing of this project.
+safetensors accelerate). Of this project it imports only the tokenizer's byte table (torch and the
+standard library).
 
 The tokenizer cannot be the real one (its 49,408-token vocabulary is not downloaded here): it is a made-up
 byte-level BPE vocabulary (the 256 byte characters, the same with "</w>", a few merges, CLIP's two special
@@ -61,14 +62,12 @@ MERGES = [("t", "h"), ("th", "e</w>"), ("a", "n"), ("an", "d</w>"), ("r", "e"), 
 
 
 def byte_chars() -> list[str]:
-    """GPT-2's byte -> printable character table, in byte order (what CLIP's vocabulary is spelt in)."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    table, n = {b: chr(b) for b in printable}, 0
-    for b in range(256):
-        if b not in table:
-            table[b] = chr(256 + n)
-            n += 1
-    return [table[b] for b in range(256)]
+    """GPT-2's byte -> printable character table in byte order (what CLIP's vocabulary is spelt in): the
+    project's own tokenizer's table, so the made-up vocabulary is spelt as models/clip/tokenizer.py reads it."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run as a script from another environment
+    from models.clip.tokenizer import BYTE_TO_CHAR
+
+    return [BYTE_TO_CHAR[b] for b in range(256)]
 
 
 def make_tokenizer(pad_token: str):
