@@ -51,7 +51,8 @@ def draw(grid: torch.Tensor, texts: list[str], path: Path, title: str, *,
     rows, cols = grid.shape[:2]
     grids = [grid] + [g for _, g in panels]
     ratios = [3.2] + [r for i, _ in enumerate(grids) for r in ([0.25] if i else []) + [1.0] * cols]
-    fig, axes = plt.subplots(rows, len(ratios), figsize=(sum(ratios) * 1.1, 1.1 * rows + 0.4), squeeze=False,
+    height = 1.5 if panels else 1.1  # inches per row: wide figures leave images less height after tight_layout
+    fig, axes = plt.subplots(rows, len(ratios), figsize=(sum(ratios) * 1.1, height * rows + 0.4), squeeze=False,
                              gridspec_kw={"width_ratios": ratios})
     for r in range(rows):
         axes[r, 0].text(0, 0.5, "\n".join(textwrap.wrap(texts[r], 34)), fontsize=7, va="center")
