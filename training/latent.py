@@ -252,6 +252,10 @@ class LatentFamily:
             raise UserError(str(e)) from None
         self.checksum = parts_checksum(parts)
         vae = parts["vae"]
+        c = model.config
+        size = int(c.sample_size[0] if isinstance(c.sample_size, (tuple, list)) else c.sample_size)
+        self.shape = (int(c.in_channels), size, size)
+        self.pixels = size * self.pipe.vae_scale  # SDXL's time ids: original = target size, no crop
         self.folder = None
         if data == "folder":
             self._open_folder(model, data_root, cache_dir, source)
@@ -259,10 +263,6 @@ class LatentFamily:
             self.mean, self.std, self.attrs = cached_posterior(vae, count=TRAIN_IMAGES, seed=0, cache_dir=cache_dir,
                                                                key=self.checksum)
         self.scale = float(vae.config.scaling_factor)
-        c = model.config
-        size = c.sample_size[0] if isinstance(c.sample_size, (tuple, list)) else c.sample_size
-        self.shape = (int(c.in_channels), int(size), int(size))
-        self.pixels = int(size) * self.pipe.vae_scale  # SDXL's time ids: original = target size, no crop
         if self.mean is not None and tuple(self.mean.shape[1:]) != self.shape:
             raise UserError(f"{source}: the U-Net reads latents {self.shape} but the VAE makes "
                             f"{tuple(self.mean.shape[1:])}")
@@ -270,24 +270,22 @@ class LatentFamily:
 
     def _open_folder(self, model: nn.Module, data_root: str | None, cache_dir: Path, source: str) -> None:
         """The captioned folder and its cached posteriors (None when encoded per step); every image decoded once."""
-        c = model.config
-        size = c.sample_size[0] if isinstance(c.sample_size, (tuple, list)) else c.sample_size
-        if self.pipe.latent_channels != int(c.in_channels):
-            raise UserError(f"{source}: the U-Net reads {c.in_channels} latent channels but the VAE makes "
+        if self.pipe.latent_channels != self.shape[0]:
+            raise UserError(f"{source}: the U-Net reads {self.shape[0]} latent channels but the VAE makes "
                             f"{self.pipe.latent_channels}")
         device = next(model.parameters()).device
         for name in FROZEN_MODULES:
             if self.parts.get(name) is not None:
                 self.parts[name].to(device)
-        self.folder = open_captioned_folder(data_root, int(size) * self.pipe.vae_scale)
+        self.folder = open_captioned_folder(data_root, self.pixels)
         self.data_checksum = self.folder.checksum()
-        latent_bytes = 2 * 4 * int(c.in_channels) * int(size) ** 2  # mean + std, float32
+        latent_bytes = 2 * 4 * int(np.prod(self.shape))  # mean + std, float32
         self.cached = len(self.folder) * latent_bytes <= CACHE_LIMIT_BYTES
         self.mean = self.std = None
         try:
             if self.cached:
                 self.mean, self.std = folder_posterior(self.parts["vae"], self.folder, cache_dir=cache_dir, key=(
-                    f"{self.checksum}_{self.data_checksum}_{int(size) * self.pipe.vae_scale}px"))
+                    f"{self.checksum}_{self.data_checksum}_{self.pixels}px"))
             else:
                 self.folder.verify()  # a truncated file fails now, not at the step that draws it
         except OSError as e:
