@@ -61,10 +61,14 @@ def _write_tokenizer(tokenizer, folder: Path) -> None:
         "unk_token": tokenizer.unk_token}))
 
 
-def _empty_target(folder: Path) -> Path:
-    """The temporary folder to write ``folder`` under (fresh); an existing non-empty ``folder`` is an error."""
+def _refuse_nonempty(folder: Path) -> None:
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise FileExistsError(f"{folder} exists and is not an empty folder: nothing is overwritten")
+
+
+def _empty_target(folder: Path) -> Path:
+    """The temporary folder to write ``folder`` under (fresh); an existing non-empty ``folder`` is an error."""
+    _refuse_nonempty(folder)
     tmp = folder.with_name(f".{folder.name}.tmp")
     if tmp.exists():
         shutil.rmtree(tmp)  # what an interrupted earlier save left behind
@@ -102,8 +106,7 @@ def save_component(module: nn.Module, folder: str | os.PathLike) -> Path:
 def save_pipeline(pipe: Pipeline, folder: str | os.PathLike) -> Path:
     """Write ``pipe`` to ``folder`` (module docstring); returns the folder."""
     folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise FileExistsError(f"{folder} exists and is not an empty folder: nothing is overwritten")
+    _refuse_nonempty(folder)  # before the configs, as before; _empty_target checks again just before writing
     configs = {name: component_config(m) for name, m in pipe.modules().items()}  # unsupported: fails before writing
     autoencoder = "vqvae" if type(pipe.vae).__name__ == "VQModel" else "vae"
     tmp = _empty_target(folder)
