@@ -25,6 +25,7 @@ from pathlib import Path
 import torch
 
 from common import cli
+from common.allocator import retain_freed_memory
 from common.cli import UserError
 from common.defaults import RUNS_DIR, TEACHER_CHECKPOINT, latest_pruned_checkpoint
 from common.distributed import Distributed, setup as setup_distributed
@@ -397,4 +398,5 @@ def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig | FidStatsConf
 
 
 if __name__ == "__main__":
+    retain_freed_memory()  # common/allocator.py: the passes reuse freed activation memory
     sys.exit(cli.run(run_command, parse_args))

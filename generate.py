@@ -31,6 +31,7 @@ import torch
 from PIL import Image
 
 from common import cli
+from common.allocator import retain_freed_memory
 from common.defaults import RUNS_DIR, T2I_PIPELINE
 from common.images import save_grid
 from common.runs import atomic_path, new_run_dir, write_json
@@ -173,4 +174,5 @@ def parse_args(argv: list[str] | None = None) -> GenerateConfig:
 
 
 if __name__ == "__main__":
+    retain_freed_memory()  # common/allocator.py: the passes reuse freed activation memory
     sys.exit(cli.run(main, parse_args))

@@ -43,6 +43,7 @@ from typing import Any
 import torch
 
 from common import cli
+from common.allocator import retain_freed_memory
 from common.defaults import RUNS_DIR, TEACHER_CHECKPOINT
 from common.resources import check_fits
 from common.runs import RunLock, clean_interrupted_runs, new_run_dir, seed_everything, write_json, write_text
@@ -381,4 +382,5 @@ def parse_args(argv: list[str] | None = None) -> PruneConfig:
 
 
 if __name__ == "__main__":
+    retain_freed_memory()  # common/allocator.py: the passes reuse freed activation memory
     sys.exit(cli.run(main, parse_args))

@@ -33,6 +33,7 @@ import torch
 from tqdm import tqdm
 
 from common import cli
+from common.allocator import retain_freed_memory
 from common.cli import UserError, check_writable_dir
 from common.distributed import Distributed, setup as setup_distributed
 from common.ema import EMA
@@ -353,4 +354,5 @@ def parse_args(argv: list[str] | None = None) -> tuple[TrainConfig, str | None]:
 
 
 if __name__ == "__main__":
+    retain_freed_memory()  # common/allocator.py: the passes reuse freed activation memory
     sys.exit(cli.run(main, parse_args))

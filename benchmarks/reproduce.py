@@ -42,6 +42,7 @@ from pathlib import Path
 import torch
 
 import train
+from common.allocator import retain_freed_memory
 from common.defaults import TEACHER_CHECKPOINT
 from benchmarks.cells import CellStore, run_jobs
 from benchmarks.reproduce_config import (ALL_METHODS, CHANNEL, STUDIES, kd_lambdas, seeds_of,
@@ -352,4 +353,5 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    retain_freed_memory()  # common/allocator.py: the cells' passes reuse freed activations
     main(parse_args())

@@ -58,6 +58,7 @@ from benchmarks.cells import CellStore, run_jobs
 from benchmarks.reproduce_t2i_config import (GUIDANCE, SAMPLE_STEPS, SCHEDULER, default_rows, distill_settings,
                                              parse_row, prune_args)
 from benchmarks.reproduce_t2i_report import write_report
+from common.allocator import retain_freed_memory
 from common.runs import RUN_MARKER
 
 REPO = Path(__file__).resolve().parents[1]
@@ -257,4 +258,5 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    retain_freed_memory()  # common/allocator.py: the cells' passes reuse freed activations
     main(parse_args())

@@ -26,7 +26,9 @@ Gradients flow through a Runner (training), and it works under ``torch.inference
 """
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 import torch
 from torch import nn
@@ -100,3 +102,24 @@ class Runner:
     @property
     def config(self):
         return self.model.config
+
+
+@contextmanager
+def channels_last_scope(model: nn.Module) -> Iterator[nn.Module]:
+    """``with channels_last_scope(model):`` the model's 4-D weights (and buffers) in channels-last memory order
+    for the block, back in their previous order afterwards, with their ``.grad`` (also after an exception).
+
+    Convolutions read the order of their weight, so the activations follow without converting the inputs.
+    For a forward + backward pass on CPU this is the fast order (oneDNN's convolutions and their backward;
+    docs/PERFORMANCE.md, "The gradient pass"); values and gradients equal the contiguous order's up to the
+    order of float additions. Tensors that were already channels-last stay so."""
+    tensors = [p for p in model.parameters() if p.dim() == 4] + [b for b in model.buffers() if b.dim() == 4]
+    restore = [t for t in tensors if t.is_contiguous() and not t.is_contiguous(memory_format=torch.channels_last)]
+    model.to(memory_format=torch.channels_last)
+    try:
+        yield model
+    finally:
+        for t in restore:
+            t.data = t.data.contiguous()
+            if t.grad is not None:
+                t.grad = t.grad.contiguous()

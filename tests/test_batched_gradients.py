@@ -105,3 +105,49 @@ def test_the_shipped_teacher_prunes_to_the_same_channels_with_batched_timesteps(
     x, t = torch.randn(2, 3, 32, 32), torch.tensor([10.0, 600.0])
     with torch.no_grad():
         torch.testing.assert_close(batched(x, t), one(x, t), rtol=0, atol=1e-6)
+
+
+def test_channels_last_pass_gives_the_same_gradient_and_restores_the_memory_order():
+    """The gradient pass runs with the weights in channels-last order by default (the fast order on CPU): the
+    same losses and G as the contiguous order up to float summation, and afterwards every weight and gradient
+    is back in the caller's order; an error inside the pass restores it too."""
+    import models
+    from common.defaults import TEACHER_CHECKPOINT
+
+    teacher = models.load(str(TEACHER_CHECKPOINT))
+    schedule = Schedule(DiffusionConfig(loss_reduction="sum"))
+    x0 = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    results = {}
+    for cl in (False, True):
+        report = accumulate_gradients(teacher, schedule, x0, thr=0.0, micro_batch=8, max_timesteps=2,
+                                      generator=torch.Generator().manual_seed(1), channels_last=cl)
+        grads = {n: p.grad.clone() for n, p in teacher.named_parameters()}
+        results[cl] = (report.losses, grads)
+        for n, p in teacher.named_parameters():
+            assert p.is_contiguous() and p.grad.is_contiguous(), n
+    (l0, g0), (l1, g1) = results[False], results[True]
+    torch.testing.assert_close(torch.tensor(l1), torch.tensor(l0), rtol=1e-5, atol=0)
+    assert g0.keys() == g1.keys()
+    # absolute tolerance on the scale of the whole gradient: some entries are zero in exact arithmetic (k's bias:
+    # the softmax ignores a shift shared by all keys) and are float noise in either order
+    scale = max(g.abs().max().item() for g in g0.values())
+    for n in g0:
+        torch.testing.assert_close(g1[n], g0[n], rtol=1e-3, atol=1e-6 * scale, msg=n)
+    conv = teacher.conv_in.weight
+    assert conv.dim() == 4 and not conv.is_contiguous(memory_format=torch.channels_last)
+
+    class Boom(RuntimeError):
+        pass
+
+    def explode(module, args):
+        assert module.weight.is_contiguous(memory_format=torch.channels_last)  # the pass really ran channels-last
+        raise Boom
+
+    hook = teacher.conv_out.register_forward_pre_hook(explode)
+    try:
+        with pytest.raises(Boom):
+            accumulate_gradients(teacher, schedule, x0, thr=0.0, micro_batch=8, max_timesteps=1,
+                                 generator=torch.Generator().manual_seed(1))
+    finally:
+        hook.remove()
+    assert all(p.is_contiguous() for p in teacher.parameters())
