@@ -1,0 +1,273 @@
+"""Benchmark: Diff-Pruning's gradient pass, and ``python prune.py`` end to end, against the machine's fp32 peak.
+
+    python -m benchmarks.gradient_pass [--threads 2] [--rounds 3] [--timesteps 6] [--end-to-end] [--tag NAME]
+
+What it measures, in one run (run it on a quiet machine; the load average is recorded before and after):
+
+1. The machine's fp32 peak: the best of ``torch.mm`` at n = 1024, 2048 and 4096 (``--threads`` threads).
+2. The gradient pass of the embedded default (the shipped teacher, the paper's batch of 128 images, the
+   default micro-batch of 64): seconds per timestep in four modes, each in its own process (the allocator
+   setting is per process) and interleaved over ``--rounds`` rounds:
+       before         contiguous weights, glibc's default malloc (the pass before channels-last and
+                      common/allocator.py)
+       channels-last  ``accumulate_gradients(channels_last=True)`` alone
+       allocator      ``common.allocator.retain_freed_memory()`` alone
+       after          both: what ``python prune.py`` does now
+   Throughput = FLOPs / time, with FLOPs per timestep = 3 x 2 x MACs x 128: a forward (the MACs with the
+   attention products, metrics/macs.py) and a backward of twice its work (input and weight gradients; the first
+   convolution needs no input gradient, so this slightly overstates the work and the throughput).
+3. Same output: Diff-Pruning at 0.3 (thr 0.05) of the teacher on the same 128 images, the pass capped at
+   ``--same-output-timesteps`` timesteps, with channels-last on and off: the same kept channels in every layer?
+4. With ``--end-to-end``: ``python prune.py --out <tmp>`` (the embedded default, as the README runs it) timed as
+   a child process, and its floor from its own report.json: the timesteps it computed x the FLOPs per
+   timestep, plus its two sample grids (16 images x 50 steps, dense and pruned), at the peak of 1.; start-up
+   (``python -c "import torch"``) is measured and listed, not part of the arithmetic floor.
+
+Writes benchmarks/results/gradient_pass[_TAG].json and .md (never over an existing file).
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ROOT = Path(__file__).resolve().parents[1]
+BATCH, MICRO_BATCH = 128, 64  # pruning/spec.py DEFAULTS: the paper's gradient batch, the default micro-batch
+MODES = {"before": (False, False), "channels-last": (True, False), "allocator": (False, True), "after": (True, True)}
+
+
+def load_teacher():
+    import models
+    from common.defaults import TEACHER_CHECKPOINT
+
+    return models.load(str(TEACHER_CHECKPOINT)).eval()
+
+
+def gradient_images(count: int = BATCH, seed: int = 0) -> torch.Tensor:
+    """prune.py's gradient batch of the embedded default: ``count`` shuffled, flipped shapes training images."""
+    from prune import PruneConfig, gradient_batch
+
+    return gradient_batch(PruneConfig(), count, 32)
+
+
+def flops_per_timestep(model) -> float:
+    from metrics.macs import count_macs
+
+    return 3 * 2 * count_macs(model, model.example_inputs()).macs_full * BATCH
+
+
+def matmul_peak(threads: int) -> dict:
+    torch.set_num_threads(threads)
+    best = {}
+    for n in (1024, 2048, 4096):
+        a, b = torch.randn(n, n), torch.randn(n, n)
+        for _ in range(2):
+            torch.mm(a, b)
+        times = []
+        for _ in range(5 if n < 4096 else 3):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            times.append(time.perf_counter() - start)
+        best[n] = 2 * n ** 3 / min(times) / 1e9
+    return {"gflops_by_size": best, "peak_gflops": max(best.values())}
+
+
+# ------------------------------------------------------------------------------------------- one mode's process
+def worker(mode: str, timesteps: int, threads: int) -> dict:
+    channels_last, retained = MODES[mode]
+    if retained:
+        from common.allocator import retain_freed_memory
+
+        assert retain_freed_memory(), "glibc's mallopt refused (or not glibc): the 'allocator' modes are void"
+    torch.set_num_threads(threads)
+    from diffusion.schedule import DiffusionConfig, Schedule
+    from pruning.gradients import accumulate_gradients
+
+    model = load_teacher()
+    x0 = gradient_images()
+    schedule = Schedule(DiffusionConfig(loss_reduction="sum"))
+    run = functools.partial(accumulate_gradients, model, schedule, x0, thr=0.0, micro_batch=MICRO_BATCH,
+                            generator=torch.Generator().manual_seed(0), channels_last=channels_last)
+    run(max_timesteps=1)  # warm-up: first-call kernel selection and allocations
+    start = time.perf_counter()
+    run(max_timesteps=timesteps)
+    seconds = time.perf_counter() - start
+    return {"mode": mode, "seconds_per_timestep": seconds / timesteps, "timesteps": timesteps}
+
+
+def run_worker(mode: str, args: argparse.Namespace) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
+    if not MODES[mode][1]:
+        env["DIFFPRUNE_MALLOC"] = "default"
+    out = subprocess.run([sys.executable, "-m", "benchmarks.gradient_pass", "--worker", mode, "--timesteps",
+                          str(args.timesteps), "--threads", str(args.threads)], cwd=ROOT, env=env, check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out.strip().splitlines()[-1])
+
+
+# -------------------------------------------------------------------------------------------------- same output
+def same_output(timesteps: int) -> dict:
+    """Diff-Pruning's kept channels with the pass in channels-last order and in the contiguous order."""
+    import copy
+
+    import pruning.api
+    from diffusion.schedule import DiffusionConfig, Schedule
+    from pruning.gradients import accumulate_gradients
+
+    teacher, x0 = load_teacher(), gradient_images()
+    schedule = Schedule(DiffusionConfig(loss_reduction="sum"))
+    kept = {}
+    for cl in (True, False):
+        # pruning.prune takes no memory-order option (the result does not depend on it): swap its pass for one run
+        pruning.api.accumulate_gradients = functools.partial(accumulate_gradients, channels_last=cl)
+        try:
+            _, report = pruning.api.prune(copy.deepcopy(teacher), teacher.example_inputs(), method="diff-pruning",
+                                          ratio=0.3, thr=0.05, data=x0, max_timesteps=timesteps, progress=False,
+                                          schedule=schedule)
+        finally:
+            pruning.api.accumulate_gradients = accumulate_gradients
+        kept[cl] = report.kept
+    differing = [f"{layer}.{role}" for layer, roles in kept[True].items() for role, k in roles.items()
+                 if not _same(k, kept[False][layer][role])]
+    return {"timesteps": timesteps, "layers_compared": sum(len(r) for r in kept[True].values()),
+            "layers_differing": differing, "same": not differing}
+
+
+def _same(a, b) -> bool:
+    a, b = torch.as_tensor(a), torch.as_tensor(b)
+    return a.shape == b.shape and bool((a == b).all())
+
+
+# --------------------------------------------------------------------------------------------------- end to end
+def end_to_end(flops_t: float, peak: float, threads: int) -> dict:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", "import torch"], env=env, check=True)
+    startup = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as out:
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
+        start = time.perf_counter()
+        subprocess.run([sys.executable, "prune.py", "--out", out], cwd=ROOT, env=env, check=True,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wall = time.perf_counter() - start
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        report = json.loads(next(Path(out).rglob("report.json")).read_text())
+    computed = len(report["timestep_losses"])
+    settings = report["settings"]
+    grid_flops = 2 * settings["num_samples"] * settings["sample_steps"] * (report["macs_full_before"]
+                                                                            + report["macs_full_after"])
+    floor = (computed * flops_t + grid_flops) / (peak * 1e9)
+    return {"wall_s": wall, "inside_script_s": report["seconds_total"], "seconds": report.get("seconds"),
+            "user_s": after.ru_utime - before.ru_utime, "system_s": after.ru_stime - before.ru_stime,
+            "peak_rss_gb": after.ru_maxrss / 2 ** 20, "timesteps_computed": computed,
+            "timesteps_kept": report["kept_timesteps"]["count"], "arithmetic_floor_s": floor,
+            "wall_over_floor": wall / floor, "startup_import_torch_s": startup,
+            "params_after": report.get("params_after"), "macs_full_after": report["macs_full_after"]}
+
+
+def load_average() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def main(args: argparse.Namespace) -> dict:
+    name = "gradient_pass" + (f"_{args.tag}" if args.tag else "")
+    out = RESULTS / f"{name}.json"
+    if out.exists():
+        raise SystemExit(f"{out} exists: give another --tag (results are never overwritten)")
+    result = {"benchmark": "gradient_pass", "command": "python -m benchmarks.gradient_pass " + " ".join(args.argv),
+              "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_before": load_average(),
+              "machine": {"cpu": _cpu_model(), "nproc": os.cpu_count(), "threads": args.threads,
+                          "torch": torch.__version__, "python": platform.python_version()}}
+    result["matmul"] = matmul_peak(args.threads)
+    peak = result["matmul"]["peak_gflops"]
+    flops_t = flops_per_timestep(load_teacher())
+    result["flops_per_timestep"] = flops_t
+    times = {mode: [] for mode in MODES}
+    for r in range(args.rounds):
+        for mode in MODES:
+            times[mode].append(run_worker(mode, args)["seconds_per_timestep"])
+            print(f"round {r + 1}: {mode:<14} {times[mode][-1]:.3f} s per timestep", flush=True)
+    result["modes"] = {mode: {"seconds_per_timestep": t, "median_s": statistics.median(t),
+                              "gflops": flops_t / statistics.median(t) / 1e9,
+                              "fraction_of_peak": flops_t / statistics.median(t) / 1e9 / peak}
+                       for mode, t in times.items()}
+    torch.set_num_threads(args.threads)
+    result["same_output"] = same_output(args.same_output_timesteps)
+    if args.end_to_end:
+        result["end_to_end"] = end_to_end(flops_t, peak, args.threads)
+    result["load_after"] = load_average()
+    RESULTS.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"{name}.md").write_text(render(result))
+    print(render(result))
+    return result
+
+
+def render(r: dict) -> str:
+    peak = r["matmul"]["peak_gflops"]
+    lines = [f"`{r['command']}` ({r['started']}; {r['machine']['cpu']}, {r['machine']['threads']} threads, torch "
+             f"{r['machine']['torch']}; load average before {r['load_before']}, after {r['load_after']})", "",
+             f"fp32 peak: {peak:.0f} GFLOP/s (best torch.mm of n = "
+             + ", ".join(f"{n}: {g:.0f}" for n, g in r["matmul"]["gflops_by_size"].items()) + ")", "",
+             f"Gradient pass, embedded default, batch {BATCH}, micro-batch {MICRO_BATCH}; "
+             f"{r['flops_per_timestep'] / 1e9:.1f} GFLOP per timestep:", "",
+             "| mode | s per timestep (median) | runs | GFLOP/s | of peak |", "|---|---|---|---|---|"]
+    for mode, m in r["modes"].items():
+        runs = ", ".join(f"{t:.3f}" for t in m["seconds_per_timestep"])
+        lines.append(f"| {mode} | {m['median_s']:.3f} | {runs} | {m['gflops']:.0f} | {m['fraction_of_peak']:.0%} |")
+    s = r["same_output"]
+    lines += ["", f"Same output ({s['timesteps']} timesteps, Diff-Pruning 0.3): kept channels "
+              + ("identical in all" if s["same"] else f"DIFFER in {len(s['layers_differing'])} of")
+              + f" {s['layers_compared']} layer roles, channels-last on vs off."]
+    if "end_to_end" in r:
+        e = r["end_to_end"]
+        lines += ["", f"`python prune.py`: {e['wall_s']:.1f} s wall ({e['inside_script_s']:.1f} s inside the script; "
+                  f"{e['user_s']:.0f} s user + {e['system_s']:.0f} s system CPU; peak RSS {e['peak_rss_gb']:.2f} GB), "
+                  f"{e['timesteps_computed']} timesteps computed ({e['timesteps_kept']} kept). Arithmetic floor at "
+                  f"{peak:.0f} GFLOP/s: {e['arithmetic_floor_s']:.1f} s, so **{e['wall_over_floor']:.2f}x the "
+                  f"floor**; start-up (`python -c \"import torch\"`) {e['startup_import_torch_s']:.1f} s."]
+    return "\n".join(lines) + "\n"
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the four modes")
+    p.add_argument("--timesteps", type=int, default=6, help="timed timesteps per mode and round")
+    p.add_argument("--same-output-timesteps", type=int, default=24)
+    p.add_argument("--end-to-end", action="store_true", help="also time `python prune.py` against its floor")
+    p.add_argument("--tag", default="")
+    p.add_argument("--worker", choices=tuple(MODES), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
+    return args
+
+
+if __name__ == "__main__":
+    a = parse_args()
+    if a.worker:
+        print(json.dumps(worker(a.worker, a.timesteps, a.threads)))
+    else:
+        main(a)
