@@ -18,9 +18,11 @@ What it measures, in one run (run it on a quiet machine; the load average is rec
    convolution needs no input gradient, so this slightly overstates the work and the throughput).
 3. Same output: Diff-Pruning at 0.3 (thr 0.05) of the teacher on the same 128 images, the pass capped at
    ``--same-output-timesteps`` timesteps, with channels-last on and off: the same kept channels in every layer?
-4. With ``--end-to-end``: ``python prune.py --out <tmp>`` (the embedded default, as the README runs it) timed as
+4. With ``--profile``: one timestep of the 'after' mode under ``torch.profiler``, self time by op kind, and the
+   convolutions' forward and backward GFLOP/s.
+5. With ``--end-to-end``: ``python prune.py --out <tmp>`` (the embedded default, as the README runs it) timed as
    a child process, and its floor from its own report.json: the timesteps it computed x the FLOPs per
-   timestep, plus its two sample grids (16 images x 50 steps, dense and pruned), at the peak of 1.; start-up
+   timestep, plus its two sample grids (16 images x 50 steps, dense and pruned), at the peak of 1; start-up
    (``python -c "import torch"``) is measured and listed, not part of the arithmetic floor.
 
 Writes benchmarks/results/gradient_pass[_TAG].json and .md (never over an existing file).
@@ -85,7 +87,7 @@ def matmul_peak(threads: int) -> dict:
 
 
 # ------------------------------------------------------------------------------------------- one mode's process
-def worker(mode: str, timesteps: int, threads: int) -> dict:
+def worker(mode: str, timesteps: int, threads: int, profile: bool = False) -> dict:
     channels_last, retained = MODES[mode]
     if retained:
         from common.allocator import retain_freed_memory
@@ -104,15 +106,50 @@ def worker(mode: str, timesteps: int, threads: int) -> dict:
     start = time.perf_counter()
     run(max_timesteps=timesteps)
     seconds = time.perf_counter() - start
-    return {"mode": mode, "seconds_per_timestep": seconds / timesteps, "timesteps": timesteps}
+    result = {"mode": mode, "seconds_per_timestep": seconds / timesteps, "timesteps": timesteps}
+    if profile:
+        result["profile"] = profile_timestep(run, model)
+    return result
 
 
-def run_worker(mode: str, args: argparse.Namespace) -> dict:
+# aten op -> kind for the profile; the backward kernels are separate ops in the profiler's self times
+KINDS = {"aten::mkldnn_convolution": "conv forward", "aten::convolution_backward": "conv backward",
+         "aten::native_group_norm": "group norm", "aten::native_group_norm_backward": "group norm",
+         "aten::silu": "silu", "aten::silu_": "silu", "aten::silu_backward": "silu",
+         "aten::_scaled_dot_product_flash_attention_for_cpu": "attention",
+         "aten::_scaled_dot_product_flash_attention_for_cpu_backward": "attention", "aten::bmm": "attention",
+         "aten::_softmax": "attention", "aten::_softmax_backward_data": "attention",
+         "aten::add": "add", "aten::add_": "add", "aten::copy_": "copy / cat", "aten::cat": "copy / cat"}
+
+
+def profile_timestep(run, model) -> dict:
+    """Self CPU seconds of one timestep (``MICRO_BATCH``-sample passes over the batch) by op kind, and the
+    convolutions' GFLOP/s: forward 2 x conv MACs x 128, backward twice that (metrics/macs.py's paper-convention
+    MACs are the convolutions' and the linear layers')."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from metrics.macs import count_macs
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run(max_timesteps=1)
+    by_kind: dict[str, float] = {}
+    for event in prof.key_averages():
+        kind = KINDS.get(event.key, "other")
+        by_kind[kind] = by_kind.get(kind, 0.0) + event.self_cpu_time_total / 1e6
+    total = sum(by_kind.values())
+    conv_flops = 2 * count_macs(model, model.example_inputs()).macs_paper * BATCH
+    return {"seconds_by_kind": by_kind, "total_s": total,
+            "conv_forward_gflops": conv_flops / by_kind.get("conv forward", float("nan")) / 1e9,
+            "conv_backward_gflops": 2 * conv_flops / by_kind.get("conv backward", float("nan")) / 1e9}
+
+
+def run_worker(mode: str, args: argparse.Namespace, profile: bool = False) -> dict:
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     if not MODES[mode][1]:
         env["DIFFPRUNE_MALLOC"] = "default"
     out = subprocess.run([sys.executable, "-m", "benchmarks.gradient_pass", "--worker", mode, "--timesteps",
-                          str(args.timesteps), "--threads", str(args.threads)], cwd=ROOT, env=env, check=True,
+                          str(args.timesteps), "--threads", str(args.threads)] + (["--profile"] if profile else []),
+                         cwd=ROOT, env=env, check=True,
                          capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -203,6 +240,8 @@ def main(args: argparse.Namespace) -> dict:
                               "gflops": flops_t / statistics.median(t) / 1e9,
                               "fraction_of_peak": flops_t / statistics.median(t) / 1e9 / peak}
                        for mode, t in times.items()}
+    if args.profile:
+        result["profile_after"] = run_worker("after", args, profile=True)["profile"]
     torch.set_num_threads(args.threads)
     result["same_output"] = same_output(args.same_output_timesteps)
     if args.end_to_end:
@@ -227,6 +266,14 @@ def render(r: dict) -> str:
     for mode, m in r["modes"].items():
         runs = ", ".join(f"{t:.3f}" for t in m["seconds_per_timestep"])
         lines.append(f"| {mode} | {m['median_s']:.3f} | {runs} | {m['gflops']:.0f} | {m['fraction_of_peak']:.0%} |")
+    if "profile_after" in r:
+        p = r["profile_after"]
+        lines += ["", f"Profile of one timestep, mode 'after' (self CPU time, {p['total_s']:.2f} s in all): "
+                  + ", ".join(f"{k} {v / p['total_s']:.0%}" for k, v in sorted(p["seconds_by_kind"].items(),
+                                                                               key=lambda kv: -kv[1]))
+                  + f". Convolutions: forward {p['conv_forward_gflops']:.0f} GFLOP/s "
+                  f"({p['conv_forward_gflops'] / peak:.0%} of peak), backward {p['conv_backward_gflops']:.0f} "
+                  f"GFLOP/s ({p['conv_backward_gflops'] / peak:.0%})."]
     s = r["same_output"]
     lines += ["", f"Same output ({s['timesteps']} timesteps, Diff-Pruning 0.3): kept channels "
               + ("identical in all" if s["same"] else f"DIFFER in {len(s['layers_differing'])} of")
@@ -259,6 +306,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--same-output-timesteps", type=int, default=24)
     p.add_argument("--end-to-end", action="store_true", help="also time `python prune.py` against its floor")
     p.add_argument("--tag", default="")
+    p.add_argument("--profile", action="store_true",
+                   help="also profile one timestep of the 'after' mode by op kind (torch.profiler)")
     p.add_argument("--worker", choices=tuple(MODES), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
@@ -268,6 +317,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 if __name__ == "__main__":
     a = parse_args()
     if a.worker:
-        print(json.dumps(worker(a.worker, a.timesteps, a.threads)))
+        print(json.dumps(worker(a.worker, a.timesteps, a.threads, a.profile)))
     else:
         main(a)

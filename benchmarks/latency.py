@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from benchmarks.latency_report import markdown
+from common.allocator import applied as allocator_applied, retain_freed_memory
 from metrics.macs import count_macs
 from models import PRESETS, UNet
 from pruning import prune
@@ -68,8 +69,8 @@ DDPM_MODELS = ("cifar10", "celeba64", "church256", "tiny")
 SD_FAMILY = "sd-family"
 SD_DENSE, SD_PRUNED = "sd-v1.5", ("bk-sdm-base", "bk-sdm-small", "bk-sdm-tiny")
 SD_TOKENS = 77  # CLIP's text length, as every SD pipeline pads to it
-UNMEASURED = {SD_FAMILY: ["laptop-50%: unmeasured: layer pruning of the SD family (LAPTOP-Diff, arXiv 2404.11098, "
-                          "at 50%) does not exist in pruning/layers yet"]}
+SD_LAYER_50 = "layer-50% (random units)"  # layer_pruned_sd: LAPTOP-Diff's size, not its unit choice
+UNMEASURED: dict[str, list[str]] = {}
 DTYPES = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}
 COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -144,7 +145,35 @@ def sd_group(device: torch.device, seed: int, *, meta: bool = False) -> list[Var
         report = count_macs(model, inputs(1, dev))
         variants.append(Variant("dense" if name == SD_DENSE else name, model, inputs, report.params,
                                 report.macs_full, report.macs_paper))
+    variants.append(layer_pruned_sd(variants[0], dev))
     return variants
+
+
+def layer_pruned_sd(dense: Variant, device: torch.device) -> Variant:
+    """SD-v1.5's U-Net with half of its parameters removed in whole units (LAPTOP-Diff's 50% setting; arXiv
+    2404.11098 Table 1): ResNet branches, Transformer2D modules, the mid block, chosen by the knapsack as
+    ``pruning.layers.prune_layers`` chooses them. Which units LAPTOP's output-loss criterion removes depends on
+    the trained weights, unknown here (random weights), so the scores are the ``random`` criterion's (seed 0):
+    the size is LAPTOP's, the unit choice is not. Built from the config with those units removed, on
+    ``device`` (meta: MACs only), fresh random weights."""
+    from models.sd import UNet2DConditionModel
+    from pruning.layers import knapsack
+    from pruning.layers.api import stages, target_cost
+    from pruning.layers.criteria import CriterionInputs, random_scores
+    from pruning.layers.sd import removed_config
+    from pruning.layers.units import find_units
+
+    unet = dense.model.unet
+    units = find_units(unet)
+    need, _, _ = target_cost(unet, units, "params", 0.5)
+    scores = random_scores(unet, units, CriterionInputs(seed=0))
+    chosen = knapsack.select([scores[u.path] for u in units], [u.cost("params") for u in units], need, "knapsack",
+                             groups=stages(units))
+    config = removed_config(unet, [units[i].path for i in chosen])
+    with torch.device(device):
+        model = Conditioned(UNet2DConditionModel(config)).eval()
+    report = count_macs(model, dense.inputs(1, device))
+    return Variant(SD_LAYER_50, model, dense.inputs, report.params, report.macs_full, report.macs_paper)
 
 
 def build_group(name: str, ratios: list[float], device: torch.device, seed: int, meta: bool) -> list[Variant]:
@@ -171,7 +200,7 @@ def forward_fn(model: nn.Module, inputs: tuple, *, device: torch.device, dtype: 
     """The forward to time: autocast to ``dtype`` (fp32: none), channels-last input, the chosen SDPA kernel."""
     if channels_last:
         inputs = (inputs[0].contiguous(memory_format=torch.channels_last),) + tuple(inputs[1:])
-    call = compiled or model
+    call = compiled if compiled is not None else model  # a compiled module has no truth value (len() raises)
 
     def fn():
         autocast = (torch.autocast(device_type=device.type, dtype=DTYPES[dtype]) if DTYPES[dtype] is not None
@@ -298,6 +327,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--allocator", default="default", choices=["default", "retained"],
+                   help="glibc malloc as it comes, or told to keep freed memory (common/allocator.py, what the "
+                        "scripts do); applies to the whole process")
     p.add_argument("--macs-only", action="store_true", help="build the models and report MACs only (no timing)")
     p.add_argument("--tag", default="", help="file name suffix: latency_<device>_<tag>.{json,md}")
     p.add_argument("--out-dir", type=Path, default=RESULTS)
@@ -343,11 +375,14 @@ def main(argv: list[str] | None = None) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     notes: list[str] = []
+    if args.allocator == "retained" and not retain_freed_memory():
+        notes.append("--allocator retained: not applied (not glibc, or DIFFPRUNE_MALLOC=default)")
     settings = [] if args.macs_only else settings_for(args, device, notes)
     result = {"command": "python -m benchmarks.latency " + shlex.join(argv if argv is not None else sys.argv[1:]),
               "machine": machine(device), "settings": {k: (str(v) if isinstance(v, Path) else v)
                                                        for k, v in vars(args).items()},
-              "macs_only": args.macs_only, "groups": {}, "rows": [], "notes": notes}
+              "macs_only": args.macs_only, "groups": {}, "rows": [], "notes": notes,
+              "allocator": "retained" if allocator_applied() else "default"}
     for group in args.models:
         print(f"building {group} ...", flush=True)
         variants = build_group(group, args.ratios, device, args.seed, meta=args.macs_only)

@@ -63,7 +63,7 @@ def markdown(result: dict) -> str:
                   f"({m['torch_threads']}); above the core count ({m['cores']}) it measures the other processes."]
     s = result["settings"]
     lines += [] if result["macs_only"] else ["", f"Settings: batch sizes {s['batch_sizes']}, dtypes {s['dtypes']}, channels-last {s['channels_last']}, "
-              f"compile {s['compile']}, sdpa {s['sdpa']}, {s['warmup']} warm-up + {s['repeats']} timed forwards "
+              f"compile {s['compile']}, sdpa {s['sdpa']}, allocator {result.get('allocator', 'default')}, {s['warmup']} warm-up + {s['repeats']} timed forwards "
               "per model (interleaved), seed " + str(s["seed"]) + "."]
     lines += ["", "MAC ratio = dense MACs / MACs (with the attention products, batch 1, metrics/macs.py); speed-up = "
               "dense median / median in the same setting and batch; speed-up / MAC ratio = 1 means the pruned "

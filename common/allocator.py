@@ -70,3 +70,8 @@ def _glibc():
     except (OSError, AttributeError):
         return None
     return libc
+
+
+def applied() -> bool:
+    """Whether ``retain_freed_memory`` has set the thresholds in this process (for a run's record)."""
+    return bool(_applied)

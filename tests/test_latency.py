@@ -102,6 +102,36 @@ def test_an_existing_result_is_never_overwritten(tmp_path):
     assert not (tmp_path / "latency_cpu_quiet.json").exists()
 
 
-def test_the_sd_family_lists_laptop_as_unmeasured():
-    assert latency.SD_PRUNED == ("bk-sdm-base", "bk-sdm-small", "bk-sdm-tiny")
-    assert any(u.startswith("laptop-50%: unmeasured") for u in latency.UNMEASURED[latency.SD_FAMILY])
+def test_the_sd_family_has_bk_sdm_and_a_layer_pruned_half_of_sd_v15():
+    """MACs only, on the meta device: the BK-SDM sizes are exact (BK-SDM's paper) and the layer-pruned variant
+    (LAPTOP-Diff's 50% size; random units on random weights) keeps at most half of SD-v1.5's parameters."""
+    variants = {v.name: v for v in latency.sd_group(torch.device("cpu"), 0, meta=True)}
+    assert list(variants) == ["dense", "bk-sdm-base", "bk-sdm-small", "bk-sdm-tiny", latency.SD_LAYER_50]
+    assert [variants[n].params for n in latency.SD_PRUNED] == [579_384_964, 482_346_884, 323_384_964]
+    dense, half = variants["dense"], variants[latency.SD_LAYER_50]
+    assert dense.params == 859_520_964
+    assert half.params <= 0.5 * dense.params and half.params > 0.3 * dense.params
+    assert half.macs < dense.macs
+
+
+class CompiledLike:
+    """Stands in for what torch.compile returns: it calls the module, and like torch's OptimizedModule it has no
+    truth value (``len()`` raises TypeError), so code that writes ``compiled or model`` fails on it."""
+
+    def __init__(self, model):
+        self.model = model
+
+    def __call__(self, *args):
+        return self.model(*args)
+
+    def __len__(self):
+        raise TypeError(f"{type(self.model).__name__} does not support len()")
+
+
+def test_a_successful_compile_is_timed(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda model, **kwargs: CompiledLike(model))
+    result = latency.main(BASE + ["--batch-sizes", "1", "--compile", "default", "--ratios", "0.5",
+                                  "--out-dir", str(tmp_path)])
+    rows = result["rows"]
+    assert {(r["model"], r["compile"]) for r in rows} == {("dense", "default"), ("ratio 0.5", "default")}
+    assert not [n for n in result["notes"] if "compile" in n]
