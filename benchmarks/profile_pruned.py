@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import inspect
 import json
 import sys
 from pathlib import Path
@@ -103,9 +102,8 @@ def main(args: argparse.Namespace) -> dict:
     dense = UNet(config).eval()
     example = dense.example_inputs()
     models = {"dense": dense}
-    can_round = "round_to" in inspect.signature(pruning.prune).parameters
     for ratio in args.ratios:
-        for n in [0] + (args.round_to if can_round else []):
+        for n in [0] + args.round_to:
             kw = {"round_to": n} if n else {}
             label = f"ratio {ratio}" + (f", round-to {n}" if n else "")
             models[label], _ = pruning.prune(copy.deepcopy(dense), example, method="magnitude", ratio=ratio,

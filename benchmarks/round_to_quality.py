@@ -9,7 +9,7 @@ train.py's held-out loss). Parameters and MACs are listed beside it. Diff-Prunin
 gradient batch (8 training images, thr 0.05, prune.py's data and seed). No fine-tuning: this is the damage
 before repair, the quantity the methods table in README.md compares.
 
-Writes benchmarks/results/round_to_quality.json and prints a table.
+Writes benchmarks/results/round_to_quality[_TAG].json (never over an existing file) and prints a table.
 """
 from __future__ import annotations
 
@@ -34,6 +34,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def main(args: argparse.Namespace) -> dict:
+    if _path(args).exists():  # before any work: a finished table is never overwritten
+        raise SystemExit(f"{_path(args)} exists; pass another --tag")
     torch.set_num_threads(args.threads)
     teacher = models.load(str(TEACHER_CHECKPOINT)).eval()
     c = teacher.config
@@ -70,8 +72,12 @@ def _write(rows: list[dict], args: argparse.Namespace) -> dict:
     out = {"teacher": str(TEACHER_CHECKPOINT.name), "rows": rows, "torch": str(torch.__version__),
            "threads": args.threads, "command": "python -m benchmarks.round_to_quality " + " ".join(sys.argv[1:])}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "round_to_quality.json").write_text(json.dumps(out, indent=1) + "\n")
+    _path(args).write_text(json.dumps(out, indent=1) + "\n")
     return out
+
+
+def _path(args: argparse.Namespace) -> Path:
+    return RESULTS / ("round_to_quality" + (f"_{args.tag}" if args.tag else "") + ".json")
 
 
 def _size(model, example) -> dict:
@@ -85,4 +91,5 @@ if __name__ == "__main__":
     p.add_argument("--round-to", nargs="+", type=int, default=[8])
     p.add_argument("--methods", nargs="+", default=["magnitude", "diff-pruning"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--tag", default="", help="results name suffix: round_to_quality_TAG.json")
     main(p.parse_args())

@@ -13,7 +13,7 @@ by running the missing sections again):
               weights, when ``diffusers`` is importable; never a requirement). GFLOP/s = 2 x MACs (with the
               attention matmuls, metrics/macs.py) x images/s, next to the matmul peak.
     pruned    dense vs pruned (magnitude criterion, local rule; widths do not depend on the criterion) at
-              each --ratios entry, plus ``--round-to`` variants where pruning.prune supports round_to:
+              each --ratios entry, plus its ``--round-to`` variants:
               forward images/s at every batch size and the speed-up beside the MAC ratio; then 100-step DDIM
               sampling time of the same models (--sampling-preset, default tiny: a cifar10 chain is minutes).
     prune     trace + group and select + surgery seconds on the cifar10 preset (random criterion, ratio 0.3)
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import inspect
 import json
 import os
 import platform
@@ -193,13 +192,9 @@ def pruned_models(config: ModelConfig, ratios: list[float], round_to: list[int])
     dense = build(config)
     models, notes = {"dense": dense}, {}
     example = dense.example_inputs()
-    can_round = "round_to" in inspect.signature(pruning.prune).parameters
     for ratio in ratios:
         for n in [0] + round_to:
             label = f"ratio {ratio}" + (f", round-to {n}" if n else "")
-            if n and not can_round:
-                notes[label] = "pruning.prune has no round_to option in this version"
-                continue
             kw = {"round_to": n} if n else {}
             models[label], _ = pruning.prune(copy.deepcopy(dense), example, method="magnitude", ratio=ratio,
                                              progress=False, **kw)

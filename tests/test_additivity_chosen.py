@@ -40,7 +40,9 @@ def test_benchmark_end_to_end(tmp_path):
             "--results", str(tmp_path / "results")]
     r = additivity_chosen.main(additivity_chosen.parse(argv))
     assert r["covers_measured"] == r["covers"] > 0
-    assert r["optimum"]["loss"] <= min(x["measured"] for x in r["chosen"]) + 1e-12
+    # the optimum and the chosen sets are measured in different cells (different batch make-up), so the same
+    # set can differ in the last float32 digits; CI once saw 2.5297091e-2 against 2.5297083e-2
+    assert r["optimum"]["loss"] <= min(x["measured"] for x in r["chosen"]) * (1 + 1e-5)
     assert all(x["rank"] >= 1 for x in r["chosen"])
     assert {x["criterion"] for x in r["chosen"]} == {"output-loss", "taylor", "random", "handcrafted"}
     assert r["check"]["top_eval"][0] == pytest.approx(r["optimum"]["loss"])

@@ -63,3 +63,15 @@ def test_speed_benchmark_names_an_unknown_mode(tmp_path):
     speed = load_speed()
     with pytest.raises(SystemExit, match="fast"):
         speed.main(speed.parse_args(["--modes", "fast", "--out", str(tmp_path / "s.json"), "--doc", ""]))
+
+
+def test_round_to_variants_are_built_and_change_widths():
+    # The variants were once skipped because pruning.prune takes its options as **kwargs and a signature check
+    # found no round_to: the benchmark then "measured" round-to as the unrounded model.
+    speed = load_speed()
+    models, notes = speed.pruned_models(speed.PRESETS["tiny"], [0.3], [8])
+    assert not notes and set(models) == {"dense", "ratio 0.3", "ratio 0.3, round-to 8"}
+    plain, rounded = models["ratio 0.3"].widths(), models["ratio 0.3, round-to 8"].widths()
+    channels = [k for k in plain if not k.endswith(".heads") and plain[k] > 3]  # not head counts, not RGB
+    assert plain["temb.dense.0"] == 89 and plain["mid.attn_1.q"] == 44  # widths the rounding is for
+    assert all(rounded[k] % 8 == 0 for k in channels) and rounded != plain

@@ -1,10 +1,16 @@
-"""Benchmark: Diff-Pruning's gradient pass, and ``python prune.py`` end to end, against the machine's fp32 peak.
+"""Benchmark: the speed targets of docs/PERFORMANCE.md in one run: pruned speed-up against the MAC ratio,
+Diff-Pruning's gradient pass against the machine's fp32 peak, and ``python prune.py`` against its floor.
 
-    python -m benchmarks.gradient_pass [--threads 2] [--rounds 3] [--timesteps 6] [--end-to-end] [--tag NAME]
+    python -m benchmarks.speed_targets [--threads 2] [--rounds 3] [--timesteps 6] [--pruned] [--profile]
+                                       [--end-to-end] [--tag NAME]
 
 What it measures, in one run (run it on a quiet machine; the load average is recorded before and after):
 
 1. The machine's fp32 peak: the best of ``torch.mm`` at n = 1024, 2048 and 4096 (``--threads`` threads).
+   With ``--pruned``: the cifar10 U-Net dense and magnitude-pruned at 0.3 and 0.5, batch 16 and 64, speed-up
+   against the MAC ratio (benchmarks/latency.py, 12 interleaved forwards each) in two modes, each in its own
+   process: "default" (contiguous memory, glibc's malloc as it comes: a plain ``model(x)``) and "deployment"
+   (channels-last and ``--allocator retained``: the mode the README recommends on CPU).
 2. The gradient pass of the embedded default (the shipped teacher, the paper's batch of 128 images, the
    default micro-batch of 64): seconds per timestep in four modes, each in its own process (the allocator
    setting is per process) and interleaved over ``--rounds`` rounds:
@@ -25,7 +31,7 @@ What it measures, in one run (run it on a quiet machine; the load average is rec
    timestep, plus its two sample grids (16 images x 50 steps, dense and pruned), at the peak of 1; start-up
    (``python -c "import torch"``) is measured and listed, not part of the arithmetic floor.
 
-Writes benchmarks/results/gradient_pass[_TAG].json and .md (never over an existing file).
+Writes benchmarks/results/speed_targets[_TAG].json and .md (never over an existing file).
 """
 from __future__ import annotations
 
@@ -147,7 +153,7 @@ def run_worker(mode: str, args: argparse.Namespace, profile: bool = False) -> di
     env = {**os.environ, "OMP_NUM_THREADS": str(args.threads)}
     if not MODES[mode][1]:
         env["DIFFPRUNE_MALLOC"] = "default"
-    out = subprocess.run([sys.executable, "-m", "benchmarks.gradient_pass", "--worker", mode, "--timesteps",
+    out = subprocess.run([sys.executable, "-m", "benchmarks.speed_targets", "--worker", mode, "--timesteps",
                           str(args.timesteps), "--threads", str(args.threads)] + (["--profile"] if profile else []),
                          cwd=ROOT, env=env, check=True,
                          capture_output=True, text=True).stdout
@@ -214,21 +220,48 @@ def end_to_end(flops_t: float, peak: float, threads: int) -> dict:
             "params_after": report.get("params_after"), "macs_full_after": report["macs_full_after"]}
 
 
+# ------------------------------------------------------------------------------------------------- pruned speed
+PRUNED_MODES = {"default": ["--channels-last", "off", "--allocator", "default"],
+                "deployment": ["--channels-last", "on", "--allocator", "retained"]}
+
+
+def pruned_speed(threads: int, repeats: int) -> dict:
+    """benchmarks/latency.py's cifar10 rows (dense, ratio 0.3, ratio 0.5; batch 16 and 64) per mode."""
+    out = {}
+    for mode, flags in PRUNED_MODES.items():
+        with tempfile.TemporaryDirectory() as tmp:
+            env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+            if mode == "default":
+                env["DIFFPRUNE_MALLOC"] = "default"
+            subprocess.run([sys.executable, "-m", "benchmarks.latency", "--device", "cpu", "--models", "cifar10",
+                            "--batch-sizes", "16", "64", "--threads", str(threads), "--repeats", str(repeats),
+                            "--warmup", "2", "--out-dir", tmp, *flags], cwd=ROOT, env=env, check=True,
+                           stdout=subprocess.DEVNULL)
+            rows = json.loads(next(Path(tmp).glob("latency_cpu*.json")).read_text())["rows"]
+        out[mode] = [{k: r[k] for k in ("model", "batch", "median_ms", "iqr_ms", "speed_up", "mac_ratio",
+                                        "speed_up_over_mac_ratio")} for r in rows]
+        print(f"pruned speed, {mode}: " + ", ".join(f"{r['model']}/b{r['batch']} {r['speed_up_over_mac_ratio']:.2f}"
+                                                     for r in out[mode] if r["model"] != "dense"), flush=True)
+    return out
+
+
 def load_average() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
 
 def main(args: argparse.Namespace) -> dict:
-    name = "gradient_pass" + (f"_{args.tag}" if args.tag else "")
+    name = "speed_targets" + (f"_{args.tag}" if args.tag else "")
     out = RESULTS / f"{name}.json"
     if out.exists():
         raise SystemExit(f"{out} exists: give another --tag (results are never overwritten)")
-    result = {"benchmark": "gradient_pass", "command": "python -m benchmarks.gradient_pass " + " ".join(args.argv),
+    result = {"benchmark": "speed_targets", "command": "python -m benchmarks.speed_targets " + " ".join(args.argv),
               "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_before": load_average(),
               "machine": {"cpu": _cpu_model(), "nproc": os.cpu_count(), "threads": args.threads,
                           "torch": torch.__version__, "python": platform.python_version()}}
     result["matmul"] = matmul_peak(args.threads)
     peak = result["matmul"]["peak_gflops"]
+    if args.pruned:
+        result["pruned"] = pruned_speed(args.threads, args.pruned_repeats)
     flops_t = flops_per_timestep(load_teacher())
     result["flops_per_timestep"] = flops_t
     times = {mode: [] for mode in MODES}
@@ -260,6 +293,7 @@ def render(r: dict) -> str:
              f"{r['machine']['torch']}; load average before {r['load_before']}, after {r['load_after']})", "",
              f"fp32 peak: {peak:.0f} GFLOP/s (best torch.mm of n = "
              + ", ".join(f"{n}: {g:.0f}" for n, g in r["matmul"]["gflops_by_size"].items()) + ")", "",
+             *_render_pruned(r),
              f"Gradient pass, embedded default, batch {BATCH}, micro-batch {MICRO_BATCH}; "
              f"{r['flops_per_timestep'] / 1e9:.1f} GFLOP per timestep:", "",
              "| mode | s per timestep (median) | runs | GFLOP/s | of peak |", "|---|---|---|---|---|"]
@@ -288,6 +322,29 @@ def render(r: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _render_pruned(r: dict) -> list[str]:
+    if "pruned" not in r:
+        return []
+    lines = ["Pruned cifar10 U-Net (magnitude, local rule), speed-up / MAC ratio (1.0: as fast as the MACs say); "
+             "modes: default = contiguous, glibc malloc as it comes; deployment = channels-last + retained "
+             "allocator:", "", "| model | MAC ratio | " + " | ".join(f"{m} b{b}" for m in r["pruned"] for b in (16, 64))
+             + " |", "|---|---|" + "---|" * 2 * len(r["pruned"])]
+    first = next(iter(r["pruned"].values()))
+    for name in [row["model"] for row in first if row["batch"] == 16 and row["model"] != "dense"]:
+        cells = []
+        for rows in r["pruned"].values():
+            for b in (16, 64):
+                row = next(x for x in rows if x["model"] == name and x["batch"] == b)
+                cells.append(f"{row['speed_up_over_mac_ratio']:.2f} ({row['speed_up']:.2f}x)")
+        ratio = next(x for x in first if x["model"] == name)["mac_ratio"]
+        lines.append(f"| {name} | {ratio:.3f} | " + " | ".join(cells) + " |")
+    dense = {m: {b: next(x for x in rows if x["model"] == "dense" and x["batch"] == b)["median_ms"] for b in (16, 64)}
+             for m, rows in r["pruned"].items()}
+    lines += ["", "Dense forward, median ms: " + "; ".join(f"{m} b16 {d[16]:.0f}, b64 {d[64]:.0f}"
+                                                          for m, d in dense.items()) + ".", ""]
+    return lines
+
+
 def _cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -306,6 +363,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--same-output-timesteps", type=int, default=24)
     p.add_argument("--end-to-end", action="store_true", help="also time `python prune.py` against its floor")
     p.add_argument("--tag", default="")
+    p.add_argument("--pruned", action="store_true", help="also the pruned cifar10 speed-up against the MAC ratio")
+    p.add_argument("--pruned-repeats", type=int, default=12)
     p.add_argument("--profile", action="store_true",
                    help="also profile one timestep of the 'after' mode by op kind (torch.profiler)")
     p.add_argument("--worker", choices=tuple(MODES), help=argparse.SUPPRESS)
