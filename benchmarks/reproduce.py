@@ -131,7 +131,7 @@ class Study:
                 criterion = method.split(":", 1)[1]
                 spec = LayerPruning.applicable(criterion=criterion, target_params=self.layer_target(),
                                                calib_size=self.cfg.calib_size, thr=0.05, batch_size=self.cfg.batch_size,
-                                               micro_batch=64, seed=seed)
+                                               micro_batch=64, seed=seed, max_timesteps=self.cfg.max_timesteps)
                 small, report = prune_layers(self.teacher, spec, self.images(
                     seed, self.cfg.calib_size if criterion != "taylor" else self.cfg.batch_size))
                 info = {"removed": report.removed, "target_params": self.layer_target()}
@@ -215,7 +215,7 @@ class Study:
             calib = make_calibration(images, schedule, size=self.cfg.calib_size, seed=0)
             units = find_units(self.teacher)
             inputs = CriterionInputs(calib=calib, x0=images[:self.cfg.batch_size], schedule=schedule, thr=0.05,
-                                     micro_batch=64, seed=0)
+                                     micro_batch=64, max_timesteps=self.cfg.max_timesteps, seed=0)
             scores = {k: LAYER_CRITERIA[k](self.teacher, units, inputs) for k in ("output-loss", "taylor", "random")}
             rep = additivity_report(self.teacher, calib, scores, sizes=[2, 4, 6], per_size=12, seed=0)
             return {"stats": {k: v["stats"] for k, v in rep["criteria"].items()}}
@@ -315,7 +315,7 @@ def build_parser(study: str = "first") -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=d["batch_size"],
                    help="the ONE gradient batch of taylor / diff-pruning (the paper's: 128)")
     p.add_argument("--max-timesteps", type=int, default=None,
-                   help="cap the gradient loop's timesteps (timing runs only; changes the method)")
+                   help="cap the timesteps of every gradient pass (channel and layer taylor, diff-pruning; timing and test runs only: changes the method)")
     p.add_argument("--calib-size", type=int, default=64, help="LAPTOP output-loss calibration triples [64]")
     p.add_argument("--curve-methods", nargs="*", default=d["curve_methods"], choices=CHANNEL)
     p.add_argument("--curve-steps", type=int, default=d["curve_steps"], help="length of the fine-tune curves")

@@ -39,7 +39,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def command(cfg: argparse.Namespace) -> str:
     teacher = "" if Path(cfg.teacher) == Path(TEACHER_CHECKPOINT) else f"--teacher {cfg.teacher} "
     return (f"python -m benchmarks.teacher_curve {teacher}--steps {cfg.steps} --every {cfg.every} --lr {cfg.lr} "
-            f"--seed {cfg.seed} --num-samples {cfg.num_samples} --sample-steps {cfg.sample_steps}")
+            f"--seed {cfg.seed} --num-samples {cfg.num_samples} --sample-steps {cfg.sample_steps}"
+            + (f" --heldout-images {cfg.heldout_images}" if cfg.heldout_images != 256 else ""))
 
 
 def continue_training(cfg: argparse.Namespace) -> Path:
@@ -47,7 +48,7 @@ def continue_training(cfg: argparse.Namespace) -> Path:
     runs = sorted(p.parent for p in (Path(cfg.work) / "train").glob(f"*/{RUN_MARKER}"))
     tc = train.TrainConfig(model=str(cfg.teacher), steps=cfg.steps, batch_size=32, lr=cfg.lr, warmup=100,
                            loss_reduction="mean", ema_decay=0.999, ckpt_every=cfg.every, keep_every=cfg.every,
-                           heldout_images=256, seed=cfg.seed, out=str(Path(cfg.work) / "train"))
+                           heldout_images=cfg.heldout_images, seed=cfg.seed, out=str(Path(cfg.work) / "train"))
     if runs:
         return train.main(tc, resume=str(runs[-1]))  # exact resume; only the total --steps is read from tc
     return train.main(tc)
@@ -71,7 +72,8 @@ def evaluate(cfg: argparse.Namespace, run_dir: Path) -> list[dict]:
         out = cache / f"step_{step:07d}.json"
         if not out.exists():
             if probe is None:
-                probe = QualityProbe(ProbeConfig(num_samples=cfg.num_samples, sample_steps=cfg.sample_steps))
+                probe = QualityProbe(ProbeConfig(num_samples=cfg.num_samples, sample_steps=cfg.sample_steps,
+                                                 heldout_images=cfg.heldout_images))
                 probe.set_reference(load(cfg.teacher))
             start = time.perf_counter()
             row = {"step": step, "total_steps": base_steps + step, "checkpoint": str(path),
@@ -173,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=1, help="data-order / noise seed of the continuation [1]")
     p.add_argument("--num-samples", type=int, default=256)
     p.add_argument("--sample-steps", type=int, default=50)
+    p.add_argument("--heldout-images", type=int, default=256,
+                   help="test images of the held-out eps-MSE, in training and in the measurement [256]")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--work", default="runs/teacher_curve")
     p.add_argument("--ship", type=int, help="write the EMA weights of this continuation step to --ship-to")

@@ -25,7 +25,7 @@ def tiny_argv(tmp_path: Path, docs: Path) -> list[str]:
     return [
         "--seeds", "0", "1", "--methods", "random", "scratch", "--steps", "1", "--num-samples", "4",
         "--sample-steps", "1", "--heldout-images", "8", "--curve-methods", "diff-pruning@0.05", "--curve-steps", "2",
-        "--curve-every", "1", "--batch-size", "2", "--sweep-ratios", "--threads", "1",
+        "--curve-every", "1", "--batch-size", "2", "--max-timesteps", "4", "--sweep-ratios", "--threads", "1",
         "--work", str(tmp_path / "work"), "--results", str(tmp_path / "results"), "--docs", str(docs)]
 
 
@@ -93,8 +93,8 @@ def test_verdict_rule_is_welch_with_holm_per_claim():
 def test_teacher_curve_continues_measures_resumes_and_ships(tmp_path, monkeypatch):
     curve = load_module("teacher_curve")
     monkeypatch.setattr(curve, "RESULTS", tmp_path / "results")
-    argv = ["--steps", "2", "--every", "1", "--num-samples", "4", "--sample-steps", "1", "--threads", "1",
-            "--work", str(tmp_path / "work")]
+    argv = ["--steps", "2", "--every", "1", "--num-samples", "4", "--sample-steps", "1", "--heldout-images", "8",
+            "--threads", "1", "--work", str(tmp_path / "work")]
     parser = curve.build_parser()
     curve.main(parser.parse_args(argv))
     base = curve.training_steps(curve.TEACHER_CHECKPOINT)
