@@ -153,6 +153,16 @@ class Study:
             return {"method": method_name, "seed": seed, "ratio": ratio,
                     "heldout_loss": self.probe.heldout(small.eval()), **info,
                     "cpu_s": round(time.process_time() - cpu0, 1)}
+
+        saved = self.cells.load(f"pruned-{key}")
+        if saved is not None and not path.exists():
+            # cells restored from the repository (docs/RESULTS.md) come without their checkpoints: the pruning
+            # is a function of the seed, so it is redone; a different result would mean the cell is not this run's
+            again = run()
+            if abs(again["heldout_loss"] - saved["heldout_loss"]) > 1e-6 * abs(saved["heldout_loss"]):
+                raise SystemExit(f"reproduce: cell pruned-{key} says held-out loss {saved['heldout_loss']:.6g}, "
+                                 f"pruning it again gives {again['heldout_loss']:.6g}: the cell is from another "
+                                 f"teacher or code version")
         return path, self.cell(f"pruned-{key}", run)
 
     # ------------------------------------------------------------------ fine-tuning

@@ -68,6 +68,21 @@ def test_reproduce_saves_cells_and_a_rerun_recomputes_nothing(tmp_path, monkeypa
     third = reproduce.main(args)
     assert third["rows"]["random"]["fd_shapes"] == first["rows"]["random"]["fd_shapes"]
 
+    # Cells restored without their checkpoints (docs/RESULTS.md step 0): the pruned model is pruned again from
+    # its seed and checked against the saved cell; a cell that does not match it is refused.
+    monkeypatch.undo()
+    pruned_pt = tmp_path / "work" / "pruned" / "random-r0.3-s1.pt"
+    (cells / "random-r0.3-s1.json").unlink()
+    pruned_pt.unlink()
+    fourth = reproduce.main(args)
+    assert pruned_pt.exists() and fourth["rows"]["random"]["fd_shapes"] == first["rows"]["random"]["fd_shapes"]
+    saved = json.loads((cells / "pruned-random-r0.3-s1.json").read_text())
+    (cells / "pruned-random-r0.3-s1.json").write_text(json.dumps({**saved, "heldout_loss": 2 * saved["heldout_loss"]}))
+    (cells / "random-r0.3-s1.json").unlink()
+    pruned_pt.unlink()
+    with pytest.raises(SystemExit, match="cell pruned-random-r0.3-s1 says held-out loss"):
+        reproduce.main(args)
+
 
 def test_verdict_rule_is_welch_with_holm_per_claim():
     load_module("reproduce")
