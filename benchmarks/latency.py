@@ -58,6 +58,7 @@ import torch
 from torch import nn
 
 from benchmarks.latency_report import markdown
+from benchmarks.timing import cpu_model
 from common.allocator import applied as allocator_applied, retain_freed_memory
 from metrics.macs import count_macs
 from models import PRESETS, UNet
@@ -277,13 +278,7 @@ def describe(setting: dict) -> str:
 
 # ---------------------------------------------------------------------------------------------- machine
 def machine(device: torch.device) -> dict:
-    cpu = platform.processor() or "unknown"
-    try:
-        cpu = next(line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                   if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    info = {"device": device.type, "cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    info = {"device": device.type, "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
             "torch": torch.__version__, "python": platform.python_version(),
             "when_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
     if device.type == "cuda":

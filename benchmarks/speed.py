@@ -42,7 +42,7 @@ from typing import Callable
 import torch
 
 from benchmarks.speed_report import render, write_doc
-from benchmarks.timing import interleaved, loadavg, timed_once
+from benchmarks.timing import cpu_model, interleaved, loadavg, timed_once
 from diffusion.samplers import sample
 from diffusion.schedule import Schedule
 from metrics.macs import count_macs
@@ -110,20 +110,10 @@ def section_machine(args) -> dict:
     n = 2048
     a, b = torch.randn(n, n), torch.randn(n, n)
     t = interleaved({"mm": lambda: torch.mm(a, b)}, repeats=max(args.repeats, 5), warmup=2)["mm"]
-    return {"cpu": platform.processor() or platform.machine(), "cpu_model": _cpu_model(), "nproc": os.cpu_count(),
+    return {"cpu": platform.processor() or platform.machine(), "cpu_model": cpu_model(), "nproc": os.cpu_count(),
             "threads": torch.get_num_threads(), "torch": str(torch.__version__), "python": platform.python_version(),
             "matmul_fp32_gflops": {"median": 2 * n ** 3 / t["median_s"] / 1e9, "best": 2 * n ** 3 / t["min_s"] / 1e9,
                                    "size": n}}
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def section_unet(args) -> dict:

@@ -50,6 +50,8 @@ from pathlib import Path
 
 import torch
 
+from benchmarks.timing import cpu_model
+
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, MICRO_BATCH = 128, 64  # pruning/spec.py DEFAULTS: the paper's gradient batch, the default micro-batch
@@ -256,7 +258,7 @@ def main(args: argparse.Namespace) -> dict:
         raise SystemExit(f"{out} exists: give another --tag (results are never overwritten)")
     result = {"benchmark": "speed_targets", "command": "python -m benchmarks.speed_targets " + " ".join(args.argv),
               "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "load_before": load_average(),
-              "machine": {"cpu": _cpu_model(), "nproc": os.cpu_count(), "threads": args.threads,
+              "machine": {"cpu": cpu_model(), "nproc": os.cpu_count(), "threads": args.threads,
                           "torch": torch.__version__, "python": platform.python_version()}}
     result["matmul"] = matmul_peak(args.threads)
     peak = result["matmul"]["peak_gflops"]
@@ -343,16 +345,6 @@ def _render_pruned(r: dict) -> list[str]:
     lines += ["", "Dense forward, median ms: " + "; ".join(f"{m} b16 {d[16]:.0f}, b64 {d[64]:.0f}"
                                                           for m, d in dense.items()) + ".", ""]
     return lines
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

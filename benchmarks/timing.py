@@ -2,10 +2,22 @@
 their ratios stay meaningful), one-shot timings, and the load average recorded next to every figure."""
 from __future__ import annotations
 
+import platform
 import statistics
 import time
 from pathlib import Path
 from typing import Callable
+
+
+def cpu_model() -> str:
+    """The CPU's marketing name from /proc/cpuinfo (Linux), else what the platform module knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
 
 
 def loadavg() -> str:
