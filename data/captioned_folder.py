@@ -10,6 +10,9 @@ train_text_to_image.py's Resize + CenterCrop). Each image's caption comes from, 
                      preprocessed_11k / preprocessed_212k folders are laid out this way)
     name.txt         a sidecar file beside name.jpg (img2dataset's 00000.jpg + 00000.txt layout)
 
+SDXL's micro-conditioning reads, per image, its size before the resize and the crop's top-left corner after it
+(``micro_conditions``; Podell et al. 2023, Sec. 2.2), from the file headers without decoding the pixels.
+
 Metadata files are found anywhere under the root (one per subfolder is allowed). Every image needs a caption;
 a metadata row naming a file that is not there, an image named by two rows, and an image without a caption are
 one-line errors (ValueError / FileNotFoundError, naming the file), raised when the folder is opened, before any
@@ -27,8 +30,10 @@ from pathlib import Path
 from typing import Sequence
 
 import torch
+from PIL import Image
 
 from data.image_folder import IMAGE_EXTENSIONS, ImageFolder
+from data.transforms import center_crop_offsets, shorter_side_size
 
 METADATA_FILES = ("metadata.jsonl", "metadata.csv")
 DECODE_THREADS = min(8, os.cpu_count() or 1)  # PIL releases the GIL while it decodes and resizes
@@ -109,6 +114,8 @@ class CaptionedFolder:
             raise FileNotFoundError(f"captioned image folder {self.root} does not exist (or is not a folder)")
         self.images = ImageFolder(self.root, image_size=image_size, crop="center")  # no images: FileNotFoundError
         self.captions: list[str] = folder_captions(self.root, self.images.files)
+        self.image_size = image_size
+        self._micro: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -126,6 +133,23 @@ class CaptionedFolder:
         for start in range(0, len(self), chunk):
             self.load(range(start, min(start + chunk, len(self))))
         return len(self)
+
+    def micro_conditions(self) -> torch.Tensor:
+        """(N, 4) long: each image's (original height, original width, crop top, crop left) as SDXL's
+        micro-conditioning counts them: the size of the file, and the corner of the central square in the image
+        resized so its shorter side is image_size (data/transforms.py). Read once from the file headers."""
+        if self._micro is None:
+            rows = []
+            for path in self.images.files:
+                try:
+                    with Image.open(path) as img:
+                        w, h = img.size  # the header only: no pixels are decoded
+                except OSError as e:
+                    raise OSError(f"{path}: cannot read the image size ({e})") from None
+                left, top = center_crop_offsets(*shorter_side_size(w, h, self.image_size), self.image_size)
+                rows.append((h, w, top, left))
+            self._micro = torch.tensor(rows, dtype=torch.long)
+        return self._micro
 
     def checksum(self) -> str:
         """sha256 (16 hex) of every image's relative path, byte size and caption: what a resume compares (the

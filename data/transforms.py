@@ -80,14 +80,20 @@ def resize_shorter_side(img: Image.Image, size: int) -> Image.Image:
     """
     if size <= 0:
         raise ValueError(f"resize_shorter_side: size must be positive, got {size}")
-    w, h = img.size
-    if w <= h:
-        new_w, new_h = size, int(size * h / w)
-    else:
-        new_w, new_h = int(size * w / h), size
-    if (new_w, new_h) == (w, h):
+    new_w, new_h = shorter_side_size(*img.size, size)
+    if (new_w, new_h) == img.size:
         return img
     return img.resize((new_w, new_h), resample=Image.Resampling.BILINEAR)
+
+
+def shorter_side_size(w: int, h: int, size: int) -> tuple[int, int]:
+    """(W, H) of a w x h image after :func:`resize_shorter_side` to ``size``."""
+    return (size, int(size * h / w)) if w <= h else (int(size * w / h), size)
+
+
+def center_crop_offsets(w: int, h: int, size: int) -> tuple[int, int]:
+    """(left, top) of :func:`center_crop`'s ``size`` square in a w x h image."""
+    return int(round((w - size) / 2.0)), int(round((h - size) / 2.0))
 
 
 def center_crop(img: Image.Image, size: int) -> Image.Image:
@@ -96,8 +102,7 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     if w < size or h < size:
         # torchvision would zero-pad here; a silently padded training image is never what we want.
         raise ValueError(f"center_crop: image of size {w}x{h} (WxH) is smaller than the {size}x{size} crop")
-    left = int(round((w - size) / 2.0))
-    top = int(round((h - size) / 2.0))
+    left, top = center_crop_offsets(w, h, size)
     return img.crop((left, top, left + size, top + size))
 
 

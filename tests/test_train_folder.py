@@ -129,12 +129,35 @@ def test_resume_is_exact_and_refuses_changed_captions(tmp_path, pipes):
         train.main(train.TrainConfig(steps=3), resume=str(first))
 
 
-def test_an_sdxl_pipeline_trains_with_its_pixel_size_in_the_time_ids(tmp_path, pipes):
+def test_micro_conditions_are_each_files_size_and_its_crop_corner(tmp_path):
+    from data.captioned_folder import CaptionedFolder
+    from data.transforms import resize_shorter_side
+
+    folder = tmp_path / "sizes"
+    folder.mkdir()
+    sizes = {"a_wide.png": (44, 36), "b_tall.png": (20, 50), "c_square.png": (32, 32)}  # (W, H)
+    for name, (w, h) in sizes.items():
+        Image.fromarray(np.random.default_rng(0).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(folder / name)
+        (folder / name).with_suffix(".txt").write_text(name)
+    data = CaptionedFolder(folder, image_size=16)
+    micro = data.micro_conditions()
+    # 44x36 -> 19x16, crop left round(1.5) = 2; 20x50 -> 16x40, crop top 12; a square is neither resized off nor cut
+    assert micro.tolist() == [[36, 44, 0, 2], [50, 20, 12, 0], [32, 32, 0, 0]]
+    for i, (name, (w, h)) in enumerate(sizes.items()):  # the corner is where load() really cut the square
+        with Image.open(folder / name) as img:
+            big = np.asarray(resize_shorter_side(img.convert("RGB"), 16), dtype=np.float32) / 127.5 - 1
+        top, left = micro[i, 2:].tolist()
+        expected = torch.from_numpy(big[top:top + 16, left:left + 16]).permute(2, 0, 1)
+        torch.testing.assert_close(data.load([i])[0], expected, rtol=0, atol=1e-6)
+
+
+def test_an_sdxl_pipeline_trains_with_each_images_size_and_crop_in_the_time_ids(tmp_path, pipes):
     data = captioned(tmp_path / "data", "csv")
     fam = family(pipes["sdxl"], data, tmp_path)
     assert fam.pipe.kind == "sdxl" and fam.pipe.text_encoder_2 is not None
     _, cond = fam.batch([0, 1], slice(0, 2), torch.Generator().manual_seed(0), "cpu")
-    assert cond["added_cond_kwargs"]["time_ids"].tolist() == [[32, 32, 0, 0, 32, 32]] * 2
+    # 44x36 files at 32 px: original (36, 44), resized to 39x32, crop corner (0, round(3.5) = 4), target (32, 32)
+    assert cond["added_cond_kwargs"]["time_ids"].tolist() == [[36, 44, 0, 4, 32, 32]] * 2
     assert cond["encoder_hidden_states"].shape[-1] == 64  # both 32-wide encoders side by side
     sd1 = latent.parts_checksum({k: fam.parts[k] for k in ("vae", "text_encoder")})
     assert fam.checksum != sd1  # text_encoder_2 is in the resume checksum

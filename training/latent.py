@@ -255,7 +255,7 @@ class LatentFamily:
         c = model.config
         size = int(c.sample_size[0] if isinstance(c.sample_size, (tuple, list)) else c.sample_size)
         self.shape = (int(c.in_channels), size, size)
-        self.pixels = size * self.pipe.vae_scale  # SDXL's time ids: original = target size, no crop
+        self.pixels = size * self.pipe.vae_scale  # SDXL's target size; a folder's images add their original sizes
         self.folder = None
         if data == "folder":
             self._open_folder(model, data_root, cache_dir, source)
@@ -312,8 +312,10 @@ class LatentFamily:
             captions = ["" if drop[j] else caption(self.attrs[idx[j]], int(variant[j])) for j in rows]
         else:
             captions = ["" if drop[j] else self.folder.captions[idx[j]] for j in rows]
+        # SDXL from a folder: each image's own size and crop (micro-conditioning); the shapes are drawn at size
+        micro = self.folder.micro_conditions()[mine] if self.folder is not None and self.pipe.kind == "sdxl" else None
         with torch.no_grad():
-            cond = text_conditioning(self.pipe, captions, (self.pixels, self.pixels)).kwargs()
+            cond = text_conditioning(self.pipe, captions, (self.pixels, self.pixels), micro).kwargs()
         return z0.to(device), {k: _to(v, device) for k, v in cond.items()}
 
     def loss(self, forward, z0: torch.Tensor, t: torch.Tensor, eps: torch.Tensor, cond: dict) -> torch.Tensor:

@@ -165,8 +165,12 @@ def _encode(encoder, tokenizer, texts: Sequence[str], *, penultimate: bool):
     return (out.penultimate_hidden_state if penultimate else out.last_hidden_state), out
 
 
-def text_conditioning(pipe: Pipeline, prompts: Sequence[str], size: tuple[int, int]) -> Conditioning:
-    """The U-Net's conditional inputs for ``prompts`` (B texts) at image size ``size`` (H, W)."""
+def text_conditioning(pipe: Pipeline, prompts: Sequence[str], size: tuple[int, int],
+                      micro: torch.Tensor | None = None) -> Conditioning:
+    """The U-Net's conditional inputs for ``prompts`` (B texts) at image size ``size`` (H, W). SDXL's time ids
+    are (original H, W, crop top, left, target H, W) (Podell et al. 2023, Sec. 2.2): by default the original is
+    the target and there is no crop, as at inference; ``micro`` (B, 4) gives each training image's own
+    (original H, W, crop top, left) (data/captioned_folder.py ``micro_conditions``)."""
     if pipe.kind != "sdxl":
         states, _ = _encode(pipe.text_encoder, pipe.tokenizer, prompts, penultimate=False)
         return Conditioning(encoder_hidden_states=states)
@@ -174,6 +178,11 @@ def text_conditioning(pipe: Pipeline, prompts: Sequence[str], size: tuple[int, i
     h2, out2 = _encode(pipe.text_encoder_2, pipe.tokenizer_2, prompts, penultimate=True)
     H, W = size
     time_ids = torch.tensor([[H, W, 0, 0, H, W]], dtype=h2.dtype, device=h2.device).expand(len(prompts), -1)
+    if micro is not None:
+        if tuple(micro.shape) != (len(prompts), 4):
+            raise ValueError(f"micro-conditioning must be (B, 4) = (original H, W, crop top, left) for B = "
+                             f"{len(prompts)} prompts, got {tuple(micro.shape)}")
+        time_ids = torch.cat([micro.to(time_ids), time_ids[:, 4:]], dim=1)
     return Conditioning(encoder_hidden_states=torch.cat([h1, h2], dim=-1),
                         added_cond_kwargs={"text_embeds": out2.text_embeds, "time_ids": time_ids})
 
