@@ -83,7 +83,7 @@ class Study:
             c = self.cfg
             self._probe = QualityProbe(ProbeConfig(num_samples=c.num_samples, sample_steps=c.sample_steps,
                                                    skip_type=c.skip_type, clip_x0=c.clip_x0,
-                                                   heldout_images=c.heldout_images))
+                                                   heldout_images=c.heldout_images), device=c.device)
             self._probe.set_reference(self.teacher)
             (self.work / "probe.json").write_text(json.dumps(self._probe.describe(), indent=2) + "\n")
         return self._probe
@@ -139,9 +139,12 @@ class Study:
                 spec = ChannelPruning.applicable(method=method, ratio=ratio, thr=thr if thr is not None else 0.05,
                                                  batch_size=self.cfg.batch_size, micro_batch=64, seed=seed,
                                                  max_timesteps=self.cfg.max_timesteps)
-                small, report = prune(load(self.cfg.teacher), self.example(), spec,
-                                      self.images(seed, self.cfg.batch_size) if spec.gradient else None,
-                                      schedule=Schedule(DiffusionConfig(loss_reduction="sum")), progress=False)
+                # the gradient pass runs on --device; the layer criteria above stay on the CPU (they are cheap)
+                device = torch.device(self.cfg.device)
+                x0 = self.images(seed, self.cfg.batch_size).to(device) if spec.gradient else None
+                small, report = prune(load(self.cfg.teacher).to(device), tuple(x.to(device) for x in self.example()),
+                                      spec, x0, schedule=Schedule(DiffusionConfig(loss_reduction="sum")), progress=False)
+                small = small.cpu()
                 if report.timesteps is not None:
                     ts = report.timesteps
                     info = {"kept_timesteps": len(ts.kept), "losses": ts.losses, "stopped_at": ts.stopped_at,
@@ -172,7 +175,7 @@ class Study:
         out = self.work / "runs" / name
         kd = {} if distill == "none" else {"distill": distill, "teacher": str(c.teacher),
                                            **{k: v for k, v in kd_lambdas(c.kd_weights, distill).items() if v}}
-        tc = train.TrainConfig(model=str(pruned), steps=steps, batch_size=32, lr=c.lr, loss_reduction="mean",
+        tc = train.TrainConfig(model=str(pruned), steps=steps, batch_size=32, lr=c.lr, loss_reduction="mean", device=c.device,
                                ema_decay=c.ema_decay, ema_warmup=c.ema_warmup, ckpt_every=keep_every or steps,
                                keep_every=keep_every, heldout_images=0, seed=seed, out=str(out), **kd)
         runs = sorted(p.parent for p in out.glob(f"*/{RUN_MARKER}"))
@@ -193,7 +196,7 @@ class Study:
                 raw = self.probe(load(run_dir / "model.pt", ema=False))
                 out.update({f"{k}_raw": raw[k] for k in ("fd_shapes", "kid_shapes", "ssim_to_teacher", "heldout_loss")})
             # wall seconds depend on the machine's load; CPU seconds of this one-thread process much less
-            out["timing"] = {"prune_s": pruned.get("seconds"), "prune_cpu_s": pruned.get("cpu_s"),
+            out["timing"] = {"device": self.cfg.device, "prune_s": pruned.get("seconds"), "prune_cpu_s": pruned.get("cpu_s"),
                              "finetune_s": round(tuned - start, 1), "finetune_cpu_s": round(cpu1 - cpu0, 1),
                              "measure_s": round(time.perf_counter() - tuned, 1),
                              "measure_cpu_s": round(time.process_time() - cpu1, 1)}
@@ -285,6 +288,14 @@ def check_args(cfg: argparse.Namespace) -> None:
         raise SystemExit(f"reproduce: --shard {cfg.shard} is outside 0..{cfg.shards - 1} (--shards {cfg.shards})")
     if not Path(cfg.teacher).is_file():
         raise SystemExit(f"reproduce: --teacher {cfg.teacher} does not exist")
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError:
+        raise SystemExit(f"reproduce: --device {cfg.device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"reproduce: --device {cfg.device} but torch {torch.__version__} sees no CUDA device")
+    if device.type not in ("cpu", "cuda"):
+        raise SystemExit(f"reproduce: --device {cfg.device}: only cpu and cuda are supported")
     finished = [p for p in (Path(cfg.work) / "cells").glob("*-s*.json") if not p.name.startswith("pruned-")]
     if cfg.report_only and not finished:
         raise SystemExit(f"reproduce: --report-only, but {Path(cfg.work) / 'cells'} has no finished cell; "
@@ -339,6 +350,9 @@ def build_parser(study: str = "first") -> argparse.ArgumentParser:
                    help="clamp the predicted x0 to [-1, 1] at every DDIM step")
     p.add_argument("--heldout-images", type=int, default=256, help="test images of the held-out eps-MSE [256]")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu",
+                   help="where the gradient pass, the fine-tunes and the sampling run: cpu, cuda, cuda:1 [cpu]; "
+                        "the layer criteria, FD-shapes and SSIM stay on the CPU")
     p.add_argument("--shards", type=int, default=1, help="split the cells over this many processes")
     p.add_argument("--shard", type=int, default=0, help="this process's share: cells i with i %% shards == shard")
     p.add_argument("--report-only", action="store_true",

@@ -17,6 +17,8 @@ quickly and identically, so they share this probe, built once:
 """
 from __future__ import annotations
 
+import copy
+
 from dataclasses import dataclass
 
 import torch
@@ -50,21 +52,28 @@ STUDY = ProbeConfig(num_samples=256, sample_steps=100, skip_type="quad", clip_x0
 class QualityProbe:
     """Build once (renders the held-out sets, embeds the FD-shapes reference), then ``probe(model)`` per model."""
 
-    def __init__(self, cfg: ProbeConfig, *, reference_images: torch.Tensor | None = None):
+    def __init__(self, cfg: ProbeConfig, *, reference_images: torch.Tensor | None = None,
+                 device: torch.device | str = "cpu"):
         self.cfg = cfg
+        self.device = torch.device(device)  # where sampling and the held-out loss run; FD and SSIM run on the CPU
         test = ProceduralShapes(image_size=cfg.image_size, split="test")
         self.heldout = HeldOutLoss(torch.stack([test[i] for i in range(cfg.heldout_images)]), Schedule(),
                                    draws=cfg.heldout_draws, seed=1234)
         self.fd = FDShapesReference.build(image_size=cfg.image_size)
         self.reference_images = reference_images  # in [-1, 1]; SSIM is measured against these
 
+    def _on_device(self, model: nn.Module) -> nn.Module:
+        """``model`` itself when it is on the probe's device, else a copy there (the caller's model stays put)."""
+        here = next(model.parameters()).device
+        return model if here == self.device else copy.deepcopy(model).to(self.device)
+
     def samples(self, model: nn.Module) -> torch.Tensor:
-        """(N, 3, S, S) in [-1, 1], quantised to the uint8 grid a PNG would hold."""
+        """(N, 3, S, S) in [-1, 1] on the CPU, quantised to the uint8 grid a PNG would hold."""
         c = self.cfg
-        x = sample(model.eval(), Schedule(), indices=list(range(c.num_samples)), seed=0,
+        x = sample(self._on_device(model).eval(), Schedule(), indices=list(range(c.num_samples)), seed=0,
                    image_shape=(3, c.image_size, c.image_size), steps=c.sample_steps, skip_type=c.skip_type,
-                   batch_size=c.batch_size, clip_x0=c.clip_x0)
-        return ((x + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
+                   batch_size=c.batch_size, clip_x0=c.clip_x0, device=self.device)
+        return ((x.cpu() + 1) * 127.5).round().clamp(0, 255) / 127.5 - 1
 
     def set_reference(self, model: nn.Module) -> torch.Tensor:
         """Make ``model``'s samples the SSIM reference (the teacher's, in the papers' protocol)."""
@@ -72,6 +81,7 @@ class QualityProbe:
         return self.reference_images
 
     def __call__(self, model: nn.Module) -> dict:
+        model = self._on_device(model)
         macs = count_macs(model, model.example_inputs())
         images = self.samples(model)
         out = {"params": macs.params, "macs_paper": macs.macs_paper, "heldout_loss": self.heldout(model.eval())}

@@ -154,7 +154,11 @@ def test_bad_arguments_are_refused_before_any_work(tmp_path):
     base = tiny_argv(tmp_path, docs)
     cases = [(["--shards", "2", "--shard", "2"], "--shard 2 is outside 0..1"),
              (["--teacher", str(tmp_path / "missing.pt")], "missing.pt does not exist"),
-             (["--report-only"], "has no finished cell")]
+             (["--report-only"], "has no finished cell"),
+             (["--device", "gpu0"], "--device 'gpu0' is not a device")]
+    import torch
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "sees no CUDA device"))
     for extra, message in cases:
         with pytest.raises(SystemExit, match=message):
             reproduce.main(reproduce.parse_args(base + extra))

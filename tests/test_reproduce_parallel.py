@@ -1,0 +1,52 @@
+"""benchmarks/reproduce_parallel.py on the tiny study of tests/test_reproduce.py: the shards share the cells, a
+restored cell is kept as it is and not recomputed, the finished cells come back in one archive, and the
+deadline stops what is still running."""
+from __future__ import annotations
+
+import json
+import tarfile
+
+import pytest
+
+from benchmarks import reproduce_parallel
+
+STUDY = ["--seeds", "0", "--methods", "random", "scratch", "--steps", "1", "--num-samples", "4",
+         "--sample-steps", "1", "--heldout-images", "8", "--curve-methods", "--batch-size", "2",
+         "--max-timesteps", "2", "--sweep-ratios", "--only", "main"]
+
+
+@pytest.mark.slow
+def test_two_shards_share_the_cells_keep_a_restored_one_and_pack_them(tmp_path):
+    restored = tmp_path / "earlier"
+    restored.mkdir()
+    teacher_cell = {"method": "teacher", "params": 1113955, "macs_paper": 259091968, "heldout_loss": 0.0085,
+                    "fd_shapes": 12.5, "kid_shapes": 9.0, "ssim_to_teacher": 1.0, "seconds": 1.0,
+                    "note": "finished in an earlier session"}
+    (restored / "teacher.json").write_text(json.dumps(teacher_cell))
+    work, archive = tmp_path / "work", tmp_path / "out" / "cells.tar.gz"
+    status = reproduce_parallel.main(["--processes", "2", "--deadline", "300", "--stop-after", "200",
+                                      "--restore", str(restored), "--pack", str(archive), "--",
+                                      *STUDY, "--work", str(work), "--results", str(tmp_path / "results")])
+    assert status == 0
+    cells = {p.name for p in (work / "cells").glob("*.json")}
+    assert {"teacher.json", "random-r0.3-s0.json", "scratch-r0.3-s0.json"} <= cells
+    assert json.loads((work / "cells" / "teacher.json").read_text()) == teacher_cell  # not recomputed
+    logs = [(work / "parallel" / f"shard_{i}.log").read_text() for i in (0, 1)]
+    assert all("[reproduce]" in log for log in logs)  # both shards ran cells
+    with tarfile.open(archive) as tar:
+        assert {m.name for m in tar.getmembers()} == {f"cells/{c}" for c in cells}
+
+
+def test_the_deadline_stops_running_shards_and_bad_flags_are_refused(tmp_path):
+    work = tmp_path / "work"
+    status = reproduce_parallel.main(["--processes", "1", "--deadline", "2", "--stop-after", "1", "--",
+                                      *STUDY, "--steps", "500", "--work", str(work),
+                                      "--results", str(tmp_path / "results")])
+    assert status == 1 and not list((work / "cells").glob("random-*.json"))
+    with pytest.raises(SystemExit):
+        reproduce_parallel.parse(["--deadline", "5", "--stop-after", "9"])
+    with pytest.raises(SystemExit):
+        reproduce_parallel.parse(["--deadline", "9", "--stop-after", "5", "--", "--shards", "3"])
+    with pytest.raises(SystemExit, match="missing.pt does not exist"):
+        reproduce_parallel.main(["--deadline", "9", "--stop-after", "5", "--", "--teacher",
+                                 str(tmp_path / "missing.pt"), "--work", str(work)])
