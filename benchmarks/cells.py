@@ -62,3 +62,17 @@ def run_jobs(study, jobs: list, cfg, tag: str) -> None:
             break
         print(f"[{tag}] job {i + 1}/{len(jobs)}: {fn}{args}", flush=True)
         getattr(study, fn)(*args)
+
+
+def check_device(tag: str, device: str) -> None:
+    """A study's --device, refused in one line before any work: not a device, no CUDA, or neither cpu nor cuda."""
+    import torch
+
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise SystemExit(f"{tag}: --device {device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"{tag}: --device {device} but torch {torch.__version__} sees no CUDA device")
+    if parsed.type not in ("cpu", "cuda"):
+        raise SystemExit(f"{tag}: --device {device}: only cpu and cuda are supported")

@@ -44,7 +44,7 @@ import torch
 import train
 from common.allocator import retain_freed_memory
 from common.defaults import TEACHER_CHECKPOINT
-from benchmarks.cells import CellStore, run_jobs
+from benchmarks.cells import CellStore, check_device, run_jobs
 from benchmarks.reproduce_config import (ALL_METHODS, CHANNEL, STUDIES, kd_lambdas, seeds_of,
                                          split_method)
 from benchmarks.reproduce_report import write_report
@@ -288,14 +288,7 @@ def check_args(cfg: argparse.Namespace) -> None:
         raise SystemExit(f"reproduce: --shard {cfg.shard} is outside 0..{cfg.shards - 1} (--shards {cfg.shards})")
     if not Path(cfg.teacher).is_file():
         raise SystemExit(f"reproduce: --teacher {cfg.teacher} does not exist")
-    try:
-        device = torch.device(cfg.device)
-    except RuntimeError:
-        raise SystemExit(f"reproduce: --device {cfg.device!r} is not a device (cpu, cuda, cuda:1, ...)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"reproduce: --device {cfg.device} but torch {torch.__version__} sees no CUDA device")
-    if device.type not in ("cpu", "cuda"):
-        raise SystemExit(f"reproduce: --device {cfg.device}: only cpu and cuda are supported")
+    check_device("reproduce", cfg.device)
     finished = [p for p in (Path(cfg.work) / "cells").glob("*-s*.json") if not p.name.startswith("pruned-")]
     if cfg.report_only and not finished:
         raise SystemExit(f"reproduce: --report-only, but {Path(cfg.work) / 'cells'} has no finished cell; "

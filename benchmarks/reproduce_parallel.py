@@ -1,10 +1,11 @@
-"""Run one study of benchmarks/reproduce.py as many shard processes at once, inside a fixed time box.
+"""Run one study of benchmarks/reproduce.py (or reproduce_t2i.py) as many shard processes at once, in a time box.
 
     python -m benchmarks.reproduce_parallel --processes 12 --deadline 540 --stop-after 360 \
         --restore benchmarks/results/converged/cells --pack OUT/cells.tar.gz \
         -- --study converged --teacher checkpoints/tiny_shapes_16400.pt --device cuda
 
-Everything after ``--`` goes to reproduce.py unchanged; this script adds ``--shards P --shard i --threads 1
+``--script reproduce_t2i`` runs the text-to-image study instead (the same flags and cells). Everything after
+``--`` goes to the study script unchanged; this script adds ``--shards P --shard i --threads 1
 --stop-after S --docs ''`` to each process. It is made for a borrowed machine with a time limit (a GPU on which
 one small model leaves most of the card idle, so a dozen processes share it; or a many-core CPU):
 
@@ -24,6 +25,7 @@ Exit status 0 when every process ended by itself, 1 when the deadline stopped so
 from __future__ import annotations
 
 import argparse
+import importlib
 import os
 import shutil
 import subprocess
@@ -32,7 +34,7 @@ import tarfile
 import time
 from pathlib import Path
 
-from benchmarks.reproduce import check_args, parse_args as reproduce_args
+SCRIPTS = ("reproduce", "reproduce_t2i")  # benchmarks/<name>.py: both take --shards/--shard/--stop-after/--work
 
 
 def restore(source: Path, cells: Path) -> int:
@@ -54,7 +56,7 @@ def launch(args: argparse.Namespace, work: Path) -> list[tuple[subprocess.Popen,
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     procs = []
     for i in range(args.processes):
-        cmd = [sys.executable, "-m", "benchmarks.reproduce", *args.reproduce, "--shards", str(args.processes),
+        cmd = [sys.executable, "-m", f"benchmarks.{args.script}", *args.reproduce, "--shards", str(args.processes),
                "--shard", str(i), "--threads", "1", "--stop-after", str(args.stop_after), "--docs", ""]
         log = logs / f"shard_{i}.log"
         with open(log, "w") as out:
@@ -90,8 +92,9 @@ def pack(cells: Path, target: Path) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     start = time.monotonic()
-    study = reproduce_args(args.reproduce)
-    check_args(study)  # reproduce.py's one-line refusals (teacher, device, ...) once, before any process starts
+    script = importlib.import_module(f"benchmarks.{args.script}")
+    study = script.parse_args(args.reproduce)
+    script.check_args(study)  # the study's one-line refusals (teacher, device, ...) once, before any process starts
     work = Path(study.work)
     cells = work / "cells"
     before = len(list(cells.glob("*.json"))) if cells.is_dir() else 0
@@ -115,6 +118,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     argv = list(sys.argv[1:] if argv is None else argv)
     ours, rest = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--script", choices=SCRIPTS, default="reproduce", help="which study [reproduce]")
     p.add_argument("--processes", type=int, default=os.cpu_count() or 1, help="shard processes [CPU count]")
     p.add_argument("--deadline", type=float, required=True, help="seconds after which running shards are stopped")
     p.add_argument("--stop-after", type=float, required=True, help="seconds after which no shard starts a cell")

@@ -54,7 +54,7 @@ import torch
 
 import prune
 import train
-from benchmarks.cells import CellStore, run_jobs
+from benchmarks.cells import CellStore, check_device, run_jobs
 from benchmarks.reproduce_t2i_config import (GUIDANCE, SAMPLE_STEPS, SCHEDULER, default_rows, distill_settings,
                                              parse_row, prune_args)
 from benchmarks.reproduce_t2i_report import write_report
@@ -196,6 +196,7 @@ def check_args(cfg: argparse.Namespace) -> None:
     """Refuse, in one line and before any work, what would run nothing or could not run."""
     if not 0 <= cfg.shard < cfg.shards:
         raise SystemExit(f"reproduce_t2i: --shard {cfg.shard} is outside 0..{cfg.shards - 1} (--shards {cfg.shards})")
+    check_device("reproduce_t2i", cfg.device)
     for r in cfg.rows:
         try:
             parse_row(r)

@@ -50,3 +50,32 @@ def test_the_deadline_stops_running_shards_and_bad_flags_are_refused(tmp_path):
     with pytest.raises(SystemExit, match="missing.pt does not exist"):
         reproduce_parallel.main(["--deadline", "9", "--stop-after", "5", "--", "--teacher",
                                  str(tmp_path / "missing.pt"), "--work", str(work)])
+
+
+def test_the_results_doc_parallel_commands_parse():
+    import shlex
+    from pathlib import Path
+
+    from benchmarks import reproduce, reproduce_t2i
+
+    text = (Path(reproduce_parallel.__file__).resolve().parents[1] / "docs" / "RESULTS.md").read_text()
+    commands = [c.strip() for c in text.replace("\\\n", " ").splitlines() if "-m benchmarks.reproduce_parallel" in c]
+    assert commands  # the GPU procedure of the converged study at least
+    for command in commands:
+        words = shlex.split(command.split("#")[0].replace("$OUT", "OUT"))
+        args = reproduce_parallel.parse(words[words.index("benchmarks.reproduce_parallel") + 1:])
+        study = (reproduce_t2i if args.script == "reproduce_t2i" else reproduce).parse_args(args.reproduce)
+        assert study.device == "cuda" and args.stop_after < args.deadline <= 570  # inside one 10-minute call
+
+
+def test_both_studies_refuse_a_device_they_cannot_use():
+    import torch
+
+    from benchmarks import reproduce, reproduce_t2i
+
+    for study in (reproduce, reproduce_t2i):
+        with pytest.raises(SystemExit, match="'gpu0' is not a device"):
+            study.check_args(study.parse_args(["--device", "gpu0"]))
+        if not torch.cuda.is_available():
+            with pytest.raises(SystemExit, match="sees no CUDA device"):
+                study.check_args(study.parse_args(["--device", "cuda"]))
