@@ -153,20 +153,31 @@ class Study:
             save_checkpoint(tmp, config=small.config, state_dict=small.state_dict(),
                             meta={"reproduce": {"method": method_name, "seed": seed, "ratio": ratio}})
             tmp.replace(path)
-            return {"method": method_name, "seed": seed, "ratio": ratio,
+            return {"method": method_name, "seed": seed, "ratio": ratio, "device": self.cfg.device,
                     "heldout_loss": self.probe.heldout(small.eval()), **info,
                     "cpu_s": round(time.process_time() - cpu0, 1)}
 
         saved = self.cells.load(f"pruned-{key}")
         if saved is not None and not path.exists():
-            # cells restored from the repository (docs/RESULTS.md) come without their checkpoints: the pruning
-            # is a function of the seed, so it is redone; a different result would mean the cell is not this run's
-            again = run()
-            if abs(again["heldout_loss"] - saved["heldout_loss"]) > 1e-6 * abs(saved["heldout_loss"]):
-                raise SystemExit(f"reproduce: cell pruned-{key} says held-out loss {saved['heldout_loss']:.6g}, "
-                                 f"pruning it again gives {again['heldout_loss']:.6g}: the cell is from another "
-                                 f"teacher or code version")
+            self._rebuild(f"pruned-{key}", saved, run)
         return path, self.cell(f"pruned-{key}", run)
+
+    def _rebuild(self, name: str, saved: dict, run) -> None:
+        """A pruned-model cell restored without its checkpoint (cells committed from another machine, docs/
+        RESULTS.md): the pruning is a function of the seed, so it is redone. On the cell's own device it must
+        give the same held-out loss (else the cell is another teacher's or code version's: refused); on another
+        device the gradient scores may differ by float reordering, so the cell is replaced by the one that
+        describes the checkpoint now on disk, and the change is printed."""
+        again = run()
+        if abs(again["heldout_loss"] - saved["heldout_loss"]) <= 1e-6 * abs(saved["heldout_loss"]):
+            return
+        was = saved.get("device", "cpu")
+        if was == self.cfg.device:
+            raise SystemExit(f"reproduce: cell {name} says held-out loss {saved['heldout_loss']:.6g}, pruning it "
+                             f"again gives {again['heldout_loss']:.6g}: the cell is from another teacher or code version")
+        self.cells.path(name).write_text(json.dumps({**again, "replaces": saved}, indent=2) + "\n")
+        print(f"[reproduce] {name}: made on {was}, pruned again on {self.cfg.device}: held-out loss "
+              f"{saved['heldout_loss']:.6g} -> {again['heldout_loss']:.6g}; the cell now describes this model", flush=True)
 
     # ------------------------------------------------------------------ fine-tuning
     def finetune(self, pruned: Path, name: str, seed: int, distill: str, steps: int, keep_every: int = 0) -> Path:

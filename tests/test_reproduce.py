@@ -82,6 +82,15 @@ def test_reproduce_saves_cells_and_a_rerun_recomputes_nothing(tmp_path, monkeypa
     pruned_pt.unlink()
     with pytest.raises(SystemExit, match="cell pruned-random-r0.3-s1 says held-out loss"):
         reproduce.main(args)
+    # made on another device: float reordering may change a gradient criterion's choice, so the cell is replaced
+    (cells / "pruned-random-r0.3-s1.json").write_text(json.dumps(
+        {**saved, "device": "cuda:7", "heldout_loss": 2 * saved["heldout_loss"]}))
+    pruned_pt.unlink()
+    assert not (cells / "random-r0.3-s1.json").exists()  # the refused run stopped before the fine-tune's cell
+    reproduce.main(args)
+    now = json.loads((cells / "pruned-random-r0.3-s1.json").read_text())
+    assert now["device"] == "cpu" and now["heldout_loss"] == saved["heldout_loss"]
+    assert now["replaces"]["device"] == "cuda:7" and pruned_pt.exists()
 
 
 def test_verdict_rule_is_welch_with_holm_per_claim():
