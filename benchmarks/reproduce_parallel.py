@@ -129,6 +129,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         p.error(f"--processes must be >= 1, got {args.processes}")
     if not 0 < args.stop_after < args.deadline:
         p.error(f"need 0 < --stop-after < --deadline, got {args.stop_after} and {args.deadline}")
+    if not rest:  # no accidental default study on every core
+        p.error("give the study's own flags after --, e.g. -- --study converged --teacher checkpoints/tiny_shapes_16400.pt")
     taken = {"--shards", "--shard", "--threads", "--stop-after", "--docs"} & set(rest)
     if taken:
         p.error(f"{sorted(taken)} are set by this script for each shard; leave them out after --")

@@ -44,7 +44,9 @@ def test_the_deadline_stops_running_shards_and_bad_flags_are_refused(tmp_path):
                                       "--results", str(tmp_path / "results")])
     assert status == 1 and not list((work / "cells").glob("random-*.json"))
     with pytest.raises(SystemExit):
-        reproduce_parallel.parse(["--deadline", "5", "--stop-after", "9"])
+        reproduce_parallel.parse(["--deadline", "5", "--stop-after", "9", "--", "--seeds", "0"])
+    with pytest.raises(SystemExit):  # no study flags: refused rather than the default study on every core
+        reproduce_parallel.parse(["--deadline", "9", "--stop-after", "5"])
     with pytest.raises(SystemExit):
         reproduce_parallel.parse(["--deadline", "9", "--stop-after", "5", "--", "--shards", "3"])
     with pytest.raises(SystemExit, match="missing.pt does not exist"):
