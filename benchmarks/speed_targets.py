@@ -361,6 +361,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="also profile one timestep of the 'after' mode by op kind (torch.profiler)")
     p.add_argument("--worker", choices=tuple(MODES), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    small = {k: v for k, v in (("--threads", args.threads), ("--rounds", args.rounds), ("--timesteps", args.timesteps),
+                               ("--same-output-timesteps", args.same_output_timesteps),
+                               ("--pruned-repeats", args.pruned_repeats)) if v < 1}
+    if small:
+        p.error(f"these must be at least 1: {small}")
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
 

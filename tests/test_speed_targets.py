@@ -3,6 +3,8 @@ is throughput / peak, each pruned cell is speed-up / MAC ratio, and prune.py's w
 floor the run computed."""
 from __future__ import annotations
 
+import pytest
+
 from benchmarks import speed_targets
 
 
@@ -40,3 +42,11 @@ def test_a_run_without_the_optional_sections_renders_without_them():
         del r[key]
     page = speed_targets.render(r)
     assert "Pruned cifar10" not in page and "python prune.py" not in page
+
+
+def test_counts_below_one_are_refused_before_any_work():
+    with pytest.raises(SystemExit):
+        speed_targets.parse_args(["--rounds", "0"])
+    with pytest.raises(SystemExit):
+        speed_targets.parse_args(["--timesteps", "-2"])
+    assert speed_targets.parse_args(["--rounds", "1"]).rounds == 1
