@@ -75,3 +75,16 @@ def test_round_to_variants_are_built_and_change_widths():
     channels = [k for k in plain if not k.endswith(".heads") and plain[k] > 3]  # not head counts, not RGB
     assert plain["temb.dense.0"] == 89 and plain["mid.attn_1.q"] == 44  # widths the rounding is for
     assert all(rounded[k] % 8 == 0 for k in channels) and rounded != plain
+
+
+def test_round_to_quality_never_writes_over_a_finished_table(tmp_path, monkeypatch):
+    import argparse
+
+    from benchmarks import round_to_quality
+
+    monkeypatch.setattr(round_to_quality, "RESULTS", tmp_path)
+    (tmp_path / "round_to_quality_mine.json").write_text("kept")
+    args = argparse.Namespace(tag="mine", ratios=[0.3], round_to=[8], methods=["magnitude"], threads=1)
+    with pytest.raises(SystemExit, match="round_to_quality_mine.json exists; pass another --tag"):
+        round_to_quality.main(args)
+    assert (tmp_path / "round_to_quality_mine.json").read_text() == "kept"
