@@ -20,7 +20,7 @@ seeds pooled across runs). For it we report
 A claim's verdict (``claim_verdict``): "supported" when every comparison is in the claimed direction with
 Holm-adjusted p < alpha; "contradicted" when any is significant in the opposite direction; otherwise "not
 supported at this scale" (the data do not separate the configurations at these seeds); "untested" when a
-configuration is missing.
+configuration is missing or no comparison can be tested (fewer than 2 seeds in a group, or no spread at all).
 """
 from __future__ import annotations
 
@@ -89,7 +89,8 @@ def outcome(c: dict, alpha: float = ALPHA) -> str:
     """'better' / 'worse' (A against B, Holm-adjusted p < alpha), 'not resolved', or 'untestable'."""
     p = c.get("p_holm", c["p"])
     if p is None:
-        return "untestable (no spread in either group)"
+        return ("untestable (fewer than 2 seeds in a group)" if min(c["n_a"], c["n_b"]) < 2
+                else "untestable (no spread in either group)")
     if p >= alpha:
         return "not resolved"
     return "better" if c["a_better"] else "worse"
@@ -107,6 +108,8 @@ def claim_verdict(comparisons: dict[str, dict], alpha: float = ALPHA) -> dict:
     results = [v["outcome"] for v in out.values()]
     if not results:
         verdict = "untested"
+    elif all(r.startswith("untestable") for r in results):  # e.g. one seed per row so far: nothing was tested
+        verdict = "untested (" + "; ".join(sorted(set(r[len("untestable ("):-1] for r in results))) + ")"
     elif any(r == "worse" for r in results):
         verdict = "contradicted"
     elif all(r == "better" for r in results):

@@ -78,3 +78,13 @@ def test_claim_verdicts_and_holm_across_the_claim():
     text = stats.describe(stats.claim_verdict({"x": stats.compare(good, far[0], lower_is_better=True)})
                           ["comparisons"]["x"])
     assert "95% CI" in text and "Holm p" in text and text.endswith("better")
+
+
+def test_a_claim_with_one_seed_per_row_is_untested_not_unsupported():
+    one = {f"a vs {b}": stats.compare([60.0], [x], lower_is_better=True) for b, x in (("b", 38.0), ("c", 59.0))}
+    v = stats.claim_verdict(one)
+    assert v["verdict"] == "untested (fewer than 2 seeds in a group)"
+    assert all(c["outcome"] == "untestable (fewer than 2 seeds in a group)" for c in v["comparisons"].values())
+    # with seeds the same comparison is tested again
+    assert stats.claim_verdict({"a vs b": stats.compare([60.0, 62.0, 61.0], [38.0, 40.0, 39.0], lower_is_better=True)}
+                            )["verdict"] == "contradicted"
