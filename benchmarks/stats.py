@@ -125,7 +125,7 @@ def describe(c: dict, spec: str = ".4g") -> str:
     rel = "" if c["relative"] is None or not math.isfinite(c["relative"]) else f" ({c['relative']:+.0%})"
     lo, hi = c["ci95"]
     if c["p"] is None:
-        test = "Welch: no spread in either group"
+        test = "Welch: " + ("fewer than 2 seeds in a group" if min(c["n_a"], c["n_b"]) < 2 else "no spread in either group")
     else:
         test = f"Welch t = {c['t']:.2f}, df {c['df']:.1f}, p {c['p']:.3g}"
         if "p_holm" in c and c["p_holm"] is not None:
