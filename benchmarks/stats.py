@@ -85,12 +85,16 @@ def compare(a: Sequence[float], b: Sequence[float], *, lower_is_better: bool, se
             "a_better": (d < 0) == lower_is_better and d != 0}
 
 
+def _no_test_reason(c: dict) -> str:
+    """Why a comparison has no p-value (welch returned None)."""
+    return "fewer than 2 seeds in a group" if min(c["n_a"], c["n_b"]) < 2 else "no spread in either group"
+
+
 def outcome(c: dict, alpha: float = ALPHA) -> str:
     """'better' / 'worse' (A against B, Holm-adjusted p < alpha), 'not resolved', or 'untestable'."""
     p = c.get("p_holm", c["p"])
     if p is None:
-        return ("untestable (fewer than 2 seeds in a group)" if min(c["n_a"], c["n_b"]) < 2
-                else "untestable (no spread in either group)")
+        return f"untestable ({_no_test_reason(c)})"
     if p >= alpha:
         return "not resolved"
     return "better" if c["a_better"] else "worse"
@@ -125,7 +129,7 @@ def describe(c: dict, spec: str = ".4g") -> str:
     rel = "" if c["relative"] is None or not math.isfinite(c["relative"]) else f" ({c['relative']:+.0%})"
     lo, hi = c["ci95"]
     if c["p"] is None:
-        test = "Welch: " + ("fewer than 2 seeds in a group" if min(c["n_a"], c["n_b"]) < 2 else "no spread in either group")
+        test = f"Welch: {_no_test_reason(c)}"
     else:
         test = f"Welch t = {c['t']:.2f}, df {c['df']:.1f}, p {c['p']:.3g}"
         if "p_holm" in c and c["p_holm"] is not None:

@@ -114,7 +114,6 @@ class CaptionedFolder:
             raise FileNotFoundError(f"captioned image folder {self.root} does not exist (or is not a folder)")
         self.images = ImageFolder(self.root, image_size=image_size, crop="center")  # no images: FileNotFoundError
         self.captions: list[str] = folder_captions(self.root, self.images.files)
-        self.image_size = image_size
         self._micro: torch.Tensor | None = None
 
     def __len__(self) -> int:
@@ -146,7 +145,8 @@ class CaptionedFolder:
                         w, h = img.size  # the header only: no pixels are decoded
                 except OSError as e:
                     raise OSError(f"{path}: cannot read the image size ({e})") from None
-                left, top = center_crop_offsets(*shorter_side_size(w, h, self.image_size), self.image_size)
+                size = self.images.image_size
+                left, top = center_crop_offsets(*shorter_side_size(w, h, size), size)
                 rows.append((h, w, top, left))
             self._micro = torch.tensor(rows, dtype=torch.long)
         return self._micro
