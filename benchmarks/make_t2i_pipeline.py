@@ -36,16 +36,13 @@ SCHEDULER = {"_class_name": "DPMSolverMultistepScheduler", "num_train_timesteps"
 
 def write_parts(folder: Path) -> list[str]:
     """text_encoder/ (from clip/) and scheduler/ when missing; returns what was written."""
-    from models.clip import CLIPTextModel
-    from models.clip.load import load_clip
+    from models.clip.load import load_clip, text_encoder_of
     from models.pipelines.save import component_config
     from safetensors.torch import save_file
 
     done = []
     if not (folder / "text_encoder").exists():
-        clip = load_clip(folder / "clip")
-        text = CLIPTextModel(clip.config.text)
-        text.text_model.load_state_dict(clip.text_model.state_dict())
+        text = text_encoder_of(load_clip(folder / "clip"))
         config, weights = component_config(text)
         (folder / "text_encoder").mkdir()
         write_text(folder / "text_encoder" / "config.json", json.dumps(config, indent=2))

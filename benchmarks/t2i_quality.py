@@ -43,17 +43,16 @@ from common import cli
 from common.images import save_grid
 from common.resumable import machine
 from common.runs import write_text
-from data.captions import CaptionAttributes, CaptionedShapes, caption
 from data.prompts.shapes_heldout import FILE as HELDOUT_PROMPTS
 from metrics.attributes import ATTRIBUTES
-from metrics.clip_score import clip_score, load_clip_scorer, pair_cosines
+from metrics.clip_score import clip_score, load_clip_scorer
 from metrics.t2i_evaluation import as_tensor, read_prompts, resize
-from metrics.t2i_shapes import SHAPES_CLIP, ShapesMetrics, first_unparsed, real_images_and_captions
+from metrics.t2i_shapes import (SHAPES_CLIP, ShapesMetrics, first_unparsed, real_images_and_captions,
+                                word_sensitivity)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 REPO = Path(__file__).resolve().parents[1]
 FLOOR_START = 10_000  # the second real set: test images [10000, 10000 + N), disjoint from [0, N) for N <= 10000
-WORDS = ("colour", "kind", "count", "background")
 
 
 def check_inputs(args: argparse.Namespace) -> list[str]:
@@ -89,38 +88,6 @@ def request(args: argparse.Namespace, guidance: float):
     from models.pipelines.text_to_image import Request
     return Request(guidance_scale=guidance, steps=args.steps, scheduler=args.scheduler, seed=args.seed,
                    batch_size=args.batch_size)
-
-
-def word_changed(ca: CaptionAttributes, word: str) -> CaptionAttributes | None:
-    """``ca`` with one word of its caption changed (the first shape's colour or kind, one more shape of the
-    first kind, the first background name), or None where that change does not apply (three shapes)."""
-    (kind, colour), rest = ca.shapes[0], ca.shapes[1:]
-    if word == "colour":
-        return CaptionAttributes(tuple(sorted(((kind, (colour + 1) % 8),) + rest)), ca.background)
-    if word == "kind":
-        return CaptionAttributes(tuple(sorted((((kind + 1) % 4, colour),) + rest)), ca.background)
-    if word == "count":
-        return None if ca.count == 3 else CaptionAttributes(tuple(sorted(ca.shapes + ((kind, colour),))), ca.background)
-    first = (ca.background[0] + 2) % 7
-    background = (first,) + ca.background[1:]
-    return CaptionAttributes(ca.shapes, background[:1] if len(set(background)) == 1 else background)
-
-
-def word_sensitivity(model, tokenizer, count: int) -> dict:
-    """Per word: the fraction of real test images [0, count) whose own caption scores a higher CLIP-shapes
-    cosine than the caption with that word changed (0.5: the CLIP cannot see that word)."""
-    ds = CaptionedShapes(size=count, split="test")
-    items = [ds[i] for i in range(count)]
-    images01 = (torch.stack([x for x, _, _ in items]) + 1) / 2
-    own = pair_cosines(model, tokenizer, images01, [t for _, t, _ in items])
-    out = {}
-    for word in WORDS:
-        rows = [(i, word_changed(ca, word)) for i, (_, _, ca) in enumerate(items)]
-        rows = [(i, caption(c, ds.variant(i))) for i, c in rows if c is not None]
-        idx = [i for i, _ in rows]
-        other = pair_cosines(model, tokenizer, images01[idx], [t for _, t in rows])
-        out[word] = {"own_higher": float((own[idx] > other).double().mean()), "images": len(idx)}
-    return out
 
 
 def main(args: argparse.Namespace) -> dict:

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from common.resumable import add_run_args, may_ship, open_run, parse_run_args, resume, run_settings, train, write_record
-from data.captions import NUM_VARIANTS, caption
+from data.captions import NUM_VARIANTS, caption, hard_negatives
 from data.rendered import rendered_split
 from metrics.clip_score import CLIP_MEAN, CLIP_STD
 from models.clip import CLIPConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
@@ -69,11 +69,16 @@ def pixels(images_uint8: np.ndarray) -> torch.Tensor:
     return (x - torch.tensor(CLIP_MEAN)[:, None, None]) / torch.tensor(CLIP_STD)[:, None, None]
 
 
-def contrastive_loss(model: CLIPModel, ids: torch.Tensor, pix: torch.Tensor) -> torch.Tensor:
-    """Symmetric cross-entropy over the (N, N) text-image logits (Radford et al. 2021, Fig. 3)."""
-    logits = model.logits_per_text(ids, pix)  # (N_text, N_image)
+def contrastive_loss(model: CLIPModel, ids: torch.Tensor, pix: torch.Tensor,
+                     negative_ids: torch.Tensor | None = None) -> torch.Tensor:
+    """Symmetric cross-entropy over the (N, N) text-image logits (Radford et al. 2021, Fig. 3). With
+    ``negative_ids`` (M, L) hard-negative captions, each image's row of the image -> text cross-entropy runs
+    over the N true captions and the M negatives (NegCLIP, Yuksekgonul et al. 2023, Sec. 4); the text -> image
+    side keeps the N true captions, as a negative caption has no image of its own."""
+    texts = ids if negative_ids is None else torch.cat([ids, negative_ids])
+    logits = model.logits_per_text(texts, pix)  # (N_text [+ M], N_image)
     labels = torch.arange(len(ids))
-    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    return 0.5 * (F.cross_entropy(logits[:len(ids)], labels) + F.cross_entropy(logits.T, labels))
 
 
 @torch.no_grad()
@@ -99,6 +104,18 @@ def retrieval(model: CLIPModel, tok: CLIPTokenizer, images: np.ndarray, attrs: l
             "chance_top1": 1.0 / n}
 
 
+def word_checks(model: CLIPModel, tok: CLIPTokenizer, count: int) -> dict:
+    """What each caption word reaches (metrics/t2i_shapes.py): CLIP-shapes word sensitivity (0.5 = blind) and
+    the text tower's hidden-state change, which is what a U-Net conditioned on this tower can read."""
+    from metrics.t2i_shapes import text_state_change, word_sensitivity
+    from models.clip.load import text_encoder_of
+    model.eval()
+    out = {"word_sensitivity": word_sensitivity(model, tok, count),
+           "text_state_change": text_state_change(text_encoder_of(model), tok, count)}
+    model.train()
+    return out
+
+
 def main(args: argparse.Namespace) -> None:
     torch.set_num_threads(args.threads)
     folder, state = open_run(args.run, run_settings(args))
@@ -119,7 +136,12 @@ def main(args: argparse.Namespace) -> None:
         idx = torch.randint(len(train_attrs), (args.batch_size,), generator=gen)
         variants = torch.randint(NUM_VARIANTS, (args.batch_size,), generator=gen)
         ids = tok([caption(train_attrs[i], int(v)) for i, v in zip(idx.tolist(), variants)])
-        loss = contrastive_loss(model, ids, pixels(train_images[idx.numpy()]))
+        negatives = None
+        if args.hard_negatives:  # drawn from ``gen`` through one seed, so a resumed run draws the same ones
+            rng = np.random.default_rng(int(torch.randint(2**62, (1,), generator=gen)))
+            negatives = tok([caption(c, int(v)) for i, v in zip(idx.tolist(), variants)
+                             for c in hard_negatives(train_attrs[i], rng)])
+        loss = contrastive_loss(model, ids, pixels(train_images[idx.numpy()]), negatives)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -131,7 +153,7 @@ def main(args: argparse.Namespace) -> None:
     if not train(s, args, step, lambda: retrieval(model, tok, val_images, val_attrs), evaluate_last=True):
         return
     wall = s.seconds()
-    final = retrieval(model, tok, val_images, val_attrs)
+    final = {**retrieval(model, tok, val_images, val_attrs), **word_checks(model, tok, args.eval_pairs)}
     print("[clip] held-out retrieval: " + json.dumps(final), flush=True)
     if args.ship and may_ship(Path(args.ship), "clip"):
         from models.clip.load import save_clip
@@ -151,6 +173,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=3, help="[3]")
     p.add_argument("--heads", type=int, default=4, help="[4]")
     p.add_argument("--eval-pairs", type=int, default=512, help="held-out test-split pairs [512]")
+    p.add_argument("--hard-negatives", action="store_true",
+                   help="add, per image, its caption with one colour / kind / count / background word changed as "
+                        "negatives (NegCLIP); without them the text tower may learn to ignore a word")
     a = parse_run_args(p, argv, positive=("batch_size", "width", "layers", "heads"))
     if a.eval_pairs < 5:
         p.error("--eval-pairs must be >= 5 (top-5 retrieval)")

@@ -155,6 +155,43 @@ def caption(ca: CaptionAttributes, variant: int = 0) -> str:
             f"a picture of {shapes} on {bg}")[template]
 
 
+WORDS = ("colour", "kind", "count", "background")  # the words ``word_changed`` can change
+WORD_SHIFT = {"colour": 1, "kind": 1, "background": 2}  # the evaluation's fixed change (t2i_quality.py)
+
+
+def word_changed(ca: CaptionAttributes, word: str, *, shift: int | None = None,
+                 fewer: bool = False) -> CaptionAttributes | None:
+    """``ca`` with one word of its caption changed: the first shape's colour (index + shift, of 8) or kind
+    (+ shift, of 4), one more shape of the first kind and colour, or the first background name (+ shift, of
+    7); shift defaults to WORD_SHIFT. The count change is None at three shapes unless ``fewer``, which then
+    drops the first shape. The result always differs from ``ca`` as a caption does (for shift not a multiple
+    of the list's length): a kind or colour change alters the shapes multiset, a background change that meets
+    the second name collapses the gradient into a plain background."""
+    if word not in WORDS:
+        raise ValueError(f"data/captions.py: word must be one of {', '.join(WORDS)}, got {word!r}")
+    shift = WORD_SHIFT.get(word, 0) if shift is None else shift
+    (kind, colour), rest = ca.shapes[0], ca.shapes[1:]
+    if word == "colour":
+        return CaptionAttributes(tuple(sorted(((kind, (colour + shift) % len(COLOURS)),) + rest)), ca.background)
+    if word == "kind":
+        return CaptionAttributes(tuple(sorted((((kind + shift) % len(SHAPES), colour),) + rest)), ca.background)
+    if word == "count":
+        if ca.count < 3:
+            return CaptionAttributes(tuple(sorted(ca.shapes + ((kind, colour),))), ca.background)
+        return CaptionAttributes(rest, ca.background) if fewer else None
+    first = (ca.background[0] + shift) % len(BACKGROUND_NAMES)
+    background = (first,) + ca.background[1:]
+    return CaptionAttributes(ca.shapes, background[:1] if len(set(background)) == 1 else background)
+
+
+def hard_negatives(ca: CaptionAttributes, rng: np.random.Generator) -> list[CaptionAttributes]:
+    """One caption per word of WORDS that differs from ``ca`` in that word alone, the shift drawn from ``rng``
+    (NegCLIP's swapped-attribute negatives, Yuksekgonul et al. 2023, Sec. 4): what a contrastive text tower
+    must tell apart from the true caption, so it cannot learn to ignore a word the image tower finds hard."""
+    sizes = {"colour": len(COLOURS), "kind": len(SHAPES), "count": 2, "background": len(BACKGROUND_NAMES)}
+    return [word_changed(ca, w, shift=int(rng.integers(1, sizes[w])), fewer=True) for w in WORDS]
+
+
 def caption_variant(*, seed: int, split: str, index: int) -> int:
     """The paraphrase image ``index`` of (seed, split) is captioned with: drawn from its own random stream."""
     return int(np.random.default_rng([seed, SPLIT_STREAM[split], index, CAPTION_STREAM]).integers(NUM_VARIANTS))

@@ -28,7 +28,7 @@ import torch
 from PIL import Image
 
 from common.errors import UserError
-from data.captions import CaptionedShapes, parse_caption
+from data.captions import WORDS, CaptionedShapes, caption, parse_caption, word_changed
 from metrics.attributes import ATTRIBUTE_READER_CHECKPOINT, attribute_accuracy, load_attribute_reader
 from metrics.fd_shapes import FDShapesReference
 from metrics.shapes_net import ShapesNet
@@ -124,3 +124,56 @@ def flat(report: dict) -> dict:
     rows.update({k: report[k] for k in ("fd_shapes", "kid_shapes", "fd_shapes_num_samples", "fd_shapes_reference")
                  if report.get(k) is not None})
     return rows
+
+
+# ------------------------------------------------------------------------------- what the text side can see
+def _changed_rows(count: int):
+    """Test images [0, count) as (images01, own captions, {word: [(index, caption with that word changed)]}),
+    each changed caption in its image's own paraphrase (data/captions.py ``word_changed`` at its fixed shift)."""
+    ds = CaptionedShapes(size=count, split=REAL_SPLIT, seed=REAL_SEED)
+    items = [ds[i] for i in range(count)]
+    changed = {}
+    for word in WORDS:
+        rows = [(i, word_changed(ca, word)) for i, (_, _, ca) in enumerate(items)]
+        changed[word] = [(i, caption(c, ds.variant(i))) for i, c in rows if c is not None]
+    return (torch.stack([x for x, _, _ in items]) + 1) / 2, [t for _, t, _ in items], changed
+
+
+def word_sensitivity(model, tokenizer, count: int) -> dict:
+    """Per word: the fraction of real test images [0, count) whose own caption scores a higher CLIP-shapes
+    cosine than the caption with that word changed (0.5: the CLIP cannot see that word)."""
+    from metrics.clip_score import pair_cosines
+    images01, own_captions, changed = _changed_rows(count)
+    own = pair_cosines(model, tokenizer, images01, own_captions)
+    out = {}
+    for word, rows in changed.items():
+        idx = [i for i, _ in rows]
+        other = pair_cosines(model, tokenizer, images01[idx], [t for _, t in rows])
+        out[word] = {"own_higher": float((own[idx] > other).double().mean()), "images": len(idx)}
+    return out
+
+
+@torch.no_grad()
+def text_state_change(text_encoder, tokenizer, count: int) -> dict:
+    """Per word: what a text-conditional U-Net can read of it. For the captions of test images [0, count) and
+    the same captions with that word changed, the mean over captions of ||H - H'|| / ||H|| where H (L, D) is
+    the text encoder's last hidden state over the caption's tokens (BOS to EOS; what cross-attention reads,
+    as SD-1 reads CLIP's). Near 0: the encoder maps both captions to (almost) the same states, so no U-Net
+    trained on them can follow that word, however long it trains."""
+    _, own_captions, changed = _changed_rows(count)
+    out = {}
+    for word, rows in changed.items():
+        a = tokenizer([own_captions[i] for i, _ in rows])
+        b = tokenizer([t for _, t in rows])
+        ha, hb = text_encoder(a).last_hidden_state, text_encoder(b).last_hidden_state
+        # The two captions may differ in length ("a red disc" / "two red discs"): compare up to the longer EOS.
+        length = torch.maximum(_eos_position(a, tokenizer), _eos_position(b, tokenizer)) + 1
+        mask = (torch.arange(a.shape[1])[None, :] < length[:, None]).to(ha.dtype)[..., None]
+        rel = ((ha - hb) * mask).flatten(1).norm(dim=1) / (ha * mask).flatten(1).norm(dim=1)
+        out[word] = {"relative_change": float(rel.mean()), "captions": len(rows)}
+    return out
+
+
+def _eos_position(ids: torch.Tensor, tokenizer) -> torch.Tensor:
+    """Index of the first EOS token of each row (CLIP pads with EOS, so the first one ends the caption)."""
+    return (ids == tokenizer.eos_token_id).int().argmax(dim=1)

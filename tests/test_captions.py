@@ -1,6 +1,8 @@
 """Captions of the shapes data (data/captions.py): grammar round trips, determinism, paraphrases, bad input."""
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 import torch
@@ -125,3 +127,32 @@ def test_parser_tolerates_case_and_spaces_and_rejects_nonsense():
         caption(CaptionAttributes(shapes=((0, 0),), background=(0,)), NUM_VARIANTS)
     with pytest.raises(ValueError, match="1-3 shapes"):
         caption(CaptionAttributes(shapes=(), background=(0,)), 0)
+
+
+def test_word_changed_changes_that_word_alone():
+    from data.captions import WORDS, hard_negatives, parse_caption, word_changed
+    ds = CaptionedShapes(size=200, split="test")
+    rng = np.random.default_rng(0)
+    seen_fewer = 0
+    for i in range(200):
+        _, ca = ds.caption_and_attributes(i)
+        same = {"colour": lambda a: (sorted(k for k, _ in a.shapes), a.background),
+                "kind": lambda a: (sorted(c for _, c in a.shapes), a.background),
+                "count": lambda a: a.background,
+                "background": lambda a: a.shapes}
+        for word, neg in zip(WORDS, hard_negatives(ca, rng)):
+            assert neg != ca and same[word](neg) == same[word](ca), (i, word, ca, neg)
+            if word == "count":  # one shape more (a copy of the first) or, at three, one fewer (the first)
+                more, fewer = Counter(neg.shapes) - Counter(ca.shapes), Counter(ca.shapes) - Counter(neg.shapes)
+                assert abs(neg.count - ca.count) == 1 and (not more or not fewer)
+            assert parse_caption(caption(neg, ds.variant(i))) == neg  # a caption of the grammar
+            seen_fewer += word == "count" and neg.count < ca.count
+        # The evaluation's fixed change: +1 colour / kind index, one more shape (none at three), +2 background.
+        (kind, colour) = ca.shapes[0]
+        assert ((kind, (colour + 1) % len(COLOURS)) in word_changed(ca, "colour").shapes)
+        assert (((kind + 1) % len(SHAPES), colour) in word_changed(ca, "kind").shapes)
+        assert word_changed(ca, "background").background[0] == (ca.background[0] + 2) % len(BACKGROUND_NAMES)
+        assert (word_changed(ca, "count") is None) == (ca.count == 3)
+    assert seen_fewer > 0  # three-shape images got a negative with one shape fewer
+    with pytest.raises(ValueError, match="word must be one of"):
+        word_changed(ca, "size")

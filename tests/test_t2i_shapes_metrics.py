@@ -213,3 +213,57 @@ def test_t2i_quality_refuses_prompts_outside_the_grammar_before_loading(pipe, tm
     args = t2i_quality.parse_args(["--model", str(pipe), "--num-prompts", "1", "--out", str(tmp_path / "q.json")])
     with pytest.raises(UserError, match="at least 2 prompts"):
         t2i_quality.main(args)
+
+
+# ------------------------------------------------------------------------------- what the text side can see
+class _OneHotEncoder(torch.nn.Module):
+    """A stand-in text encoder whose last hidden state is one-hot(token id), with ``merged`` token ids read as
+    one id: it sees every word except those it merges."""
+
+    def __init__(self, vocab: int, merged: set[int]):
+        super().__init__()
+        self.vocab, self.merged = vocab, merged
+
+    def forward(self, ids):
+        read = ids.clone()
+        for t in self.merged:
+            read[ids == t] = min(self.merged)
+        return type("Out", (), {"last_hidden_state": torch.nn.functional.one_hot(read, self.vocab).float()})
+
+
+def _one_hot_change_by_hand(tok, word: str, merged: set[int], count: int) -> float:
+    """The mean relative change for _OneHotEncoder, by counting tokens: both captions padded with EOS to the
+    longer one's length L (BOS to EOS), d positions differ after merging: ||H - H'|| / ||H|| = sqrt(2 d / L)."""
+    from data.captions import word_changed
+    ds = CaptionedShapes(size=count, split="test")
+    out = []
+    for i in range(count):
+        text, ca = ds.caption_and_attributes(i)
+        other = word_changed(ca, word)
+        if other is None:
+            continue
+        a, b = tok.encode(text), tok.encode(caption(other, ds.variant(i)))
+        length = max(len(a), len(b))
+        a, b = [a + [tok.eos_token_id] * (length - len(a)), b + [tok.eos_token_id] * (length - len(b))]
+        read = lambda t: min(merged) if t in merged else t  # noqa: E731
+        differ = sum(read(x) != read(y) for x, y in zip(a, b))
+        out.append(np.sqrt(2 * differ / length))
+    return float(np.mean(out))
+
+
+def test_text_state_change_known_answers_and_a_word_the_encoder_cannot_see():
+    from data.procedural import SHAPES
+    from models.clip.tokenizer import CLIPTokenizer
+    tok = CLIPTokenizer.from_folder(LOCAL_CLIPS["shapes"][1])
+    kind_tokens = {t for w in SHAPES for t in tok.encode(w)[1:-1] + tok.encode(w + "s")[1:-1]}
+    assert len(kind_tokens) == 2 * len(SHAPES)  # one token per kind word, singular and plural
+    sees_all = t2i_shapes.text_state_change(_OneHotEncoder(len(tok.vocab), set()), tok, 24)
+    kind_blind = t2i_shapes.text_state_change(_OneHotEncoder(len(tok.vocab), kind_tokens), tok, 24)
+    assert set(sees_all) == {"colour", "kind", "count", "background"}
+    for word in sees_all:
+        assert sees_all[word]["relative_change"] == pytest.approx(_one_hot_change_by_hand(tok, word, set(), 24))
+        assert kind_blind[word]["relative_change"] == pytest.approx(
+            _one_hot_change_by_hand(tok, word, kind_tokens, 24))
+    # Blind to kind words, the encoder still sees a kind change where it reorders or merges the groups
+    # ("a red disc and a red square" -> "two red squares"), and nothing where the caption has one shape.
+    assert kind_blind["kind"]["relative_change"] < 0.5 * sees_all["kind"]["relative_change"]

@@ -29,7 +29,8 @@ VAE_TINY = ["--steps", "4", "--batch-size", "2", "--widths", "8", "16", "16", "-
 
 
 def _run(module, tmp_path: Path, run: str, extra: list[str]) -> dict:
-    tiny = CLIP_TINY if module.__name__ == "train_t2i_clip" else VAE_TINY
+    # The CLIP runs with its hard negatives: their draws must resume exactly too.
+    tiny = CLIP_TINY + ["--hard-negatives"] if module.__name__ == "train_t2i_clip" else VAE_TINY
     module.main(module.parse_args(["--run", str(tmp_path / run), "--cache", str(tmp_path / "cache"), *tiny, *extra]))
     return torch.load(tmp_path / run / "state.pt", weights_only=True)
 
@@ -55,6 +56,9 @@ def test_two_sessions_equal_one_and_the_shipped_folder_loads(tmp_path, name):
         model = load_clip(out)
         assert type(model).__name__ == "CLIPModel" and model.config.text.max_position_embeddings == 32
         assert 0.0 <= record["heldout_retrieval"]["image_to_text_top1"] <= 1.0
+        checks = record["heldout_retrieval"]
+        assert set(checks["word_sensitivity"]) == set(checks["text_state_change"]) == {"colour", "kind", "count",
+                                                                                      "background"}
         text = load_clip(out, kind="CLIPTextModelWithProjection")  # the teacher's text encoder is this tower
         ids = torch.tensor([[600, 353, 535, 562, 550, 353, 570, 521, 601]])  # "a red disc on a grey background"
         torch.testing.assert_close(text(ids).text_embeds, model.text_embeds(ids))
@@ -71,6 +75,39 @@ def test_two_sessions_equal_one_and_the_shipped_folder_loads(tmp_path, name):
     before = sorted(p.stat().st_mtime_ns for p in out.iterdir())
     _run(module, tmp_path, "resumed", ["--ship", str(out), "--results", str(tmp_path / "again.json")])
     assert sorted(p.stat().st_mtime_ns for p in out.iterdir()) == before
+
+
+class _FixedLogits(torch.nn.Module):
+    """A stand-in CLIP whose text-image logits are a fixed (texts, images) matrix, to check the loss by hand."""
+
+    def __init__(self, logits: torch.Tensor):
+        super().__init__()
+        self.logits = logits
+
+    def logits_per_text(self, ids, pixels):
+        assert len(ids) == len(self.logits) and len(pixels) == self.logits.shape[1]
+        return self.logits
+
+
+def test_contrastive_loss_with_and_without_hard_negatives_by_hand():
+    module = _script("train_t2i_clip")
+    torch.manual_seed(0)
+    n, m = 3, 6
+    logits = torch.randn(n + m, n)  # rows: 3 true captions, then 6 negatives; columns: 3 images
+    ids, negatives, pixels = torch.zeros(n, 2), torch.zeros(m, 2), torch.zeros(n, 1)
+
+    def ce(rows: torch.Tensor, target: int) -> float:  # -log softmax(rows)[target]
+        return float(rows.logsumexp(0) - rows[target])
+
+    plain = module.contrastive_loss(_FixedLogits(logits[:n]), ids, pixels)
+    by_hand = 0.5 * (sum(ce(logits[i, :n], i) for i in range(n)) / n + sum(ce(logits[:n, j], j) for j in range(n)) / n)
+    assert abs(float(plain) - by_hand) < 1e-5
+    # With negatives: an image's row (its logits against every text) also holds the 6 negatives; a text's row
+    # (against the 3 images) is as before for the true captions, and a negative caption has no row at all.
+    hard = module.contrastive_loss(_FixedLogits(logits), ids, pixels, negatives)
+    by_hand = 0.5 * (sum(ce(logits[i, :n], i) for i in range(n)) / n + sum(ce(logits[:, j], j) for j in range(n)) / n)
+    assert abs(float(hard) - by_hand) < 1e-5
+    assert float(hard) > float(plain)  # more competitors in every image's row
 
 
 def test_rendered_cache_round_trips(tmp_path):
@@ -118,3 +155,25 @@ def test_shipped_vae_reconstructs_test_images():
     mse = ((x - recon) / 2).pow(2).mean(dim=(1, 2, 3))
     assert (10 * torch.log10(1 / mse)).mean() > 30  # dB; the recorded PSNR (34.2) is benchmarks/results/t2i_vae_16x16.json's
     assert 0.5 < latents.std() < 2.0  # scaling_factor = 1 / std of training latents
+
+
+def test_make_t2i_pipeline_parts_write_the_clip_text_tower_as_the_text_encoder(tmp_path):
+    from benchmarks.make_t2i_pipeline import write_parts
+    from models.clip.load import load_clip, save_clip
+    from models.clip.tokenizer import CLIPTokenizer
+    from models.pipelines.component import load_component
+
+    module = _script("train_t2i_clip")
+    tok = CLIPTokenizer.from_folder(SHIPPED / "tokenizer")
+    torch.manual_seed(0)
+    clip = module.CLIPModel(module.clip_config(tok, width=16, layers=1, heads=2))
+    module.init_weights(clip)
+    save_clip(clip.eval(), tmp_path / "clip")
+    assert write_parts(tmp_path) == ["text_encoder", "scheduler"]
+    assert write_parts(tmp_path) == []  # nothing is overwritten
+    text = load_component(tmp_path / "text_encoder")
+    ids = torch.tensor([[600, 353, 535, 562, 550, 353, 570, 521, 601]])  # "a red disc on a grey background"
+    clip = load_clip(tmp_path / "clip")
+    with torch.no_grad():  # the text encoder's pooled EOS state, projected, is the CLIP's text embedding
+        torch.testing.assert_close(clip.text_projection(text(ids).pooled), clip.text_embeds(ids), rtol=0, atol=0)
+        assert text(ids).last_hidden_state.shape == (1, 9, 16)

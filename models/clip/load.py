@@ -112,6 +112,16 @@ def load_clip(folder: str | os.PathLike, *, kind: str | None = None, dtype: torc
                           expected_prefixes=expected, ignore=IGNORED)
 
 
+def text_encoder_of(clip: nn.Module) -> nn.Module:
+    """The text tower of a CLIPModel as a CLIPTextModel (what an SD pipeline's text_encoder/ holds), sharing
+    the tower's modules, not copying them: ``text_encoder_of(clip)(ids).last_hidden_state`` is what a
+    U-Net conditioned on this CLIP would read."""
+    with torch.device("meta"):  # its own tower is replaced at once: never allocate it
+        text = CLIPTextModel(clip.config.text)
+    text.text_model = clip.text_model
+    return text
+
+
 def save_clip(model: nn.Module, folder: str | os.PathLike) -> Path:
     """Write ``model`` as a transformers folder (config.json + model.safetensors) that ``load_clip`` reads back.
 
