@@ -3,6 +3,16 @@
     python -m benchmarks.make_t2i_pipeline --parts                          # text_encoder/ + scheduler/ (before training)
     python -m benchmarks.make_t2i_pipeline --ship runs/train/<run>/pipeline  # unet/ + model_index.json (after)
 
+Another CLIP (a new text encoder) means a new folder: ``--from OLD --clip CLIP --folder NEW`` copies OLD's
+tokenizer/, vae/ and scheduler/, takes clip/ from CLIP and writes text_encoder/ from it; with ``--warm-start``
+also OLD's unet/ and model_index.json, a pipeline whose U-Net train.py fine-tunes against the new text encoder
+(a training start, not a teacher: its U-Net was trained on the old text states):
+
+    python -m benchmarks.make_t2i_pipeline --from checkpoints/t2i_shapes --clip checkpoints/t2i_clip_negatives \
+        --folder runs/t2i_v2_init --warm-start                              # train.py --model runs/t2i_v2_init
+    python -m benchmarks.make_t2i_pipeline --from checkpoints/t2i_shapes --clip checkpoints/t2i_clip_negatives \
+        --folder checkpoints/t2i_shapes_v2 --ship runs/train/<run>/pipeline  # the release: parts, then unet/
+
 The folder's parts and where they come from:
 
     tokenizer/     BPE vocabulary of the captions (data/bpe_vocab.py)                 shipped before
@@ -71,15 +81,52 @@ def ship(run_pipeline: Path, folder: Path) -> None:
     write_text(folder / "model_index.json", json.dumps(index, indent=2))
 
 
+def new_clip_folder(old: Path, clip: Path, folder: Path, *, warm_start: bool) -> None:
+    """``folder`` (new) from ``old``'s tokenizer, VAE and scheduler and ``clip`` as CLIP and text encoder (module
+    docstring); every input is checked before anything is written, and nothing existing is overwritten."""
+    if folder.exists():
+        raise UserError(f"--folder {folder} exists; a folder with another CLIP is always a new one")
+    needed = [old / n for n in ("tokenizer", "vae", "scheduler")] + [clip / "config.json"]
+    needed += [old / "unet", old / "model_index.json"] if warm_start else []
+    for path in needed:
+        if not path.exists():
+            raise UserError(f"{path} is missing: --from must be a t2i pipeline folder, --clip a CLIPModel folder")
+    from models.clip.load import load_clip
+    with_clip = load_clip(clip)  # a folder that is not a CLIPModel fails here, before anything is copied
+    old_text = json.loads((old / "text_encoder" / "config.json").read_text()) if (old / "text_encoder").is_dir() else {}
+    if old_text and old_text.get("hidden_size") != with_clip.config.text.hidden_size:
+        raise UserError(f"--clip {clip}: text width {with_clip.config.text.hidden_size}, but {old}'s U-Net reads "
+                        f"{old_text.get('hidden_size')}-wide text states")
+    folder.mkdir(parents=True)
+    for name in ("tokenizer", "vae", "scheduler") + (("unet",) if warm_start else ()):
+        shutil.copytree(old / name, folder / name)
+    if warm_start:
+        shutil.copy2(old / "model_index.json", folder / "model_index.json")
+    shutil.copytree(clip, folder / "clip")
+    write_parts(folder)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--folder", type=Path, default=FOLDER)
     p.add_argument("--parts", action="store_true", help="write text_encoder/ and scheduler/")
     p.add_argument("--ship", type=Path, help="a run's pipeline folder: copy its unet/ and model_index.json")
-    return p.parse_args(argv)
+    p.add_argument("--from", dest="source", type=Path, help="with --clip: make --folder (new) from this folder's "
+                                                             "tokenizer/vae/scheduler and the CLIP of --clip")
+    p.add_argument("--clip", type=Path, help="a CLIPModel folder (benchmarks/train_t2i_clip.py --ship)")
+    p.add_argument("--warm-start", action="store_true", help="with --from: copy its unet/ and model_index.json too")
+    a = p.parse_args(argv)
+    if (a.source is None) != (a.clip is None):
+        p.error("--from and --clip go together")
+    if a.warm_start and (a.source is None or a.ship):
+        p.error("--warm-start needs --from/--clip and makes a training start, not a release (no --ship)")
+    return a
 
 
 def main(args: argparse.Namespace) -> None:
+    if args.source is not None:
+        new_clip_folder(args.source, args.clip, args.folder, warm_start=args.warm_start)
+        print(f"[make_t2i_pipeline] made {args.folder} from {args.source} with the CLIP of {args.clip}")
     if args.parts:
         print(f"[make_t2i_pipeline] wrote {write_parts(args.folder) or 'nothing (all parts exist)'}")
     if args.ship:

@@ -177,3 +177,35 @@ def test_make_t2i_pipeline_parts_write_the_clip_text_tower_as_the_text_encoder(t
     with torch.no_grad():  # the text encoder's pooled EOS state, projected, is the CLIP's text embedding
         torch.testing.assert_close(clip.text_projection(text(ids).pooled), clip.text_embeds(ids), rtol=0, atol=0)
         assert text(ids).last_hidden_state.shape == (1, 9, 16)
+
+
+def test_a_pipeline_with_another_clip_is_a_new_folder_whose_text_encoder_is_that_clip(tmp_path):
+    from benchmarks.make_t2i_pipeline import new_clip_folder
+    from common.cli import UserError
+    from models.clip.load import load_clip, save_clip
+    from models.clip.tokenizer import CLIPTokenizer
+    from models.pipelines.pipeline import load_pipeline
+
+    module = _script("train_t2i_clip")
+    tok = CLIPTokenizer.from_folder(SHIPPED / "tokenizer")
+    for width in (16, 64):
+        torch.manual_seed(0)
+        clip = module.CLIPModel(module.clip_config(tok, width=width, layers=1, heads=2))
+        module.init_weights(clip)
+        save_clip(clip.eval(), tmp_path / f"clip{width}")
+    with pytest.raises(UserError, match="text width 16, but .* reads 64-wide"):
+        new_clip_folder(SHIPPED, tmp_path / "clip16", tmp_path / "narrow", warm_start=True)
+    assert not (tmp_path / "narrow").exists()  # refused before anything was written
+    new_clip_folder(SHIPPED, tmp_path / "clip64", tmp_path / "init", warm_start=True)
+    with pytest.raises(UserError, match="exists"):
+        new_clip_folder(SHIPPED, tmp_path / "clip64", tmp_path / "init", warm_start=True)
+    pipe, clip = load_pipeline(tmp_path / "init"), load_clip(tmp_path / "clip64")
+    ids = torch.tensor([[600, 353, 535, 562, 550, 353, 570, 521, 601]])
+    with torch.no_grad():
+        torch.testing.assert_close(clip.text_projection(pipe.text_encoder(ids).pooled), clip.text_embeds(ids))
+    old = load_pipeline(SHIPPED)
+    for a, b in zip(old.unet.state_dict().values(), pipe.unet.state_dict().values()):
+        assert torch.equal(a, b)  # the warm start's U-Net is the old one
+    new_clip_folder(SHIPPED, tmp_path / "clip64", tmp_path / "parts", warm_start=False)
+    assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["clip", "scheduler", "text_encoder",
+                                                                       "tokenizer", "vae"]
