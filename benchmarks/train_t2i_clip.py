@@ -12,10 +12,22 @@ paraphrase of its caption (data/captions.py), so the text tower sees every templ
 metrics/clip_score.py's ``preprocess`` does for 32 px input (CLIP's mean and std), with no flips: a flip
 would swap the ends of the background the caption names in order.
 
+``--hard-negatives`` adds, for each image, its caption with one colour, kind, count or background word changed
+(data/captions.py ``hard_negatives``) to the texts its row of the image -> text cross-entropy competes with
+(NegCLIP, Yuksekgonul et al. 2023, Sec. 4). Without them the shipped model's text tower learnt to ignore the
+kind and count words, which its image tower could not yet see (nothing in a batch of random captions asked it
+to): the hidden states a U-Net reads then barely change between "a red disc" and "a red square".
+
+    OMP_NUM_THREADS=1 nohup python -m benchmarks.train_t2i_clip --run runs/t2i_clip_neg --batch-size 64 \
+        --steps 2400 --hard-negatives --ship checkpoints/t2i_clip_negatives \
+        --results benchmarks/results/t2i_clip_negatives.json > runs/logs/t2i_clip_neg.log 2>&1 &
+
 Held-out retrieval (test split, its own captions, ``--eval-pairs`` pairs): top-1 / top-5 accuracy of
 image -> text and text -> image in the full pair matrix, and "same attributes" top-1 (the retrieved caption
-states the same attributes; many held-out captions coincide in content). The text tower of this model is the
-teacher's frozen text encoder, as CLIP's is for SD. Re-running the command resumes ``--run``; when the run is
+states the same attributes; many held-out captions coincide in content); per word, CLIP-shapes word
+sensitivity (own caption scored above the one-word-changed caption; 0.5 = blind) and the text tower's
+hidden-state change for that word (metrics/t2i_shapes.py ``text_state_change``). The text tower of this model
+is the teacher's frozen text encoder, as CLIP's is for SD. Re-running the command resumes ``--run``; when the run is
 complete, ``--ship`` writes the folder (never over an existing one) and benchmarks/results/t2i_clip.json.
 """
 from __future__ import annotations
@@ -150,10 +162,13 @@ def main(args: argparse.Namespace) -> None:
         return {"loss": round(loss.item(), 4), "temperature": round(model.logit_scale.exp().item(), 2)}
 
     model.train()
-    if not train(s, args, step, lambda: retrieval(model, tok, val_images, val_attrs), evaluate_last=True):
+    def evaluate() -> dict:
+        return {**retrieval(model, tok, val_images, val_attrs), **word_checks(model, tok, args.eval_pairs)}
+
+    if not train(s, args, step, evaluate, evaluate_last=True):
         return
     wall = s.seconds()
-    final = {**retrieval(model, tok, val_images, val_attrs), **word_checks(model, tok, args.eval_pairs)}
+    final = evaluate()
     print("[clip] held-out retrieval: " + json.dumps(final), flush=True)
     if args.ship and may_ship(Path(args.ship), "clip"):
         from models.clip.load import save_clip
