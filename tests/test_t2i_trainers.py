@@ -209,3 +209,18 @@ def test_a_pipeline_with_another_clip_is_a_new_folder_whose_text_encoder_is_that
     new_clip_folder(SHIPPED, tmp_path / "clip64", tmp_path / "parts", warm_start=False)
     assert sorted(p.name for p in (tmp_path / "parts").iterdir()) == ["clip", "scheduler", "text_encoder",
                                                                        "tokenizer", "vae"]
+
+
+def test_t2i_text_words_tables_both_shipped_clips(tmp_path):
+    from benchmarks import t2i_text_words
+
+    record = t2i_text_words.main(t2i_text_words.parse_args(["--count", "8", "--out", str(tmp_path / "w.json")]))
+    assert [r["clip"] for r in record["rows"]] == ["checkpoints/t2i_shapes/clip", "checkpoints/t2i_clip_negatives"]
+    for row in record["rows"]:
+        assert set(row["word_sensitivity"]) == set(row["text_state_change"]) == {"colour", "kind", "count",
+                                                                                "background"}
+        assert all(0 <= v["own_higher"] <= 1 for v in row["word_sensitivity"].values())
+    md = (tmp_path / "w.md").read_text()
+    assert md.count("| `checkpoints/") == 2 and json.loads((tmp_path / "w.json").read_text())["count"] == 8
+    with pytest.raises(SystemExit, match="not a CLIPModel folder"):
+        t2i_text_words.main(t2i_text_words.parse_args(["--clips", str(tmp_path), "--out", str(tmp_path / "x.json")]))
