@@ -11,7 +11,7 @@ on the teacher and at the parameter count of the ratio-0.3 channel model (as ben
 1. every set each criterion chooses (output-loss, taylor, random, handcrafted; per seed, built exactly as
    reproduce.py builds them) is measured: L(S) on one fixed evaluation calibration set against the
    prediction sum_{i in S} L({i}) on the same set;
-2. every minimal cover of the budget (pruning/layers/exhaustive.py; 1,406 on the tiny teacher) is measured,
+2. every minimal cover of the budget (pruning/layers/exhaustive.py; 1,432 on the tiny teacher) is measured,
    which gives the true best L(S) and each chosen set's rank and excess over it;
 3. the optimum and the chosen sets are measured again on a second, independent calibration set (is the
    optimum an artefact of the 64 triples?), and units are added to the optimum one at a time (is a
