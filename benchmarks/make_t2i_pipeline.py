@@ -91,8 +91,12 @@ def new_clip_folder(old: Path, clip: Path, folder: Path, *, warm_start: bool) ->
     for path in needed:
         if not path.exists():
             raise UserError(f"{path} is missing: --from must be a t2i pipeline folder, --clip a CLIPModel folder")
+    from models.clip import CLIPModel
     from models.clip.load import load_clip
     with_clip = load_clip(clip)  # a folder that is not a CLIPModel fails here, before anything is copied
+    if not isinstance(with_clip, CLIPModel):
+        raise UserError(f"--clip {clip}: holds a {type(with_clip).__name__}, not a CLIPModel with both towers "
+                        "(benchmarks/train_t2i_clip.py --ship writes one)")
     old_text = json.loads((old / "text_encoder" / "config.json").read_text()) if (old / "text_encoder").is_dir() else {}
     if old_text and old_text.get("hidden_size") != with_clip.config.text.hidden_size:
         raise UserError(f"--clip {clip}: text width {with_clip.config.text.hidden_size}, but {old}'s U-Net reads "

@@ -36,12 +36,25 @@ TOKENIZER = REPO / "checkpoints" / "t2i_shapes" / "tokenizer"
 OUT = REPO / "benchmarks" / "results" / "t2i_text_words.json"
 
 
-def measure(folder: Path, count: int) -> dict:
+def load(folder: Path):
+    """The CLIPModel of ``folder``; a single tower or anything else is refused in one line."""
+    from models.clip import CLIPModel
+    from models.clip.load import load_clip
+    if not (folder / "config.json").is_file():
+        raise SystemExit(f"t2i_text_words: --clips {folder}: not a CLIPModel folder (no config.json)")
+    clip = load_clip(folder).eval()
+    if not isinstance(clip, CLIPModel):
+        raise SystemExit(f"t2i_text_words: --clips {folder}: a {type(clip).__name__}, not a CLIPModel with both "
+                         "towers (word sensitivity needs the image tower)")
+    return clip
+
+
+def measure(folder: Path, clip, count: int) -> dict:
     from metrics.t2i_shapes import text_state_change, word_sensitivity
-    from models.clip.load import load_clip, text_encoder_of
+    from models.clip.load import text_encoder_of
     from models.clip.tokenizer import CLIPTokenizer
 
-    clip, tok = load_clip(folder).eval(), CLIPTokenizer.from_folder(TOKENIZER)
+    tok = CLIPTokenizer.from_folder(TOKENIZER)
     with torch.no_grad():
         return {"clip": str(folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder),
                 "word_sensitivity": word_sensitivity(clip, tok, count),
@@ -61,11 +74,10 @@ def table(rows: list[dict]) -> list[str]:
 
 def main(args: argparse.Namespace) -> dict:
     torch.set_num_threads(args.threads)
-    for folder in args.clips:
-        if not (Path(folder) / "config.json").is_file():
-            raise SystemExit(f"t2i_text_words: --clips {folder}: not a CLIPModel folder (no config.json)")
+    folders = [Path(f).resolve() for f in args.clips]
+    clips = [load(f) for f in folders]  # every folder is checked before any measurement
     start = time.perf_counter()
-    rows = [measure(Path(f).resolve(), args.count) for f in args.clips]
+    rows = [measure(f, clip, args.count) for f, clip in zip(folders, clips)]
     command = "python -m benchmarks.t2i_text_words " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     record = {"command": command.strip(), "count": args.count, "rows": rows,
               "wall_seconds": round(time.perf_counter() - start, 1), "machine": machine()}

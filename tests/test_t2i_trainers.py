@@ -193,6 +193,8 @@ def test_a_pipeline_with_another_clip_is_a_new_folder_whose_text_encoder_is_that
         clip = module.CLIPModel(module.clip_config(tok, width=width, layers=1, heads=2))
         module.init_weights(clip)
         save_clip(clip.eval(), tmp_path / f"clip{width}")
+    with pytest.raises(UserError, match="holds a CLIPTextModel, not a CLIPModel"):
+        new_clip_folder(SHIPPED, SHIPPED / "text_encoder", tmp_path / "tower", warm_start=True)
     with pytest.raises(UserError, match="text width 16, but .* reads 64-wide"):
         new_clip_folder(SHIPPED, tmp_path / "clip16", tmp_path / "narrow", warm_start=True)
     assert not (tmp_path / "narrow").exists()  # refused before anything was written
@@ -224,3 +226,7 @@ def test_t2i_text_words_tables_both_shipped_clips(tmp_path):
     assert md.count("| `checkpoints/") == 2 and json.loads((tmp_path / "w.json").read_text())["count"] == 8
     with pytest.raises(SystemExit, match="not a CLIPModel folder"):
         t2i_text_words.main(t2i_text_words.parse_args(["--clips", str(tmp_path), "--out", str(tmp_path / "x.json")]))
+    with pytest.raises(SystemExit, match="a CLIPTextModel, not a CLIPModel"):
+        t2i_text_words.main(t2i_text_words.parse_args(["--clips", str(SHIPPED / "clip"), str(SHIPPED / "text_encoder"),
+                                                       "--out", str(tmp_path / "x.json")]))
+    assert not (tmp_path / "x.json").exists()

@@ -116,6 +116,8 @@ def text_encoder_of(clip: nn.Module) -> nn.Module:
     """The text tower of a CLIPModel as a CLIPTextModel (what an SD pipeline's text_encoder/ holds), sharing
     the tower's modules, not copying them: ``text_encoder_of(clip)(ids).last_hidden_state`` is what a
     U-Net conditioned on this CLIP would read."""
+    if not isinstance(clip, CLIPModel):
+        raise ValueError(f"text_encoder_of needs a CLIPModel (both towers), got a {type(clip).__name__}")
     with torch.device("meta"):  # its own tower is replaced at once: never allocate it
         text = CLIPTextModel(clip.config.text)
     text.text_model = clip.text_model
