@@ -28,7 +28,7 @@ def test_a_process_that_applies_it_computes_the_same_to_float_rounding():
             "    a = torch.randn(64, 1024, generator=g)\n"
             "    for _ in range(3):\n"
             "        a = torch.tanh(a @ torch.randn(1024, 1024, generator=g) / 32)\n"
-            "    print(float(a.sum()), allocator._applied)\n"
+            "    print(float(a.abs().sum()), allocator._applied)\n"
             "main(1)\n")
     outputs = []
     for env in ({}, {"DIFFPRUNE_MALLOC": "default"}):
@@ -36,6 +36,8 @@ def test_a_process_that_applies_it_computes_the_same_to_float_rounding():
                               env={**__import__("os").environ, **env})
         outputs.append(done.stdout.split())
     (value_on, applied_on), (value_off, applied_off) = outputs
+    # The sum of |a|, not of a: the signed sum of 65,536 tanh values cancels to about 1/800 of their
+    # magnitude, which turns float32 reordering (MKL's blocking, thread split) into 1e-4 relative noise.
     assert abs(float(value_on) - float(value_off)) <= 1e-4 * abs(float(value_off))
     assert applied_off == "False"
     assert applied_on == ("True" if allocator._glibc() is not None else "False")
