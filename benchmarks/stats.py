@@ -112,8 +112,8 @@ def claim_verdict(comparisons: dict[str, dict], alpha: float = ALPHA) -> dict:
     results = [v["outcome"] for v in out.values()]
     if not results:
         verdict = "untested"
-    elif all(r.startswith("untestable") for r in results):  # e.g. one seed per row so far: nothing was tested
-        verdict = "untested (" + "; ".join(sorted(set(r[len("untestable ("):-1] for r in results))) + ")"
+    elif all(p is None for p in adjusted):  # e.g. one seed per row so far: nothing was tested
+        verdict = "untested (" + "; ".join(sorted({_no_test_reason(v) for v in out.values()})) + ")"
     elif any(r == "worse" for r in results):
         verdict = "contradicted"
     elif all(r == "better" for r in results):

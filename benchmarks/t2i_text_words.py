@@ -50,15 +50,11 @@ def load(folder: Path):
 
 
 def measure(folder: Path, clip, count: int) -> dict:
-    from metrics.t2i_shapes import text_state_change, word_sensitivity
-    from models.clip.load import text_encoder_of
+    from metrics.t2i_shapes import word_checks
     from models.clip.tokenizer import CLIPTokenizer
 
-    tok = CLIPTokenizer.from_folder(TOKENIZER)
-    with torch.no_grad():
-        return {"clip": str(folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder),
-                "word_sensitivity": word_sensitivity(clip, tok, count),
-                "text_state_change": text_state_change(text_encoder_of(clip), tok, count)}
+    return {"clip": str(folder.relative_to(REPO) if folder.is_relative_to(REPO) else folder),
+            **word_checks(clip, CLIPTokenizer.from_folder(TOKENIZER), count)}
 
 
 def table(rows: list[dict]) -> list[str]:

@@ -117,13 +117,11 @@ def retrieval(model: CLIPModel, tok: CLIPTokenizer, images: np.ndarray, attrs: l
 
 
 def word_checks(model: CLIPModel, tok: CLIPTokenizer, count: int) -> dict:
-    """What each caption word reaches (metrics/t2i_shapes.py): CLIP-shapes word sensitivity (0.5 = blind) and
-    the text tower's hidden-state change, which is what a U-Net conditioned on this tower can read."""
-    from metrics.t2i_shapes import text_state_change, word_sensitivity
-    from models.clip.load import text_encoder_of
+    """metrics/t2i_shapes.py ``word_checks`` in eval mode: what each caption word reaches, in the CLIP-shapes
+    score (0.5 = blind) and in the text states a U-Net conditioned on this tower would read."""
+    from metrics.t2i_shapes import word_checks as measure
     model.eval()
-    out = {"word_sensitivity": word_sensitivity(model, tok, count),
-           "text_state_change": text_state_change(text_encoder_of(model), tok, count)}
+    out = measure(model, tok, count)
     model.train()
     return out
 

@@ -127,23 +127,28 @@ def flat(report: dict) -> dict:
 
 
 # ------------------------------------------------------------------------------- what the text side can see
-def _changed_rows(count: int):
-    """Test images [0, count) as (images01, own captions, {word: [(index, caption with that word changed)]}),
-    each changed caption in its image's own paraphrase (data/captions.py ``word_changed`` at its fixed shift)."""
-    ds = CaptionedShapes(size=count, split=REAL_SPLIT, seed=REAL_SEED)
-    items = [ds[i] for i in range(count)]
+def _changed_captions(ds: CaptionedShapes) -> tuple[list[str], dict[str, list[tuple[int, str]]]]:
+    """The own captions of ``ds``'s images and, per word, [(index, caption with that word changed)], each changed
+    caption in its image's own paraphrase (data/captions.py ``word_changed`` at its fixed shift). No pixels."""
+    items = [ds.caption_and_attributes(i) for i in range(len(ds))]
     changed = {}
     for word in WORDS:
-        rows = [(i, word_changed(ca, word)) for i, (_, _, ca) in enumerate(items)]
+        rows = [(i, word_changed(ca, word)) for i, (_, ca) in enumerate(items)]
         changed[word] = [(i, caption(c, ds.variant(i))) for i, c in rows if c is not None]
-    return (torch.stack([x for x, _, _ in items]) + 1) / 2, [t for _, t, _ in items], changed
+    return [t for t, _ in items], changed
+
+
+def _test_captions(count: int) -> CaptionedShapes:
+    return CaptionedShapes(size=count, split=REAL_SPLIT, seed=REAL_SEED)
 
 
 def word_sensitivity(model, tokenizer, count: int) -> dict:
     """Per word: the fraction of real test images [0, count) whose own caption scores a higher CLIP-shapes
     cosine than the caption with that word changed (0.5: the CLIP cannot see that word)."""
     from metrics.clip_score import pair_cosines
-    images01, own_captions, changed = _changed_rows(count)
+    ds = _test_captions(count)
+    own_captions, changed = _changed_captions(ds)
+    images01 = (torch.stack([ds[i][0] for i in range(count)]) + 1) / 2
     own = pair_cosines(model, tokenizer, images01, own_captions)
     out = {}
     for word, rows in changed.items():
@@ -160,20 +165,26 @@ def text_state_change(text_encoder, tokenizer, count: int) -> dict:
     the text encoder's last hidden state over the caption's tokens (BOS to EOS; what cross-attention reads,
     as SD-1 reads CLIP's). Near 0: the encoder maps both captions to (almost) the same states, so no U-Net
     trained on them can follow that word, however long it trains."""
-    _, own_captions, changed = _changed_rows(count)
+    from models.clip.text import eos_positions
+    own_captions, changed = _changed_captions(_test_captions(count))
     out = {}
     for word, rows in changed.items():
         a = tokenizer([own_captions[i] for i, _ in rows])
         b = tokenizer([t for _, t in rows])
         ha, hb = text_encoder(a).last_hidden_state, text_encoder(b).last_hidden_state
-        # The two captions may differ in length ("a red disc" / "two red discs"): compare up to the longer EOS.
-        length = torch.maximum(_eos_position(a, tokenizer), _eos_position(b, tokenizer)) + 1
+        # The two captions may differ in length ("a red disc" / "two red discs"): compare up to the longer EOS
+        # (CLIP pads with EOS, so the first one ends the caption).
+        length = torch.maximum(eos_positions(a, tokenizer.eos_token_id), eos_positions(b, tokenizer.eos_token_id)) + 1
         mask = (torch.arange(a.shape[1])[None, :] < length[:, None]).to(ha.dtype)[..., None]
         rel = ((ha - hb) * mask).flatten(1).norm(dim=1) / (ha * mask).flatten(1).norm(dim=1)
         out[word] = {"relative_change": float(rel.mean()), "captions": len(rows)}
     return out
 
 
-def _eos_position(ids: torch.Tensor, tokenizer) -> torch.Tensor:
-    """Index of the first EOS token of each row (CLIP pads with EOS, so the first one ends the caption)."""
-    return (ids == tokenizer.eos_token_id).int().argmax(dim=1)
+def word_checks(clip, tokenizer, count: int) -> dict:
+    """Both measures for a CLIPModel: CLIP-shapes word sensitivity of its two towers and the hidden-state change
+    of its text tower (models/clip/load.py ``text_encoder_of``), the text encoder an SD pipeline built on it
+    would have."""
+    from models.clip.load import text_encoder_of
+    return {"word_sensitivity": word_sensitivity(clip, tokenizer, count),
+            "text_state_change": text_state_change(text_encoder_of(clip), tokenizer, count)}
