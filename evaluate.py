@@ -97,6 +97,12 @@ def validate(cfg: EvalConfig) -> None:
             raise UserError(message)
     if cfg.inception_weights and not Path(cfg.inception_weights).is_file():
         raise UserError(f"--inception-weights {cfg.inception_weights}: no such file")
+    from models.pipelines import is_latent_source
+    for src in (*cfg.models, *([cfg.reference] if cfg.reference else [])):
+        if is_latent_source(src):  # this path samples pixel-space DDPMs; a pipeline has no pixel U-Net to sample
+            raise UserError(f"{src} is a latent diffusion pipeline or component, not a DDPM: evaluate it with "
+                            f"`python evaluate.py --model {src} --prompts FILE` (text-to-image) or "
+                            f"`--class-labels N` (class-conditional)")
 
 
 def fid_setup(cfg: EvalConfig):
@@ -366,8 +372,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig | FidStatsConfig, str | None]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if t2i.wants(argv):  # --prompts / --class-labels: metrics/t2i_evaluation.py
-        return t2i.parse_args(argv), None
+    if t2i.wants(argv) or any(a == "--model" or a.startswith("--model=") for a in argv):
+        return t2i.parse_args(argv), None  # --prompts / --class-labels / --model: metrics/t2i_evaluation.py
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["models", *argv]  # the default subcommand
     parser = build_parser()

@@ -93,3 +93,19 @@ def test_steps_beyond_the_schedule_fail_at_parse_time(capsys):
     with pytest.raises(SystemExit):
         evaluate.parse_args(["x.pt", "--steps", "5000"])
     assert "argument --steps" in capsys.readouterr().err
+
+
+def test_a_latent_pipeline_given_as_a_ddpm_gets_the_pipeline_command(tmp_path, monkeypatch):
+    """A pipeline folder given positionally (the DDPM path) or as --reference is refused in one line that
+    names it and the command that evaluates it, before anything is loaded; --model goes to the pipeline path."""
+    from tiny_pipeline import write_tiny_pipeline
+
+    folder = write_tiny_pipeline(tmp_path / "pipe", text=False, class_embedder=True, sample_size=8)
+    monkeypatch.setattr(evaluate, "load_with_info", never_sample)
+    for models, reference in (([str(folder)], None), ([small_checkpoint(tmp_path / "ok.pt")], str(folder))):
+        cfg = eval_config(tmp_path, models, reference=reference)
+        with pytest.raises(cli.UserError, match=rf"{folder} is a latent diffusion pipeline.*--model {folder} "
+                                                rf"--prompts FILE.*--class-labels"):
+            evaluate.main(cfg)
+    cfg, _ = evaluate.parse_args(["--model", str(folder), "--class-labels", "3"])
+    assert type(cfg).__name__ == "T2IEvalConfig" and cfg.model == str(folder)
