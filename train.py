@@ -279,7 +279,8 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
 def build_parser() -> argparse.ArgumentParser:
     d = TrainConfig()
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], argument_default=argparse.SUPPRESS)
-    p.add_argument("--model", help="preset name (train from scratch; t2i-shapes: the embedded text-to-image U-Net) or "
+    p.add_argument("--model", help="preset name (train from scratch; t2i-shapes: the embedded text-to-image U-Net, "
+                                   "class-shapes: its class-conditional twin, labels = shape kind) or "
                                    "any checkpoint / diffusers or pipeline folder / hub name the loader reads "
                                    f"(fine-tune) [default: {d.model}]")
     cli.add_loader_overrides(p, PRESETS)

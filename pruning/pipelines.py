@@ -19,9 +19,12 @@ abar_t the pipeline's own training schedule (scheduler/scheduler_config.json). T
 
 z0 = s * (mu + sigma * n) is one draw of the VAE posterior q(z|x) (n from the spec's seed), s the VAE's scaling
 factor. SDXL's extra inputs (pooled text embedding, time ids at the U-Net's pixel size) come with the captions
-(``pruning/layers/sd.py`` prompt_conditions). A pipeline without a text encoder (class-conditional LDMs) has no
-caption to condition on: its gradient methods take self-sampled latents (``recipe="ldm-script"``,
-``pruning/self_sampled.py``), and data-free methods (random, magnitude) need nothing.
+(``pruning/layers/sd.py`` prompt_conditions). A class-conditional pipeline (a class token or num_class_embeds)
+is calibrated on (z0_b, y_b) instead, with --data shapes only: latents of the train images whose shapes are
+all of one kind and that kind as the label (training/class_conditioning.py, as train.py trains ``class-shapes``);
+its gradient methods can also take self-sampled latents (``recipe="ldm-script"``, ``pruning/self_sampled.py``,
+the paper's LDM script). A pipeline with neither text nor classes, and any pipeline's data-free methods
+(random, magnitude), read no data.
 """
 from __future__ import annotations
 
@@ -72,14 +75,23 @@ def check_source(*, data: str, data_root: str | None, prompts: str | None) -> No
         read_prompts(prompts)  # an empty or missing file fails here, naming it
 
 
-def check_pipeline(pipe, spec: ChannelPruning | LayerPruning, source: str) -> None:
-    """The loaded pipeline can be pruned as asked: a text pipeline for captioned data; a pipeline without text
-    only with data-free methods or the self-sampled recipe."""
+def check_pipeline(pipe, spec: ChannelPruning | LayerPruning, source: str, data: str = "shapes") -> None:
+    """The loaded pipeline can be pruned as asked: a text pipeline for captioned data; a class-conditional one
+    for the labelled shapes; a pipeline with neither only with data-free methods or the self-sampled recipe."""
     if pipe.has_text or not images_needed(spec):
         return
+    if pipe.num_classes:
+        from training.class_conditioning import check_class_pipeline
+
+        if data != "shapes":
+            raise UserError(f"--model {source}: a class-conditional pipeline is calibrated on labelled images; "
+                            f"--data {data} has captions, not class labels: use --data shapes (label: the shape "
+                            "kind) or --recipe ldm-script (self-sampled latents of random classes)")
+        check_class_pipeline(pipe, f"--model {source}")
+        return
     what = "layer pruning's calibration set" if isinstance(spec, LayerPruning) else f"method {spec.method!r}"
-    raise UserError(f"--model {source}: the {pipe.kind} pipeline has no text encoder, so captioned images cannot "
-                    f"condition {what}; use channel pruning with a data-free method (random, magnitude) or "
+    raise UserError(f"--model {source}: the {pipe.kind} pipeline has neither a text encoder nor classes, so no "
+                    f"captioned or labelled image can condition {what}; use channel pruning with a data-free method (random, magnitude) or "
                     "--recipe ldm-script for the gradient methods (self-sampled latents)")
 
 
@@ -149,14 +161,59 @@ def _folder_pairs(root: str, prompts: str | None) -> tuple[list[Path], list[str]
 
 @torch.no_grad()
 def _encode(vae, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """Images (N, 3, H, W) in [-1, 1] -> z0 = s * (mu + sigma * n), one posterior draw each, float32 on CPU."""
+    """Images (N, 3, H, W) in [-1, 1] -> z0 = s * (mu + sigma * n), one posterior draw each, float32 on CPU
+    (a VQ first stage: its z_e, sigma 0)."""
+    from training.latent import posterior
+
     p = next(vae.parameters())
     out = []
     for batch in images.split(ENCODE_BATCH):
-        q = vae.encode(batch.to(p.device, p.dtype))
-        n = torch.randn(q.mean.shape, generator=generator)
-        out.append(q.mean.float().cpu() + q.std.float().cpu() * n)
+        mean, std = posterior(vae, batch.to(p.device, p.dtype))
+        n = torch.randn(mean.shape, generator=generator)
+        out.append(mean.float().cpu() + std.float().cpu() * n)
     return float(vae.config.scaling_factor) * torch.cat(out)
+
+
+def _pixels(pipe) -> int:
+    unet = pipe.unet.config
+    side = unet.sample_size[0] if isinstance(unet.sample_size, (tuple, list)) else unet.sample_size
+    return int(side) * pipe.vae_scale
+
+
+def class_pairs(pipe, count: int, *, seed: int, cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """``count`` (z0, label) pairs of a class-conditional pipeline (module docstring): latents (count, C, h, w)
+    float32 on CPU, labels (count,) int64 and a JSON record. Drawn from ``seed``: which images, the noise."""
+    from training.class_conditioning import shapes_class_labels
+    from training.latent import TRAIN_IMAGES, cached_posterior, parts_checksum
+
+    px, g = _pixels(pipe), torch.Generator().manual_seed(seed)
+    if px == 32:  # the shapes' own resolution: train.py's cached posterior of the train split
+        mean, std, attrs = cached_posterior(_cpu(pipe.vae), count=TRAIN_IMAGES, seed=0, cache_dir=cache_dir,
+                                            key=parts_checksum({"vae": _cpu(pipe.vae)}))
+    else:
+        shapes = ProceduralShapes(image_size=px, size=TRAIN_IMAGES, seed=0, split="train")
+        attrs = [caption_attributes(shapes.attributes(i)) for i in range(TRAIN_IMAGES)]
+    rows, labels = shapes_class_labels(attrs)
+    if count > len(rows):
+        raise UserError(f"the run needs {count} labelled shapes images, the train split has {len(rows)} "
+                        f"single-kind images")
+    pick = torch.randperm(len(rows), generator=g)[:count].tolist()
+    idx = [rows[k] for k in pick]
+    if px == 32:
+        n = torch.randn((count, *mean.shape[1:]), generator=g)
+        z0 = float(pipe.vae.config.scaling_factor) * (mean[idx] + std[idx] * n)
+    else:
+        z0 = _encode(pipe.vae, to_minus_one_one(np.stack([shapes[i] for i in idx])), g)
+    y = torch.tensor([labels[k] for k in pick], dtype=torch.long)
+    return z0, y, {"data": "shapes", "split": "train", "pixels": px, "indices": idx,
+                   "labels": "shape kind of single-kind images (training/class_conditioning.py)"}
+
+
+def _cpu(module):
+    """``module`` itself on the CPU, else a CPU copy (the latent cache and its key read CPU tensors)."""
+    import copy
+
+    return module if next(module.parameters()).device.type == "cpu" else copy.deepcopy(module).cpu()
 
 
 def calibration_pairs(pipe, count: int, *, data: str, data_root: str | None, prompts: str | None, seed: int,
@@ -213,6 +270,14 @@ def calibration(pipe, spec: ChannelPruning | LayerPruning, *, data: str, data_ro
     count = images_needed(spec)
     if not count:
         return None, None, {}
+    if not pipe.has_text and pipe.num_classes:  # (z0, y): the class token / class embedding of each label
+        from training.class_conditioning import class_condition
+
+        z0, labels, record = class_pairs(pipe, count, seed=spec.seed, cache_dir=cache_dir)
+        cond = class_condition(pipe, labels.to(next(pipe.unet.parameters()).device),
+                               torch.zeros(count, dtype=torch.bool))
+        record = {**record, "count": count, "class_labels": labels[:8].tolist()}
+        return z0.to(device), map_tensors(cond, lambda v: v.to(device)), record
     z0, captions, record = calibration_pairs(pipe, count, data=data, data_root=data_root, prompts=prompts,
                                              seed=spec.seed, cache_dir=cache_dir)
     cond = prompt_conditions(pipe, captions)  # SDXL: both towers, pooled embedding and time ids

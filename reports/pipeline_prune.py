@@ -116,7 +116,7 @@ def prune_pipeline(cfg) -> Path:
     # The output folder is written last, in float32 (SDXL's pipeline: 9 GB even pruned); the dense one's size bounds it.
     check_fits(f"--out {cfg.out}", disk=4 * sum(sizes.values()), folder=cfg.out, prefix="[prune] ")
     if pipe is not None:
-        pp.check_pipeline(pipe, spec, cfg.model)
+        pp.check_pipeline(pipe, spec, cfg.model, cfg.data)
     try:
         if layer:
             check_target(unet, spec)  # unreachable targets, a BK-SDM architecture of another topology
@@ -238,7 +238,13 @@ def _print_summary(cfg, run: Path, report, macs: dict, additivity: dict | None, 
     first = _first_prompt(run)
     condition = f"--class-label {first.split()[1]}" if first.startswith("class ") else f"--prompt {q(first)}"
     print(f"  python generate.py --model {pipe} {condition}")
-    print(f"  python evaluate.py --model {pipe} --prompts data/prompts/shapes_heldout.txt     # the shapes world")
+    if first.startswith("class "):
+        from models.pipelines.text_to_image import folder_info
+
+        print(f"  python evaluate.py --model {pipe} --class-labels {folder_info(run / 'pipeline').num_classes} "
+              "--num-images-per-prompt 32")
+    else:
+        print(f"  python evaluate.py --model {pipe} --prompts data/prompts/shapes_heldout.txt     # the shapes world")
     print(f"  python prune.py --replay {q(str(run))}")
 
 

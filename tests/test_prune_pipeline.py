@@ -182,8 +182,37 @@ def test_a_class_conditional_pipeline_prunes_data_free_and_refuses_captioned_cal
     run = run_prune(tmp_path, folder, "--method", "magnitude")
     assert (run / "grid_prompts.txt").read_text().splitlines() == ["class 0", "class 1"]  # class-labelled grids
     assert params(load_latent(run / "pipeline").unet) < params(load_latent(folder).unet)
-    with pytest.raises(UserError, match="no text encoder, so captioned images cannot condition layer pruning"):
-        run_prune(tmp_path, folder, "--method", "layer", "--target-params", "0.2")
+    with pytest.raises(UserError, match="--data folder has captions, not class labels"):
+        run_prune(tmp_path, folder, "--method", "layer", "--target-params", "0.2", "--data", "folder",
+                  "--data-root", str(tmp_path))
+    bare = write_tiny_pipeline(tmp_path / "uncond", text=False)  # neither text nor classes: nothing to condition on
+    with pytest.raises(UserError, match="neither a text encoder nor classes, so no captioned or labelled image can "
+                                        "condition layer pruning"):
+        run_prune(tmp_path, bare, "--method", "layer", "--target-params", "0.2")
+
+
+def test_a_class_conditional_pipeline_is_calibrated_on_labelled_shapes(tmp_path):
+    """(z0, y) pairs: latents of single-kind train images with their kind, read through the class token."""
+    import pruning.pipelines as pp
+    from pruning.spec import ChannelPruning
+    from training.class_conditioning import shapes_class_labels
+    from training.latent import cached_posterior, parts_checksum
+
+    folder = write_tiny_pipeline(tmp_path / "ldm", text=False, class_embedder=True, sample_size=16)
+    pipe = load_latent(folder)
+    spec = ChannelPruning(method="diff-pruning", batch_size=4, seed=3)
+    z0, cond, record = pp.calibration(pipe, spec, data="shapes", data_root=None, prompts=None,
+                                      cache_dir=tmp_path / "cache", device="cpu")
+    mean, std, attrs = cached_posterior(pipe.vae, count=24, seed=0, cache_dir=tmp_path / "cache",
+                                        key=parts_checksum({"vae": pipe.vae}))
+    rows, labels = shapes_class_labels(attrs)
+    assert set(record["indices"]) <= set(rows) and len(record["indices"]) == 4
+    wanted = [labels[rows.index(i)] for i in record["indices"]]
+    assert record["class_labels"] == wanted
+    assert torch.equal(cond["encoder_hidden_states"], pipe.class_embedder(torch.tensor(wanted)))
+    assert z0.shape == (4, 4, 16, 16)
+    run = run_prune(tmp_path, folder, "--method", "layer", "--target-params", "0.2", "--calib-size", "4")
+    assert len(json.loads((run / "report.json").read_text())["calibration"]["class_labels"]) == 4
 
 
 def test_evaluate_reports_the_pruned_unets_params_and_macs(tmp_path, pipe_folder):

@@ -108,5 +108,5 @@ def test_a_teacher_of_another_family_is_refused_before_loading(tmp_path, folders
 
 def test_a_teacher_with_other_frozen_parts_is_refused(tmp_path, folders):
     other = write_tiny_pipeline(tmp_path / "other", seed=1, sample_size=16)  # another VAE / text encoder
-    with pytest.raises(UserError, match="its VAE / text encoder are not the student's"):
+    with pytest.raises(UserError, match="its VAE / text encoder / class embedder are not the student's"):
         train.main(config(tmp_path, folders, teacher=str(other)))

@@ -36,6 +36,13 @@ Models. ``--model t2i-shapes`` is a fresh U-Net of that preset (models/sd/preset
 shipped pipeline (checkpoints/t2i_shapes: VAE, text encoder, tokenizer, scheduler); a pipeline folder (SD-1/2,
 or SDXL with text_encoder_2/ and tokenizer_2/) fine-tunes its own U-Net with its own parts. The release is
 ``RUN/pipeline/``: the pipeline folder with the EMA U-Net, which generate.py, evaluate.py and ``models.load`` read.
+
+Class-conditional models (training/class_conditioning.py). A pipeline folder without a text encoder that takes
+class labels (the CompVis ImageNet LDM's class token, or a num_class_embeds U-Net), and ``--model class-shapes``
+(the t2i-shapes U-Net on a frozen class table), train on the shapes with y = the shape kind of the single-kind
+images in place of tau(caption); the caption dropout becomes the class dropout to the "no class" token. A
+pipeline with neither text nor classes trains unconditionally. A VQ first stage (vqvae/) gives z0 = its
+unquantised z_e, as the LDM trains on it.
 """
 from __future__ import annotations
 
@@ -59,10 +66,15 @@ from models.pipelines.pipeline import SCHEDULER_FILE, Pipeline
 from models.pipelines.text_to_image import Request, generate, text_conditioning
 from models.sd.presets import PRESETS as SD_PRESETS
 from models.sd.unet import UNet2DConditionModel
+from training.class_conditioning import (check_class_pipeline, class_condition, shapes_class_embedder,
+                                         shapes_class_labels)
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES_PIPELINE = REPO / "checkpoints" / "t2i_shapes"  # the frozen parts of ``--model t2i-shapes``
-LATENT_PRESETS = {"t2i-shapes": SHAPES_PIPELINE}       # U-Net preset -> the folder of its frozen parts
+# model preset -> the folder of its frozen parts (``class-shapes`` takes only the VAE and scheduler of it)
+LATENT_PRESETS = {"t2i-shapes": SHAPES_PIPELINE, "class-shapes": SHAPES_PIPELINE}
+UNET_PRESET = {"t2i-shapes": "t2i-shapes", "class-shapes": "t2i-shapes"}  # the U-Net architecture of each
+CLASS_PRESETS = ("class-shapes",)  # class-conditional presets: the class token of class_conditioning.py
 TRAIN_IMAGES = 20000                                   # the captioned shapes' train split (the VAE's and CLIP's)
 GRID_PROMPTS = 8                                       # sample grids: captions of test images 0..7, 8 seeds each
 FROZEN_MODULES = ("vae", "text_encoder", "text_encoder_2")
@@ -89,13 +101,18 @@ def _kind(folder: Path) -> tuple[str, bool]:
     return kind, bool(index.get("force_zeros_for_empty_prompt", kind == "sdxl"))
 
 
-def _load_parts(folder: Path) -> dict[str, Any]:
+def _load_parts(folder: Path, *, class_preset: bool = False) -> dict[str, Any]:
     """The frozen VAE, text encoder(s), tokenizer(s) and scheduler config of a pipeline folder, and its kind
-    ("sd1", "sd2" or "sdxl": SDXL adds text_encoder_2/ and tokenizer_2/); its U-Net is not read."""
+    ("sd1", "sd2" or "sdxl": SDXL adds text_encoder_2/ and tokenizer_2/); its U-Net is not read. An "ldm"
+    folder (no text encoder: class-conditional or unconditional) gives its first stage (vae/ or vqvae/), its
+    class_embedder/ if it has one, and its scheduler; ``class_preset``: the folder's VAE and scheduler with the
+    shapes' class embedder (training/class_conditioning.py)."""
     import json
 
     from models.clip.tokenizer import CLIPTokenizer
 
+    if class_preset or _kind(folder)[0] == "ldm":
+        return _load_ldm_parts(folder, class_preset)
     missing = [name for name in ("vae", "text_encoder", "tokenizer", "scheduler") if not (folder / name).is_dir()]
     if missing:
         raise UserError(f"{folder}: no {', '.join(missing)} folder; a latent text-to-image model needs a pipeline "
@@ -117,23 +134,47 @@ def _load_parts(folder: Path) -> dict[str, Any]:
     return parts
 
 
+def _load_ldm_parts(folder: Path, class_preset: bool) -> dict[str, Any]:
+    """_load_parts of an "ldm" folder, or of the class-conditional preset's frozen parts."""
+    import json
+
+    first = "vqvae" if (folder / "vqvae").is_dir() and not (folder / "vae").is_dir() else "vae"
+    missing = [name for name in (first, "scheduler") if not (folder / name).is_dir()]
+    if missing:
+        raise UserError(f"{folder}: no {', '.join(missing)} folder; a latent diffusion model needs a pipeline "
+                        f"folder with vae/ (or vqvae/) and scheduler/")
+    parts = {"vae": load_component(folder / first), "text_encoder": None, "tokenizer": None,
+             "scheduler": json.loads((folder / "scheduler" / SCHEDULER_FILE).read_text()), "source": str(folder),
+             "kind": "ldm", "force_zeros_for_empty_prompt": False}
+    if class_preset:
+        parts["class_embedder"] = shapes_class_embedder()
+    elif (folder / "class_embedder").is_dir():
+        parts["class_embedder"] = load_component(folder / "class_embedder")
+    for name in (*FROZEN_MODULES, "class_embedder"):
+        if parts.get(name) is not None:
+            parts[name].eval().requires_grad_(False)
+    return parts
+
+
 def build_latent_model(model: str, seed: int) -> tuple[UNet2DConditionModel, str, dict[str, Any]]:
     """(U-Net in train mode, origin, frozen parts) of ``--model``: a preset (seeded fresh init) or a pipeline folder."""
     if model in LATENT_PRESETS:
         torch.manual_seed(seed)
-        unet = UNet2DConditionModel(SD_PRESETS[model])
-        return unet.train(), f"preset {model} (random init: training from scratch)", _load_parts(LATENT_PRESETS[model])
+        unet = UNet2DConditionModel(SD_PRESETS[UNET_PRESET[model]])
+        parts = _load_parts(LATENT_PRESETS[model], class_preset=model in CLASS_PRESETS)
+        return unet.train(), f"preset {model} (random init: training from scratch)", parts
     folder = Path(model)
     unet = load_component(folder / "unet")
     return unet.train(), f"pipeline {model}", _load_parts(folder)
 
 
 def parts_checksum(parts: dict[str, Any]) -> str:
-    """sha256 (16 hex) of the frozen VAE's and text encoder(s)' weights: a resume refuses other frozen parts.
-    An SD-1/2 pipeline has no text_encoder_2, so its checksum is the one runs made before SDXL was trained."""
+    """sha256 (16 hex) of the frozen VAE's, text encoder(s)' and class embedder's weights: a resume refuses other
+    frozen parts. An SD-1/2 pipeline has no text_encoder_2, so its checksum is the one runs made before SDXL was
+    trained (and a text pipeline's is the one runs made before class-conditional training)."""
     from metrics.evaluation import weights_sha256
 
-    both = "".join(weights_sha256(parts[name]) for name in ("vae", "text_encoder", "text_encoder_2")
+    both = "".join(weights_sha256(parts[name]) for name in ("vae", "text_encoder", "text_encoder_2", "class_embedder")
                    if parts.get(name) is not None)
     return hashlib.sha256(both.encode()).hexdigest()[:16]
 
@@ -143,6 +184,7 @@ def frozen_pipeline(unet: nn.Module, parts: dict[str, Any], source: str) -> Pipe
     return Pipeline(kind=parts.get("kind", "sd1"), unet=unet, vae=parts["vae"], scheduler=parts["scheduler"],
                     text_encoder=parts["text_encoder"], tokenizer=parts["tokenizer"],
                     text_encoder_2=parts.get("text_encoder_2"), tokenizer_2=parts.get("tokenizer_2"),
+                    class_embedder=parts.get("class_embedder"),
                     force_zeros_for_empty_prompt=parts.get("force_zeros_for_empty_prompt", False), source=source)
 
 
@@ -160,6 +202,15 @@ def pipeline_from_checkpoint(ckpt: dict[str, Any], model: str, source: str) -> P
     return frozen_pipeline(unet.eval(), parts, source)
 
 
+def posterior(vae: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(mu, sigma) of q(z|x): a KL autoencoder's posterior, or a VQ encoder's z_e with sigma 0 (the LDM trains
+    on the unquantised z_e of its VQ first stage; models/pipelines/vq_model.py)."""
+    q = vae.encode(x)
+    if isinstance(q, torch.Tensor):
+        return q, torch.zeros_like(q)
+    return q.mean, q.std
+
+
 @torch.no_grad()
 def cached_posterior(vae: nn.Module, *, count: int, seed: int, cache_dir: Path, key: str) -> tuple:
     """(mu, sigma) of q(z|x), each (count, C, h, w) float32, and the CaptionAttributes of train images 0..count-1."""
@@ -172,9 +223,9 @@ def cached_posterior(vae: nn.Module, *, count: int, seed: int, cache_dir: Path, 
         return blob["mean"], blob["std"], attrs
     means, stds = [], []
     for batch in np.array_split(images, max(1, count // 256)):
-        q = vae.encode(to_minus_one_one(batch))
-        means.append(q.mean)
-        stds.append(q.std)
+        mean, std = posterior(vae, to_minus_one_one(batch))
+        means.append(mean)
+        stds.append(std)
     mean, std = torch.cat(means), torch.cat(stds)
     cache_dir.mkdir(parents=True, exist_ok=True)
     atomic_torch_save({"mean": mean, "std": std}, path)
@@ -199,9 +250,9 @@ def encode_posterior(vae: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor
     p = next(vae.parameters())
     means, stds = [], []
     for batch in images.split(ENCODE_BATCH):
-        q = vae.encode(batch.to(p.device, p.dtype))
-        means.append(q.mean.float())
-        stds.append(q.std.float())
+        mean, std = posterior(vae, batch.to(p.device, p.dtype))
+        means.append(mean.float())
+        stds.append(std.float())
     return torch.cat(means), torch.cat(stds)
 
 
@@ -257,11 +308,20 @@ class LatentFamily:
         self.shape = (int(c.in_channels), size, size)
         self.pixels = size * self.pipe.vae_scale  # SDXL's target size; a folder's images add their original sizes
         self.folder = None
+        # what the U-Net is conditioned on: captions, class labels (training/class_conditioning.py) or nothing
+        self.condition = "text" if self.pipe.has_text else "class" if self.pipe.num_classes else "none"
+        self.rows = self.labels = None  # class labels: the train images that have one, and their labels
         if data == "folder":
+            if self.condition == "class":
+                raise UserError(f"--data folder gives captions, but {source} is class-conditional: train it on "
+                                f"--data shapes (labels: the shape kind, training/class_conditioning.py)")
             self._open_folder(model, data_root, cache_dir, source)
         else:
             self.mean, self.std, self.attrs = cached_posterior(vae, count=TRAIN_IMAGES, seed=0, cache_dir=cache_dir,
                                                                key=self.checksum)
+            if self.condition == "class":
+                check_class_pipeline(self.pipe, source)
+                self.rows, self.labels = shapes_class_labels(self.attrs)
         self.scale = float(vae.config.scaling_factor)
         if self.mean is not None and tuple(self.mean.shape[1:]) != self.shape:
             raise UserError(f"{source}: the U-Net reads latents {self.shape} but the VAE makes "
@@ -292,22 +352,31 @@ class LatentFamily:
             raise UserError(f"--data-root {data_root}: {e}") from None
 
     def __len__(self) -> int:
+        if self.rows is not None:
+            return len(self.rows)
         return len(self.attrs) if self.folder is None else len(self.folder)
 
     def batch(self, idx: list[int], shard: slice, g: torch.Generator, device: str) -> tuple[torch.Tensor, dict]:
         """(z0, U-Net keyword inputs) of this rank's share of the global batch ``idx``."""
         B = len(idx)
-        variant = torch.randint(NUM_VARIANTS, (B,), generator=g) if self.folder is None else None  # paraphrases
+        text_shapes = self.folder is None and self.condition == "text"
+        variant = torch.randint(NUM_VARIANTS, (B,), generator=g) if text_shapes else None  # paraphrases
         drop = torch.rand(B, generator=g) < self.caption_dropout
         n = torch.randn((B, *self.shape), generator=g)
         rows = list(range(B))[shard]
-        mine = [idx[j] for j in rows]
+        mine = [idx[j] for j in rows] if self.rows is None else [self.rows[idx[j]] for j in rows]
         if self.mean is not None:
             sel = torch.tensor(mine, dtype=torch.long)
             mean, std = self.mean[sel], self.std[sel]
         else:  # a folder too large to cache: this step's images, encoded now
             mean, std = encode_posterior(self.parts["vae"], self.folder.load(mine))
         z0 = self.scale * (mean + std * n[shard].to(mean.device))
+        if self.condition != "text":
+            cond = {}
+            if self.condition == "class":
+                labels = torch.tensor([self.labels[idx[j]] for j in rows], dtype=torch.long)
+                cond = class_condition(self.pipe, labels, drop[shard])
+            return z0.to(device), {k: _to(v, device) for k, v in cond.items()}
         if self.folder is None:
             captions = ["" if drop[j] else caption(self.attrs[idx[j]], int(variant[j])) for j in rows]
         else:
@@ -328,13 +397,19 @@ class LatentFamily:
     def grid(self, ema_model: nn.Module, steps: int, seed: int) -> torch.Tensor:
         """8 held-out prompts (a folder: its first 8 captions) x 8 samples, guidance 5 with the pipeline's
         scheduler: (64, 3, H, W) in [-1, 1]."""
+        pipe = dataclasses.replace(self.pipe, unet=ema_model.eval())
+        if self.condition != "text":  # classes 0..7 (cycled), or 64 unconditional samples
+            labels = ([c % self.pipe.num_classes for c in range(GRID_PROMPTS) for _ in range(8)]
+                      if self.condition == "class" else None)
+            scale = 5.0 if self.condition == "class" and self.pipe.has_unconditional else 1.0
+            request = Request(guidance_scale=scale, steps=steps, seed=seed, batch_size=16)
+            return generate(pipe, request, indices=range(GRID_PROMPTS * 8), class_labels=labels) * 2 - 1
         if self.folder is None:
             _, attrs = rendered_split("test", GRID_PROMPTS, seed=0)
             captions = [caption(a, 0) for a in attrs]
         else:  # a folder has no held-out split: the captions of its first images
             captions = [self.folder.captions[i % len(self.folder)] for i in range(GRID_PROMPTS)]
         prompts = [p for p in captions for _ in range(8)]
-        pipe = dataclasses.replace(self.pipe, unet=ema_model.eval())
         request = Request(guidance_scale=5.0, steps=steps, seed=seed, batch_size=16)
         return generate(pipe, request, indices=range(len(prompts)), prompts=prompts) * 2 - 1
 
@@ -359,6 +434,10 @@ class LatentFamily:
                "latent_shape": list(self.shape), "scaling_factor": self.scale, "train_images": len(self),
                "schedule": dataclasses.asdict(self.schedule.config), "caption_dropout": self.caption_dropout,
                "pipeline_kind": self.pipe.kind}
+        if self.condition != "text":  # caption_dropout is then the class dropout (class token models only)
+            out.update(condition=self.condition, num_classes=self.pipe.num_classes)
+        if self.rows is not None:
+            out.update(labels="shape kind of single-kind images (training/class_conditioning.py)")
         if self.folder is not None:  # a resume compares data_checksum (train.py)
             out.update(data="folder", data_root=str(self.folder.root), data_checksum=self.data_checksum,
                        pixel_size=self.pixels, posterior="cached" if self.cached else "encoded per step")

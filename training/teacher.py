@@ -96,10 +96,12 @@ def _teacher_unet(teacher: str, parts: dict[str, Any], device: str) -> nn.Module
     loaded = load_latent(teacher)
     unet = loaded.unet if isinstance(loaded, Pipeline) else loaded
     if isinstance(loaded, Pipeline):
-        frozen = {"vae": loaded.vae, "text_encoder": loaded.text_encoder, "text_encoder_2": loaded.text_encoder_2}
-        if loaded.text_encoder is None or parts_checksum(frozen) != parts_checksum(parts):
-            raise UserError(f"--teacher {teacher}: its VAE / text encoder are not the student's ({parts['source']}); "
-                            "the teacher must predict noise in the student's latent and text spaces")
+        frozen = {"vae": loaded.vae, "text_encoder": loaded.text_encoder, "text_encoder_2": loaded.text_encoder_2,
+                  "class_embedder": loaded.class_embedder}
+        if parts_checksum(frozen) != parts_checksum(parts):  # the same VAE, and text encoder(s) or class table
+            raise UserError(f"--teacher {teacher}: its VAE / text encoder / class embedder are not the student's "
+                            f"({parts['source']}); the teacher must predict noise in the student's latent and "
+                            "condition spaces")
     check_weights(unet, f"--teacher {teacher}")
     return unet.to(device).eval().requires_grad_(False)
 
