@@ -13,6 +13,13 @@ also OLD's unet/ and model_index.json, a pipeline whose U-Net train.py fine-tune
     python -m benchmarks.make_t2i_pipeline --from checkpoints/t2i_shapes --clip checkpoints/t2i_clip_negatives \
         --folder checkpoints/t2i_shapes_v2 --ship runs/train/<run>/pipeline  # the release: parts, then unet/
 
+The class-conditional twin (training/class_conditioning.py: label = shape kind, a class token read by
+cross-attention) starts from a text folder's U-Net: ``--from OLD --class-token --folder NEW`` writes unet/, vae/
+and scheduler/ of OLD with the fixed class table as class_embedder/ (an "ldm" pipeline, the ImageNet LDM's
+layout); train.py fine-tunes it to read the class token instead of the caption:
+
+    python -m benchmarks.make_t2i_pipeline --from checkpoints/t2i_shapes --class-token --folder runs/class_init
+
 The folder's parts and where they come from:
 
     tokenizer/     BPE vocabulary of the captions (data/bpe_vocab.py)                 shipped before
@@ -110,6 +117,26 @@ def new_clip_folder(old: Path, clip: Path, folder: Path, *, warm_start: bool) ->
     write_parts(folder)
 
 
+def class_token_folder(old: Path, folder: Path) -> None:
+    """``folder`` (new): ``old``'s U-Net, VAE and scheduler with the class-shapes table as class_embedder/."""
+    import dataclasses
+
+    from models.pipelines import load_latent
+    from models.pipelines.save import save_pipeline
+    from training.class_conditioning import SHAPES_CLASS_DIM, shapes_class_embedder
+
+    if folder.exists():
+        raise UserError(f"--folder {folder} exists; the class-token pipeline is always a new folder")
+    if not (old / "model_index.json").is_file():
+        raise UserError(f"--from {old}: not a pipeline folder (no model_index.json)")
+    pipe = load_latent(old)
+    width = pipe.unet.config.cross_attention_dim  # one per level in the config
+    if set(width if isinstance(width, (tuple, list)) else [width]) != {SHAPES_CLASS_DIM}:
+        raise UserError(f"--from {old}: its U-Net reads {width}-wide states, the class table is {SHAPES_CLASS_DIM} wide")
+    save_pipeline(dataclasses.replace(pipe, kind="ldm", text_encoder=None, tokenizer=None,
+                                      class_embedder=shapes_class_embedder()), folder)
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--folder", type=Path, default=FOLDER)
@@ -119,7 +146,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                                              "tokenizer/vae/scheduler and the CLIP of --clip")
     p.add_argument("--clip", type=Path, help="a CLIPModel folder (benchmarks/train_t2i_clip.py --ship)")
     p.add_argument("--warm-start", action="store_true", help="with --from: copy its unet/ and model_index.json too")
+    p.add_argument("--class-token", action="store_true", help="with --from: its U-Net, VAE and scheduler with the "
+                                                                "shapes' class table, a class-conditional start")
     a = p.parse_args(argv)
+    if a.class_token:
+        if a.source is None or a.clip or a.ship or a.parts or a.warm_start:
+            p.error("--class-token goes with --from and --folder only")
+        return a
     if (a.source is None) != (a.clip is None):
         p.error("--from and --clip go together")
     if a.warm_start and (a.source is None or a.ship):
@@ -128,6 +161,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def main(args: argparse.Namespace) -> None:
+    if args.class_token:
+        class_token_folder(args.source, args.folder)
+        print(f"[make_t2i_pipeline] made {args.folder}: the U-Net of {args.source} with the class table")
+        return
     if args.source is not None:
         new_clip_folder(args.source, args.clip, args.folder, warm_start=args.warm_start)
         print(f"[make_t2i_pipeline] made {args.folder} from {args.source} with the CLIP of {args.clip}")

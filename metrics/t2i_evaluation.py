@@ -231,9 +231,13 @@ def evaluate_pipeline(cfg: T2IEvalConfig) -> Path:
     from models.pipelines.text_to_image import check_request, generate, pipeline_info
     prompts, labels, shapes, why_not = precheck(cfg)
     n = len(prompts or labels)
-    clip_name = cfg.clip or (t2i_shapes.SHAPES_CLIP if shapes else None)
+    clip_name = cfg.clip or (t2i_shapes.SHAPES_CLIP if shapes and prompts is not None else None)
     clip = scorer_setup(clip_name, cfg)
-    shapes_metrics = t2i_shapes.ShapesMetrics.build(n, device=cfg.device) if shapes else None
+    shapes_metrics = None
+    if shapes:  # a caption's attributes, or a shape-kind label (metrics/class_shapes.py)
+        from metrics.class_shapes import ClassShapesMetrics
+        shapes_metrics = t2i_shapes.ShapesMetrics.build(n, device=cfg.device) if prompts is not None else \
+            ClassShapesMetrics.build(labels, device=cfg.device)
     fid = fid_setup(cfg)
     pipe = load_pipeline(cfg)
     check(pipeline_info(pipe), cfg, prompts, labels, check_request)  # single files / hub names: checked here
@@ -253,7 +257,9 @@ def evaluate_pipeline(cfg: T2IEvalConfig) -> Path:
         from metrics.clip_score import clip_score
         s = clip_score(*clip, pil, prompts, device=cfg.device)
         report.update(clip_score=s.score, clip_mean_cosine=s.mean_cosine, clip_model=clip_name)
-    if shapes_metrics is not None:
+    if shapes_metrics is not None and prompts is None:
+        report.update(shapes_metrics.measure(as_tensor(pil), device=cfg.device))
+    elif shapes_metrics is not None:
         report.update(shapes_metrics.measure(as_tensor(pil), prompts, device=cfg.device))
     else:
         report["shapes_metrics_skipped"] = why_not
@@ -266,7 +272,8 @@ def evaluate_pipeline(cfg: T2IEvalConfig) -> Path:
     write_json(run / "report.json", report)
     write_text(run / "report.md", markdown(report))
     scores = [f"{k} {v:.4g}" for k, v in {**report, **t2i_shapes.flat(report)}.items() if v is not None and k in
-              ("clip_score", "pickscore", "fid", "fd_custom_inception", "attribute_accuracy.all", "fd_shapes")]
+              ("clip_score", "pickscore", "fid", "fd_custom_inception", "attribute_accuracy.all", "fd_shapes",
+               "kind_accuracy.all")]
     print(f"[evaluate] {n} image(s) of the {pipe.kind} pipeline {cfg.model}: {', '.join(scores) or 'no score asked'}, "
           f"U-Net {report['params']:,} params, {report['macs_paper']:,} MACs -> {run}")
     return run

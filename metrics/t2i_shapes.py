@@ -55,7 +55,10 @@ def resolve(mode: str, prompts) -> tuple[bool, str | None]:
         raise UserError(f"--shapes-metrics must be one of {', '.join(MODES)}, got {mode!r}")
     if mode == "off":
         return False, "--shapes-metrics off"
-    why = "class labels, not prompts" if prompts is None else first_unparsed(prompts)
+    if prompts is None:  # class labels: on only when asked (metrics/class_shapes.py checks the labels)
+        return mode == "on", (None if mode == "on" else
+                              "class labels: --shapes-metrics on measures kind accuracy (metrics/class_shapes.py)")
+    why = first_unparsed(prompts)
     if why is not None and mode == "on":
         raise UserError(f"--shapes-metrics on: {why}")
     return why is None, why
@@ -121,6 +124,9 @@ class ShapesMetrics:
 def flat(report: dict) -> dict:
     """The shapes entries of a report as flat rows for a table: attribute_accuracy.count, ..., fd_shapes."""
     rows = {f"attribute_accuracy.{k}": v for k, v in report.get("attribute_accuracy", {}).items() if k != "n"}
+    kinds = report.get("kind_accuracy") or {}  # class labels (metrics/class_shapes.py)
+    rows.update({f"kind_accuracy.{k}": v for k, v in (("all", kinds.get("all")), *kinds.get("per_class", {}).items())
+                 if v is not None})
     rows.update({k: report[k] for k in ("fd_shapes", "kid_shapes", "fd_shapes_num_samples", "fd_shapes_reference")
                  if report.get(k) is not None})
     return rows

@@ -138,7 +138,9 @@ def test_shapes_metrics_switch(pipe, tmp_path, monkeypatch):
     assert t2i_shapes.resolve("auto", shapes) == (True, None)
     on, why = t2i_shapes.resolve("auto", shapes + ["a cat"])
     assert not on and why == "prompt 3 ('a cat') is not a shapes caption (data/captions.py grammar)"
-    assert t2i_shapes.resolve("auto", None) == (False, "class labels, not prompts")
+    assert t2i_shapes.resolve("auto", None) == (False, "class labels: --shapes-metrics on measures kind accuracy "
+                                                       "(metrics/class_shapes.py)")
+    assert t2i_shapes.resolve("on", None) == (True, None)  # labels are checked when the metrics are built
     (tmp_path / "p.txt").write_text("\n".join(shapes + ["a cat"]) + "\n")
     import metrics.t2i_evaluation as t2i
     monkeypatch.setattr(t2i, "load_pipeline", lambda cfg: pytest.fail("weights read before the check"))

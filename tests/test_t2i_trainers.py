@@ -213,6 +213,24 @@ def test_a_pipeline_with_another_clip_is_a_new_folder_whose_text_encoder_is_that
                                                                        "tokenizer", "vae"]
 
 
+def test_the_class_token_start_is_the_text_unet_with_the_class_table(tmp_path):
+    from benchmarks.make_t2i_pipeline import class_token_folder
+    from common.cli import UserError
+    from models.pipelines.pipeline import load_pipeline
+    from training.class_conditioning import shapes_class_embedder
+
+    class_token_folder(SHIPPED, tmp_path / "cls")
+    pipe, old = load_pipeline(tmp_path / "cls"), load_pipeline(SHIPPED)
+    assert pipe.kind == "ldm" and not pipe.has_text and pipe.num_classes == 4 and pipe.has_unconditional
+    assert torch.equal(pipe.class_embedder.embedding.weight, shapes_class_embedder().embedding.weight)
+    for a, b in zip(old.unet.state_dict().values(), pipe.unet.state_dict().values()):
+        assert torch.equal(a, b)
+    assert sorted(p.name for p in (tmp_path / "cls").iterdir()) == ["class_embedder", "model_index.json",
+                                                                     "scheduler", "unet", "vae"]
+    with pytest.raises(UserError, match="exists"):
+        class_token_folder(SHIPPED, tmp_path / "cls")
+
+
 def test_t2i_text_words_tables_both_shipped_clips(tmp_path):
     from benchmarks import t2i_text_words
 
