@@ -128,3 +128,18 @@ def test_class_conditional_refusals_and_distillation(tmp_path, cin_folder):
         train.main(config(tmp_path, cin_folder, distill="output", teacher=str(text)))
     run = train.main(config(tmp_path, cin_folder, steps=2, distill="feature-normalized", teacher=str(cin_folder)))
     assert (run / "pipeline" / "class_embedder").is_dir()
+
+
+def test_the_class_curve_measures_each_kept_checkpoint_once(tmp_path, cin_folder, monkeypatch):
+    from benchmarks import class_teacher_curve
+
+    run = train.main(config(tmp_path, cin_folder, steps=2, keep_every=1, ckpt_every=1))
+    out = tmp_path / "curve.json"
+    argv = ["--run", str(run), "--per-class", "1", "--batch-size", "4", "--out", str(out)]
+    record = class_teacher_curve.main(class_teacher_curve.parse_args(argv))
+    assert [r["step"] for r in record["rows"]] == [1, 2]
+    assert all(r["kind_accuracy"]["n"] == 4 and set(r["kind_accuracy"]["per_class"]) ==
+               {"disc", "square", "triangle", "ring"} for r in record["rows"])
+    assert "| 2 |" in out.with_suffix(".md").read_text()
+    monkeypatch.setattr(class_teacher_curve, "measure", lambda *a, **k: pytest.fail("measured twice"))
+    assert class_teacher_curve.main(class_teacher_curve.parse_args(argv))["rows"] == record["rows"]
