@@ -205,8 +205,8 @@ def _train(cfg: TrainConfig, resume: str | None, locks: list) -> Path:
         restore(state, ckpt, cfg, resume, ctx.rank)
         saved, now = ckpt["meta"].get("family", {}), family.record()
         if saved.get("parts_checksum") != now.get("parts_checksum"):
-            raise UserError(f"--resume {resume}: the frozen VAE / text encoder of {cfg.model} changed since the run "
-                            "started; an exact resume needs the same ones")
+            raise UserError(f"--resume {resume}: the frozen VAE / text encoder / class table of {cfg.model} changed "
+                            "since the run started; an exact resume needs the same ones")
         if saved.get("data_checksum") != now.get("data_checksum"):  # a captioned folder (training/latent.py)
             raise UserError(f"--resume {resume}: the captioned images under --data-root {cfg.data_root} changed "
                             "since the run started (files, sizes or captions); an exact resume needs the same data")

@@ -58,12 +58,14 @@ def main(args: argparse.Namespace) -> dict:
     metrics = ClassShapesMetrics.build(labels)
     t0 = time.time()
     for path in ckpts:
-        key = f"{step_name(path)}@{args.guidance:g}x{args.per_class}"
+        key = f"{step_name(path)}@{args.guidance:g}x{args.per_class}s{args.seed}"
         if key in done:
             continue
         pipe, step = pipeline_at(run, path)
         if pipe.has_text or pipe.num_classes < KINDS:
             raise cli.UserError(f"{run}: not a class-conditional shapes run ({pipe.num_classes} classes)")
+        if args.guidance > 1 and not pipe.has_unconditional:
+            raise cli.UserError(f"--guidance {args.guidance:g}: {run}'s U-Net has no 'no class' input; use 1")
         with torch.no_grad():
             done[key] = {"step": step, "guidance": args.guidance, "per_class": args.per_class,
                          **measure(pipe, labels, metrics, guidance=args.guidance, seed=args.seed,
@@ -72,7 +74,7 @@ def main(args: argparse.Namespace) -> dict:
         r = done[key]
         print(f"[class_teacher_curve] step {step}: kind accuracy {r['kind_accuracy']['all']:.3f}, "
               f"FD-shapes {r['fd_shapes']:.1f}", flush=True)
-    rows = sorted((r for r in done.values() if r["guidance"] == args.guidance and r["per_class"] == args.per_class),
+    rows = sorted((r for k, r in done.items() if k.endswith(f"@{args.guidance:g}x{args.per_class}s{args.seed}")),
                   key=lambda r: r["step"])
     record = {"command": "python -m benchmarks.class_teacher_curve " + " ".join(args.argv), "run": str(run),
               "rows": rows, "labels": f"0..{KINDS - 1}, {args.per_class} samples each", "guidance": args.guidance,

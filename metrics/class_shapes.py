@@ -57,7 +57,9 @@ def matched_real_images(labels: Sequence[int], *, image_size: int = 32) -> tuple
         if all(len(found[y]) == need[y] for y in need):
             break
     else:
-        raise ValueError(f"metrics/class_shapes.py: fewer single-kind test images than labels within {SEARCH_LIMIT}")
+        short = {SHAPES[y]: need[y] - len(found[y]) for y in need if len(found[y]) < need[y]}
+        raise UserError(f"shapes metrics: the first {SEARCH_LIMIT:,} test images hold too few single-kind images "
+                        f"for these labels (short by {short}); ask for fewer images per label")
     taken = {y: iter(found[y]) for y in found}
     indices = [next(taken[int(y)]) for y in labels]
     pixels = np.stack([ds.image_uint8(i) for i in indices])
@@ -98,7 +100,7 @@ class ClassShapesMetrics:
             mu, sigma = stats_from_features(feats)
             fd = FDShapesReference(net=net, features=feats, mu=mu, sigma=sigma,
                                    description=f"single-kind shapes test images (seed 0) matched to the labels, "
-                                               f"indices {idx[0]}..{max(idx)}, {size}x{size}")
+                                               f"indices {min(idx)}..{max(idx)}, {size}x{size}")
         return cls(reader=reader, fd_reference=fd, labels=tuple(int(y) for y in labels))
 
     def measure(self, images01: torch.Tensor, *, device: str | torch.device = "cpu") -> dict:

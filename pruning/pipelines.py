@@ -75,9 +75,14 @@ def check_source(*, data: str, data_root: str | None, prompts: str | None) -> No
         read_prompts(prompts)  # an empty or missing file fails here, naming it
 
 
-def check_pipeline(pipe, spec: ChannelPruning | LayerPruning, source: str, data: str = "shapes") -> None:
+def check_pipeline(pipe, spec: ChannelPruning | LayerPruning, source: str, data: str = "shapes",
+                   prompts: str | None = None) -> None:
     """The loaded pipeline can be pruned as asked: a text pipeline for captioned data; a class-conditional one
-    for the labelled shapes; a pipeline with neither only with data-free methods or the self-sampled recipe."""
+    for the labelled shapes; a pipeline with neither only with data-free methods or the self-sampled recipe;
+    captions (--prompts) only for a pipeline that reads them."""
+    if prompts is not None and not pipe.has_text:
+        raise UserError(f"--prompts {prompts}: the {pipe.kind} pipeline {source} has no text encoder to read "
+                        "captions" + (" (its grids and calibration use class labels)" if pipe.num_classes else ""))
     if pipe.has_text or not images_needed(spec):
         return
     if pipe.num_classes:
@@ -183,16 +188,18 @@ def _pixels(pipe) -> int:
 def class_pairs(pipe, count: int, *, seed: int, cache_dir: Path) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """``count`` (z0, label) pairs of a class-conditional pipeline (module docstring): latents (count, C, h, w)
     float32 on CPU, labels (count,) int64 and a JSON record. Drawn from ``seed``: which images, the noise."""
+    from data.rendered import rendered_split
     from training.class_conditioning import shapes_class_labels
     from training.latent import TRAIN_IMAGES, cached_posterior, parts_checksum
 
     px, g = _pixels(pipe), torch.Generator().manual_seed(seed)
-    if px == 32:  # the shapes' own resolution: train.py's cached posterior of the train split
-        mean, std, attrs = cached_posterior(_cpu(pipe.vae), count=TRAIN_IMAGES, seed=0, cache_dir=cache_dir,
-                                            key=parts_checksum({"vae": _cpu(pipe.vae)}))
-    else:
-        shapes = ProceduralShapes(image_size=px, size=TRAIN_IMAGES, seed=0, split="train")
-        attrs = [caption_attributes(shapes.attributes(i)) for i in range(TRAIN_IMAGES)]
+    if px == 32:  # the shapes' own resolution: train.py's cached posterior of the train split, under its key
+        parts = {"vae": _cpu(pipe.vae), "class_embedder": None if pipe.class_embedder is None else
+                 _cpu(pipe.class_embedder)}
+        mean, std, attrs = cached_posterior(parts["vae"], count=TRAIN_IMAGES, seed=0, cache_dir=cache_dir,
+                                            key=parts_checksum(parts))
+    else:  # the labels from the (cached) 32 px split: an image's attributes do not depend on its size
+        attrs = rendered_split("train", TRAIN_IMAGES, seed=0, cache_dir=cache_dir)[1]
     rows, labels = shapes_class_labels(attrs)
     if count > len(rows):
         raise UserError(f"the run needs {count} labelled shapes images, the train split has {len(rows)} "
@@ -203,7 +210,8 @@ def class_pairs(pipe, count: int, *, seed: int, cache_dir: Path) -> tuple[torch.
         n = torch.randn((count, *mean.shape[1:]), generator=g)
         z0 = float(pipe.vae.config.scaling_factor) * (mean[idx] + std[idx] * n)
     else:
-        z0 = _encode(pipe.vae, to_minus_one_one(np.stack([shapes[i] for i in idx])), g)
+        shapes = ProceduralShapes(image_size=px, size=TRAIN_IMAGES, seed=0, split="train")
+        z0 = _encode(pipe.vae, to_minus_one_one(np.stack([shapes.image_uint8(i) for i in idx])), g)
     y = torch.tensor([labels[k] for k in pick], dtype=torch.long)
     return z0, y, {"data": "shapes", "split": "train", "pixels": px, "indices": idx,
                    "labels": "shape kind of single-kind images (training/class_conditioning.py)"}
@@ -274,8 +282,7 @@ def calibration(pipe, spec: ChannelPruning | LayerPruning, *, data: str, data_ro
         from training.class_conditioning import class_condition
 
         z0, labels, record = class_pairs(pipe, count, seed=spec.seed, cache_dir=cache_dir)
-        cond = class_condition(pipe, labels.to(next(pipe.unet.parameters()).device),
-                               torch.zeros(count, dtype=torch.bool))
+        cond = class_condition(pipe, labels, torch.zeros(count, dtype=torch.bool))
         record = {**record, "count": count, "class_labels": labels[:8].tolist()}
         return z0.to(device), map_tensors(cond, lambda v: v.to(device)), record
     z0, captions, record = calibration_pairs(pipe, count, data=data, data_root=data_root, prompts=prompts,

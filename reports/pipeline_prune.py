@@ -116,7 +116,7 @@ def prune_pipeline(cfg) -> Path:
     # The output folder is written last, in float32 (SDXL's pipeline: 9 GB even pruned); the dense one's size bounds it.
     check_fits(f"--out {cfg.out}", disk=4 * sum(sizes.values()), folder=cfg.out, prefix="[prune] ")
     if pipe is not None:
-        pp.check_pipeline(pipe, spec, cfg.model, cfg.data)
+        pp.check_pipeline(pipe, spec, cfg.model, cfg.data, cfg.prompts)
     try:
         if layer:
             check_target(unet, spec)  # unreachable targets, a BK-SDM architecture of another topology

@@ -204,7 +204,8 @@ def test_a_class_conditional_pipeline_is_calibrated_on_labelled_shapes(tmp_path)
     z0, cond, record = pp.calibration(pipe, spec, data="shapes", data_root=None, prompts=None,
                                       cache_dir=tmp_path / "cache", device="cpu")
     mean, std, attrs = cached_posterior(pipe.vae, count=24, seed=0, cache_dir=tmp_path / "cache",
-                                        key=parts_checksum({"vae": pipe.vae}))
+                                        key=parts_checksum({"vae": pipe.vae, "class_embedder": pipe.class_embedder}))
+    assert len(list((tmp_path / "cache").glob("t2i_latents_*"))) == 1  # train.py's cache, not a second copy
     rows, labels = shapes_class_labels(attrs)
     assert set(record["indices"]) <= set(rows) and len(record["indices"]) == 4
     wanted = [labels[rows.index(i)] for i in record["indices"]]
@@ -213,6 +214,29 @@ def test_a_class_conditional_pipeline_is_calibrated_on_labelled_shapes(tmp_path)
     assert z0.shape == (4, 4, 16, 16)
     run = run_prune(tmp_path, folder, "--method", "layer", "--target-params", "0.2", "--calib-size", "4")
     assert len(json.loads((run / "report.json").read_text())["calibration"]["class_labels"]) == 4
+    (tmp_path / "p.txt").write_text("a red disc on a blue background\n")
+    with pytest.raises(UserError, match="--prompts .*: the ldm pipeline .* has no text encoder to read captions"):
+        run_prune(tmp_path, folder, "--method", "magnitude", "--prompts", str(tmp_path / "p.txt"))
+
+
+def test_class_pairs_at_another_pixel_size_encode_the_chosen_images_at_that_size(tmp_path):
+    import numpy as np
+
+    import pruning.pipelines as pp
+    from data.procedural import ProceduralShapes
+    from data.rendered import rendered_split, to_minus_one_one
+    from training.class_conditioning import shapes_class_labels
+
+    pipe = load_latent(write_tiny_pipeline(tmp_path / "ldm", text=False, class_embedder=True, sample_size=8))
+    z0, y, record = pp.class_pairs(pipe, 3, seed=5, cache_dir=tmp_path / "cache")
+    assert record["pixels"] == 16 and z0.shape == (3, 4, 8, 8)
+    rows, labels = shapes_class_labels(rendered_split("train", 24, seed=0)[1])
+    g = torch.Generator().manual_seed(5)
+    pick = torch.randperm(len(rows), generator=g)[:3].tolist()
+    assert record["indices"] == [rows[k] for k in pick] and y.tolist() == [labels[k] for k in pick]
+    shapes = ProceduralShapes(image_size=16, size=24, seed=0, split="train")
+    x = to_minus_one_one(np.stack([shapes.image_uint8(i) for i in record["indices"]]))
+    assert torch.equal(z0, pp._encode(pipe.vae, x, g))  # the same posterior draw of the 16 px renders
 
 
 def test_evaluate_reports_the_pruned_unets_params_and_macs(tmp_path, pipe_folder):

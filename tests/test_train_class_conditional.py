@@ -85,18 +85,34 @@ def test_two_step_resume_is_exact_and_the_release_samples_each_class(tmp_path, c
     assert images.shape == (2, 3, 32, 32) and torch.isfinite(images).all()
 
 
-def test_batches_carry_each_images_own_kind(tmp_path, cin_folder):
+def test_batches_carry_each_images_own_kind_in_every_shard(tmp_path, cin_folder):
     model, _, parts = latent.build_latent_model(str(cin_folder), 0)
-    family = latent.LatentFamily(model, parts, caption_dropout=0.0, loss_reduction=None, seed=0,
+    family = latent.LatentFamily(model, parts, caption_dropout=0.5, loss_reduction=None, seed=0,
                                  cache_dir=tmp_path / "cache", source=str(cin_folder))
-    z0, cond = family.batch(list(range(len(family))), slice(0, len(family)), torch.Generator().manual_seed(0), "cpu")
-    want = torch.tensor(family.labels)
-    assert torch.equal(cond["encoder_hidden_states"], family.pipe.class_embedder(want))
+    B = len(family)
+    idx = torch.randperm(B, generator=torch.Generator().manual_seed(1)).tolist()
     g = torch.Generator().manual_seed(0)  # the batch's draws: the dropout mask, then the posterior noise
-    torch.rand(len(family), generator=g)
-    n = torch.randn((len(family), 4, 16, 16), generator=g)
-    rows = torch.tensor(family.rows)
-    assert torch.equal(z0, family.scale * (family.mean[rows] + family.std[rows] * n))  # each label's own image
+    drop = torch.rand(B, generator=g) < 0.5
+    n = torch.randn((B, 4, 16, 16), generator=g)
+    assert 0 < int(drop.sum()) < B
+    table = family.pipe.class_embedder
+    for shard in (slice(0, B // 2), slice(B // 2, B)):  # two processes' shares of one global batch
+        z0, cond = family.batch(idx, shard, torch.Generator().manual_seed(0), "cpu")
+        mine = idx[shard]
+        rows = torch.tensor([family.rows[i] for i in mine])
+        assert torch.equal(z0, family.scale * (family.mean[rows] + family.std[rows] * n[shard]))  # own images
+        want = torch.tensor([10 if d else family.labels[i] for i, d in zip(mine, drop[shard])])
+        assert torch.equal(cond["encoder_hidden_states"], table(want))  # own kinds; dropped rows: "no class" (10)
+
+
+def test_the_class_shapes_preset_trains_and_releases_a_class_pipeline(tmp_path):
+    from models.pipelines import load_latent
+
+    run = train.main(config(tmp_path, "class-shapes", steps=1, ckpt_every=1))
+    pipe = load_latent(run / "pipeline")
+    assert pipe.kind == "ldm" and pipe.num_classes == 4 and pipe.has_unconditional
+    assert torch.equal(pipe.class_embedder.embedding.weight, shapes_class_embedder().embedding.weight)
+    assert sum(p.numel() for p in pipe.unet.parameters()) == 2_205_828  # the t2i-shapes U-Net
 
 
 def test_a_class_embedding_unet_trains_without_dropout(tmp_path):

@@ -76,6 +76,7 @@ def class_condition(pipe, labels: torch.Tensor, dropped: torch.Tensor) -> dict[s
     if embedder is None:
         return {"class_labels": labels}
     if embedder.config.unconditional_class is not None:
-        labels = torch.where(dropped, torch.full_like(labels, embedder.config.unconditional_class), labels)
-    with torch.no_grad():
-        return {"encoder_hidden_states": embedder(labels)}
+        no_class = torch.full_like(labels, embedder.config.unconditional_class)
+        labels = torch.where(dropped.to(labels.device), no_class, labels)
+    with torch.no_grad():  # on the table's device (the frozen parts may live on another than the U-Net)
+        return {"encoder_hidden_states": embedder(labels.to(embedder.embedding.weight.device))}

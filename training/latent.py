@@ -195,8 +195,8 @@ def pipeline_from_checkpoint(ckpt: dict[str, Any], model: str, source: str) -> P
 
     _, _, parts = build_latent_model(model, 0)
     if ckpt["meta"].get("family", {}).get("parts_checksum") != parts_checksum(parts):
-        raise UserError(f"{source}: the frozen VAE / text encoder of {model} changed since this checkpoint was "
-                        "trained; its pipeline is not built with other parts")
+        raise UserError(f"{source}: the frozen VAE / text encoder / class table of {model} changed since this "
+                        "checkpoint was trained; its pipeline is not built with other parts")
     unet = UNet2DConditionModel(UNetConditionConfig.from_dict(ckpt["model_config"]))
     unet.load_state_dict(ckpt["ema_state_dict"])
     return frozen_pipeline(unet.eval(), parts, source)

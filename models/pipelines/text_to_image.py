@@ -218,9 +218,10 @@ def conditioning(pipe: Pipeline, request: Request, prompts: Sequence[str], label
         if pipe.class_embedder is None:
             return Conditioning(class_labels=labels), None  # num_class_embeds: added to the time embedding
         # A class token for cross-attention (the CompVis ImageNet LDM); "no class" is the unconditional input.
-        cond = Conditioning(encoder_hidden_states=pipe.class_embedder(labels))
+        table = next(pipe.class_embedder.parameters()).device  # frozen parts may stay off the U-Net's device
+        cond = Conditioning(encoder_hidden_states=pipe.class_embedder(labels.to(table)).to(device))
         if scale > 1:
-            uncond = Conditioning(encoder_hidden_states=pipe.class_embedder.unconditional(B, device))
+            uncond = Conditioning(encoder_hidden_states=pipe.class_embedder.unconditional(B, table).to(device))
     return _to(cond, dtype), (None if uncond is None else _to(uncond, dtype))
 
 
