@@ -26,6 +26,12 @@ channel pruning at ratio 0.3. A cell is one row at one seed:
      attribute, metrics/attributes.py), CLIP-shapes score (metrics/clip_score.py, the tiny shapes CLIP) and
      FD-shapes / KID-shapes against the real test images the prompts describe (metrics/fd_shapes.py).
 
+A class-conditional teacher (no text encoder, a class per shape kind: training/class_conditioning.py, e.g. the
+class-token twin of docs/TEACHER.md) runs the same rows: pruning calibrates on (latent, kind) pairs, the
+fine-tunes train on class labels, and step 3 samples --num-prompts / 4 images of each kind at guidance 3,
+measured by kind accuracy (primary) and FD-shapes against matched real images (metrics/class_shapes.py):
+Diff-Pruning's latent-diffusion setting (a class-conditional LDM) in miniature.
+
 The teacher is measured once by the same protocol (its samples are deterministic), and every metric is reported
 as LAPTOP-Diff reports PickScore: the RELATIVE DROP from the teacher, (teacher - student) / teacher for the
 higher-is-better metrics and (student - teacher) / teacher for FD-shapes (positive = worse), mean +- std over
@@ -55,8 +61,8 @@ import torch
 import prune
 import train
 from benchmarks.cells import CellStore, check_device, run_jobs
-from benchmarks.reproduce_t2i_config import (GUIDANCE, SAMPLE_STEPS, SCHEDULER, default_rows, distill_settings,
-                                             parse_row, prune_args)
+from benchmarks.reproduce_t2i_config import (CLASS_GUIDANCE, GUIDANCE, SAMPLE_STEPS, SCHEDULER, default_rows,
+                                             distill_settings, parse_row, prune_args)
 from benchmarks.reproduce_t2i_report import write_report
 from common.allocator import retain_freed_memory
 from common.runs import RUN_MARKER
@@ -66,17 +72,27 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 class Measure:
-    """The study's measurement of one pipeline folder (module docstring, step 3); readers built once."""
+    """The study's measurement of one pipeline folder (module docstring, step 3); readers built once. With
+    ``labels`` (a class-conditional teacher) the samples are of those shape kinds and are measured by kind
+    accuracy and FD-shapes (metrics/class_shapes.py) instead of prompt following."""
 
-    def __init__(self, prompts: list[str], *, seed: int, batch_size: int, device: str):
+    def __init__(self, prompts: list[str], *, seed: int, batch_size: int, device: str,
+                 labels: list[int] | None = None):
         from metrics.clip_score import load_clip_scorer
         from metrics.t2i_shapes import SHAPES_CLIP, ShapesMetrics
 
-        self.prompts, self.seed, self.batch_size, self.device = prompts, seed, batch_size, device
-        self.shapes = ShapesMetrics.build(len(prompts))  # missing reader checkpoints fail here, before sampling
-        self.clip = load_clip_scorer(SHAPES_CLIP)
+        self.prompts, self.seed, self.batch_size, self.device, self.labels = prompts, seed, batch_size, device, labels
+        if labels is not None:
+            from metrics.class_shapes import ClassShapesMetrics
+            self.shapes, self.clip = ClassShapesMetrics.build(labels), None
+        else:  # missing reader checkpoints fail here, before sampling
+            self.shapes, self.clip = ShapesMetrics.build(len(prompts)), load_clip_scorer(SHAPES_CLIP)
 
     def describe(self) -> dict:
+        if self.labels is not None:
+            return {"class_labels": f"0..3, {len(self.labels) // 4} each", "guidance": CLASS_GUIDANCE,
+                    "scheduler": SCHEDULER, "steps": SAMPLE_STEPS, "seed": self.seed,
+                    "reader_sha256": self.shapes.reader.weights_sha256}
         return {"prompts": len(self.prompts), "guidance": GUIDANCE, "scheduler": SCHEDULER, "steps": SAMPLE_STEPS,
                 "seed": self.seed, "clip": "shapes", "reader_sha256": self.shapes.reader.weights_sha256}
 
@@ -91,8 +107,15 @@ class Measure:
         pipe = load_latent(folder)
         macs = count_macs(pipe.unet, pipe.unet.example_inputs())
         pipe = pipe.to(self.device)
-        request = Request(guidance_scale=GUIDANCE, steps=SAMPLE_STEPS, scheduler=SCHEDULER, seed=self.seed,
-                          batch_size=self.batch_size)
+        request = Request(guidance_scale=GUIDANCE if self.labels is None else CLASS_GUIDANCE, steps=SAMPLE_STEPS,
+                          scheduler=SCHEDULER, seed=self.seed, batch_size=self.batch_size)
+        if self.labels is not None:  # kind accuracy overall and per kind, flat: cell["kind_accuracy"]["disc"]
+            images = generate(pipe, request, range(len(self.labels)), class_labels=self.labels)
+            m = self.shapes.measure(as_tensor(resize(images, None)))
+            k = m["kind_accuracy"]
+            return {"params": macs.params, "macs_paper": macs.macs_paper,
+                    "kind_accuracy": {"all": k["all"], **k["per_class"]},
+                    "fd_shapes": m["fd_shapes"], "kid_shapes": m["kid_shapes"]}
         images = generate(pipe, request, range(len(self.prompts)), prompts=self.prompts)
         x = as_tensor(resize(images, None))  # 8-bit, as evaluate.py's PNGs
         m = self.shapes.measure(x, self.prompts)
@@ -121,8 +144,14 @@ class T2IStudy:
     @property
     def measure(self) -> Measure:
         if self._measure is None:
+            from models.pipelines.text_to_image import folder_info
+
             c = self.cfg
-            self._measure = Measure(self.prompts, seed=c.sample_seed, batch_size=c.sample_batch, device=c.device)
+            labels = None
+            if not folder_info(c.teacher).has_text:  # a class-conditional teacher: --num-prompts / 4 per kind
+                labels = [y for y in range(4) for _ in range(max(1, c.num_prompts // 4))]
+            self._measure = Measure(self.prompts, seed=c.sample_seed, batch_size=c.sample_batch, device=c.device,
+                                    labels=labels)
         return self._measure
 
     def steps(self) -> int:
@@ -206,6 +235,13 @@ def check_args(cfg: argparse.Namespace) -> None:
         raise SystemExit(f"reproduce_t2i: --seeds {cfg.seeds} repeats a seed")
     if not cfg.report_only and not (Path(cfg.teacher) / "model_index.json").is_file():
         raise SystemExit(f"reproduce_t2i: --teacher {cfg.teacher} is not a pipeline folder (no model_index.json)")
+    if not cfg.report_only:
+        from models.pipelines.text_to_image import folder_info
+
+        info = folder_info(cfg.teacher)
+        if not info.has_text and info.num_classes < 4:  # measured by shape kind (training/class_conditioning.py)
+            raise SystemExit(f"reproduce_t2i: --teacher {cfg.teacher} has neither a text encoder nor a class for "
+                             f"each of the 4 shape kinds ({info.num_classes} classes)")
     if cfg.report_only and not list((Path(cfg.work) / "cells").glob("*-s*.json")):
         raise SystemExit(f"reproduce_t2i: --report-only, but {Path(cfg.work) / 'cells'} has no finished cell")
 

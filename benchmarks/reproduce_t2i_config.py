@@ -110,7 +110,10 @@ def distill_settings(row: Row, teacher: str) -> dict:
 
 
 # The measurement (LAPTOP-Diff's and BK-SDM's protocol in miniature): one sample per held-out prompt at a fixed
-# classifier-free guidance and sampler, the same noise index i for prompt i in every model.
+# classifier-free guidance and sampler, the same noise index i for prompt i in every model. A class-conditional
+# teacher (training/class_conditioning.py) is measured on --num-prompts / 4 samples of each shape kind instead,
+# at CLASS_GUIDANCE (benchmarks/class_teacher_curve.py's default).
 GUIDANCE = 5.0
+CLASS_GUIDANCE = 3.0
 SCHEDULER = "dpmpp_2m"  # DPM-Solver++(2M) (Lu et al. 2022, arXiv 2211.01095)
 SAMPLE_STEPS = 25

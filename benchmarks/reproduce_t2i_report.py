@@ -14,6 +14,9 @@ prompts ask for, read by a reader validated against real images; the shapes CLIP
 Holm-corrected within the claim at alpha 0.05, each with the difference of means and its bootstrap interval;
 "supported" when all are significant in the claimed direction, "contradicted" when one is significant the other
 way, else "not supported at this scale". CLIP-shapes and FD-shapes are reported beside it, each its own family.
+
+A class-conditional teacher (its cells hold ``kind_accuracy``: metrics/class_shapes.py) has kind accuracy
+``all`` as the primary metric, per-kind accuracy beside it and FD-shapes as the one secondary family.
 """
 from __future__ import annotations
 
@@ -36,6 +39,17 @@ LOWER_IS_BETTER = {**{f"attribute_accuracy.{a}": False for a in ATTRIBUTES}, "cl
                    "fd_shapes": True, "kid_shapes": True}
 PRIMARY = "attribute_accuracy.all"
 SECONDARY = ("clip_score", "fd_shapes")
+KINDS = ("disc", "square", "triangle", "ring")  # data/procedural.py SHAPES
+CLASS_LOWER_IS_BETTER = {**{f"kind_accuracy.{k}": False for k in ("all", *KINDS)}, "fd_shapes": True,
+                         "kid_shapes": True}
+CLASS_PRIMARY, CLASS_SECONDARY = "kind_accuracy.all", ("fd_shapes",)
+
+
+def spec_of(cell: dict) -> tuple[dict[str, bool], str, tuple[str, ...]]:
+    """(metric -> lower is better, primary, secondary) of a cell: a class-conditional teacher's or a text one's."""
+    if "kind_accuracy" in cell:
+        return CLASS_LOWER_IS_BETTER, CLASS_PRIMARY, CLASS_SECONDARY
+    return LOWER_IS_BETTER, PRIMARY, SECONDARY
 
 
 def value(cell: dict, metric: str) -> float:
@@ -55,13 +69,14 @@ def rows_for(cells: dict[str, dict], names, seeds, teacher: dict | None) -> dict
         found = [cells[f"{name}-s{s}"] for s in seeds if f"{name}-s{s}" in cells]
         if not found:
             continue
+        lower = spec_of(found[0])[0]
         row = {"row": name, "seeds": [c["seed"] for c in found], "params": found[0]["params"],
                "params_removed": 1 - found[0]["params"] / found[0]["params_before"],
-               "values": {m: stats([value(c, m) for c in found]) for m in LOWER_IS_BETTER},
+               "values": {m: stats([value(c, m) for c in found]) for m in lower},
                "cell_minutes": stats([c.get("seconds", 0) / 60 for c in found])}
         if teacher is not None:  # a teacher at 0 (an untrained stand-in) has no relative drop: None
             row["drop"] = {m: stats([relative_drop(value(c, m), value(teacher, m), low) for c in found])
-                           if value(teacher, m) else None for m, low in LOWER_IS_BETTER.items()}
+                           if value(teacher, m) else None for m, low in lower.items()}
         rows[name] = row
     return rows
 
@@ -72,16 +87,18 @@ def verdict(rows: dict, a: str, others: list[str]) -> dict:
     missing = [x for x in [a, *others] if x not in rows or "drop" not in rows[x]]
     if missing:
         return {"verdict": f"untested (rows missing: {', '.join(missing)})", "comparisons": {}, "secondary": {}}
-    if rows[a]["drop"][PRIMARY] is None:
-        return {"verdict": f"untested (the teacher's {PRIMARY} is 0: no relative drop)", "comparisons": {},
+    primary, secondary = (CLASS_PRIMARY, CLASS_SECONDARY) if CLASS_PRIMARY in rows[a]["drop"] else \
+        (PRIMARY, SECONDARY)
+    if rows[a]["drop"][primary] is None:
+        return {"verdict": f"untested (the teacher's {primary} is 0: no relative drop)", "comparisons": {},
                 "secondary": {}}
     fams = {m: st.claim_verdict({f"{a} vs {o} ({m} drop)": st.compare(
         rows[a]["drop"][m]["values"], rows[o]["drop"][m]["values"], lower_is_better=True) for o in others})
-        for m in (PRIMARY, *SECONDARY) if rows[a]["drop"][m] is not None}
-    first = fams[PRIMARY]
+        for m in (primary, *secondary) if rows[a]["drop"][m] is not None}
+    first = fams[primary]
     return {"verdict": first["verdict"], "test": f"Welch, {first['correction']}, alpha {first['alpha']}",
             "comparisons": first["comparisons"],
-            "secondary": {k: v for m in SECONDARY if m in fams for k, v in fams[m]["comparisons"].items()}}
+            "secondary": {k: v for m in secondary if m in fams for k, v in fams[m]["comparisons"].items()}}
 
 
 def claims(rows: dict) -> dict[str, dict]:
@@ -102,15 +119,18 @@ def claims(rows: dict) -> dict[str, dict]:
 
 def drop_table(rows: dict[str, dict]) -> list[str]:
     """Relative drops from the teacher, mean +- std over seeds (%; positive = worse)."""
-    head = ["row", "params removed", *[f"acc {a}" for a in ATTRIBUTES], "CLIP-shapes", "FD-shapes (rise)", "seeds",
-            "cell min"]
+    cls = any(CLASS_PRIMARY in r["values"] for r in rows.values())
+    metrics = [*(f"kind_accuracy.{k}" for k in ("all", *KINDS))] if cls else \
+        [*(f"attribute_accuracy.{a}" for a in ATTRIBUTES), "clip_score"]
+    names = [f"kind acc {k}" for k in ("all", *KINDS)] if cls else [*(f"acc {a}" for a in ATTRIBUTES), "CLIP-shapes"]
+    head = ["row", "params removed", *names, "FD-shapes (rise)", "seeds", "cell min"]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     pct = lambda s: "-" if s is None else fmt({**s, "mean": 100 * s["mean"], "std": 100 * s["std"]}, ".1f")  # noqa: E731
     for r in rows.values():
         if "drop" not in r:
             continue
         d = r["drop"]
-        cols = [pct(d[f"attribute_accuracy.{a}"]) for a in ATTRIBUTES] + [pct(d["clip_score"]), pct(d["fd_shapes"])]
+        cols = [pct(d[m]) for m in metrics] + [pct(d["fd_shapes"])]
         lines.append(f"| {r['row']} | {r['params_removed']:.1%} | " + " | ".join(cols) +
                      f" | {len(r['seeds'])} | {r['cell_minutes']['mean']:.0f} |")
     return lines
@@ -118,17 +138,19 @@ def drop_table(rows: dict[str, dict]) -> list[str]:
 
 def value_table(rows: dict[str, dict], teacher: dict | None) -> list[str]:
     """The measured values themselves (teacher first)."""
-    head = ["row", "params", *[f"acc {a}" for a in ATTRIBUTES], "CLIP-shapes", "FD-shapes", "KID-shapes"]
+    cls = teacher is not None and "kind_accuracy" in teacher or any(CLASS_PRIMARY in r["values"] for r in rows.values())
+    quality = [(f"kind_accuracy.{k}", f"kind acc {k}", ".3f") for k in ("all", *KINDS)] if cls else \
+        [*((f"attribute_accuracy.{a}", f"acc {a}", ".3f") for a in ATTRIBUTES), ("clip_score", "CLIP-shapes", ".2f")]
+    quality += [("fd_shapes", "FD-shapes", ".2f"), ("kid_shapes", "KID-shapes", ".4f")]
+    head = ["row", "params", *(name for _, name, _ in quality)]
     lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
     if teacher:
         lines.append(f"| teacher (dense) | {teacher['params'] / 1e6:.3f}M | " +
-                     " | ".join(f"{teacher['attribute_accuracy'][a]:.3f}" for a in ATTRIBUTES) +
-                     f" | {teacher['clip_score']:.2f} | {teacher['fd_shapes']:.2f} | {teacher['kid_shapes']:.4f} |")
+                     " | ".join(f"{value(teacher, m):{f}}" for m, _, f in quality) + " |")
     for r in rows.values():
         v = r["values"]
-        lines.append(f"| {r['row']} | {r['params'] / 1e6:.3f}M | " +
-                     " | ".join(fmt(v[f"attribute_accuracy.{a}"], ".3f") for a in ATTRIBUTES) +
-                     f" | {fmt(v['clip_score'], '.2f')} | {fmt(v['fd_shapes'], '.2f')} | {fmt(v['kid_shapes'], '.4f')} |")
+        lines.append(f"| {r['row']} | {r['params'] / 1e6:.3f}M | " + " | ".join(fmt(v[m], f) for m, _, f in quality)
+                     + " |")
     return lines
 
 

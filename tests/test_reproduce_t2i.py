@@ -171,3 +171,45 @@ def test_the_results_doc_commands_parse_and_the_block_is_in_place():
         assert args.rows == default_rows() and args.seeds == [0, 1, 2]
     shards = [study.parse_args(shlex.split(c)[4:]) for c in commands if "--shards" in c]
     assert sorted(a.shard for a in shards) == [0, 1] and all(a.threads == 1 for a in shards)
+
+
+@pytest.mark.slow
+def test_a_class_conditional_teacher_is_measured_by_kind_accuracy(tmp_path):
+    """The ImageNet LDM's layout as the teacher: the channel row prunes on (latent, kind) pairs, fine-tunes with
+    class labels, and every cell and table reads kind accuracy (metrics/class_shapes.py), not prompts."""
+    from benchmarks import reproduce_t2i as study
+
+    cls = write_tiny_pipeline(tmp_path / "cls", text=False, class_embedder=True, sample_size=16)
+    args = argv(tmp_path, cls)
+    args[args.index("--rows") + 1:args.index("--seeds")] = ["channel:diff-pruning@0.3"]
+    args[args.index("--num-prompts") + 1] = "4"  # one sample per kind
+    result = study.main(study.parse_args(args))
+    teacher = result["teacher_metrics"]
+    assert set(teacher["kind_accuracy"]) == {"all", "disc", "square", "triangle", "ring"} and "clip_score" not in teacher
+    cell = json.loads((tmp_path / "work" / "cells" / "channel:diff-pruning@0.3-s0.json").read_text())
+    assert cell["params"] < cell["params_before"] and np.isfinite(cell["fd_shapes"])
+    row = result["rows"]["channel:diff-pruning@0.3"]
+    assert set(row["values"]) == set(rep.CLASS_LOWER_IS_BETTER)
+    md = (tmp_path / "results" / "reproduce_t2i.md").read_text()
+    assert "kind acc all" in md and "CLIP-shapes" not in md
+    bad = write_tiny_pipeline(tmp_path / "uncond", text=False)
+    with pytest.raises(SystemExit, match="neither a text encoder nor a class for each of the 4 shape kinds"):
+        study.main(study.parse_args(argv(tmp_path, bad)))
+
+
+def test_class_cells_are_judged_on_kind_accuracy_with_fd_shapes_beside_it():
+    def cell(name, seed, acc, fd):
+        return {"row": name, "seed": seed, "params": 70, "params_before": 100, "seconds": 60,
+                "kind_accuracy": {k: acc for k in ("all", "disc", "square", "triangle", "ring")},
+                "fd_shapes": fd, "kid_shapes": 0.1}
+    teacher = {**cell("teacher", 0, 0.8, 20.0), "params": 100}
+    a, b = "channel:diff-pruning@0.3", "channel:random@0.3"
+    cells = {f"{n}-s{s}": cell(n, s, v, 25.0 + s) for n, vals in ((a, [0.7, 0.72, 0.71]), (b, [0.5, 0.52, 0.48]))
+             for s, v in enumerate(vals)}
+    rows = rep.rows_for(cells, [a, b], [0, 1, 2], teacher)
+    assert rows[a]["drop"]["kind_accuracy.all"]["values"] == pytest.approx([0.125, 0.1, 0.1125])
+    claim = rep.verdict(rows, a, [b])
+    assert list(claim["comparisons"]) == [f"{a} vs {b} (kind_accuracy.all drop)"] and claim["verdict"] == "supported"
+    assert list(claim["secondary"]) == [f"{a} vs {b} (fd_shapes drop)"]
+    assert rep.drop_table(rows)[0].startswith("| row | params removed | kind acc all | kind acc disc |")
+    assert rep.value_table(rows, teacher)[2].startswith("| teacher (dense) | 0.000M | 0.800 | 0.800 |")
