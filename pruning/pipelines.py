@@ -168,7 +168,7 @@ def _folder_pairs(root: str, prompts: str | None) -> tuple[list[Path], list[str]
 def _encode(vae, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """Images (N, 3, H, W) in [-1, 1] -> z0 = s * (mu + sigma * n), one posterior draw each, float32 on CPU
     (a VQ first stage: its z_e, sigma 0)."""
-    from training.latent import posterior
+    from training.latent_data import posterior
 
     p = next(vae.parameters())
     out = []
@@ -190,7 +190,8 @@ def class_pairs(pipe, count: int, *, seed: int, cache_dir: Path) -> tuple[torch.
     float32 on CPU, labels (count,) int64 and a JSON record. Drawn from ``seed``: which images, the noise."""
     from data.rendered import rendered_split
     from training.class_conditioning import shapes_class_labels
-    from training.latent import TRAIN_IMAGES, cached_posterior, parts_checksum
+    from training.latent import TRAIN_IMAGES, parts_checksum
+    from training.latent_data import cached_posterior
 
     px, g = _pixels(pipe), torch.Generator().manual_seed(seed)
     if px == 32:  # the shapes' own resolution: train.py's cached posterior of the train split, under its key
@@ -229,7 +230,8 @@ def calibration_pairs(pipe, count: int, *, data: str, data_root: str | None, pro
     """``count`` (z0, caption) pairs (module docstring): latents (count, C, h, w) float32 on CPU, the captions,
     and a JSON record of where they came from. Drawn from ``seed``: which images, the paraphrase, the posterior
     noise."""
-    from training.latent import TRAIN_IMAGES, cached_posterior, parts_checksum
+    from training.latent import TRAIN_IMAGES, parts_checksum
+    from training.latent_data import cached_posterior
 
     unet = pipe.unet.config
     side = unet.sample_size[0] if isinstance(unet.sample_size, (tuple, list)) else unet.sample_size

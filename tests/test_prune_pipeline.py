@@ -14,7 +14,7 @@ import prune
 from common.cli import UserError
 from models.pipelines import load_latent
 from tiny_pipeline import write_tiny_pipeline
-from training import latent
+from training import latent, latent_data
 
 pytestmark = pytest.mark.filterwarnings("ignore:.*truncat")
 FAST = ["--num-samples", "2", "--sample-steps", "2"]
@@ -103,7 +103,7 @@ def test_calibration_pairs_are_train_latents_with_their_captions(tmp_path, pipe_
     pipe = load_latent(pipe_folder)
     z0, captions, record = calibration_pairs(pipe, 3, data="shapes", data_root=None, prompts=None, seed=5,
                                              cache_dir=tmp_path)
-    mean, std, attrs = latent.cached_posterior(pipe.vae, count=24, seed=0, cache_dir=tmp_path,
+    mean, std, attrs = latent_data.cached_posterior(pipe.vae, count=24, seed=0, cache_dir=tmp_path,
                                                key=latent.parts_checksum({"vae": pipe.vae,
                                                                           "text_encoder": pipe.text_encoder}))
     s = float(pipe.vae.config.scaling_factor)
@@ -196,7 +196,8 @@ def test_a_class_conditional_pipeline_is_calibrated_on_labelled_shapes(tmp_path)
     import pruning.pipelines as pp
     from pruning.spec import ChannelPruning
     from training.class_conditioning import shapes_class_labels
-    from training.latent import cached_posterior, parts_checksum
+    from training.latent import parts_checksum
+    from training.latent_data import cached_posterior
 
     folder = write_tiny_pipeline(tmp_path / "ldm", text=False, class_embedder=True, sample_size=16)
     pipe = load_latent(folder)

@@ -15,7 +15,7 @@ from common.cli import UserError
 from data.captions import CaptionAttributes
 from models.checkpoint import read_checkpoint
 from tiny_pipeline import write_tiny_pipeline
-from training import latent
+from training import latent, latent_data
 from training.class_conditioning import class_condition, shapes_class_embedder, shapes_class_labels
 
 
@@ -76,7 +76,7 @@ def test_two_step_resume_is_exact_and_the_release_samples_each_class(tmp_path, c
             assert torch.equal(a[kind][k], b[kind][k]), (kind, k)
     family = json.loads((straight / "config.json").read_text())["family"]
     assert family["condition"] == "class" and family["num_classes"] == 10
-    assert family["train_images"] == len(shapes_class_labels(latent.cached_posterior(
+    assert family["train_images"] == len(shapes_class_labels(latent_data.cached_posterior(
         load_latent(cin_folder).vae, count=24, seed=0, cache_dir=tmp_path / "c", key="k")[2])[0])
     pipe = load_latent(straight / "pipeline")
     original = load_latent(cin_folder)

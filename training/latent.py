@@ -57,7 +57,7 @@ from torch import nn
 
 from common.cli import UserError
 from data.captions import NUM_VARIANTS, caption
-from data.rendered import rendered_split, to_minus_one_one
+from data.rendered import rendered_split
 from diffusion.ddpm import eps_loss
 from diffusion.schedule import training_schedule
 from models.pipelines import is_latent_source
@@ -68,6 +68,7 @@ from models.sd.presets import PRESETS as SD_PRESETS
 from models.sd.unet import UNet2DConditionModel
 from training.class_conditioning import (check_class_pipeline, class_condition, shapes_class_embedder,
                                          shapes_class_labels)
+from training.latent_data import cached_posterior, encode_posterior, folder_posterior, open_captioned_folder
 
 REPO = Path(__file__).resolve().parents[1]
 SHAPES_PIPELINE = REPO / "checkpoints" / "t2i_shapes"  # the frozen parts of ``--model t2i-shapes``
@@ -79,7 +80,6 @@ TRAIN_IMAGES = 20000                                   # the captioned shapes' t
 GRID_PROMPTS = 8                                       # sample grids: captions of test images 0..7, 8 seeds each
 FROZEN_MODULES = ("vae", "text_encoder", "text_encoder_2")
 CACHE_LIMIT_BYTES = 2 * 2**30  # a captioned folder's posteriors (mean + std, float32) are cached up to this size
-ENCODE_BATCH = 16              # images per VAE encode (memory only: SD's VAE at 512 px holds GBs of activations)
 
 
 def is_latent_model(model: str) -> bool:
@@ -200,80 +200,6 @@ def pipeline_from_checkpoint(ckpt: dict[str, Any], model: str, source: str) -> P
     unet = UNet2DConditionModel(UNetConditionConfig.from_dict(ckpt["model_config"]))
     unet.load_state_dict(ckpt["ema_state_dict"])
     return frozen_pipeline(unet.eval(), parts, source)
-
-
-def posterior(vae: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mu, sigma) of q(z|x): a KL autoencoder's posterior, or a VQ encoder's z_e with sigma 0 (the LDM trains
-    on the unquantised z_e of its VQ first stage; models/pipelines/vq_model.py)."""
-    q = vae.encode(x)
-    if isinstance(q, torch.Tensor):
-        return q, torch.zeros_like(q)
-    return q.mean, q.std
-
-
-@torch.no_grad()
-def cached_posterior(vae: nn.Module, *, count: int, seed: int, cache_dir: Path, key: str) -> tuple:
-    """(mu, sigma) of q(z|x), each (count, C, h, w) float32, and the CaptionAttributes of train images 0..count-1."""
-    from common.runs import atomic_torch_save
-
-    images, attrs = rendered_split("train", count, seed=seed, cache_dir=cache_dir)
-    path = cache_dir / f"t2i_latents_{key}_train_{count}_seed{seed}.pt"
-    if path.is_file():
-        blob = torch.load(path, weights_only=True)
-        return blob["mean"], blob["std"], attrs
-    means, stds = [], []
-    for batch in np.array_split(images, max(1, count // 256)):
-        mean, std = posterior(vae, to_minus_one_one(batch))
-        means.append(mean)
-        stds.append(std)
-    mean, std = torch.cat(means), torch.cat(stds)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save({"mean": mean, "std": std}, path)
-    return mean, std, attrs
-
-
-def open_captioned_folder(root: str | None, pixels: int):
-    """The CaptionedFolder (data/captioned_folder.py) of ``--data folder --data-root root`` at ``pixels``."""
-    from data.captioned_folder import CaptionedFolder
-
-    if not root:
-        raise UserError("--data folder needs --data-root: the folder of captioned images")
-    try:
-        return CaptionedFolder(root, image_size=pixels)
-    except (OSError, ValueError) as e:
-        raise UserError(f"--data-root {root}: {e}") from None
-
-
-@torch.no_grad()
-def encode_posterior(vae: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mu, sigma) of q(z|x) for images (N, 3, H, W) in [-1, 1], each (N, C, h, w) float32 on the VAE's device."""
-    p = next(vae.parameters())
-    means, stds = [], []
-    for batch in images.split(ENCODE_BATCH):
-        mean, std = posterior(vae, batch.to(p.device, p.dtype))
-        means.append(mean.float())
-        stds.append(std.float())
-    return torch.cat(means), torch.cat(stds)
-
-
-def folder_posterior(vae: nn.Module, folder, *, cache_dir: Path, key: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(mu, sigma) of every image of a CaptionedFolder, each (N, C, h, w) float32 on the CPU, cached under
-    ``cache_dir`` by ``key``. Building it decodes every image: an unreadable one raises OSError naming it."""
-    from common.runs import atomic_torch_save
-
-    path = cache_dir / f"t2i_folder_latents_{key}.pt"
-    if path.is_file():
-        blob = torch.load(path, weights_only=True)
-        return blob["mean"], blob["std"]
-    means, stds = [], []
-    for start in range(0, len(folder), 256):
-        mean, std = encode_posterior(vae, folder.load(range(start, min(start + 256, len(folder)))))
-        means.append(mean.cpu())
-        stds.append(std.cpu())
-    mean, std = torch.cat(means), torch.cat(stds)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save({"mean": mean, "std": std}, path)
-    return mean, std
 
 
 def _to(value, device: str):
