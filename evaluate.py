@@ -372,7 +372,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig | FidStatsConfig, str | None]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if t2i.wants(argv) or any(a == "--model" or a.startswith("--model=") for a in argv):
+    model = next((a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+                  for i, a in enumerate(argv) if a == "--model" or a.startswith("--model=")), None)
+    if model and not t2i.wants(argv):
+        from models.pipelines import is_latent_source
+        if not is_latent_source(model):  # the DDPM path takes its models positionally
+            raise cli.UserError(f"--model {model}: --model names a latent pipeline (with --prompts or "
+                                f"--class-labels); a DDPM checkpoint is given positionally: "
+                                f"`python evaluate.py {model}`")
+    if t2i.wants(argv) or model is not None:
         return t2i.parse_args(argv), None  # --prompts / --class-labels / --model: metrics/t2i_evaluation.py
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["models", *argv]  # the default subcommand

@@ -109,3 +109,7 @@ def test_a_latent_pipeline_given_as_a_ddpm_gets_the_pipeline_command(tmp_path, m
             evaluate.main(cfg)
     cfg, _ = evaluate.parse_args(["--model", str(folder), "--class-labels", "3"])
     assert type(cfg).__name__ == "T2IEvalConfig" and cfg.model == str(folder)
+    ddpm = small_checkpoint(tmp_path / "ddpm.pt")
+    with pytest.raises(cli.UserError, match=rf"--model {ddpm}: .*a DDPM checkpoint is given positionally: "
+                                            rf"`python evaluate.py {ddpm}`"):
+        evaluate.parse_args(["--model", str(ddpm)])
