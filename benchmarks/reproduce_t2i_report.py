@@ -45,9 +45,10 @@ CLASS_LOWER_IS_BETTER = {**{f"kind_accuracy.{k}": False for k in ("all", *KINDS)
 CLASS_PRIMARY, CLASS_SECONDARY = "kind_accuracy.all", ("fd_shapes",)
 
 
-def spec_of(cell: dict) -> tuple[dict[str, bool], str, tuple[str, ...]]:
-    """(metric -> lower is better, primary, secondary) of a cell: a class-conditional teacher's or a text one's."""
-    if "kind_accuracy" in cell:
+def spec_of(keys) -> tuple[dict[str, bool], str, tuple[str, ...]]:
+    """(metric -> lower is better, primary, secondary) of a cell, or of a row's "values" / "drop" (``keys``): a
+    class-conditional teacher's (kind accuracy) or a text one's."""
+    if "kind_accuracy" in keys or CLASS_PRIMARY in keys:
         return CLASS_LOWER_IS_BETTER, CLASS_PRIMARY, CLASS_SECONDARY
     return LOWER_IS_BETTER, PRIMARY, SECONDARY
 
@@ -87,8 +88,7 @@ def verdict(rows: dict, a: str, others: list[str]) -> dict:
     missing = [x for x in [a, *others] if x not in rows or "drop" not in rows[x]]
     if missing:
         return {"verdict": f"untested (rows missing: {', '.join(missing)})", "comparisons": {}, "secondary": {}}
-    primary, secondary = (CLASS_PRIMARY, CLASS_SECONDARY) if CLASS_PRIMARY in rows[a]["drop"] else \
-        (PRIMARY, SECONDARY)
+    _, primary, secondary = spec_of(rows[a]["drop"])
     if rows[a]["drop"][primary] is None:
         return {"verdict": f"untested (the teacher's {primary} is 0: no relative drop)", "comparisons": {},
                 "secondary": {}}
@@ -119,7 +119,7 @@ def claims(rows: dict) -> dict[str, dict]:
 
 def drop_table(rows: dict[str, dict]) -> list[str]:
     """Relative drops from the teacher, mean +- std over seeds (%; positive = worse)."""
-    cls = any(CLASS_PRIMARY in r["values"] for r in rows.values())
+    cls = any(spec_of(r["values"])[1] == CLASS_PRIMARY for r in rows.values())
     metrics = [*(f"kind_accuracy.{k}" for k in ("all", *KINDS))] if cls else \
         [*(f"attribute_accuracy.{a}" for a in ATTRIBUTES), "clip_score"]
     names = [f"kind acc {k}" for k in ("all", *KINDS)] if cls else [*(f"acc {a}" for a in ATTRIBUTES), "CLIP-shapes"]
@@ -138,7 +138,7 @@ def drop_table(rows: dict[str, dict]) -> list[str]:
 
 def value_table(rows: dict[str, dict], teacher: dict | None) -> list[str]:
     """The measured values themselves (teacher first)."""
-    cls = teacher is not None and "kind_accuracy" in teacher or any(CLASS_PRIMARY in r["values"] for r in rows.values())
+    cls = any(spec_of(x)[1] == CLASS_PRIMARY for x in [teacher or {}, *(r["values"] for r in rows.values())])
     quality = [(f"kind_accuracy.{k}", f"kind acc {k}", ".3f") for k in ("all", *KINDS)] if cls else \
         [*((f"attribute_accuracy.{a}", f"acc {a}", ".3f") for a in ATTRIBUTES), ("clip_score", "CLIP-shapes", ".2f")]
     quality += [("fd_shapes", "FD-shapes", ".2f"), ("kid_shapes", "KID-shapes", ".4f")]

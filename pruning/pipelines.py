@@ -190,15 +190,11 @@ def class_pairs(pipe, count: int, *, seed: int, cache_dir: Path) -> tuple[torch.
     float32 on CPU, labels (count,) int64 and a JSON record. Drawn from ``seed``: which images, the noise."""
     from data.rendered import rendered_split
     from training.class_conditioning import shapes_class_labels
-    from training.latent import TRAIN_IMAGES, parts_checksum
-    from training.latent_data import cached_posterior
+    from training.latent import TRAIN_IMAGES
 
     px, g = _pixels(pipe), torch.Generator().manual_seed(seed)
-    if px == 32:  # the shapes' own resolution: train.py's cached posterior of the train split, under its key
-        parts = {"vae": _cpu(pipe.vae), "class_embedder": None if pipe.class_embedder is None else
-                 _cpu(pipe.class_embedder)}
-        mean, std, attrs = cached_posterior(parts["vae"], count=TRAIN_IMAGES, seed=0, cache_dir=cache_dir,
-                                            key=parts_checksum(parts))
+    if px == 32:  # the shapes' own resolution: train.py's cached posterior of the train split
+        mean, std, attrs = _train_posterior(pipe, TRAIN_IMAGES, cache_dir)
     else:  # the labels from the (cached) 32 px split: an image's attributes do not depend on its size
         attrs = rendered_split("train", TRAIN_IMAGES, seed=0, cache_dir=cache_dir)[1]
     rows, labels = shapes_class_labels(attrs)
@@ -218,6 +214,17 @@ def class_pairs(pipe, count: int, *, seed: int, cache_dir: Path) -> tuple[torch.
                    "labels": "shape kind of single-kind images (training/class_conditioning.py)"}
 
 
+def _train_posterior(pipe, count: int, cache_dir: Path) -> tuple:
+    """train.py's cached posterior of the first ``count`` train images (32 px) and their attributes, under
+    train.py's key: the VAE's and the condition part's weights (text encoder or class table)."""
+    from training.latent import parts_checksum
+    from training.latent_data import cached_posterior
+
+    parts = {name: _cpu(m) for name, m in (("vae", pipe.vae), ("text_encoder", pipe.text_encoder),
+                                            ("class_embedder", pipe.class_embedder)) if m is not None}
+    return cached_posterior(parts["vae"], count=count, seed=0, cache_dir=cache_dir, key=parts_checksum(parts))
+
+
 def _cpu(module):
     """``module`` itself on the CPU, else a CPU copy (the latent cache and its key read CPU tensors)."""
     import copy
@@ -230,13 +237,9 @@ def calibration_pairs(pipe, count: int, *, data: str, data_root: str | None, pro
     """``count`` (z0, caption) pairs (module docstring): latents (count, C, h, w) float32 on CPU, the captions,
     and a JSON record of where they came from. Drawn from ``seed``: which images, the paraphrase, the posterior
     noise."""
-    from training.latent import TRAIN_IMAGES, parts_checksum
-    from training.latent_data import cached_posterior
+    from training.latent import TRAIN_IMAGES
 
-    unet = pipe.unet.config
-    side = unet.sample_size[0] if isinstance(unet.sample_size, (tuple, list)) else unet.sample_size
-    px = int(side) * pipe.vae_scale
-    g = torch.Generator().manual_seed(seed)
+    px, g = _pixels(pipe), torch.Generator().manual_seed(seed)
     if data == "folder":
         from data.image_folder import ImageFolder
 
@@ -253,13 +256,7 @@ def calibration_pairs(pipe, count: int, *, data: str, data_root: str | None, pro
     idx = torch.randperm(n_train, generator=g)[:count]
     variant = torch.randint(NUM_VARIANTS, (count,), generator=g)
     if px == 32:  # the shapes' own resolution: train.py's cached posterior of the train split
-        import copy
-
-        parts = {"vae": pipe.vae, "text_encoder": pipe.text_encoder}
-        if next(pipe.vae.parameters()).device.type != "cpu":  # the cache and its key (train.py's) read CPU tensors
-            parts = {k: copy.deepcopy(v).cpu() for k, v in parts.items()}
-        mean, std, attrs = cached_posterior(parts["vae"], count=n_train, seed=0, cache_dir=cache_dir,
-                                            key=parts_checksum(parts))
+        mean, std, attrs = _train_posterior(pipe, n_train, cache_dir)
         n = torch.randn((count, *mean.shape[1:]), generator=g)
         z0 = float(pipe.vae.config.scaling_factor) * (mean[idx] + std[idx] * n)
         captions = [caption(attrs[int(i)], int(v)) for i, v in zip(idx, variant)]
