@@ -12,13 +12,15 @@ What it measures, in one run (run it on a quiet machine; the load average is rec
    process: "default" (contiguous memory, glibc's malloc as it comes: a plain ``model(x)``) and "deployment"
    (channels-last and ``--allocator retained``: the mode the README recommends on CPU).
 2. The gradient pass of the embedded default (the shipped teacher, the paper's batch of 128 images, the
-   default micro-batch of 64): seconds per timestep in four modes, each in its own process (the allocator
+   default micro-batch of 64): seconds per timestep in four (five) modes, each in its own process (the allocator
    setting is per process) and interleaved over ``--rounds`` rounds:
        before         contiguous weights, glibc's default malloc (the pass before channels-last and
                       common/allocator.py)
        channels-last  ``accumulate_gradients(channels_last=True)`` alone
        allocator      ``common.allocator.retain_freed_memory()`` alone
        after          both: what ``python prune.py`` does now
+       compiled       (with ``--compile``) 'after' with ``torch.compile`` of the U-Net, forward and backward;
+                      its warm-up (the first timestep, which compiles) is reported beside the timing
    Throughput = FLOPs / time, with FLOPs per timestep = 3 x 2 x MACs x 128: a forward (the MACs with the
    attention products, metrics/macs.py) and a backward of twice its work (input and weight gradients; the first
    convolution needs no input gradient, so this slightly overstates the work and the throughput).
@@ -55,7 +57,9 @@ from benchmarks.timing import cpu_model
 RESULTS = Path(__file__).resolve().parent / "results"
 ROOT = Path(__file__).resolve().parents[1]
 BATCH, MICRO_BATCH = 128, 64  # pruning/spec.py DEFAULTS: the paper's gradient batch, the default micro-batch
-MODES = {"before": (False, False), "channels-last": (True, False), "allocator": (False, True), "after": (True, True)}
+# mode -> (channels-last, retained allocator, torch.compile of the U-Net); "compiled" only with --compile
+MODES = {"before": (False, False, False), "channels-last": (True, False, False), "allocator": (False, True, False),
+         "after": (True, True, False), "compiled": (True, True, True)}
 
 
 def load_teacher():
@@ -96,7 +100,7 @@ def matmul_peak(threads: int) -> dict:
 
 # ------------------------------------------------------------------------------------------- one mode's process
 def worker(mode: str, timesteps: int, threads: int, profile: bool = False) -> dict:
-    channels_last, retained = MODES[mode]
+    channels_last, retained, compiled = MODES[mode]
     if retained:
         from common.allocator import retain_freed_memory
 
@@ -106,15 +110,21 @@ def worker(mode: str, timesteps: int, threads: int, profile: bool = False) -> di
     from pruning.gradients import accumulate_gradients
 
     model = load_teacher()
+    # Inductor traces forward and backward on the first call (the warm-up below); the wrapper shares the
+    # teacher's parameters, so the .grad the pass accumulates are the teacher's
+    net = torch.compile(model) if compiled else model
     x0 = gradient_images()
     schedule = Schedule(DiffusionConfig(loss_reduction="sum"))
-    run = functools.partial(accumulate_gradients, model, schedule, x0, thr=0.0, micro_batch=MICRO_BATCH,
+    run = functools.partial(accumulate_gradients, net, schedule, x0, thr=0.0, micro_batch=MICRO_BATCH,
                             generator=torch.Generator().manual_seed(0), channels_last=channels_last)
-    run(max_timesteps=1)  # warm-up: first-call kernel selection and allocations
+    start = time.perf_counter()
+    run(max_timesteps=1)  # warm-up: first-call kernel selection and allocations (and compilation)
+    warmup = time.perf_counter() - start
     start = time.perf_counter()
     run(max_timesteps=timesteps)
     seconds = time.perf_counter() - start
-    result = {"mode": mode, "seconds_per_timestep": seconds / timesteps, "timesteps": timesteps}
+    result = {"mode": mode, "seconds_per_timestep": seconds / timesteps, "timesteps": timesteps,
+              "warmup_s": warmup}
     if profile:
         result["profile"] = profile_timestep(run, model)
     return result
@@ -266,12 +276,16 @@ def main(args: argparse.Namespace) -> dict:
         result["pruned"] = pruned_speed(args.threads, args.pruned_repeats)
     flops_t = flops_per_timestep(load_teacher())
     result["flops_per_timestep"] = flops_t
-    times = {mode: [] for mode in MODES}
+    modes = [m for m in MODES if args.compile or not MODES[m][2]]
+    times, warmups = {mode: [] for mode in modes}, {mode: [] for mode in modes}
     for r in range(args.rounds):
-        for mode in MODES:
-            times[mode].append(run_worker(mode, args)["seconds_per_timestep"])
+        for mode in modes:
+            w = run_worker(mode, args)
+            times[mode].append(w["seconds_per_timestep"])
+            warmups[mode].append(w["warmup_s"])
             print(f"round {r + 1}: {mode:<14} {times[mode][-1]:.3f} s per timestep", flush=True)
     result["modes"] = {mode: {"seconds_per_timestep": t, "median_s": statistics.median(t),
+                              "warmup_s": statistics.median(warmups[mode]),
                               "gflops": flops_t / statistics.median(t) / 1e9,
                               "fraction_of_peak": flops_t / statistics.median(t) / 1e9 / peak}
                        for mode, t in times.items()}
@@ -298,10 +312,12 @@ def render(r: dict) -> str:
              *_render_pruned(r),
              f"Gradient pass, embedded default, batch {BATCH}, micro-batch {MICRO_BATCH}; "
              f"{r['flops_per_timestep'] / 1e9:.1f} GFLOP per timestep:", "",
-             "| mode | s per timestep (median) | runs | GFLOP/s | of peak |", "|---|---|---|---|---|"]
+             "| mode | s per timestep (median) | runs | GFLOP/s | of peak | warm-up s |", "|---|---|---|---|---|---|"]
     for mode, m in r["modes"].items():
         runs = ", ".join(f"{t:.3f}" for t in m["seconds_per_timestep"])
-        lines.append(f"| {mode} | {m['median_s']:.3f} | {runs} | {m['gflops']:.0f} | {m['fraction_of_peak']:.0%} |")
+        warm = f"{m['warmup_s']:.1f}" if "warmup_s" in m else "-"  # results written before the column existed
+        lines.append(f"| {mode} | {m['median_s']:.3f} | {runs} | {m['gflops']:.0f} | {m['fraction_of_peak']:.0%} "
+                     f"| {warm} |")
     if "profile_after" in r:
         p = r["profile_after"]
         lines += ["", f"Profile of one timestep, mode 'after' (self CPU time, {p['total_s']:.2f} s in all): "
@@ -350,7 +366,7 @@ def _render_pruned(r: dict) -> list[str]:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the four modes")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds of the modes")
     p.add_argument("--timesteps", type=int, default=6, help="timed timesteps per mode and round")
     p.add_argument("--same-output-timesteps", type=int, default=24)
     p.add_argument("--end-to-end", action="store_true", help="also time `python prune.py` against its floor")
@@ -359,6 +375,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--pruned-repeats", type=int, default=12)
     p.add_argument("--profile", action="store_true",
                    help="also profile one timestep of the 'after' mode by op kind (torch.profiler)")
+    p.add_argument("--compile", action="store_true",
+                   help="also the 'compiled' mode: 'after' with torch.compile of the U-Net (its warm-up compiles, "
+                        "minutes on CPU)")
     p.add_argument("--worker", choices=tuple(MODES), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     small = {k: v for k, v in (("--threads", args.threads), ("--rounds", args.rounds), ("--timesteps", args.timesteps),

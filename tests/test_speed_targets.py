@@ -21,7 +21,9 @@ def result() -> dict:
             "matmul": {"gflops_by_size": {1024: 250.0, 2048: 400.0}, "peak_gflops": 400.0},
             "pruned": {"default": rows, "deployment": rows}, "flops_per_timestep": flops,
             "modes": {"after": {"seconds_per_timestep": [1.0, 1.0], "median_s": 1.0, "gflops": 200.0,
-                                "fraction_of_peak": 0.5}},
+                                "fraction_of_peak": 0.5},
+                      "compiled": {"seconds_per_timestep": [0.8], "median_s": 0.8, "gflops": 250.0,
+                                   "fraction_of_peak": 0.625, "warmup_s": 160.0}},
             "same_output": {"timesteps": 4, "layers_compared": 10, "layers_differing": [], "same": True},
             "end_to_end": {"wall_s": 300.0, "inside_script_s": 290.0, "user_s": 500, "system_s": 2,
                            "peak_rss_gb": 1.0, "timesteps_computed": 100, "timesteps_kept": 99,
@@ -31,7 +33,9 @@ def result() -> dict:
 def test_the_page_states_each_target_figure():
     page = speed_targets.render(result())
     assert "fp32 peak: 400 GFLOP/s" in page
-    assert "| after | 1.000 | 1.000, 1.000 | 200 | 50% |" in page
+    # a result saved before the warm-up column existed renders '-' there
+    assert "| after | 1.000 | 1.000, 1.000 | 200 | 50% | - |" in page
+    assert "| compiled | 0.800 | 0.800 | 250 | 62% | 160.0 |" in page
     assert "| ratio 0.5 | 4.000 | 0.80 (3.20x) | 0.80 (3.20x) | 0.80 (3.20x) | 0.80 (3.20x) |" in page
     assert "**2.00x the floor**" in page and "identical in all 10 layer roles" in page
 
@@ -50,3 +54,9 @@ def test_counts_below_one_are_refused_before_any_work():
     with pytest.raises(SystemExit):
         speed_targets.parse_args(["--timesteps", "-2"])
     assert speed_targets.parse_args(["--rounds", "1"]).rounds == 1
+
+
+def test_the_compiled_mode_is_opt_in_and_otherwise_the_after_mode():
+    assert not speed_targets.parse_args([]).compile and speed_targets.parse_args(["--compile"]).compile
+    assert speed_targets.MODES["compiled"] == speed_targets.MODES["after"][:2] + (True,)
+    assert not any(compiled for name, (_, _, compiled) in speed_targets.MODES.items() if name != "compiled")
