@@ -38,6 +38,7 @@ from metrics.protocols import DEFAULT as DEFAULT_PROTOCOL, PROTOCOLS, resolve as
 from metrics.evaluation import (SamplerConfig, claim_sample_folder, format_table, generate_samples, load_samples,
                                 measure_latency, remove_partial_samples, sampling_key)
 from metrics import eval_run, t2i_evaluation as t2i
+from metrics.fid_stats import FidStatsConfig, fid_stats
 from metrics.macs import count_macs
 from models.checkpoint import environment
 from metrics.inception import FID_FEATURE_DIM, FID_WEIGHTS_HASH_PREFIX
@@ -64,16 +65,6 @@ class EvalConfig:
     preset: str | None = None         # DDIM-codebase state dicts: the preset they are read against
     norm_groups: int | None = None    # DDIM-codebase state dicts: GroupNorm groups (not in the weights)
     out: str = str(RUNS_DIR / "eval")
-    device: str = "cpu"
-
-
-@dataclass(frozen=True)
-class FidStatsConfig:
-    """``evaluate.py fid-stats``: Inception statistics of an image folder, written to an .npz."""
-    image_dir: str
-    out: str
-    inception_weights: str | None = None
-    batch_size: int = 50
     device: str = "cpu"
 
 
@@ -287,31 +278,6 @@ def _evaluate(cfg, run_dir, loaded, names, keys, schedule, inception, fid_stats,
     return run_dir
 
 
-def fid_stats(cfg: FidStatsConfig) -> Path:
-    """``evaluate.py fid-stats IMAGE_DIR --out stats.npz``: Inception statistics of an image folder."""
-    from metrics.fid import list_images, save_stats, stats_for_folder
-    from metrics.inception import load_fid_inception
-
-    if not Path(cfg.image_dir).is_dir():
-        raise UserError(f"fid-stats {cfg.image_dir}: no such image folder")
-    if len(list_images(cfg.image_dir)) < 2:
-        raise UserError(f"fid-stats {cfg.image_dir}: fewer than 2 PNG/JPEG images (a covariance needs two)")
-    if cfg.inception_weights and not Path(cfg.inception_weights).is_file():
-        raise UserError(f"--inception-weights {cfg.inception_weights}: no such file")
-    cli.check_writable_dir(Path(cfg.out).parent, "--out")
-    if Path(cfg.out).exists():  # statistics already computed are never overwritten
-        raise UserError(f"--out {cfg.out} exists; remove it first or write to another file")
-    inception = load_fid_inception(cfg.inception_weights, device=cfg.device)
-    if not inception.is_fid_release:
-        print(f"[evaluate] warning: {inception.weights_path} is not the FID Inception release; these statistics "
-              "only compare with others computed with the same weights")
-    mu, sigma = stats_for_folder(cfg.image_dir, inception, batch_size=cfg.batch_size, device=cfg.device)
-    save_stats(cfg.out, mu, sigma, inception_sha256=inception.weights_sha256)
-    print(f"[evaluate] wrote {cfg.out}: mu {mu.shape}, sigma {sigma.shape} (Inception weights sha256 "
-          f"{inception.weights_sha256[:12]}...)")
-    return Path(cfg.out)
-
-
 def run_command(cfg: EvalConfig | FidStatsConfig, resume: str | None = None):
     """What ``python evaluate.py ...`` runs: one of the two subcommands."""
     if isinstance(cfg, t2i.T2IEvalConfig):  # a conditional latent pipeline from prompts / class labels
@@ -372,15 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str] | None = None) -> tuple[EvalConfig | FidStatsConfig, str | None]:
     argv = list(sys.argv[1:] if argv is None else argv)
-    model = next((a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
-                  for i, a in enumerate(argv) if a == "--model" or a.startswith("--model=")), None)
-    if model and not t2i.wants(argv):
-        from models.pipelines import is_latent_source
-        if not is_latent_source(model):  # the DDPM path takes its models positionally
-            raise cli.UserError(f"--model {model}: --model names a latent pipeline (with --prompts or "
-                                f"--class-labels); a DDPM checkpoint is given positionally: "
-                                f"`python evaluate.py {model}`")
-    if t2i.wants(argv) or model is not None:
+    if t2i.routes_here(argv):
         return t2i.parse_args(argv), None  # --prompts / --class-labels / --model: metrics/t2i_evaluation.py
     if not argv or argv[0] not in (*COMMANDS, "-h", "--help"):
         argv = ["models", *argv]  # the default subcommand

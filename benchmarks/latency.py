@@ -43,8 +43,6 @@ import argparse
 import itertools
 import json
 import os
-import platform
-import re
 import shlex
 import sys
 import time
@@ -58,7 +56,7 @@ import torch
 from torch import nn
 
 from benchmarks.latency_report import markdown
-from benchmarks.timing import cpu_model
+from benchmarks.timing import device_slug, machine
 from common.allocator import applied as allocator_applied, retain_freed_memory
 from metrics.macs import count_macs
 from models import PRESETS, UNet
@@ -276,34 +274,11 @@ def describe(setting: dict) -> str:
             f"compile {setting['compile']}, sdpa {setting['sdpa']}")
 
 
-# ---------------------------------------------------------------------------------------------- machine
-def machine(device: torch.device) -> dict:
-    info = {"device": device.type, "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
-            "torch": torch.__version__, "python": platform.python_version(),
-            "when_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
-    if device.type == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
-                    cudnn=torch.backends.cudnn.version(),
-                    # fp32 convolutions run as TF32 on Ampere and later unless this is off: part of what "fp32" means
-                    tf32={"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
-                    sdpa_backends={k: getattr(torch.backends.cuda, f"{k}_sdp_enabled")()
-                                   for k in ("flash", "mem_efficient", "math", "cudnn")
-                                   if hasattr(torch.backends.cuda, f"{k}_sdp_enabled")})
-    return info
-
-
 def loadavg() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]  # 1, 5 and 15 minute averages
     except OSError:
         return None
-
-
-def device_slug(device: torch.device) -> str:
-    """"cpu", or "cuda-" and the GPU's name in lower case ("cuda-nvidia-h100-80gb-hbm3")."""
-    if device.type != "cuda":
-        return device.type
-    return "cuda-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")
 
 
 # ---------------------------------------------------------------------------------------------- main

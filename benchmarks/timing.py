@@ -2,11 +2,15 @@
 their ratios stay meaningful), one-shot timings, and the load average recorded next to every figure."""
 from __future__ import annotations
 
+import os
 import platform
+import re
 import statistics
 import time
 from pathlib import Path
 from typing import Callable
+
+import torch
 
 
 def cpu_model() -> str:
@@ -47,3 +51,26 @@ def timed_once(f: Callable[[], object]) -> float:
     start = time.perf_counter()
     f()
     return time.perf_counter() - start
+
+
+def machine(device: torch.device) -> dict:
+    """What ran a timing: the CPU, torch's threads and versions, the time; on CUDA the GPU, TF32 and SDPA settings."""
+    info = {"device": device.type, "cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "python": platform.python_version(),
+            "when_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime())}
+    if device.type == "cuda":
+        info.update(gpu=torch.cuda.get_device_name(device), cuda=torch.version.cuda,
+                    cudnn=torch.backends.cudnn.version(),
+                    # fp32 convolutions run as TF32 on Ampere and later unless this is off: part of what "fp32" means
+                    tf32={"cudnn": torch.backends.cudnn.allow_tf32, "matmul": torch.backends.cuda.matmul.allow_tf32},
+                    sdpa_backends={k: getattr(torch.backends.cuda, f"{k}_sdp_enabled")()
+                                   for k in ("flash", "mem_efficient", "math", "cudnn")
+                                   if hasattr(torch.backends.cuda, f"{k}_sdp_enabled")})
+    return info
+
+
+def device_slug(device: torch.device) -> str:
+    """"cpu", or "cuda-" and the GPU's name in lower case ("cuda-nvidia-h100-80gb-hbm3")."""
+    if device.type != "cuda":
+        return device.type
+    return "cuda-" + re.sub(r"[^a-z0-9]+", "-", torch.cuda.get_device_name(device).lower()).strip("-")

@@ -83,7 +83,12 @@ def parse_class_labels(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"--class-labels: expected '0,1,2' or a count, got {text!r}") from None
     if not values or min(values) < 0:
         raise argparse.ArgumentTypeError(f"--class-labels: labels must be >= 0 and at least one, got {text!r}")
-    return tuple(range(values[0])) if "," not in text else tuple(values)
+    if "," in text:
+        return tuple(values)
+    if values[0] < 1:  # "0" would be an empty list of labels, not label 0 (that is "0,")
+        raise argparse.ArgumentTypeError(f"--class-labels {text}: a count of images must be at least 1 (one label "
+                                         "alone is written '0,')")
+    return tuple(range(values[0]))
 
 
 def read_prompts(path: str) -> list[str]:
@@ -306,6 +311,23 @@ FLAGS = ("--prompts", "--class-labels")
 def wants(argv: list[str]) -> bool:
     """Whether an evaluate.py command line is a text-to-image / class-conditional evaluation."""
     return any(a in FLAGS or a.startswith(tuple(f + "=" for f in FLAGS)) for a in argv)
+
+
+def routes_here(argv: list[str]) -> bool:
+    """Whether evaluate.py hands its command line here: --prompts / --class-labels, or --model (which names a latent
+    pipeline). A --model without those flags that does not exist, or is a DDPM checkpoint (the DDPM path takes
+    its models positionally), is a one-line error here, before either parser reads the rest."""
+    model = next((a.split("=", 1)[1] if "=" in a else (argv[i + 1] if i + 1 < len(argv) else "")
+                  for i, a in enumerate(argv) if a == "--model" or a.startswith("--model=")), None)
+    if model and not wants(argv):
+        from models.pipelines import KNOWN_PIPELINES, is_latent_source
+        if not Path(model).exists() and model not in KNOWN_PIPELINES:
+            raise UserError(f"--model {model}: no such file or folder, nor a known pipeline name "
+                            f"({', '.join(sorted(KNOWN_PIPELINES))})")
+        if not is_latent_source(model):
+            raise UserError(f"--model {model}: --model names a latent pipeline (with --prompts or --class-labels); "
+                            f"a DDPM checkpoint is given positionally: `python evaluate.py {model}`")
+    return wants(argv) or model is not None
 
 
 def build_parser() -> argparse.ArgumentParser:

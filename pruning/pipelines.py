@@ -93,11 +93,26 @@ def check_pipeline(pipe, spec: ChannelPruning | LayerPruning, source: str, data:
                             f"--data {data} has captions, not class labels: use --data shapes (label: the shape "
                             "kind) or --recipe ldm-script (self-sampled latents of random classes)")
         check_class_pipeline(pipe, f"--model {source}")
+        _check_labelled_count(spec)
         return
     what = "layer pruning's calibration set" if isinstance(spec, LayerPruning) else f"method {spec.method!r}"
     raise UserError(f"--model {source}: the {pipe.kind} pipeline has neither a text encoder nor classes, so no "
                     f"captioned or labelled image can condition {what}; use channel pruning with a data-free method (random, magnitude) or "
                     "--recipe ldm-script for the gradient methods (self-sampled latents)")
+
+
+def _check_labelled_count(spec: ChannelPruning | LayerPruning) -> None:
+    """A class pipeline's pairs come from the single-kind train images only: refuse a larger set, naming its flag,
+    before the train split is encoded (``class_pairs`` repeats the check on the labels it reads)."""
+    from training.class_conditioning import SINGLE_KIND_TRAIN_IMAGES
+
+    needed = images_needed(spec)
+    if needed <= SINGLE_KIND_TRAIN_IMAGES:
+        return
+    flag = ("--calib-size" if isinstance(spec, LayerPruning) and spec.calib_size >= (spec.batch_size or 0)
+            else "--batch-size")
+    raise UserError(f"{flag} {needed}: a class-conditional pipeline is calibrated on the single-kind shapes images "
+                    f"(the label is the kind), and the train split has {SINGLE_KIND_TRAIN_IMAGES}")
 
 
 def gradient_pass(spec: ChannelPruning | LayerPruning) -> bool:
@@ -199,8 +214,8 @@ def class_pairs(pipe, count: int, *, seed: int, cache_dir: Path) -> tuple[torch.
         attrs = rendered_split("train", TRAIN_IMAGES, seed=0, cache_dir=cache_dir)[1]
     rows, labels = shapes_class_labels(attrs)
     if count > len(rows):
-        raise UserError(f"the run needs {count} labelled shapes images, the train split has {len(rows)} "
-                        f"single-kind images")
+        raise UserError(f"the run needs {count} labelled shapes images (--batch-size / --calib-size), the train "
+                        f"split has {len(rows)} single-kind images")
     pick = torch.randperm(len(rows), generator=g)[:count].tolist()
     idx = [rows[k] for k in pick]
     if px == 32:

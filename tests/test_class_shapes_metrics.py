@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from common.cli import UserError
 from data.captions import caption_attributes
@@ -35,6 +37,9 @@ def test_real_images_score_the_ceiling_under_their_labels_and_zero_under_others(
     other = ClassShapesMetrics.build([(y + 1) % 4 for y in LABELS]).measure(real)
     assert other["kind_accuracy"]["all"] == 0.0  # a single-kind image never holds exactly another kind
     assert set(other["kind_accuracy"]["per_class"]) == {"disc", "square", "triangle", "ring"}
+    # the FD side sees the samples: uniform noise under the same labels is far from the matched real images
+    noise = ClassShapesMetrics.build(LABELS).measure(torch.rand(32, 3, 32, 32, generator=torch.Generator().manual_seed(0)))
+    assert noise["fd_shapes"] > 100 and noise["kind_accuracy"]["all"] < 0.5
 
 
 def test_a_label_that_is_not_a_shape_kind_is_one_line():
@@ -46,8 +51,12 @@ def test_evaluate_reports_kind_accuracy_with_shapes_metrics_on_only(tmp_path):
     folder = write_tiny_pipeline(tmp_path / "cin", text=False, class_embedder=True, sample_size=16)
     base = dict(model=str(folder), class_labels=(0, 3), num_images_per_prompt=2, steps=2, guidance=1.0,
                 out=str(tmp_path / "eval"))
-    report = json.loads((evaluate_pipeline(T2IEvalConfig(**base, shapes_metrics="on")) / "report.json").read_text())
-    assert report["kind_accuracy"]["n"] == 4 and 0.0 <= report["kind_accuracy"]["all"] <= 1.0
+    run = evaluate_pipeline(T2IEvalConfig(**base, shapes_metrics="on"))
+    report = json.loads((run / "report.json").read_text())
+    saved = torch.stack([torch.from_numpy(np.array(Image.open(f).convert("RGB"))).permute(2, 0, 1).float() / 255
+                         for f in sorted((run / "images").glob("*.png"))])
+    again = ClassShapesMetrics.build([0, 0, 3, 3]).measure(saved)  # the report's score is that of the saved images
+    assert report["kind_accuracy"] == again["kind_accuracy"] and report["kind_accuracy"]["n"] == 4
     assert report["fd_shapes_num_samples"] == 4 and "clip_score" not in report
     auto = json.loads((evaluate_pipeline(T2IEvalConfig(**base)) / "report.json").read_text())
     assert "kind_accuracy" not in auto and "shapes-metrics on" in auto["shapes_metrics_skipped"]

@@ -113,3 +113,6 @@ def test_a_latent_pipeline_given_as_a_ddpm_gets_the_pipeline_command(tmp_path, m
     with pytest.raises(cli.UserError, match=rf"--model {ddpm}: .*a DDPM checkpoint is given positionally: "
                                             rf"`python evaluate.py {ddpm}`"):
         evaluate.parse_args(["--model", str(ddpm)])
+    missing = tmp_path / "nope" / "pipeline"  # a typo is named as such, not taken for a DDPM checkpoint
+    with pytest.raises(cli.UserError, match=rf"--model {missing}: no such file or folder, nor a known pipeline"):
+        evaluate.parse_args(["--model", str(missing)])

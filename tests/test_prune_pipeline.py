@@ -177,7 +177,7 @@ def test_prompts_with_a_ddpm_model_is_an_error(tmp_path):
                                      "--out", str(tmp_path / "runs")]))
 
 
-def test_a_class_conditional_pipeline_prunes_data_free_and_refuses_captioned_calibration(tmp_path):
+def test_a_class_conditional_pipeline_prunes_data_free_and_refuses_captioned_calibration(tmp_path, monkeypatch):
     folder = write_tiny_pipeline(tmp_path / "ldm", text=False, class_embedder=True)  # the ImageNet LDM's layout
     run = run_prune(tmp_path, folder, "--method", "magnitude")
     assert (run / "grid_prompts.txt").read_text().splitlines() == ["class 0", "class 1"]  # class-labelled grids
@@ -185,6 +185,22 @@ def test_a_class_conditional_pipeline_prunes_data_free_and_refuses_captioned_cal
     with pytest.raises(UserError, match="--data folder has captions, not class labels"):
         run_prune(tmp_path, folder, "--method", "layer", "--target-params", "0.2", "--data", "folder",
                   "--data-root", str(tmp_path))
+    # more pairs than the train split's 8,748 single-kind images: refused naming the flag, before any encoding
+    import pruning.pipelines as pp
+
+    def never(*args, **kwargs):
+        raise AssertionError("the train split was read before the count was checked")
+    monkeypatch.setattr(pp, "_train_posterior", never)
+    monkeypatch.setattr(pp, "rendered_split", never, raising=False)
+    with pytest.raises(UserError, match="--batch-size 9000: a class-conditional pipeline .* has 8748"):
+        run_prune(tmp_path, folder, "--method", "diff-pruning", "--batch-size", "9000")
+    with pytest.raises(UserError, match="--calib-size 9000: "):
+        run_prune(tmp_path, folder, "--method", "layer", "--target-params", "0.2", "--calib-size", "9000")
+    # a "no class" row that is a kind's label would train that kind as the unconditional input
+    config = folder / "class_embedder" / "config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "unconditional_class": 0}))
+    with pytest.raises(UserError, match="unconditional_class is 0, which is the label of the kind 'disc'"):
+        run_prune(tmp_path, folder, "--method", "diff-pruning", "--batch-size", "4")
     bare = write_tiny_pipeline(tmp_path / "uncond", text=False)  # neither text nor classes: nothing to condition on
     with pytest.raises(UserError, match="neither a text encoder nor classes, so no captioned or labelled image can "
                                         "condition layer pruning"):

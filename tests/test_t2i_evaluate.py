@@ -1,5 +1,6 @@
 """evaluate.py --prompts / --class-labels (metrics/t2i_evaluation.py) on a tiny random-weight pipeline: the
 report's CLIP score is metrics.clip_score's on the saved PNGs, its params are the U-Net's, bad input is refused."""
+import argparse
 import json
 
 import pytest
@@ -89,6 +90,10 @@ def test_class_labels_flag():
     assert parse_class_labels("0,5,7") == (0, 5, 7) and parse_class_labels("7,") == (7,)
     with pytest.raises(SystemExit):
         evaluate.parse_args(["--model", "x", "--class-labels", "a,b"])
+    for empty in ("0", "-0"):  # a count of zero images, not label 0 ("0,")
+        with pytest.raises(argparse.ArgumentTypeError, match="at least 1"):
+            parse_class_labels(empty)
+    assert parse_class_labels("0,") == (0,)
 
 
 class FakeInception:

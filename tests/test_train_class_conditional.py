@@ -157,5 +157,14 @@ def test_the_class_curve_measures_each_kept_checkpoint_once(tmp_path, cin_folder
     assert all(r["kind_accuracy"]["n"] == 4 and set(r["kind_accuracy"]["per_class"]) ==
                {"disc", "square", "triangle", "ring"} for r in record["rows"])
     assert "| 2 |" in out.with_suffix(".md").read_text()
+    assert record["real_kind_accuracy"] == 1.0 and "read under them: 1.000" in out.with_suffix(".md").read_text()
     monkeypatch.setattr(class_teacher_curve, "measure", lambda *a, **k: pytest.fail("measured twice"))
     assert class_teacher_curve.main(class_teacher_curve.parse_args(argv))["rows"] == record["rows"]
+    # another setting never replaces this record: refused by --out, and by default it gets its own file
+    with pytest.raises(UserError, match="holds a curve with other settings"):
+        class_teacher_curve.main(class_teacher_curve.parse_args(argv + ["--guidance", "1"]))
+    default = class_teacher_curve.parse_args(["--run", str(run), "--guidance", "1", "--seed", "2"]).out
+    assert default.endswith("class_teacher_curve_g1_s2.json")
+    assert class_teacher_curve.parse_args(["--run", str(run)]).out.endswith("class_teacher_curve.json")
+    with pytest.raises(SystemExit):  # below 1 is not a guidance scale: refused before any checkpoint is read
+        class_teacher_curve.parse_args(["--run", str(run), "--guidance", "0.5"])

@@ -36,6 +36,9 @@ from data.captions import CaptionAttributes
 from data.procedural import SHAPES
 
 CLASS_EMBEDDER_SEED = 0
+# The single-kind images of the 20,000-image train split (training/latent.py TRAIN_IMAGES; counts in the module
+# docstring): what a class-conditional calibration set or gradient batch can draw from at most.
+SINGLE_KIND_TRAIN_IMAGES = 8748
 SHAPES_CLASS_DIM = 64  # the t2i-shapes U-Net's cross_attention_dim (the tiny CLIP's width)
 
 
@@ -63,10 +66,17 @@ def shapes_class_labels(attrs: Sequence[CaptionAttributes]) -> tuple[list[int], 
 
 
 def check_class_pipeline(pipe, source: str) -> None:
-    """A class-conditional model trained on the shapes needs a label for every kind."""
+    """A class-conditional model trained on the shapes needs a label for every kind, and its "no class" row (the
+    class-dropout input) must not be one of them: labels 0..len(SHAPES)-1 are the kinds."""
     if pipe.num_classes < len(SHAPES):
         raise UserError(f"{source}: the model has {pipe.num_classes} classes, but the shapes data labels images by "
                         f"shape kind ({len(SHAPES)} classes: {', '.join(SHAPES)})")
+    embedder = getattr(pipe, "class_embedder", None)
+    unconditional = None if embedder is None else embedder.config.unconditional_class
+    if unconditional is not None and unconditional < len(SHAPES):
+        raise UserError(f"{source}: class_embedder's unconditional_class is {unconditional}, which is the label of "
+                        f"the kind {SHAPES[unconditional]!r}; its \"no class\" row must lie outside the kinds' labels "
+                        f"0..{len(SHAPES) - 1}")
 
 
 def class_condition(pipe, labels: torch.Tensor, dropped: torch.Tensor) -> dict[str, Any]:
