@@ -24,10 +24,7 @@ import torch
 from common import cli
 from common.resumable import machine
 from common.runs import write_text
-from diffusion.guidance import check_guidance_scale
 
-REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 KINDS = 4  # data/procedural.py SHAPES
 
 
@@ -45,12 +42,13 @@ def measure(pipe, labels: list[int], metrics, *, guidance: float, seed: int, bat
 
 
 def main(args: argparse.Namespace) -> dict:
-    from benchmarks.t2i_teacher_curve import pipeline_at, step_name
+    from benchmarks.t2i_teacher_curve import pipeline_at, refuse_other_record, step_name
     from metrics.class_shapes import ClassShapesMetrics, matched_real_images
 
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    check_other_record(Path(args.out), args)
+    refuse_other_record(Path(args.out), {"run": str(run), "guidance": args.guidance, "seed": args.seed,
+                                         "labels": f"0..{KINDS - 1}, {args.per_class} samples each"})
     labels = [y for y in range(KINDS) for _ in range(args.per_class)]
     ckpts = sorted((run / "checkpoints").glob("step_*.pt"))
     if not ckpts:
@@ -107,6 +105,8 @@ def main(args: argparse.Namespace) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     import sys
 
+    from benchmarks.t2i_teacher_curve import check_guidance, default_out
+
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--run", required=True, help="a train.py run folder of a class-conditional shapes model")
     p.add_argument("--guidance", type=cli.finite_float, default=3.0, help="[3]")
@@ -117,29 +117,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", default=None, help="the record (.json; the table beside it as .md) [benchmarks/results/"
                    "class_teacher_curve.json, with _g<guidance>, _n<per-class>, _s<seed> for non-default settings]")
     args = p.parse_args(argv)
-    try:
-        check_guidance_scale(args.guidance)
-    except ValueError as e:
-        p.error(f"--guidance {args.guidance:g}: {e}")
+    check_guidance(p, args.guidance)
     if args.out is None:  # one file per setting: a guidance-1 curve never replaces the guidance-3 one
-        tag = "".join(f"_{k}{v:g}" for k, v, default in (("g", args.guidance, 3.0), ("n", args.per_class, 32),
-                                                            ("s", args.seed, 0)) if v != default)
-        args.out = str(RESULTS / f"class_teacher_curve{tag}.json")
+        args.out = default_out("class_teacher_curve", (("g", args.guidance, 3.0), ("n", args.per_class, 32),
+                                                       ("s", args.seed, 0)))
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
-
-
-def check_other_record(out: Path, args: argparse.Namespace) -> None:
-    """--out holding the curve of another run or setting is refused (one line), never replaced."""
-    if not out.is_file():
-        return
-    old = json.loads(out.read_text())
-    mine = {"run": str(Path(args.run)), "guidance": args.guidance, "seed": args.seed,
-            "labels": f"0..{KINDS - 1}, {args.per_class} samples each"}
-    differ = {k: old.get(k) for k, v in mine.items() if old.get(k) != v}
-    if differ:
-        raise cli.UserError(f"--out {out} holds a curve with other settings ({differ}); give another --out")
-
-
-if __name__ == "__main__":
-    main(parse_args())

@@ -9,7 +9,8 @@ DPM-Solver++(2M) steps, noise of sample i fixed by ``--seed``. Measured (metrics
 attribute accuracy (``all`` = count, kinds and colours right together; the reader's ceiling on the real images
 of these prompts is 0.859), CLIP-shapes score (the tiny CLIP, both conventions) and FD-shapes against the 128 real
 images the prompts describe. Results per step are kept in RUN/teacher_curve.json, so a rerun measures only new
-checkpoints; the table, the plot and the record go to benchmarks/results/t2i_teacher_curve.{json,md,png}.
+checkpoints; the table, the plot and the record go to --out (.json, .md, .png; never over a record of
+another run or setting).
 
 A run that continues an earlier one (``train.py --model checkpoints/t2i_shapes``: the earlier run's release
 fine-tuned with fresh Adam moments) is measured with ``--previous`` naming the earlier run's curve record: its
@@ -36,6 +37,46 @@ HELDOUT = REPO / "data" / "prompts" / "shapes_heldout.txt"
 # Real images of the 128 held-out prompts (benchmarks/t2i_quality.py, docs/METRICS.md): the reader's attribute
 # accuracy "all", their CLIP-shapes score, and the FD-shapes floor of two disjoint real sets of 128.
 REAL_ACCURACY, REAL_CLIP_SHAPES, REAL_FD_FLOOR = 0.859, 92.3, 11.6
+
+
+def row_key(step: str, guidance: float, count: int, seed: int) -> str:
+    """A measured row's key in RUN/teacher_curve.json: the checkpoint and every setting that changes the numbers."""
+    return f"{step}@{guidance:g}x{count}s{seed}"
+
+
+def read_store(store: Path) -> dict[str, dict]:
+    """RUN/teacher_curve.json's rows by ``row_key``. Rows written when the key held only the step and guidance
+    ("step_0001000@5") carry their prompt count in attribute_accuracy's n; their seed was 0 (every curve record
+    written then says seed 0)."""
+    done = json.loads(store.read_text()) if store.is_file() else {}
+    return {k if "x" in k else row_key(k.split("@")[0], r["guidance"], r["attribute_accuracy"]["n"], 0): r
+            for k, r in done.items()}
+
+
+def default_out(stem: str, settings: tuple[tuple[str, float, float], ...]) -> str:
+    """benchmarks/results/STEM.json, tagged _<letter><value> for each (letter, value, default) off its default:
+    a curve at other settings never lands on the default one's file."""
+    tag = "".join(f"_{letter}{value:g}" for letter, value, default in settings if value != default)
+    return str(RESULTS / f"{stem}{tag}.json")
+
+
+def refuse_other_record(out: Path, mine: dict, carried: str | None = None) -> None:
+    """--out holding the curve of another run or other settings is refused in one line, never replaced; unless
+    it is the --previous record (``carried``), which the new record holds whole."""
+    if not out.is_file() or (carried is not None and Path(carried).resolve() == out.resolve()):
+        return
+    old = json.loads(out.read_text())
+    differ = {k: old.get(k) for k, v in mine.items() if old.get(k) != v}
+    if differ:
+        raise cli.UserError(f"--out {out} holds a curve with other settings ({differ}); give another --out")
+
+
+def check_guidance(p: argparse.ArgumentParser, guidance: float) -> None:
+    from diffusion.guidance import check_guidance_scale
+    try:
+        check_guidance_scale(guidance)
+    except ValueError as e:
+        p.error(f"--guidance {guidance:g}: {e}")
 
 
 def measure(pipe, prompts: list[str], metrics, clip, *, guidance: float, seed: int, batch_size: int) -> dict:
@@ -109,7 +150,10 @@ def main(args: argparse.Namespace) -> dict:
     run = Path(args.run)
     prompts = read_prompts(str(HELDOUT))[:args.num_prompts]
     store = run / "teacher_curve.json"
-    done = json.loads(store.read_text()) if store.is_file() else {}
+    done = read_store(store)
+    described = f"{HELDOUT.relative_to(REPO)} (first {len(prompts)})"
+    refuse_other_record(Path(args.out), {"run": str(run), "prompts": described, "guidance": args.guidance,
+                                         "seed": args.seed}, carried=args.previous)
     ckpts = sorted((run / "checkpoints").glob("step_*.pt"))
     if not ckpts:
         raise cli.UserError(f"{run}/checkpoints has no step_*.pt (train with --keep-every)")
@@ -123,31 +167,31 @@ def main(args: argparse.Namespace) -> dict:
                    if r["guidance"] == args.guidance]
         if not earlier:
             raise cli.UserError(f"{args.previous}: no rows at guidance {args.guidance:g} to continue")
-        if previous["prompts"] != f"{HELDOUT.relative_to(REPO)} (first {len(prompts)})" or previous["seed"] != args.seed:
+        if previous["prompts"] != described or previous["seed"] != args.seed:
             raise cli.UserError(f"{args.previous}: measured on {previous['prompts']}, seed {previous['seed']}; this "
                                 f"call measures the first {len(prompts)} prompts, seed {args.seed}")
         offset = max(r["step"] for r in earlier)
     metrics, clip = ShapesMetrics.build(len(prompts)), load_clip_scorer("shapes")
     t0 = time.time()
     for path in ckpts:
-        key = f"{step_name(path)}@{args.guidance:g}"
+        key = row_key(step_name(path), args.guidance, len(prompts), args.seed)
         if key in done:
             continue
         pipe, step = pipeline_at(run, path)
         with torch.no_grad():
-            done[key] = {"step": step + offset, "run_step": step, "guidance": args.guidance,
+            done[key] = {"step": step + offset, "run_step": step, "guidance": args.guidance, "seed": args.seed,
                          **measure(pipe, prompts, metrics, clip, guidance=args.guidance, seed=args.seed,
                                    batch_size=args.batch_size)}
         write_text(store, json.dumps(done, indent=1))
         r = done[key]
         print(f"[t2i_teacher_curve] step {step}: attribute accuracy all {r['attribute_accuracy']['all']:.3f}, "
               f"CLIP-shapes {r['clip_shapes_score']:.1f}, FD-shapes {r['fd_shapes']:.1f}", flush=True)
-    mine = sorted((dict(r, run=str(run)) for r in done.values() if r["guidance"] == args.guidance),
-                  key=lambda r: r["step"])
+    suffix = row_key("", args.guidance, len(prompts), args.seed)
+    mine = sorted((dict(r, run=str(run)) for k, r in done.items() if k.endswith(suffix)), key=lambda r: r["step"])
     rows = earlier + mine
     record = {"command": "python -m benchmarks.t2i_teacher_curve " + " ".join(args.argv), "run": str(run),
               "step_offset": offset, "previous": previous, "earlier_rows": earlier, "rows": mine,
-              "prompts": f"{HELDOUT.relative_to(REPO)} (first {len(prompts)})", "guidance": args.guidance,
+              "prompts": described, "guidance": args.guidance,
               "sampler": "dpmpp_2m, 25 steps", "seed": args.seed,
               "wall_seconds_this_call": round(time.time() - t0, 1), "machine": machine(),
               "train_config": json.loads((run / "config.json").read_text())["train"]}
@@ -186,8 +230,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--with-latest", action="store_true", help="also measure checkpoints/latest.pt")
     p.add_argument("--previous", default=None, help="the curve record (.json) of the run this one continues: its "
                    "rows first, this run's steps offset by its last step")
-    p.add_argument("--out", default=str(RESULTS / "t2i_teacher_curve.json"))
+    p.add_argument("--out", default=None, help="the record (.json; .md and .png beside it) [benchmarks/results/"
+                   "t2i_teacher_curve.json, tagged _g<guidance>, _n<prompts>, _s<seed> off the defaults]")
     args = p.parse_args(argv)
+    check_guidance(p, args.guidance)
+    if args.out is None:
+        args.out = default_out("t2i_teacher_curve", (("g", args.guidance, 5.0), ("n", args.num_prompts, 128),
+                                                     ("s", args.seed, 0)))
     args.argv = list(sys.argv[1:] if argv is None else argv)
     return args
 

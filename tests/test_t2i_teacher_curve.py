@@ -76,3 +76,25 @@ def test_previous_measured_otherwise_is_refused(tmp_path, measured):
     with pytest.raises(UserError, match="no rows at guidance 3"):
         curve.main(curve.parse_args(["--run", str(first), "--num-prompts", "4", "--guidance", "3",
                                      "--previous", str(out), "--out", str(tmp_path / "c2.json")]))
+
+
+def test_settings_are_part_of_a_rows_key_and_of_the_default_file(tmp_path, measured):
+    """Rows at another prompt count or seed are measured, not reused; a record of other settings is never
+    replaced; rows stored under the older step@guidance key are read with their count and seed 0."""
+    run = fake_run(tmp_path, "r", [1000])
+    out = tmp_path / "curve.json"
+    curve.main(curve.parse_args(["--run", str(run), "--num-prompts", "4", "--out", str(out)]))
+    curve.main(curve.parse_args(["--run", str(run), "--num-prompts", "4", "--seed", "1", "--out",
+                                 str(tmp_path / "s1.json")]))
+    assert measured == [4, 4]  # seed 1 is measured anew
+    with pytest.raises(UserError, match="holds a curve with other settings"):
+        curve.main(curve.parse_args(["--run", str(run), "--num-prompts", "2", "--out", str(out)]))
+    store = run / "teacher_curve.json"
+    rows = json.loads(store.read_text())
+    legacy = {"step_0001000@5": dict(rows["step_0001000@5x4s0"], attribute_accuracy={"all": 0.5, "n": 4})}
+    store.write_text(json.dumps(legacy))
+    assert list(curve.read_store(store)) == ["step_0001000@5x4s0"]
+    assert curve.parse_args(["--run", "r", "--seed", "2", "--guidance", "3"]).out.endswith("t2i_teacher_curve_g3_s2.json")
+    assert curve.parse_args(["--run", "r"]).out.endswith("t2i_teacher_curve.json")
+    with pytest.raises(SystemExit):
+        curve.parse_args(["--run", "r", "--guidance", "0.5"])
