@@ -39,14 +39,19 @@ class CellStore:
         start = time.perf_counter()
         result = fn()
         result["seconds"] = round(time.perf_counter() - start, 1)
-        path = self.path(name)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result, indent=2) + "\n")
-        tmp.replace(path)
+        self.put(name, result)
         short = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in result.items()
                  if not isinstance(v, (dict, list))}
         print(f"[{self.tag}] {name}: {json.dumps(short)}", flush=True)
         return result
+
+
+    def put(self, name: str, result: dict) -> None:
+        """Write cell ``name`` whole (a private temporary renamed into place), replacing a saved one."""
+        path = self.path(name)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(result, indent=2) + "\n")
+        tmp.replace(path)
 
 
 def run_jobs(study, jobs: list, cfg, tag: str) -> None:

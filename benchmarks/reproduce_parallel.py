@@ -17,8 +17,8 @@ one small model leaves most of the card idle, so a dozen processes share it; or 
    cells never are: benchmarks/cells.py writes each one whole when it ends). Choose S so that a cell started
    at S ends before the deadline.
 4. ``--pack FILE``: every finished cell of ``--work``/cells in one .tar.gz (the one file a borrowed machine
-   needs to send back), then a summary line. Tables and verdicts: ``reproduce.py --report-only`` where the
-   cells are unpacked.
+   needs to send back), then a summary line. Tables and verdicts: ``reproduce.py --report-only`` (or
+   ``reproduce_t2i.py --report-only``) where the cells are unpacked into that study's ``--work``/cells.
 
 Exit status 0 when every process ended by itself, 1 when the deadline stopped some.
 """

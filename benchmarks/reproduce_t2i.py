@@ -15,8 +15,8 @@ KD and normalised feature KD at equal loss weights; C1' diff-pruning against ran
 channel pruning at ratio 0.3. A cell is one row at one seed:
 
   1. prune.py on --teacher with the row's spec and the seed (the calibration / gradient draw, random scores),
-     its pruned pipeline kept in --work/prune (one pruned model per criterion, target and seed: the KD rows
-     share the no-KD row's);
+     its pruned pipeline kept in --work/prune/pruned-<row>-s<seed>/ (one pruned model per criterion, target
+     and seed: the KD rows share the no-KD row's);
   2. train.py fine-tunes its U-Net, the same budget for every row: --budget x --teacher-steps steps (the
      papers' "10-20% of the training cost"; default 12.5% of 12,000 = 1500 steps) at batch 64 (the teacher's),
      lr --lr, EMA --ema-decay with warm-up, fine-tune seed = the cell's seed (same data order and noise for
@@ -41,7 +41,7 @@ Writes --results/reproduce_t2i.{json,md} and the generated block of docs/RESULTS
 CPU-time plan (one-thread timings on this 2-core machine, 2026-12-07, while the teacher trained at raised
 priority: load 4.5, they varied 2x): one optimizer step at batch 64 takes 3.4-7 s for the dense t2i-shapes U-Net
 (2.2M params), 1.6 s for a 50% layer-pruned student, +1.4 s with the teacher's KD forward; one guided sampling
-forward for 16 prompts ~0.7 s. A 1000-step cell is so 0.5-1 h of fine-tuning, ~3 min of measuring 128 prompts,
+forward for 16 prompts ~0.7 s. A 1500-step cell (the default budget) is so 0.7-3 h of fine-tuning, ~3 min of measuring 128 prompts,
 and for the taylor rows (layer and channel) up to ~1 h of pruning (1000 timesteps of a 64-image gradient batch;
 diff-pruning stops at its threshold). Per seed (15 rows) ~10-12 CPU-hours; the default 3 seeds ~30-70
 CPU-hours, i.e. ~15-35 h wall as two one-thread shards. On one H100 a step is milliseconds: the whole study
@@ -51,7 +51,9 @@ images (training/latent.py), once per --work.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import fcntl
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -126,6 +128,32 @@ class Measure:
                 "fd_shapes": m["fd_shapes"], "kid_shapes": m["kid_shapes"]}
 
 
+def digest(files: list[Path], root: Path) -> str:
+    """sha256 over the files' paths (relative to ``root``) and bytes: a teacher folder's identity."""
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(str(f.relative_to(root)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def study_settings(cfg: argparse.Namespace, steps: int, prompts: list[str]) -> dict:
+    """What a cell's numbers depend on, by part: the teacher (its files), the pruning, the fine-tune and the
+    measurement. Each cell keeps the parts it depends on; a saved cell made otherwise is refused, not reused.
+    The device is not among them: GPU and CPU cells of one setting may be pooled (each cell names its device)."""
+    teacher = Path(cfg.teacher)
+    return {"teacher": {"sha256": digest([f for f in teacher.rglob("*") if f.is_file()], teacher)},
+            "prune": {"calib_size": cfg.calib_size, "gradient_batch": cfg.gradient_batch, "thr": cfg.thr,
+                      "max_timesteps": cfg.max_timesteps},
+            "finetune": {"steps": steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_decay": cfg.ema_decay},
+            "measure": {"prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+                        "num_prompts": len(prompts), "sample_seed": cfg.sample_seed}}
+
+
+PARTS = {"teacher": ("teacher", "measure"), "pruned": ("teacher", "prune"),
+         "main": ("teacher", "prune", "finetune", "measure")}  # the settings each kind of cell depends on
+
+
 class T2IStudy:
     def __init__(self, cfg: argparse.Namespace):
         from metrics.t2i_evaluation import read_prompts
@@ -133,13 +161,39 @@ class T2IStudy:
         self.cfg = cfg
         self.work = Path(cfg.work)
         (self.work / "runs").mkdir(parents=True, exist_ok=True)
+        (self.work / "cache").mkdir(parents=True, exist_ok=True)
         cache = self.work / "runs" / "cache"  # train.py caches latents in <out>/../cache, prune.py in work/cache
-        if not cache.exists():
-            cache.symlink_to(Path("..") / "cache", target_is_directory=True)
+        if not cache.is_symlink() and not cache.exists():  # (exists() follows the link: a dangling one is there)
+            try:
+                cache.symlink_to(Path("..") / "cache", target_is_directory=True)
+            except FileExistsError:  # another shard made it between the test and here
+                pass
         self.cells = CellStore(self.work / "cells", tag="reproduce_t2i")
         self.prompts = read_prompts(cfg.prompts)[:cfg.num_prompts]
         self.rows = [parse_row(r) for r in cfg.rows]
+        self.settings = study_settings(cfg, self.steps(), self.prompts)
         self._measure = None
+
+    def cell(self, kind: str, name: str, fn, *, rebuild=None) -> dict:
+        """Cell ``name`` of ``kind`` (PARTS): computed once with the settings it depends on kept in it; a saved
+        cell made with other settings is a one-line refusal. ``rebuild(saved)``: whether a saved cell must be
+        computed again (its files are missing here); the new one keeps the old as "replaces"."""
+        mine = {part: self.settings[part] for part in PARTS[kind]}
+        saved = self.cells.load(name)
+        if saved is not None:
+            theirs = saved.get("settings", {})
+            differ = sorted(f"{part}.{k}" for part in mine for k in mine[part]
+                            if theirs.get(part, {}).get(k) != mine[part][k])
+            if differ:
+                raise SystemExit(f"reproduce_t2i: cell {self.cells.path(name)} was made with other settings "
+                                 f"({', '.join(differ)}); use another --work, or remove the cell")
+            if rebuild is None or not rebuild(saved):
+                return saved
+            again = {**fn(), "settings": mine, "device": self.cfg.device, "replaces": saved}
+            self.cells.put(name, again)
+            print(f"[reproduce_t2i] {name}: its files are not here; computed again", flush=True)
+            return again
+        return self.cells.get(name, lambda: {**fn(), "settings": mine, "device": self.cfg.device})
 
     @property
     def measure(self) -> Measure:
@@ -163,15 +217,18 @@ class T2IStudy:
         def run() -> dict:
             cpu0 = time.process_time()
             return {**self.measure(self.cfg.teacher), "measure_cpu_s": round(time.process_time() - cpu0, 1)}
-        return self.cells.get("teacher", run)
+        return self.cell("teacher", "teacher", run)
 
     def pruned(self, row, seed: int) -> dict:
         """The pruned pipeline of ``row`` at ``seed`` (prune.py's run folder), computed once."""
         c = self.cfg
 
+        name = f"pruned-{row.pruned_name}-s{seed}"
+        parent = self.work / "prune" / name  # one folder per cell: its prune.py run folder is found by the cell
+
         def run() -> dict:
             cpu0 = time.process_time()
-            argv = ["--model", str(c.teacher), "--out", str(self.work / "prune"), "--device", c.device,
+            argv = ["--model", str(c.teacher), "--out", str(parent), "--device", c.device,
                     *prune_args(row, seed=seed, calib_size=c.calib_size, batch_size=c.gradient_batch, thr=c.thr,
                                 max_timesteps=c.max_timesteps)]
             folder = prune.main(prune.parse_args(argv))
@@ -179,13 +236,17 @@ class T2IStudy:
             return {"row": row.pruned_name, "seed": seed, "run": str(folder), "prune_argv": argv,
                     "params_before": report["params_before"], "params_after": report["params_after"],
                     "cpu_s": round(time.process_time() - cpu0, 1)}
+
+        def missing(saved: dict) -> bool:
+            """A cell restored from another machine (benchmarks/reproduce_parallel.py --restore) names a folder
+            that is not here: the pruning is a function of the seed and the settings, so it is done again."""
+            return not (Path(saved["run"]) / "pipeline" / "model_index.json").is_file()
         # Rows sharing a pruned model may sit in two shards: the second waits for the first's cell (flock; a
         # killed holder releases it) instead of pruning the same model again.
-        name = f"pruned-{row.pruned_name}-s{seed}"
-        (self.work / "prune").mkdir(parents=True, exist_ok=True)
+        parent.mkdir(parents=True, exist_ok=True)
         with open(self.work / "prune" / f".{name}.lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
-            return self.cells.get(name, run)
+            return self.cell("pruned", name, run, rebuild=missing)
 
     def finetune(self, row, seed: int, pipeline: str) -> Path:
         """Fine-tune ``pipeline``'s U-Net as ``row`` says, resuming an interrupted run of the same cell."""
@@ -197,7 +258,16 @@ class T2IStudy:
                                **distill_settings(row, str(c.teacher)))
         started = sorted(p.parent for p in out.glob(f"*/{RUN_MARKER}")
                          if (p.parent / "checkpoints" / "latest.pt").is_file())
-        return train.main(tc, resume=str(started[-1])) if started else train.main(tc)
+        if not started:
+            return train.main(tc)
+        # a resume continues with the run's saved settings: an interrupted run made otherwise is refused
+        saved = json.loads((started[-1] / "config.json").read_text())["train"]
+        mine = dataclasses.asdict(tc)
+        differ = sorted(k for k in mine if k not in ("steps", "device", "out", "ckpt_every") and saved.get(k) != mine[k])
+        if differ:
+            raise SystemExit(f"reproduce_t2i: the interrupted fine-tune {started[-1]} was started with other settings "
+                             f"({', '.join(differ)}); use another --work, or remove that run")
+        return train.main(tc, resume=str(started[-1]))
 
     def main_cell(self, name: str, seed: int) -> dict:
         row = parse_row(name)
@@ -214,7 +284,7 @@ class T2IStudy:
                              "measure_s": round(time.perf_counter() - tuned, 1),
                              "measure_cpu_s": round(time.process_time() - cpu1, 1)}
             return out
-        return self.cells.get(f"{name}-s{seed}", run)
+        return self.cell("main", f"{name}-s{seed}", run)
 
     def plan(self) -> list[tuple[str, tuple]]:
         """The teacher, then every row seed-major (a partial run has every row at the first seeds)."""
@@ -233,6 +303,26 @@ def check_args(cfg: argparse.Namespace) -> None:
             raise SystemExit(f"reproduce_t2i: --rows: {e}") from None
     if len(set(cfg.seeds)) != len(cfg.seeds):
         raise SystemExit(f"reproduce_t2i: --seeds {cfg.seeds} repeats a seed")
+    positive = {"--batch-size": cfg.batch_size, "--ckpt-every": cfg.ckpt_every, "--calib-size": cfg.calib_size,
+                "--gradient-batch": cfg.gradient_batch, "--sample-batch": cfg.sample_batch, "--threads": cfg.threads,
+                "--shards": cfg.shards, "--budget": cfg.budget, "--lr": cfg.lr, "--teacher-steps": cfg.teacher_steps}
+    for flag, v in positive.items():
+        if not v > 0:
+            raise SystemExit(f"reproduce_t2i: {flag} {v}: must be positive")
+    if cfg.steps < 0 or not 0 <= cfg.ema_decay < 1 or not 0 <= cfg.thr <= 1:
+        raise SystemExit(f"reproduce_t2i: --steps {cfg.steps} (>= 0), --ema-decay {cfg.ema_decay} (in [0, 1)) and "
+                         f"--thr {cfg.thr} (in [0, 1]): one is out of range")
+    if cfg.max_timesteps is not None and cfg.max_timesteps < 1:
+        raise SystemExit(f"reproduce_t2i: --max-timesteps {cfg.max_timesteps}: must be at least 1")
+    if not cfg.report_only:
+        from common.cli import UserError
+        from metrics.t2i_evaluation import read_prompts
+        try:
+            available = len(read_prompts(cfg.prompts))
+        except UserError as e:
+            raise SystemExit(f"reproduce_t2i: {e}") from None
+        if cfg.num_prompts > available:
+            raise SystemExit(f"reproduce_t2i: --num-prompts {cfg.num_prompts}: {cfg.prompts} holds {available}")
     if not cfg.report_only and not (Path(cfg.teacher) / "model_index.json").is_file():
         raise SystemExit(f"reproduce_t2i: --teacher {cfg.teacher} is not a pipeline folder (no model_index.json)")
     if not cfg.report_only:
@@ -242,6 +332,9 @@ def check_args(cfg: argparse.Namespace) -> None:
         if not info.has_text and info.num_classes < 4:  # measured by shape kind (training/class_conditioning.py)
             raise SystemExit(f"reproduce_t2i: --teacher {cfg.teacher} has neither a text encoder nor a class for "
                              f"each of the 4 shape kinds ({info.num_classes} classes)")
+        least = 2 if info.has_text else 4  # FD needs two samples; a class teacher samples num_prompts / 4 per kind
+        if cfg.num_prompts < least:
+            raise SystemExit(f"reproduce_t2i: --num-prompts {cfg.num_prompts}: at least {least} for this teacher")
     if cfg.report_only and not list((Path(cfg.work) / "cells").glob("*-s*.json")):
         raise SystemExit(f"reproduce_t2i: --report-only, but {Path(cfg.work) / 'cells'} has no finished cell")
 

@@ -5,7 +5,9 @@ teacher: "a 4.0% decline in PickScore at a pruning ratio of 50%", against 8.2% f
 every metric of a cell gets that number against the teacher measured by the same protocol:
 
     drop = (teacher - student) / teacher    attribute accuracy (all, per attribute), CLIP-shapes score
-    drop = (student - teacher) / teacher    FD-shapes, KID-shapes (lower is better: a rise is the drop)
+    drop = (student - teacher) / teacher    FD-shapes (lower is better: a rise is the drop)
+    drop = student - teacher                KID-shapes, absolute: an unbiased estimate that sits near 0 for a
+                                            good teacher and can be negative, so a ratio to it means nothing
 
 so a positive drop is always a loss of quality, and a row is its drops' mean +- std over the seeds. Verdict
 rule (the DDPM study's, benchmarks/reproduce_report.py and benchmarks/stats.py): a claim "A is better than each
@@ -58,9 +60,19 @@ def value(cell: dict, metric: str) -> float:
     return float(cell[head][tail]) if tail else float(cell[head])
 
 
+ABSOLUTE = ("kid_shapes",)  # metrics whose drop is the plain difference (module docstring)
+
+
 def relative_drop(student: float, teacher: float, lower_is_better: bool) -> float:
     """The share of the teacher's quality lost (module docstring): positive = worse than the teacher."""
     return (student - teacher) / teacher if lower_is_better else (teacher - student) / teacher
+
+
+def drop_of(metric: str, student: float, teacher: float, lower_is_better: bool) -> float | None:
+    """A metric's drop (module docstring); None where a relative one is undefined (the teacher's value is 0)."""
+    if metric in ABSOLUTE:
+        return student - teacher if lower_is_better else teacher - student
+    return relative_drop(student, teacher, lower_is_better) if teacher else None
 
 
 def rows_for(cells: dict[str, dict], names, seeds, teacher: dict | None) -> dict[str, dict]:
@@ -76,8 +88,8 @@ def rows_for(cells: dict[str, dict], names, seeds, teacher: dict | None) -> dict
                "values": {m: stats([value(c, m) for c in found]) for m in lower},
                "cell_minutes": stats([c.get("seconds", 0) / 60 for c in found])}
         if teacher is not None:  # a teacher at 0 (an untrained stand-in) has no relative drop: None
-            row["drop"] = {m: stats([relative_drop(value(c, m), value(teacher, m), low) for c in found])
-                           if value(teacher, m) else None for m, low in lower.items()}
+            row["drop"] = {m: None if (d := [drop_of(m, value(c, m), value(teacher, m), low) for c in found])[0] is None
+                           else stats(d) for m, low in lower.items()}
         rows[name] = row
     return rows
 
@@ -163,12 +175,19 @@ def write_report(cfg, study, jobs, wall: float) -> dict:
     rows = rows_for(cells, cfg.rows, cfg.seeds, teacher)
     expected = [f"{a[0]}-s{a[1]}" for fn, a in jobs if fn == "main_cell"]
     done = sum(name in cells for name in expected)
+    # the settings the cells were made with (benchmarks/reproduce_t2i.py keeps them in each cell and refuses a
+    # mixture), not this invocation's flags: a --report-only call need not repeat them
+    made = next((c["settings"] for c in cells.values() if "finetune" in c.get("settings", {})), None)
+    fin = made["finetune"] if made else {"steps": study.steps(), "batch_size": cfg.batch_size, "lr": cfg.lr,
+                                         "ema_decay": cfg.ema_decay}
+    meas = made["measure"] if made else {"num_prompts": cfg.num_prompts, "sample_seed": cfg.sample_seed}
     result = {"benchmark": "reproduce_t2i", "partial": done < len(expected) or teacher is None,
               "cells_done": done, "cells_expected": len(expected), "teacher": str(cfg.teacher),
-              "finetune": {"steps": study.steps(), "budget": cfg.budget, "teacher_steps": cfg.teacher_steps,
-                           "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_decay": cfg.ema_decay,
+              "finetune": {**fin, "budget": fin["steps"] / cfg.teacher_steps, "teacher_steps": cfg.teacher_steps,
                            "kd_weights": "equal (1/1/1)"},
-              "measurement": {"prompts": cfg.prompts, "num_prompts": cfg.num_prompts, "sample_seed": cfg.sample_seed},
+              "measurement": {"prompts": cfg.prompts, "num_prompts": meas["num_prompts"],
+                              "sample_seed": meas["sample_seed"]},
+              "devices": sorted({c.get("device", "unrecorded") for k, c in cells.items() if not k.startswith("pruned-")}),
               "teacher_metrics": teacher, "rows": rows, "verdicts": claims(rows),
               "seconds_all_cells": round(sum(c.get("seconds", 0) for c in cells.values()), 1),
               "wall_seconds_this_invocation": round(wall, 1), "environment": environment(),
@@ -187,8 +206,8 @@ def markdown(r: dict) -> str:
     lines = [("**PARTIAL RESULTS** " if r["partial"] else "") + f"{r['cells_done']} of {r['cells_expected']} cells; "
              f"teacher {r['teacher']}; every pruned U-Net fine-tuned {f['steps']} steps at batch {f['batch_size']} "
              f"({f['budget']:.1%} of the teacher's {f['teacher_steps']}), lr {f['lr']}, EMA {f['ema_decay']} with "
-             f"warm-up, KD weights {f['kd_weights']}; {r['seconds_all_cells'] / 3600:.1f} h of cell time, written "
-             f"{r['written']}.", "",
+             f"warm-up, KD weights {f['kd_weights']}; {r['seconds_all_cells'] / 3600:.1f} h of cell time on "
+             f"{', '.join(r.get('devices', [])) or '-'}, written {r['written']}.", "",
              "### Relative drop from the teacher (%, mean ± std over seeds; positive = worse; FD: the rise)", ""]
     lines += drop_table(r["rows"])
     lines += ["", "LAPTOP-Diff on SD-v1.5 at 50% (PickScore drop): " +

@@ -195,3 +195,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
     """torch.save to a temp file in the target folder, fsync, then rename over ``path`` (``atomic_path``)."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+@contextlib.contextmanager
+def build_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``.<name>.lock`` beside ``path`` while one process builds that cache file:
+    concurrent processes (a study's shards) wait and then read it instead of each building it. Blocking; the
+    kernel drops the lock when the holder ends, however it ends, so a killed builder never blocks the next."""
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

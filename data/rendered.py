@@ -38,27 +38,31 @@ def _decode(shapes: np.ndarray, background: np.ndarray) -> list[CaptionAttribute
 def rendered_split(split: str, count: int, *, start: int = 0, image_size: int = 32, seed: int = 0,
                    cache_dir: str | os.PathLike | None = None) -> tuple[np.ndarray, list[CaptionAttributes]]:
     """Images start..start+count-1 of (seed, split): (uint8 (count, S, S, 3), their CaptionAttributes)."""
-    path = None
-    if cache_dir is not None:
-        path = Path(cache_dir) / f"shapes_{split}_seed{seed}_{image_size}px_{start}-{start + count}.pt"
+    if cache_dir is None:
+        return _render(split, count, start, image_size, seed)
+    from common.runs import atomic_torch_save, build_lock
+
+    path = Path(cache_dir) / f"shapes_{split}_seed{seed}_{image_size}px_{start}-{start + count}.pt"
+    with build_lock(path):  # concurrent processes render it once: the others wait, then read the file
         if path.is_file():
             blob = torch.load(path, weights_only=True)
             if blob.get("format") != CACHE_FORMAT:
                 raise ValueError(f"data/rendered.py: {path} is not a rendered-shapes cache; delete it")
             return blob["images"].numpy(), _decode(blob["shapes"].numpy(), blob["background"].numpy())
+        images, attrs = _render(split, count, start, image_size, seed)
+        shapes, background = _encode(attrs)
+        atomic_torch_save({"format": CACHE_FORMAT, "images": torch.from_numpy(images),
+                           "shapes": torch.from_numpy(shapes), "background": torch.from_numpy(background)}, path)
+    return images, attrs
+
+
+def _render(split: str, count: int, start: int, image_size: int, seed: int):
     ds = ProceduralShapes(image_size=image_size, size=start + count, seed=seed, split=split)
     images = np.empty((count, image_size, image_size, 3), dtype=np.uint8)
     attrs = []
     for j in range(count):
         images[j], a = ds.image_and_attributes(start + j)
         attrs.append(caption_attributes(a))
-    if path is not None:
-        from common.runs import atomic_torch_save
-
-        path.parent.mkdir(parents=True, exist_ok=True)
-        shapes, background = _encode(attrs)
-        atomic_torch_save({"format": CACHE_FORMAT, "images": torch.from_numpy(images),
-                           "shapes": torch.from_numpy(shapes), "background": torch.from_numpy(background)}, path)
     return images, attrs
 
 

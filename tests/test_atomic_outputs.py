@@ -84,3 +84,32 @@ def test_printed_next_commands_are_shell_quoted(tmp_path, capsys):
     assert eval_cmd[2:4] == [str(model.relative_to(tmp_path.cwd())) if model.is_relative_to(tmp_path.cwd())
                              else eval_cmd[2], str(run / "pruned.pt")]
     assert replay_cmd == ["python", "prune.py", "--replay", str(run)]
+
+
+def test_a_cache_is_built_by_one_process_while_the_others_wait(tmp_path):
+    """build_lock: a second holder waits for the first (so shards encode a shared cache once), and rendered_split
+    under it writes its cache file once and reads it back equal."""
+    import threading
+    import time
+
+    import numpy as np
+
+    from common.runs import build_lock
+    from data.rendered import rendered_split
+
+    order = []
+
+    def second():
+        with build_lock(tmp_path / "cache.pt"):
+            order.append("second")
+
+    with build_lock(tmp_path / "cache.pt"):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        time.sleep(0.3)
+        order.append("first done")
+    waiter.join(5)
+    assert order == ["first done", "second"]
+    images, attrs = rendered_split("train", 3, cache_dir=tmp_path / "c")
+    again, attrs2 = rendered_split("train", 3, cache_dir=tmp_path / "c")
+    assert np.array_equal(images, again) and attrs == attrs2 and len(list((tmp_path / "c").glob("*.pt"))) == 1

@@ -126,6 +126,10 @@ def test_relative_drops_and_verdicts_on_constructed_numbers():
     assert rows[a]["drop"]["attribute_accuracy.all"]["values"] == pytest.approx([0.05, 0.025, 0.075])
     assert rows[b]["drop"]["clip_score"]["values"] == pytest.approx([0.1, 0.1 - 1 / 30, 0.1 - 2 / 30])
     assert rows[c]["drop"]["fd_shapes"]["mean"] == pytest.approx(0.3)
+    # KID-shapes (unbiased, can be <= 0): its drop is the plain rise, 0.01 * (12 + s) - 0.1
+    assert rows[c]["drop"]["kid_shapes"]["values"] == pytest.approx([0.02, 0.03, 0.04])
+    negative = rep.rows_for(cells, [c], [0, 1, 2], {**teacher, "kid_shapes": -0.05})
+    assert min(negative[c]["drop"]["kid_shapes"]["values"]) > 0  # worse than the teacher stays a positive drop
     assert rows[a]["params_removed"] == pytest.approx(0.3)
     table = rep.drop_table(rows)
     assert table[2].startswith(f"| {a} | 30.0% | 5.0 ± 2.5 |") and table[2].endswith("| 3 | 1 |")
@@ -213,3 +217,35 @@ def test_class_cells_are_judged_on_kind_accuracy_with_fd_shapes_beside_it():
     assert list(claim["secondary"]) == [f"{a} vs {b} (fd_shapes drop)"]
     assert rep.drop_table(rows)[0].startswith("| row | params removed | kind acc all | kind acc disc |")
     assert rep.value_table(rows, teacher)[2].startswith("| teacher (dense) | 0.000M | 0.800 | 0.800 |")
+
+
+def test_cells_made_with_other_settings_are_refused_and_missing_pruned_folders_redone(tmp_path, teacher, monkeypatch):
+    """A saved cell is reused only under the settings it depends on (teacher files, pruning, fine-tune,
+    measurement), refused in one line otherwise; a pruned cell restored without its folder is pruned again;
+    the cache link works for a second study on the same --work; bad numbers are refused before any work."""
+    import prune
+    from benchmarks import reproduce_t2i as study
+
+    cfg = study.parse_args(argv(tmp_path, teacher))
+    first = study.T2IStudy(cfg)
+    study.T2IStudy(cfg)  # the runs/cache link (dangling until something caches) does not break a second shard
+    row = parse_row("layer:handcrafted@0.3")
+    cell = first.pruned(row, 0)
+    assert cell["settings"]["prune"]["calib_size"] == 4 and cell["device"] == "cpu"
+    assert Path(cell["run"]).parent == tmp_path / "work" / "prune" / "pruned-layer:handcrafted@0.3-s0"
+    other = study.T2IStudy(study.parse_args(argv(tmp_path, teacher, "--calib-size", "8")))
+    with pytest.raises(SystemExit, match=r"was made with other settings \(prune.calib_size\)"):
+        other.pruned(row, 0)
+    assert study.T2IStudy(study.parse_args(argv(tmp_path, teacher, "--lr", "0.5"))).pruned(row, 0) == cell  # not its part
+    import shutil
+    shutil.rmtree(Path(cell["run"]))  # as if the cell came from another machine
+    calls = []
+    real = prune.main
+    monkeypatch.setattr(prune, "main", lambda *a, **k: calls.append(1) or real(*a, **k))
+    again = first.pruned(row, 0)
+    assert calls == [1] and again["replaces"]["run"] == cell["run"] and (Path(again["run"]) / "pipeline").is_dir()
+    for bad in (["--num-prompts", "1"], ["--sample-batch", "0"], ["--budget", "0"], ["--num-prompts", "9999"],
+                ["--prompts", str(tmp_path / "none.txt")]):
+        with pytest.raises(SystemExit, match="reproduce_t2i: "):
+            study.check_args(study.parse_args(argv(tmp_path, teacher, *bad)))
+

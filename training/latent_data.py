@@ -32,21 +32,21 @@ def posterior(vae: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
 @torch.no_grad()
 def cached_posterior(vae: nn.Module, *, count: int, seed: int, cache_dir: Path, key: str) -> tuple:
     """(mu, sigma) of q(z|x), each (count, C, h, w) float32, and the CaptionAttributes of train images 0..count-1."""
-    from common.runs import atomic_torch_save
+    from common.runs import atomic_torch_save, build_lock
 
     images, attrs = rendered_split("train", count, seed=seed, cache_dir=cache_dir)
     path = cache_dir / f"t2i_latents_{key}_train_{count}_seed{seed}.pt"
-    if path.is_file():
-        blob = torch.load(path, weights_only=True)
-        return blob["mean"], blob["std"], attrs
-    means, stds = [], []
-    for batch in np.array_split(images, max(1, count // 256)):
-        mean, std = posterior(vae, to_minus_one_one(batch))
-        means.append(mean)
-        stds.append(std)
-    mean, std = torch.cat(means), torch.cat(stds)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save({"mean": mean, "std": std}, path)
+    with build_lock(path):  # concurrent processes (a study's shards) encode it once
+        if path.is_file():
+            blob = torch.load(path, weights_only=True)
+            return blob["mean"], blob["std"], attrs
+        means, stds = [], []
+        for batch in np.array_split(images, max(1, count // 256)):
+            mean, std = posterior(vae, to_minus_one_one(batch))
+            means.append(mean)
+            stds.append(std)
+        mean, std = torch.cat(means), torch.cat(stds)
+        atomic_torch_save({"mean": mean, "std": std}, path)
     return mean, std, attrs
 
 
@@ -77,18 +77,18 @@ def encode_posterior(vae: nn.Module, images: torch.Tensor) -> tuple[torch.Tensor
 def folder_posterior(vae: nn.Module, folder, *, cache_dir: Path, key: str) -> tuple[torch.Tensor, torch.Tensor]:
     """(mu, sigma) of every image of a CaptionedFolder, each (N, C, h, w) float32 on the CPU, cached under
     ``cache_dir`` by ``key``. Building it decodes every image: an unreadable one raises OSError naming it."""
-    from common.runs import atomic_torch_save
+    from common.runs import atomic_torch_save, build_lock
 
     path = cache_dir / f"t2i_folder_latents_{key}.pt"
-    if path.is_file():
-        blob = torch.load(path, weights_only=True)
-        return blob["mean"], blob["std"]
-    means, stds = [], []
-    for start in range(0, len(folder), 256):
-        mean, std = encode_posterior(vae, folder.load(range(start, min(start + 256, len(folder)))))
-        means.append(mean.cpu())
-        stds.append(std.cpu())
-    mean, std = torch.cat(means), torch.cat(stds)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    atomic_torch_save({"mean": mean, "std": std}, path)
+    with build_lock(path):  # concurrent processes encode the folder once
+        if path.is_file():
+            blob = torch.load(path, weights_only=True)
+            return blob["mean"], blob["std"]
+        means, stds = [], []
+        for start in range(0, len(folder), 256):
+            mean, std = encode_posterior(vae, folder.load(range(start, min(start + 256, len(folder)))))
+            means.append(mean.cpu())
+            stds.append(std.cpu())
+        mean, std = torch.cat(means), torch.cat(stds)
+        atomic_torch_save({"mean": mean, "std": std}, path)
     return mean, std
