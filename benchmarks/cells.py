@@ -6,6 +6,11 @@ finishes; a rerun of the script reads it back instead of recomputing, so a run s
 most the cell in flight. Several processes may share one directory (reproduce.py's --shards): a file is
 written under a name private to the writing process and renamed into place, so a reader never sees half a
 file and two writers of the same cell leave one whole result.
+
+A cell may keep the settings its numbers depend on (``get(..., settings=...)``: e.g. the teacher's sha256, the
+fine-tune and the measurement); a saved cell made with other settings is then a one-line refusal, never reused
+as if it had been made with these. Cells saved before a study recorded settings have none: ``legacy`` says
+whether they are taken as made with the current ones (the study's preset, stated in its docs) or refused.
 """
 from __future__ import annotations
 
@@ -30,14 +35,18 @@ class CellStore:
         path = self.path(name)
         return json.loads(path.read_text()) if path.exists() else None
 
-    def get(self, name: str, fn: Callable[[], dict], run: bool = True) -> dict | None:
+    def get(self, name: str, fn: Callable[[], dict], run: bool = True, *, settings: dict | None = None,
+            legacy: bool = False) -> dict | None:
         """fn()'s result, computed only when no saved one exists (and run is True; otherwise None).
-        The result gains 'seconds', the wall time fn took."""
+        The result gains 'seconds', the wall time fn took, and ``settings`` (module docstring), against which
+        a saved cell is checked first."""
         saved = self.load(name)
+        if saved is not None and settings is not None:
+            self.check_settings(name, saved, settings, legacy)
         if saved is not None or not run:
             return saved
         start = time.perf_counter()
-        result = fn()
+        result = fn() if settings is None else {**fn(), "settings": settings}
         result["seconds"] = round(time.perf_counter() - start, 1)
         self.put(name, result)
         short = {k: (round(v, 5) if isinstance(v, float) else v) for k, v in result.items()
@@ -46,12 +55,37 @@ class CellStore:
         return result
 
 
+    def check_settings(self, name: str, saved: dict, settings: dict, legacy: bool) -> None:
+        """SystemExit naming the cell and the settings that differ (parts of two levels: "finetune.lr")."""
+        if "settings" not in saved:
+            if legacy:
+                return
+            raise SystemExit(f"[{self.tag}] cell {self.path(name)} records no settings; use another --work, or "
+                             "remove the cell")
+        theirs = saved["settings"]
+        differ = sorted(f"{part}.{k}" for part, values in settings.items() for k in values
+                        if theirs.get(part, {}).get(k) != values[k])
+        if differ:
+            raise SystemExit(f"[{self.tag}] cell {self.path(name)} was made with other settings "
+                             f"({', '.join(differ)}); use another --work, or remove the cell")
+
     def put(self, name: str, result: dict) -> None:
         """Write cell ``name`` whole (a private temporary renamed into place), replacing a saved one."""
         path = self.path(name)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(result, indent=2) + "\n")
         tmp.replace(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, or of a folder's files (their relative paths and bytes, in sorted order)."""
+    import hashlib
+
+    path, h = Path(path), hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
+        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
 
 
 def run_jobs(study, jobs: list, cfg, tag: str) -> None:

@@ -45,7 +45,7 @@ import train
 from common.allocator import retain_freed_memory
 from common.defaults import TEACHER_CHECKPOINT
 from benchmarks.cells import CellStore, check_device, run_jobs
-from benchmarks.reproduce_config import (ALL_METHODS, CHANNEL, STUDIES, kd_lambdas, seeds_of,
+from benchmarks.reproduce_config import (cell_settings, ALL_METHODS, CHANNEL, STUDIES, kd_lambdas, seeds_of,
                                          split_method)
 from benchmarks.reproduce_report import write_report
 from common.runs import RUN_MARKER
@@ -67,6 +67,7 @@ class Study:
         for sub in ("pruned", "runs"):
             (self.work / sub).mkdir(parents=True, exist_ok=True)
         self.cells = CellStore(self.work / "cells", tag="reproduce")
+        self.settings = cell_settings(cfg)
         self.teacher = load(cfg.teacher)
         self.train_set = ProceduralShapes(image_size=self.teacher.config.image_size, split="train")
         self._probe = None
@@ -74,8 +75,9 @@ class Study:
 
     # ------------------------------------------------------------------ bookkeeping
     def cell(self, name: str, fn) -> dict:
-        """fn()'s JSON result, computed once and kept in work/cells/<name>.json (benchmarks/cells.py)."""
-        return self.cells.get(name, fn)
+        """fn()'s JSON result, computed once and kept in work/cells/<name>.json with the settings it was made
+        with; a saved cell made with others is refused (benchmarks/cells.py, reproduce_config.cell_settings)."""
+        return self.cells.get(name, fn, settings=self.settings, legacy=True)
 
     @property
     def probe(self) -> QualityProbe:
@@ -159,6 +161,7 @@ class Study:
 
         saved = self.cells.load(f"pruned-{key}")
         if saved is not None and not path.exists():
+            self.cells.check_settings(f"pruned-{key}", saved, self.settings, legacy=True)
             self._rebuild(f"pruned-{key}", saved, run)
         return path, self.cell(f"pruned-{key}", run)
 
@@ -175,7 +178,7 @@ class Study:
         if was == self.cfg.device:
             raise SystemExit(f"reproduce: cell {name} says held-out loss {saved['heldout_loss']:.6g}, pruning it "
                              f"again gives {again['heldout_loss']:.6g}: the cell is from another teacher or code version")
-        self.cells.path(name).write_text(json.dumps({**again, "replaces": saved}, indent=2) + "\n")
+        self.cells.put(name, {**again, "settings": self.settings, "replaces": saved})
         print(f"[reproduce] {name}: made on {was}, pruned again on {self.cfg.device}: held-out loss "
               f"{saved['heldout_loss']:.6g} -> {again['heldout_loss']:.6g}; the cell now describes this model", flush=True)
 

@@ -78,3 +78,17 @@ def kd_lambdas(kd_weights: str, distill: str) -> dict:
 def seeds_of(cfg, method: str) -> list[int]:
     """The seeds a row runs: all of --seeds, or the first --few-seeds for the rows that need fewer."""
     return list(cfg.seeds[:cfg.few_seeds]) if method in cfg.few_seed_methods else list(cfg.seeds)
+
+
+def cell_settings(cfg) -> dict:
+    """What every cell's numbers depend on, kept in each new cell and checked against each saved one
+    (benchmarks/cells.py): the teacher's file, the pruning, the fine-tune and the measurement. Cells saved
+    before the study recorded them are taken as made with the study's preset, which docs/RESULTS.md states."""
+    from benchmarks.cells import file_sha256
+
+    return {"teacher": {"sha256": file_sha256(cfg.teacher)},
+            "prune": {"batch_size": cfg.batch_size, "calib_size": cfg.calib_size, "max_timesteps": cfg.max_timesteps},
+            "finetune": {"steps": cfg.steps, "lr": cfg.lr, "ema_decay": cfg.ema_decay, "ema_warmup": cfg.ema_warmup,
+                         "kd_weights": cfg.kd_weights, "curve_steps": cfg.curve_steps, "curve_every": cfg.curve_every},
+            "measure": {"num_samples": cfg.num_samples, "sample_steps": cfg.sample_steps, "skip_type": cfg.skip_type,
+                        "clip_x0": cfg.clip_x0, "heldout_images": cfg.heldout_images, "measure_raw": cfg.measure_raw}}

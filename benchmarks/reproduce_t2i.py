@@ -62,7 +62,7 @@ import torch
 
 import prune
 import train
-from benchmarks.cells import CellStore, check_device, run_jobs
+from benchmarks.cells import CellStore, check_device, file_sha256, run_jobs
 from benchmarks.reproduce_t2i_config import (CLASS_GUIDANCE, GUIDANCE, SAMPLE_STEPS, SCHEDULER, default_rows,
                                              distill_settings, parse_row, prune_args)
 from benchmarks.reproduce_t2i_report import write_report
@@ -128,21 +128,12 @@ class Measure:
                 "fd_shapes": m["fd_shapes"], "kid_shapes": m["kid_shapes"]}
 
 
-def digest(files: list[Path], root: Path) -> str:
-    """sha256 over the files' paths (relative to ``root``) and bytes: a teacher folder's identity."""
-    h = hashlib.sha256()
-    for f in sorted(files):
-        h.update(str(f.relative_to(root)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
-
-
 def study_settings(cfg: argparse.Namespace, steps: int, prompts: list[str]) -> dict:
     """What a cell's numbers depend on, by part: the teacher (its files), the pruning, the fine-tune and the
     measurement. Each cell keeps the parts it depends on; a saved cell made otherwise is refused, not reused.
     The device is not among them: GPU and CPU cells of one setting may be pooled (each cell names its device)."""
-    teacher = Path(cfg.teacher)
-    return {"teacher": {"sha256": digest([f for f in teacher.rglob("*") if f.is_file()], teacher)},
+    teacher = Path(cfg.teacher)  # a pipeline folder: all its files
+    return {"teacher": {"sha256": file_sha256(teacher)},
             "prune": {"calib_size": cfg.calib_size, "gradient_batch": cfg.gradient_batch, "thr": cfg.thr,
                       "max_timesteps": cfg.max_timesteps},
             "finetune": {"steps": steps, "batch_size": cfg.batch_size, "lr": cfg.lr, "ema_decay": cfg.ema_decay},
@@ -179,21 +170,13 @@ class T2IStudy:
         cell made with other settings is a one-line refusal. ``rebuild(saved)``: whether a saved cell must be
         computed again (its files are missing here); the new one keeps the old as "replaces"."""
         mine = {part: self.settings[part] for part in PARTS[kind]}
-        saved = self.cells.load(name)
-        if saved is not None:
-            theirs = saved.get("settings", {})
-            differ = sorted(f"{part}.{k}" for part in mine for k in mine[part]
-                            if theirs.get(part, {}).get(k) != mine[part][k])
-            if differ:
-                raise SystemExit(f"reproduce_t2i: cell {self.cells.path(name)} was made with other settings "
-                                 f"({', '.join(differ)}); use another --work, or remove the cell")
-            if rebuild is None or not rebuild(saved):
-                return saved
-            again = {**fn(), "settings": mine, "device": self.cfg.device, "replaces": saved}
-            self.cells.put(name, again)
-            print(f"[reproduce_t2i] {name}: its files are not here; computed again", flush=True)
-            return again
-        return self.cells.get(name, lambda: {**fn(), "settings": mine, "device": self.cfg.device})
+        saved = self.cells.get(name, lambda: {**fn(), "device": self.cfg.device}, settings=mine)
+        if rebuild is None or not rebuild(saved):  # (a cell computed just now has its files)
+            return saved
+        again = {**fn(), "settings": mine, "device": self.cfg.device, "replaces": saved}
+        self.cells.put(name, again)
+        print(f"[reproduce_t2i] {name}: its files are not here; computed again", flush=True)
+        return again
 
     @property
     def measure(self) -> Measure:

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from benchmarks.cells import CellStore
+from benchmarks.cells import CellStore, file_sha256
 
 
 def test_cell_is_computed_once_and_reused(tmp_path):
@@ -41,3 +41,28 @@ def test_a_failing_cell_saves_nothing(tmp_path):
         store.get("b", broken)
     assert list(tmp_path.iterdir()) == []
     assert store.get("b", lambda: {"x": 2})["x"] == 2
+
+
+def test_a_cell_keeps_its_settings_and_is_refused_under_others(tmp_path):
+    store = CellStore(tmp_path, tag="t")
+    mine = {"finetune": {"steps": 2000, "lr": 2e-4}, "measure": {"num_samples": 256}}
+    made = store.get("a-s0", lambda: {"fd": 1.0}, settings=mine)
+    assert made["settings"] == mine and store.get("a-s0", lambda: pytest.fail("recomputed"), settings=mine) == made
+    other = {"finetune": {"steps": 2000, "lr": 1e-3}, "measure": {"num_samples": 128}}
+    with pytest.raises(SystemExit, match=r"a-s0.json was made with other settings \(finetune.lr, measure.num_samples\)"):
+        store.get("a-s0", lambda: {"fd": 2.0}, settings=other)
+    store.put("old-s0", {"fd": 3.0})  # saved before settings were recorded
+    assert store.get("old-s0", lambda: pytest.fail("recomputed"), settings=mine, legacy=True)["fd"] == 3.0
+    with pytest.raises(SystemExit, match="records no settings"):
+        store.get("old-s0", lambda: {}, settings=mine)
+
+
+def test_the_sha256_of_a_file_and_of_a_folder(tmp_path):
+    import hashlib
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "w.bin").write_bytes(b"abc")
+    assert file_sha256(tmp_path / "d" / "w.bin") == hashlib.sha256(b"w.bin" + b"abc").hexdigest()
+    before = file_sha256(tmp_path / "d")
+    (tmp_path / "d" / "w.bin").write_bytes(b"abd")
+    assert file_sha256(tmp_path / "d") != before
