@@ -246,7 +246,8 @@ class T2IStudy:
         # a resume continues with the run's saved settings: an interrupted run made otherwise is refused
         saved = json.loads((started[-1] / "config.json").read_text())["train"]
         mine = dataclasses.asdict(tc)
-        differ = sorted(k for k in mine if k not in ("steps", "device", "out", "ckpt_every") and saved.get(k) != mine[k])
+        free = ("steps", "device", "out", "ckpt_every")  # a resume may change these
+        differ = sorted(k for k in mine if k not in free and saved.get(k) != mine[k])
         if differ:
             raise SystemExit(f"reproduce_t2i: the interrupted fine-tune {started[-1]} was started with other settings "
                              f"({', '.join(differ)}); use another --work, or remove that run")

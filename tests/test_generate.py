@@ -28,7 +28,7 @@ def pipe(folders):
 
 
 def _cfg(model, tmp_path, **kw):
-    return generate.GenerateConfig(model=str(model), out=str(tmp_path / "runs"), steps=2, progress=False, **kw)
+    return generate.GenerateConfig(model=str(model), out=str(tmp_path / "runs"), **{"steps": 2, **kw}, progress=False)
 
 
 def test_main_writes_pngs_grid_and_timing(folders, tmp_path, capsys):
@@ -97,6 +97,9 @@ def test_a_long_prompt_is_truncated_with_one_warning(pipe):
     ("class", {"class_label": 1, "guidance": 3.0}, "needs an unconditional input"),
     ("class", {}, "is class-conditional \\(10 classes\\): pass a class label"),
     ("text", {"class_label": 2}, "is not class-conditional"),
+    # "leading" spacing above T / 3 steps starts from a half-noised x_T: wrong images, no other error
+    ("text", {"steps": 600, "scheduler": "ddim"}, r"600 steps: .* partly noised image; use fewer steps \(500 steps"),
+    ("text", {"steps": 5000}, "5000 steps: at most the schedule's 1000 timesteps"),
 ])
 def test_bad_input_is_one_line_before_any_weight_is_read(folders, tmp_path, monkeypatch, which, kw, match):
     monkeypatch.setattr(generate, "load_latent", lambda *a, **k: pytest.fail("loaded weights"))

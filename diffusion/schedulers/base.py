@@ -146,6 +146,36 @@ def check_num_steps(config: SchedulerConfig, num_steps: int) -> None:
         raise ValueError(f"num_inference_steps must be in [1, {config.num_train_timesteps}], got {num_steps}")
 
 
+def timesteps_problem(config: SchedulerConfig, timesteps, num_steps: int) -> str | None:
+    """Why these inference timesteps would not sample from the top of the schedule down, or None."""
+    ts = [int(t) for t in timesteps]
+    T = config.num_train_timesteps
+    # n steps of width T / n start near T - T / n ("leading" with few steps: 2 steps start at 501, as they
+    # should); PLMS repeats one timestep by design, so a repeat is a problem only when steps are lost to it
+    return ("the first timestep is beyond the schedule" if ts[0] > T - 1 else
+            "sampling would start from a partly noised image" if ts[0] < 0.9 * (T - T / num_steps) else
+            "the timesteps repeat" if len(set(ts)) < num_steps else None)
+
+
+def check_inference_timesteps(config: SchedulerConfig, timesteps, num_steps: int,
+                              timesteps_of: Callable[[int], Any] | None = None) -> None:
+    """A ValueError when ``num_steps`` gives timesteps that do not sample from the top of the schedule down.
+
+    The "leading" spacing rounds T // n down, so above T / 3 steps it begins sampling from a half-noised x_T
+    (T = 1000: 400 steps start at t = 799, 600 at 600; diffusers behaves the same), and with the SD configs'
+    steps_offset of 1 its first timestep can pass T - 1 (999 steps: t = 1000), or repeat one (a zero DPM-Solver
+    step: NaN). Each of these makes wrong images without any other error, so they are refused."""
+    problem = timesteps_problem(config, timesteps, num_steps)
+    if problem:
+        ts, T = [int(t) for t in timesteps[:2]], config.num_train_timesteps
+        # the largest count below num_steps that samples correctly (not every smaller one does)
+        safe = next((n for n in range(num_steps - 1, 0, -1) if timesteps_of is not None
+                     and timesteps_problem(config, timesteps_of(n), n) is None), None)
+        raise ValueError(f"{num_steps} steps: the {config.timestep_spacing!r} spacing gives timesteps "
+                         f"{', '.join(map(str, ts))}, ... of {T}: {problem}; use fewer steps"
+                         + (f" ({safe} steps work here, for one)" if safe else ""))
+
+
 def x0_from_output(model_output: torch.Tensor, x_t: torch.Tensor, alpha_t, sigma_t, prediction_type: str):
     """The network's x_0 estimate from its output, with x_t = alpha_t x_0 + sigma_t eps (VP coefficients).
 
