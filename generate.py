@@ -40,7 +40,9 @@ from diffusion.schedulers import SCHEDULERS
 from models.pipelines import fetch_pipeline, is_latent_source, load_latent
 from models.pipelines.pipeline import Pipeline
 from models.pipelines.presets import PIPELINE_PRESETS
-from models.pipelines.text_to_image import Request, check_request, folder_info, generate, layout_info, pipeline_info
+from models.pipelines.single_file import is_single_file
+from models.pipelines.text_to_image import (Request, check_request, folder_info, generate, image_size, layout_info,
+                                          pipeline_info, resolved_guidance)
 
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
@@ -85,6 +87,9 @@ def load_unet(path: str, dtype: torch.dtype) -> torch.nn.Module:
     from models.sd.config import UNetConditionConfig
     from models.sd.unet import UNet2DConditionModel
     ckpt = read_checkpoint(cli.check_readable_file(path, "--unet"))
+    if not isinstance(ckpt.get("model_config"), dict) or "block_out_channels" not in ckpt["model_config"]:
+        raise cli.UserError(f"--unet {path}: not a conditional latent U-Net checkpoint (its model_config has no "
+                            "block_out_channels; a DDPM checkpoint is sampled by `python evaluate.py`)")
     config = UNetConditionConfig.from_dict(ckpt["model_config"])
     unet = UNet2DConditionModel(config)
     unet.load_state_dict(ckpt.get("ema_state_dict") or ckpt["state_dict"])
@@ -97,7 +102,22 @@ def precheck(cfg: GenerateConfig) -> None:
         check_guidance_scale(cfg.guidance)
     cli.check_writable_dir(cfg.out, "--out")
     folder = Path(cfg.model)
-    if folder.is_dir() and (folder / "model_index.json").is_file():
+    # a file is an SD / LDM single file, its layout from --config or from its own keys; a train.py / prune.py
+    # model.pt is neither: its run's pipeline/ folder is the pipeline
+    if folder.is_file() and cfg.config is None and not is_single_file(folder):
+        raise cli.UserError(f"--model {cfg.model}: not a pipeline folder or an SD / LDM single file (for a train.py "
+                            "or prune.py run pass RUN/pipeline; a U-Net checkpoint alone goes to --unet)")
+    if folder.is_dir() and not (folder / "model_index.json").is_file():
+        raise cli.UserError(f"--model {cfg.model}: a folder without model_index.json is not a pipeline (a U-Net "
+                            "folder alone goes to --unet, beside a pipeline --model)")
+    if (cfg.ema or cfg.config is not None) and not folder.is_file():
+        raise cli.UserError(f"--ema and --config describe a single-file --model; {cfg.model} is a pipeline folder "
+                            "or hub name, which brings its own weights and configs")
+    if cfg.unet is not None:
+        target = Path(cfg.unet)
+        if not target.exists() or target.is_dir() and not (target / "config.json").is_file():
+            raise cli.UserError(f"--unet {cfg.unet}: no such file, or a folder without config.json")
+    if folder.is_dir():
         check_request(folder_info(folder), request_of(cfg))
     elif cfg.config in PIPELINE_PRESETS:  # a single file described by a built-in layout
         check_request(layout_info(PIPELINE_PRESETS[cfg.config], cfg.model), request_of(cfg))
@@ -131,7 +151,11 @@ def main(cfg: GenerateConfig) -> Path:
         with atomic_path(run / f"{i:05d}.png") as tmp:  # a kill leaves whole PNGs only
             Image.fromarray(pixels).save(tmp, format="PNG")
     save_grid(images * 2 - 1, run / "grid.png")
+    info = pipeline_info(pipe)  # what was used, where the flags left it to the pipeline
     write_json(run / "generate.json", {**dataclasses.asdict(cfg), "kind": pipe.kind,
+                                       "resolved": {"guidance": resolved_guidance(info, request),
+                                                    "scheduler": request.scheduler or pipe.scheduler.get("_class_name"),
+                                                    "height_width": list(image_size(info, request))},
                                        "seconds_per_image": seconds, "device": cfg.device})
     print(f"[generate] {cfg.num_images} image(s) of {pipe.kind} pipeline {cfg.model}: {seconds:.2f} s per image "
           f"({cfg.steps} steps, {cfg.device}) -> {run}")

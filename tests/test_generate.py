@@ -39,6 +39,7 @@ def test_main_writes_pngs_grid_and_timing(folders, tmp_path, capsys):
     assert Image.open(run / "00000.png").size == (16, 16)  # sample_size 8 x VAE scale 2
     record = json.loads((run / "generate.json").read_text())
     assert record["kind"] == "sd1" and record["seconds_per_image"] > 0
+    assert record["resolved"] == {"guidance": 7.5, "scheduler": "dpmpp_2m", "height_width": [16, 16]}  # what ran
     assert "s per image" in capsys.readouterr().out
     assert run.parent.name == "runs" and run.name.startswith("00001-")
 
@@ -219,3 +220,23 @@ def test_one_prompt_or_label_per_sample(pipe, folders):
     assert images.shape[0] == 2
     with pytest.raises(ValueError, match="class label 12 is out of range"):
         generate_images(labelled, Request(steps=1), [0, 1], class_labels=[2, 12])
+
+
+def test_a_model_that_is_no_pipeline_and_flags_for_single_files_are_refused_before_loading(folders, tmp_path,
+                                                                                          monkeypatch):
+    from common.cli import UserError
+    from tests.script_helpers import small_checkpoint
+
+    monkeypatch.setattr(generate, "load_latent", lambda *a, **k: pytest.fail("loaded weights"))
+    ddpm = small_checkpoint(tmp_path / "model.pt")  # a train.py / prune.py checkpoint, not a pipeline
+    with pytest.raises(UserError, match="not a pipeline folder or an SD / LDM single file .* RUN/pipeline"):
+        generate.main(_cfg(ddpm, tmp_path))
+    with pytest.raises(UserError, match="a folder without model_index.json is not a pipeline"):
+        generate.main(_cfg(folders["text"] / "unet", tmp_path))
+    with pytest.raises(UserError, match="--ema and --config describe a single-file --model"):
+        generate.main(_cfg(folders["text"], tmp_path, ema=True))
+    with pytest.raises(UserError, match="--unet .*: no such file"):
+        generate.main(_cfg(folders["text"], tmp_path, unet=str(tmp_path / "nope.pt")))
+    with pytest.raises(UserError, match="not a conditional latent U-Net checkpoint"):
+        generate.load_unet(str(ddpm), torch.float32)
+
