@@ -205,7 +205,17 @@ def build_lock(path: str | os.PathLike) -> Iterator[None]:
     import fcntl
 
     path = Path(path)
+    fresh = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # folders this call creates
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        yield
+    lock = path.with_name(f".{path.name}.lock")
+    try:
+        with open(lock, "w") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            yield
+    except BaseException:
+        if fresh and not path.exists():  # a failed first build leaves no folder behind
+            lock.unlink(missing_ok=True)
+            for d in fresh:
+                with contextlib.suppress(OSError):
+                    d.rmdir()  # only when empty
+        raise

@@ -71,6 +71,8 @@ def check_source(*, data: str, data_root: str | None, prompts: str | None) -> No
                         "captioned shapes) or folder (--data-root with captions)")
     if data == "folder" and not data_root:
         raise UserError("--data folder needs --data-root: the folder of captioned images")
+    if data == "folder" and not Path(data_root).is_dir():
+        raise UserError(f"--data-root {data_root}: no such folder (the captioned images of --data folder)")
     if prompts is not None:
         read_prompts(prompts)  # an empty or missing file fails here, naming it
 

@@ -110,6 +110,10 @@ def test_a_cache_is_built_by_one_process_while_the_others_wait(tmp_path):
         order.append("first done")
     waiter.join(5)
     assert order == ["first done", "second"]
+    with pytest.raises(OSError):  # a failed first build leaves no folder behind (the caller's tree as it was)
+        with build_lock(tmp_path / "new" / "deeper" / "cache.pt"):
+            raise OSError("cannot decode an image")
+    assert not (tmp_path / "new").exists()
     images, attrs = rendered_split("train", 3, cache_dir=tmp_path / "c")
     again, attrs2 = rendered_split("train", 3, cache_dir=tmp_path / "c")
     assert np.array_equal(images, again) and attrs == attrs2 and len(list((tmp_path / "c").glob("*.pt"))) == 1

@@ -181,7 +181,7 @@ def test_bad_folders_are_one_line_errors_naming_the_file(tmp_path, pipes):
             train.main(config(tmp_path, pipes["sd"], root))
         assert "\n" not in str(err.value)
 
-    refused(tmp_path / "nowhere", "nowhere does not exist")
+    refused(tmp_path / "nowhere", "--data-root must be an existing folder .*nowhere")  # before any load
     (tmp_path / "empty").mkdir()
     refused(tmp_path / "empty", "contains no images")
     bare = tmp_path / "bare"
@@ -195,7 +195,7 @@ def test_bad_folders_are_one_line_errors_naming_the_file(tmp_path, pipes):
     broken = captioned(tmp_path / "broken", "txt")
     (broken / "img_03.png").write_bytes(b"not a png")
     refused(broken, "cannot load image .*img_03.png")
-    with pytest.raises(UserError, match="--data-root must be the folder of captioned images"):
+    with pytest.raises(UserError, match="--data-root must be an existing folder of captioned images"):
         train.main(train.TrainConfig(**{**vars(config(tmp_path, pipes["sd"], broken)), "data_root": None}))
     assert not (tmp_path / "runs").exists()  # refused before any run folder was made
 

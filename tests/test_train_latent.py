@@ -94,6 +94,10 @@ def test_latent_options_are_refused_in_one_line(tmp_path, pipe_folder):
         train.main(config(tmp_path, pipe_folder, data="cifar10"))
     with pytest.raises(UserError, match="--caption-dropout must be in \\[0, 1\\)"):
         train.main(config(tmp_path, pipe_folder, caption_dropout=1.0))
+    with pytest.raises(UserError, match="--dropout must be unset for a latent model"):  # was silently ignored
+        train.main(config(tmp_path, pipe_folder, dropout=0.1))
+    with pytest.raises(UserError, match="--data-root must be an existing folder"):
+        train.main(config(tmp_path, pipe_folder, data="folder", data_root=str(tmp_path / "typo")))
     assert not (tmp_path / "runs").exists()  # refused before any run folder was made
 
 

@@ -102,8 +102,11 @@ def validate(cfg: TrainConfig) -> None:
     if is_latent_model(cfg.model):  # training/latent.py: captioned shapes or a captioned folder as latents, no flips
         need(cfg.data in ("shapes", "folder"), "data", "shapes (the captioned shapes) or folder (captioned images "
              "under --data-root) for a latent text-to-image model", cfg.data)
-        need(cfg.data != "folder" or bool(cfg.data_root), "data-root", "the folder of captioned images with "
-             "--data folder", cfg.data_root)
+        need(cfg.data != "folder" or bool(cfg.data_root) and Path(cfg.data_root).is_dir(), "data-root",
+             "an existing folder of captioned images with --data folder", cfg.data_root)
+        # the DDPM family's overrides: a latent U-Net keeps its own config (training/latent.py reads none of them)
+        for flag, value in (("dropout", cfg.dropout), ("preset", cfg.preset), ("norm-groups", cfg.norm_groups)):
+            need(value is None, flag, "unset for a latent model (it applies to DDPM checkpoints only)", value)
         need(not cfg.random_flip, "random-flip", "off for a latent model (cached latents are not flipped)",
              cfg.random_flip)
         need(cfg.distill == "none" or cfg.loss_reduction in (None, "mean"), "loss-reduction", "mean with --distill "
