@@ -235,16 +235,18 @@ def _print_summary(cfg, run: Path, report, macs: dict, additivity: dict | None, 
         return
     print(f"\nnext:\n  python train.py --model {pipe} --distill feature-normalized --teacher {src} --steps 1000 "
           f"--lr 1e-4 --batch-size 32     # fine-tune with distillation from the dense pipeline")
-    first = _first_prompt(run)
-    condition = f"--class-label {first.split()[1]}" if first.startswith("class ") else f"--prompt {q(first)}"
-    print(f"  python generate.py --model {pipe} {condition}")
-    if first.startswith("class "):
-        from models.pipelines.text_to_image import folder_info
+    # the hints follow what the pipeline reads (text, a class, or nothing), not the grid's first line
+    from models.pipelines.text_to_image import folder_info
 
-        print(f"  python evaluate.py --model {pipe} --class-labels {folder_info(run / 'pipeline').num_classes} "
-              "--num-images-per-prompt 32")
-    else:
+    info = folder_info(run / "pipeline")
+    if info.has_text:
+        print(f"  python generate.py --model {pipe} --prompt {q(_first_prompt(run))}")
         print(f"  python evaluate.py --model {pipe} --prompts data/prompts/shapes_heldout.txt     # the shapes world")
+    elif info.num_classes:
+        print(f"  python generate.py --model {pipe} --class-label 0")
+        print(f"  python evaluate.py --model {pipe} --class-labels {info.num_classes} --num-images-per-prompt 32")
+    else:
+        print(f"  python generate.py --model {pipe} --guidance 1     # unconditional: no prompt or label")
     print(f"  python prune.py --replay {q(str(run))}")
 
 

@@ -268,3 +268,25 @@ def test_evaluate_reports_the_pruned_unets_params_and_macs(tmp_path, pipe_folder
     pruned = json.loads((run / "report.json").read_text())
     assert report["params"] == pruned["params_after"] < pruned["params_before"]
     assert report["macs_paper"] == pruned["macs_paper_after"] < pruned["macs_paper_before"]
+
+
+@pytest.mark.parametrize("kind", ["class", "unconditional"])
+def test_the_printed_generate_and_evaluate_hints_are_accepted(tmp_path, capsys, kind):
+    """prune.py's "next:" lines follow what the pipeline reads: a class label, or nothing (they used to pass the
+    grid's "class 0" / "(unconditional)" line as a prompt, which generate.py refuses)."""
+    import shlex
+
+    import evaluate
+    import generate
+
+    folder = write_tiny_pipeline(tmp_path / kind, text=False, class_embedder=kind == "class")
+    run_prune(tmp_path, folder, "--method", "magnitude")
+    lines = [shlex.split(x.split("#")[0]) for x in capsys.readouterr().out.splitlines()
+             if x.strip().startswith(("python generate.py", "python evaluate.py"))]
+    assert any(x[1] == "generate.py" for x in lines)
+    for x in lines:
+        if x[1] == "generate.py":
+            generate.precheck(generate.parse_args(x[2:] + ["--out", str(tmp_path / "gen")]))
+        else:
+            evaluate.parse_args(x[2:])
+

@@ -180,6 +180,8 @@ def test_family_defaults_are_the_references():
     assert scheduler_config({"skip_prk_steps": True}, "pndm").timestep_spacing == "leading"
     assert scheduler_config({}, "ddim").set_alpha_to_one is True
     assert scheduler_config({"skip_prk_steps": True}, "pndm").set_alpha_to_one is False
+    # switched to from another family's config (the shipped pipeline's DPM-Solver one): PLMS, not the refused PRK
+    assert scheduler_config({"_class_name": "DPMSolverMultistepScheduler"}, "pndm").skip_prk_steps is True
 
 
 def test_keys_marked_as_defaults_take_the_new_familys_defaults():

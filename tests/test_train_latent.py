@@ -114,6 +114,9 @@ def test_resume_refuses_changed_frozen_parts(tmp_path, pipe_folder):
     save_file(state, weights)
     with pytest.raises(UserError, match="frozen VAE / text encoder .* changed"):
         train.main(train.TrainConfig(steps=4), resume=str(run))
+    shutil.move(folder, tmp_path / "moved")  # was an AttributeError traceback from the DDPM family
+    with pytest.raises(UserError, match=r"the run's pipeline .*pipe \(its --model\) is no longer there"):
+        train.main(train.TrainConfig(steps=4), resume=str(run))
 
 
 def test_a_run_stopped_at_a_checkpoint_releases_its_pipeline_on_resume(tmp_path, pipe_folder):

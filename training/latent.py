@@ -19,8 +19,8 @@ is replaced by "" (Ho & Salimans 2022, arXiv 2207.12598, Sec. 3.2, as SD does): 
 classifier-free guidance needs at sampling time.
 
 Cached latents. The VAE encoder is frozen, so the posterior q(z|x) = N(mu, sigma^2) of every training image is
-computed once and kept (under runs/cache/, keyed by the VAE's weights); each step draws z = mu + sigma n with n
-from the run's generator, as encoding on the fly would. Captions are drawn per step as well: one of data.captions'
+computed once and kept (in cache/ beside --out, runs/cache/ by default; keyed by the VAE's weights); each step
+draws z = mu + sigma n with n from the run's generator, as encoding on the fly would. Captions are drawn per step as well: one of data.captions'
 paraphrase variants, so the text encoder sees every template of an image. There are no flips (a flipped latent is
 not the latent of the flipped image). Everything a step draws (variants, dropout mask, posterior noise) comes from
 the run's generator for the GLOBAL batch and is then sliced per rank, like the DDPM family's flips, so a resumed

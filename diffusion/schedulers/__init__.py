@@ -44,6 +44,10 @@ def scheduler_config(d: dict[str, Any], name: str | None = None) -> SchedulerCon
         if name not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {name!r}; supported: {', '.join(SCHEDULERS)}")
         cls = SCHEDULERS[name]
+        if cls.CLASS_NAME == "PNDMScheduler" and d.get("_class_name") != cls.CLASS_NAME:
+            # another family's config says nothing of the PRK warm-up, which is not implemented here: PLMS,
+            # as every Stable Diffusion PNDM config sets (diffusers would default to the warm-up)
+            d = {"skip_prk_steps": True, **d}
     else:
         class_name = d.get("_class_name")
         if class_name not in BY_CLASS_NAME:
