@@ -117,6 +117,8 @@ def prune_pipeline(cfg) -> Path:
     check_fits(f"--out {cfg.out}", disk=4 * sum(sizes.values()), folder=cfg.out, prefix="[prune] ")
     if pipe is not None:
         pp.check_pipeline(pipe, spec, cfg.model, cfg.data, cfg.prompts)
+        if cfg.num_samples:
+            pp.check_grid_steps(pipe, cfg.sample_steps)
     try:
         if layer:
             check_target(unet, spec)  # unreachable targets, a BK-SDM architecture of another topology

@@ -154,6 +154,7 @@ def test_sdxl_pipeline_prunes_with_its_added_conditions(tmp_path):
     (["--method", "magnitude", "--data", "cifar10"], "--data cifar10: a text-to-image pipeline"),
     (["--method", "magnitude", "--data", "folder"], "--data folder needs --data-root"),
     (["--method", "magnitude", "--data", "folder", "--data-root", "no/such/dir"], "--data-root no/such/dir: no such"),
+    (["--method", "magnitude", "--sample-steps", "600"], "--sample-steps 600: .* partly noised image"),
 ])
 def test_bad_input_is_one_line_before_any_run_folder(tmp_path, pipe_folder, args, match):
     with pytest.raises(UserError, match=match) as e:
