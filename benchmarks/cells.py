@@ -78,12 +78,16 @@ class CellStore:
 
 
 def file_sha256(path: str | Path) -> str:
-    """sha256 of a file, or of a folder's files (their relative paths and bytes, in sorted order)."""
+    """sha256 of a file's bytes (what sha256sum prints), or of a folder's files (their relative paths and bytes,
+    in sorted order): the same weights under another name or in another place hash the same."""
     import hashlib
 
     path, h = Path(path), hashlib.sha256()
-    for f in sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]:
-        h.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+    if not path.is_dir():
+        h.update(path.read_bytes())
+        return h.hexdigest()
+    for f in sorted(p for p in path.rglob("*") if p.is_file()):
+        h.update(str(f.relative_to(path)).encode())
         h.update(f.read_bytes())
     return h.hexdigest()
 

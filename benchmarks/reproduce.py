@@ -68,6 +68,8 @@ class Study:
             (self.work / sub).mkdir(parents=True, exist_ok=True)
         self.cells = CellStore(self.work / "cells", tag="reproduce")
         self.settings = cell_settings(cfg)
+        # cells without settings (written before they were recorded) are the preset's: reused only under it
+        self.legacy = self.settings == cell_settings(parse_args(["--study", cfg.study, "--teacher", cfg.teacher]))
         self.teacher = load(cfg.teacher)
         self.train_set = ProceduralShapes(image_size=self.teacher.config.image_size, split="train")
         self._probe = None
@@ -77,7 +79,11 @@ class Study:
     def cell(self, name: str, fn) -> dict:
         """fn()'s JSON result, computed once and kept in work/cells/<name>.json with the settings it was made
         with; a saved cell made with others is refused (benchmarks/cells.py, reproduce_config.cell_settings)."""
-        return self.cells.get(name, fn, settings=self.settings, legacy=True)
+        return self.cells.get(name, fn, settings=self.settings_of(name), legacy=self.legacy)
+
+    def settings_of(self, name: str) -> dict:
+        """The settings cell ``name`` depends on: all but the curve's own, which only the curve cells read."""
+        return self.settings if name.startswith("curve-") else {k: v for k, v in self.settings.items() if k != "curve"}
 
     @property
     def probe(self) -> QualityProbe:
@@ -161,7 +167,7 @@ class Study:
 
         saved = self.cells.load(f"pruned-{key}")
         if saved is not None and not path.exists():
-            self.cells.check_settings(f"pruned-{key}", saved, self.settings, legacy=True)
+            self.cells.check_settings(f"pruned-{key}", saved, self.settings_of(key), legacy=self.legacy)
             self._rebuild(f"pruned-{key}", saved, run)
         return path, self.cell(f"pruned-{key}", run)
 
@@ -178,7 +184,7 @@ class Study:
         if was == self.cfg.device:
             raise SystemExit(f"reproduce: cell {name} says held-out loss {saved['heldout_loss']:.6g}, pruning it "
                              f"again gives {again['heldout_loss']:.6g}: the cell is from another teacher or code version")
-        self.cells.put(name, {**again, "settings": self.settings, "replaces": saved})
+        self.cells.put(name, {**again, "settings": self.settings_of(name), "replaces": saved})
         print(f"[reproduce] {name}: made on {was}, pruned again on {self.cfg.device}: held-out loss "
               f"{saved['heldout_loss']:.6g} -> {again['heldout_loss']:.6g}; the cell now describes this model", flush=True)
 

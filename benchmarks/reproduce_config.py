@@ -89,6 +89,7 @@ def cell_settings(cfg) -> dict:
     return {"teacher": {"sha256": file_sha256(cfg.teacher)},
             "prune": {"batch_size": cfg.batch_size, "calib_size": cfg.calib_size, "max_timesteps": cfg.max_timesteps},
             "finetune": {"steps": cfg.steps, "lr": cfg.lr, "ema_decay": cfg.ema_decay, "ema_warmup": cfg.ema_warmup,
-                         "kd_weights": cfg.kd_weights, "curve_steps": cfg.curve_steps, "curve_every": cfg.curve_every},
+                         "kd_weights": cfg.kd_weights},
+            "curve": {"steps": cfg.curve_steps, "every": cfg.curve_every},  # the curve cells' own (Study.cell)
             "measure": {"num_samples": cfg.num_samples, "sample_steps": cfg.sample_steps, "skip_type": cfg.skip_type,
                         "clip_x0": cfg.clip_x0, "heldout_images": cfg.heldout_images, "measure_raw": cfg.measure_raw}}

@@ -162,7 +162,8 @@ class T2IStudy:
         self.cells = CellStore(self.work / "cells", tag="reproduce_t2i")
         self.prompts = read_prompts(cfg.prompts)[:cfg.num_prompts]
         self.rows = [parse_row(r) for r in cfg.rows]
-        self.settings = study_settings(cfg, self.steps(), self.prompts)
+        # what new cells are checked against (a report reads the settings the cells keep: no teacher needed)
+        self.settings = None if cfg.report_only else study_settings(cfg, self.steps(), self.prompts)
         self._measure = None
 
     def cell(self, kind: str, name: str, fn, *, rebuild=None) -> dict:

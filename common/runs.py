@@ -199,23 +199,17 @@ def atomic_torch_save(obj: Any, path: str | os.PathLike) -> None:
 
 @contextlib.contextmanager
 def build_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive ``flock`` on ``.<name>.lock`` beside ``path`` while one process builds that cache file:
-    concurrent processes (a study's shards) wait and then read it instead of each building it. Blocking; the
-    kernel drops the lock when the holder ends, however it ends, so a killed builder never blocks the next."""
+    """Hold an exclusive ``flock`` while one process builds the cache file ``path``: concurrent processes (a
+    study's shards) wait and then read it instead of each building it. Blocking; the kernel drops the lock when
+    the holder ends, however it ends, so a killed builder never blocks the next. The lock file lives in the
+    system's temporary folder, named by ``path``'s absolute location, so nothing is created beside ``path``
+    until the build writes it (a failed first build leaves the caller's folders as they were)."""
     import fcntl
+    import hashlib
 
-    path = Path(path)
-    fresh = [d for d in (path.parent, *path.parent.parents) if not d.exists()]  # folders this call creates
-    path.parent.mkdir(parents=True, exist_ok=True)
-    lock = path.with_name(f".{path.name}.lock")
-    try:
-        with open(lock, "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            yield
-    except BaseException:
-        if fresh and not path.exists():  # a failed first build leaves no folder behind
-            lock.unlink(missing_ok=True)
-            for d in fresh:
-                with contextlib.suppress(OSError):
-                    d.rmdir()  # only when empty
-        raise
+    where = Path(tempfile.gettempdir()) / "diffprune-locks"
+    where.mkdir(exist_ok=True)
+    name = hashlib.sha256(str(Path(path).resolve()).encode()).hexdigest()[:32]
+    with open(where / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield

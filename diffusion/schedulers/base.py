@@ -150,10 +150,12 @@ def timesteps_problem(config: SchedulerConfig, timesteps, num_steps: int) -> str
     """Why these inference timesteps would not sample from the top of the schedule down, or None."""
     ts = [int(t) for t in timesteps]
     T = config.num_train_timesteps
-    # n steps of width T / n start near T - T / n ("leading" with few steps: 2 steps start at 501, as they
-    # should); PLMS repeats one timestep by design, so a repeat is a problem only when steps are lost to it
+    # The top must reach 0.8 T, or for very few steps the top their spacing is made for, T - T / n (2
+    # "leading" steps start at 501 by design). PLMS repeats one timestep by design, so a repeat is a problem
+    # only when steps are lost to it.
+    lowest = min(0.8 * T, T - T / num_steps - 1)
     return ("the first timestep is beyond the schedule" if ts[0] > T - 1 else
-            "sampling would start from a partly noised image" if ts[0] < 0.9 * (T - T / num_steps) else
+            "sampling would start from a partly noised image" if ts[0] < lowest else
             "the timesteps repeat" if len(set(ts)) < num_steps else None)
 
 
@@ -161,8 +163,8 @@ def check_inference_timesteps(config: SchedulerConfig, timesteps, num_steps: int
                               timesteps_of: Callable[[int], Any] | None = None) -> None:
     """A ValueError when ``num_steps`` gives timesteps that do not sample from the top of the schedule down.
 
-    The "leading" spacing rounds T // n down, so above T / 3 steps it begins sampling from a half-noised x_T
-    (T = 1000: 400 steps start at t = 799, 600 at 600; diffusers behaves the same), and with the SD configs'
+    The "leading" spacing rounds T // n down, so above about T / 3 steps it begins sampling from a half-noised
+    x_T (T = 1000: 400 DDIM steps start at t = 799, 600 at 600; diffusers behaves the same; refused below 0.8 T), and with the SD configs'
     steps_offset of 1 its first timestep can pass T - 1 (999 steps: t = 1000), or repeat one (a zero DPM-Solver
     step: NaN). Each of these makes wrong images without any other error, so they are refused."""
     problem = timesteps_problem(config, timesteps, num_steps)
