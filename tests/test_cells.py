@@ -66,3 +66,14 @@ def test_the_sha256_of_a_file_and_of_a_folder(tmp_path):
     before = file_sha256(tmp_path / "d")
     (tmp_path / "d" / "w.bin").write_bytes(b"abd")
     assert file_sha256(tmp_path / "d") != before
+
+
+def test_the_study_takes_settings_less_cells_as_its_preset_only_under_the_preset(tmp_path):
+    from benchmarks import reproduce
+
+    base = ["--study", "converged", "--teacher", "checkpoints/tiny_shapes_16400.pt", "--work", str(tmp_path)]
+    assert reproduce.Study(reproduce.parse_args(base)).legacy
+    other = reproduce.Study(reproduce.parse_args(base + ["--lr", "1e-3"]))
+    assert not other.legacy
+    # the curve's own settings bind only the curve cells
+    assert "curve" in other.settings_of("curve-random-s0") and "curve" not in other.settings_of("random-r0.3-s0")
