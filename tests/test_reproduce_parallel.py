@@ -22,8 +22,13 @@ def test_two_shards_share_the_cells_keep_a_restored_one_and_pack_them(tmp_path):
     teacher_cell = {"method": "teacher", "params": 1113955, "macs_paper": 259091968, "heldout_loss": 0.0085,
                     "fd_shapes": 12.5, "kid_shapes": 9.0, "ssim_to_teacher": 1.0, "seconds": 1.0,
                     "note": "finished in an earlier session"}
-    (restored / "teacher.json").write_text(json.dumps(teacher_cell))
     work, archive = tmp_path / "work", tmp_path / "out" / "cells.tar.gz"
+    # made elsewhere with this study's settings (a cell without them, off the preset, would be refused)
+    from benchmarks.reproduce import parse_args
+    from benchmarks.reproduce_config import cell_settings
+    settings = cell_settings(parse_args([*STUDY, "--work", str(work)]))
+    teacher_cell["settings"] = {k: v for k, v in settings.items() if k != "curve"}
+    (restored / "teacher.json").write_text(json.dumps(teacher_cell))
     status = reproduce_parallel.main(["--processes", "2", "--deadline", "300", "--stop-after", "200",
                                       "--restore", str(restored), "--pack", str(archive), "--",
                                       *STUDY, "--work", str(work), "--results", str(tmp_path / "results")])
