@@ -69,7 +69,8 @@ class Study:
         self.cells = CellStore(self.work / "cells", tag="reproduce")
         self.settings = cell_settings(cfg)
         # cells without settings (written before they were recorded) are the preset's: reused only under it
-        self.legacy = self.settings == cell_settings(parse_args(["--study", cfg.study, "--teacher", cfg.teacher]))
+        preset = parse_args(["--study", cfg.study, "--teacher", cfg.teacher])
+        self.legacy = self.settings == cell_settings(preset, self.settings["teacher"]["sha256"])
         self.teacher = load(cfg.teacher)
         self.train_set = ProceduralShapes(image_size=self.teacher.config.image_size, split="train")
         self._probe = None

@@ -80,13 +80,13 @@ def seeds_of(cfg, method: str) -> list[int]:
     return list(cfg.seeds[:cfg.few_seeds]) if method in cfg.few_seed_methods else list(cfg.seeds)
 
 
-def cell_settings(cfg) -> dict:
+def cell_settings(cfg, teacher_sha256: str | None = None) -> dict:
     """What every cell's numbers depend on, kept in each new cell and checked against each saved one
     (benchmarks/cells.py): the teacher's file, the pruning, the fine-tune and the measurement. Cells saved
     before the study recorded them are taken as made with the study's preset, which docs/RESULTS.md states."""
     from benchmarks.cells import file_sha256
 
-    return {"teacher": {"sha256": file_sha256(cfg.teacher)},
+    return {"teacher": {"sha256": teacher_sha256 or file_sha256(cfg.teacher)},  # given: not hashed again
             "prune": {"batch_size": cfg.batch_size, "calib_size": cfg.calib_size, "max_timesteps": cfg.max_timesteps},
             "finetune": {"steps": cfg.steps, "lr": cfg.lr, "ema_decay": cfg.ema_decay, "ema_warmup": cfg.ema_warmup,
                          "kd_weights": cfg.kd_weights},

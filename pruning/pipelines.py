@@ -120,15 +120,10 @@ def _check_labelled_count(spec: ChannelPruning | LayerPruning) -> None:
 def check_grid_steps(pipe, steps: int) -> None:
     """--sample-steps of the before/after grids with the pipeline's own scheduler, refused in one line before any
     pruning work when its timesteps would not run from the top of the schedule down (diffusion/schedulers)."""
-    from diffusion.schedulers import make_scheduler
-    from diffusion.schedulers.base import check_inference_timesteps
+    from diffusion.schedulers import check_sampling_steps
 
-    config = pipe.scheduler_config()
     try:
-        if steps > config.num_train_timesteps:
-            raise ValueError(f"at most the schedule's {config.num_train_timesteps} timesteps")
-        check_inference_timesteps(config, make_scheduler(config, steps).timesteps, steps,
-                                  timesteps_of=lambda n: make_scheduler(config, n).timesteps)
+        check_sampling_steps(pipe.scheduler_config(), steps)
     except ValueError as e:
         raise UserError(f"--sample-steps {steps}: {e}") from None
 

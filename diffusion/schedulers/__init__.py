@@ -63,6 +63,17 @@ def scheduler_name(config: SchedulerConfig) -> str:
     return next(name for name, c in SCHEDULERS.items() if c is cls)
 
 
+def check_sampling_steps(config: SchedulerConfig, num_steps: int) -> None:
+    """A ValueError when ``num_steps`` exceeds the schedule or its timesteps do not run from the top of the
+    schedule down (base.check_inference_timesteps), naming a count that works."""
+    from diffusion.schedulers.base import check_inference_timesteps
+
+    if num_steps > config.num_train_timesteps:
+        raise ValueError(f"{num_steps} steps: at most the schedule's {config.num_train_timesteps} timesteps")
+    check_inference_timesteps(config, make_scheduler(config, num_steps).timesteps, num_steps,
+                              timesteps_of=lambda n: make_scheduler(config, n).timesteps)
+
+
 def make_scheduler(config: SchedulerConfig, num_inference_steps: int) -> Scheduler:
     """A fresh scheduler (one sampling run) for ``config``'s family."""
     if type(config) not in BY_CONFIG:

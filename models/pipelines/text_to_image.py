@@ -126,8 +126,7 @@ def image_size(info: PipelineInfo, request: Request) -> tuple[int, int]:
 def check_request(info: PipelineInfo, request: Request) -> None:
     """A one-line error for each bad input (the first found), before any network runs. Over-long prompts are
     truncated by the tokenizer, with a one-line warning, as the reference pipelines do."""
-    from diffusion.schedulers import make_scheduler, scheduler_config
-    from diffusion.schedulers.base import check_inference_timesteps
+    from diffusion.schedulers import check_sampling_steps, scheduler_config
     scale = check_guidance_scale(resolved_guidance(info, request))
     if request.negative_prompt is not None and not info.has_text:
         raise ValueError(f"a negative prompt needs a text encoder; the {info.kind} pipeline {info.source} has none")
@@ -154,10 +153,7 @@ def check_request(info: PipelineInfo, request: Request) -> None:
     if request.steps < 1 or request.num_images < 1 or request.batch_size < 1:
         raise ValueError(f"steps, num_images and batch_size must be >= 1, got {request.steps}, "
                          f"{request.num_images}, {request.batch_size}")
-    if request.steps > config.num_train_timesteps:
-        raise ValueError(f"{request.steps} steps: at most the schedule's {config.num_train_timesteps} timesteps")
-    check_inference_timesteps(config, make_scheduler(config, request.steps).timesteps, request.steps,
-                              timesteps_of=lambda n: make_scheduler(config, n).timesteps)
+    check_sampling_steps(config, request.steps)
     H, W = image_size(info, request)
     multiple = info.vae_scale * 2 ** (info.unet_levels - 1)
     if H % multiple or W % multiple:
