@@ -11,6 +11,13 @@ are concatenated (a seed present in two runs is an error), and the verdicts are 
 teacher) are refused. The first study's row "taylor" was the first-order variant and is renamed
 "taylor-first-order" (benchmarks/reproduce_config.py); its diff-pruning@0.0 row is the paper's Taylor.
 Writes --out/reproduce_pooled.{json,md} and, with --docs, the block between this script's markers.
+
+``--replace RUN``: the rows of a run made with the same settings except the output-KD loss weights
+(``reproduce.py --kd-weights equal``) replace the pooled rows of the same name, seeds and all (they are a
+different configuration, so they are never pooled with the rows they replace). The first study ran its
+output-KD row at Diff-Pruning's 0.3 task + 0.7 KD and its feature rows at 1 / 1 / 1; rerunning the output-KD
+row at 1 + 1 and replacing it takes C6's weight confound away (the feature rows are the same at both
+settings: benchmarks/reproduce_config.py ``kd_lambdas``). The result records which rows came from which run.
 """
 from __future__ import annotations
 
@@ -25,6 +32,10 @@ BEGIN, END = ("<!-- reproduce_pool.py:begin (generated; edit benchmarks/reproduc
               "<!-- reproduce_pool.py:end -->")
 SAME = ("teacher", "teacher_total_steps", "finetune", "probe")
 RENAME_FIRST = {"taylor": "taylor-first-order"}  # runs written before the rename (no "study" key)
+# Settings the first study's files do not record, because it ran before they became options, at the values
+# it ran with (docs/RESULTS.md "Setup of the first study"): a later run that records them compares against these.
+UNRECORDED = {"finetune": {"ema_warmup": False, "kd_weights": "paper", "raw_measured": False},
+              "probe": {"skip_type": "uniform"}}
 
 
 def load_run(path: Path) -> dict:
@@ -53,16 +64,39 @@ def pool_rows(runs: list[dict]) -> dict[str, dict]:
     return pooled
 
 
+def replace_rows(rows: dict[str, dict], base: dict, path: Path) -> tuple[dict, dict[str, str]]:
+    """``rows`` with every row of the run at ``path`` put in place of the row of the same name; that run must
+    have ``base``'s settings up to the output-KD weights. Returns the rows and {replaced row: its KD weights}."""
+    run = load_run(path)
+    for key in SAME:
+        mine, theirs = run.get(key), base.get(key)
+        if isinstance(mine, dict) and isinstance(theirs, dict):  # unrecorded = the first study's value
+            mine, theirs = ({**UNRECORDED.get(key, {}), **d} for d in (mine, theirs))
+            mine.pop("kd_weights", None), theirs.pop("kd_weights", None)
+        if mine != theirs:
+            raise SystemExit(f"reproduce_pool: {path} differs from the pooled runs in {key!r}, not only in the KD "
+                             f"weights ({mine} against {theirs}); it cannot replace their rows")
+    unknown = sorted(set(run["rows"]) - set(rows))
+    if unknown:
+        raise SystemExit(f"reproduce_pool: {path} has rows the pooled runs lack: {', '.join(unknown)}")
+    weights = run.get("finetune", {}).get("kd_weights", "paper")
+    return {**rows, **run["rows"]}, {m: f"{weights} ({path})" for m in run["rows"]}
+
+
 def main(cfg: argparse.Namespace) -> dict:
     runs = [load_run(p) for p in cfg.runs]
     rows = pool_rows(runs)
     a = runs[0]
+    replaced: dict[str, str] = {}
+    for path in cfg.replace:
+        rows, now = replace_rows(rows, a, Path(path))
+        replaced.update(now)
     curves = {f"seed {c['seed']}": c for r in runs for c in r.get("curves", {}).values()
               if c.get("method") == "diff-pruning@0.05"}
     v = rr.verdicts(rows, curves, a["teacher_metrics"], a["teacher_total_steps"], a.get("additivity"))
     result = {"benchmark": "reproduce_pool", "runs": [str(p) for p in cfg.runs],
               "commands": [r["command"] for r in runs], "teacher": a["teacher"], "teacher_metrics": a["teacher_metrics"],
-              "finetune": a["finetune"], "probe": a["probe"], "rows": rows, "verdicts": v,
+              "finetune": a["finetune"], "probe": a["probe"], "rows": rows, "verdicts": v, "replaced_rows": replaced,
               "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -85,7 +119,9 @@ def markdown(r: dict) -> str:
     layer = {k: v for k, v in r["rows"].items() if k.startswith("layer:")}
     lines = [f"Pooled over {len(r['runs'])} runs ({'; '.join(f'`{c}`' for c in r['commands'])}): {' or '.join(map(str, n))} seeds per row. "
              f"Mean ± std over the pooled seeds; verdicts by Welch's t-test, Holm-corrected within each claim "
-             f"(alpha 0.05), with the difference of means (d, A minus B) and its 95% bootstrap interval.", "",
+             f"(alpha 0.05), with the difference of means (d, A minus B) and its 95% bootstrap interval." +
+             "".join(f" Row {m} replaced by the run with KD weights {w}." for m, w in r.get("replaced_rows", {}).items()),
+             "",
              "### Channel pruning at ratio 0.3", ""]
     lines += rr.table(channel, r["teacher_metrics"], paper=True, minutes=False)
     lines += ["", "### Layer pruning at the channel model's parameter count", ""]
@@ -99,6 +135,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", help="reproduce.json files of the same configuration")
     p.add_argument("--out", default=str(rr.Path(__file__).resolve().parent / "results"))
     p.add_argument("--docs", default="", help="RESULTS.md whose reproduce_pool block is refreshed")
+    p.add_argument("--replace", nargs="*", default=[], metavar="RUN",
+                   help="reproduce.json of a run differing only in --kd-weights: its rows replace the pooled ones")
     return p
 
 

@@ -40,3 +40,26 @@ def test_pool_refuses_shared_seeds_and_different_settings(tmp_path):
     c = run([3, 4, 5], [13.0, 14.0, 15.0], tmp_path / "c.json", steps=2000)
     with pytest.raises(SystemExit, match="finetune"):
         reproduce_pool.main(reproduce_pool.build_parser().parse_args([str(a), str(c), "--out", str(tmp_path)]))
+
+
+def test_a_rerun_at_equal_kd_weights_replaces_rows_and_nothing_else_may_differ(tmp_path):
+    a = run([0, 1, 2], [10.0, 11.0, 12.0], tmp_path / "a.json")
+    b = run([0, 1], [20.0, 22.0], tmp_path / "b.json")
+    data = json.loads(b.read_text())
+    # the rerun records settings the first study's files did not (at the values it ran with) and other KD weights
+    data["finetune"] = {**data["finetune"], "ema_warmup": False, "raw_measured": False, "kd_weights": "equal"}
+    data["probe"] = {**data["probe"], "skip_type": "uniform"}
+    del data["rows"]["diff-pruning@0.05"]
+    b.write_text(json.dumps(data))
+    args = [str(a), "--replace", str(b), "--out", str(tmp_path / "out")]
+    r = reproduce_pool.main(reproduce_pool.build_parser().parse_args(args))
+    assert r["rows"]["taylor-first-order"]["fd_shapes"]["values"] == [20.0, 22.0]  # replaced, not pooled
+    assert r["rows"]["diff-pruning@0.05"]["fd_shapes"]["values"] == [5.0, 5.5, 6.0]  # kept
+    assert list(r["replaced_rows"]) == ["taylor-first-order"] and "equal" in r["replaced_rows"]["taylor-first-order"]
+    assert "replaced by the run with KD weights equal" in (tmp_path / "out" / "reproduce_pooled.md").read_text()
+    for change, match in (({"probe": {**data["probe"], "skip_type": "quad"}}, "probe"),
+                          ({"finetune": {**data["finetune"], "ema_warmup": True}}, "finetune"),
+                          ({"rows": {**data["rows"], "layer:new": data["rows"]["taylor"]}}, "lack: layer:new")):
+        b.write_text(json.dumps({**data, **change}))
+        with pytest.raises(SystemExit, match=match):
+            reproduce_pool.main(reproduce_pool.build_parser().parse_args(args))
