@@ -230,6 +230,33 @@ def plots(results: Path, cells: dict, curves: dict, teacher: dict | None, key: s
         plt.close(fig)
 
 
+# The preset's settings a run can change by a flag that the command line above does not already show.
+FLAGGED = ("methods", "few_seeds", "few_seed_methods", "lr", "ema_decay", "ema_warmup", "batch_size", "sample_steps",
+           "skip_type", "clip_x0", "kd_weights", "measure_raw", "curve_methods", "curve_every", "sweep_ratios")
+
+
+def off_preset_flags(cfg) -> str:
+    """The flags of ``cfg`` whose values differ from its study's preset (benchmarks/reproduce_config.py), as
+    command-line text, so the recorded command reruns the run it describes (e.g. a row rerun with
+    ``--methods ... --kd-weights equal``)."""
+    from benchmarks.reproduce_config import STUDIES
+
+    preset, out = STUDIES[cfg.study], []
+    for key in FLAGGED:
+        value, flag = getattr(cfg, key, preset[key]), "--" + key.replace("_", "-")
+        if value == preset[key] or (isinstance(value, (list, tuple)) and list(value) == list(preset[key])):
+            continue
+        if isinstance(value, bool):
+            out.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, (list, tuple)):
+            out.append(" ".join([flag, *map(str, value)]))
+        else:
+            out.append(f"{flag} {value}")
+    if getattr(cfg, "ratio", 0.3) != 0.3:
+        out.append(f"--ratio {cfg.ratio}")
+    return "".join(" " + o for o in out)
+
+
 def _relative(path) -> str:
     """``path`` relative to the repository when it lies inside it (results stay valid in any clone)."""
     root = Path(__file__).resolve().parents[1]
@@ -255,7 +282,7 @@ def write_report(cfg, study, jobs, wall: float) -> dict:
     seconds = sum(c.get("seconds", 0) for k, c in cells.items() if not k.startswith("pruned-"))
     command = (f"python -m benchmarks.reproduce --study {cfg.study} --teacher {_relative(cfg.teacher)} --seeds "
                f"{' '.join(map(str, cfg.seeds))} --steps {cfg.steps} --num-samples {cfg.num_samples} "
-               f"--curve-steps {cfg.curve_steps}")
+               f"--curve-steps {cfg.curve_steps}{off_preset_flags(cfg)}")
     result = {"benchmark": "reproduce", "partial": done < expected, "cells_done": done, "cells_expected": expected,
               "command": command, "teacher": _relative(cfg.teacher), "teacher_total_steps": teacher_steps,
               "study": cfg.study, "gradient_batch": cfg.batch_size,

@@ -196,3 +196,15 @@ def test_converged_preset_measures_raw_weights_and_equal_kd(tmp_path):
     (model,) = (tmp_path / "work" / "runs").glob("layer:output-loss+output-r0.3-s0/*/model.pt")
     tc = read_checkpoint(model)["meta"]["train_config"]
     assert (tc["lambda_task"], tc["lambda_out"], tc["ema_warmup"]) == (1.0, 1.0, True)
+
+
+def test_the_recorded_command_carries_every_flag_off_the_preset():
+    reproduce = load_module("reproduce")
+    report = sys.modules["benchmarks.reproduce_report"]
+    assert report.off_preset_flags(reproduce.parse_args(["--study", "first"])) == ""
+    cfg = reproduce.parse_args(["--study", "first", "--methods", "layer:output-loss+output", "--kd-weights", "equal",
+                                "--no-clip-x0", "--ratio", "0.5"])
+    assert report.off_preset_flags(cfg) == (" --methods layer:output-loss+output --no-clip-x0 --kd-weights equal"
+                                            " --ratio 0.5")
+    rerun = reproduce.parse_args(["--study", "first", *report.off_preset_flags(cfg).split()])
+    assert (rerun.methods, rerun.kd_weights, rerun.clip_x0, rerun.ratio) == (cfg.methods, "equal", False, 0.5)
