@@ -12,6 +12,9 @@ teacher) are refused. The first study's row "taylor" was the first-order variant
 "taylor-first-order" (benchmarks/reproduce_config.py); its diff-pruning@0.0 row is the paper's Taylor.
 Writes --out/reproduce_pooled.{json,md} and, with --docs, the block between this script's markers.
 
+``--add RUN``: the rows of a run of exactly the pooled runs' settings that they do not have (a threshold
+they did not run) join the table as rows of their own.
+
 ``--replace RUN``: the rows of a run made with the same settings except the output-KD loss weights
 (``reproduce.py --kd-weights equal``) replace the pooled rows of the same name, seeds and all (they are a
 different configuration, so they are never pooled with the rows they replace). The first study ran its
@@ -64,23 +67,29 @@ def pool_rows(runs: list[dict]) -> dict[str, dict]:
     return pooled
 
 
-def replace_rows(rows: dict[str, dict], base: dict, path: Path) -> tuple[dict, dict[str, str]]:
-    """``rows`` with every row of the run at ``path`` put in place of the row of the same name; that run must
-    have ``base``'s settings up to the output-KD weights. Returns the rows and {replaced row: its KD weights}."""
+def rows_from(rows: dict[str, dict], base: dict, path: Path, mode: str) -> tuple[dict, dict[str, str]]:
+    """``rows`` with the rows of the run at ``path``. mode "replace": each takes the place of the pooled row of
+    its name, and the run may differ from ``base`` in the output-KD weights only; mode "add": each is a row the
+    pooled runs lack (e.g. a threshold they did not run), and the run has ``base``'s settings exactly. Returns
+    the rows and {row: where it came from}."""
     run = load_run(path)
     for key in SAME:
         mine, theirs = run.get(key), base.get(key)
         if isinstance(mine, dict) and isinstance(theirs, dict):  # unrecorded = the first study's value
             mine, theirs = ({**UNRECORDED.get(key, {}), **d} for d in (mine, theirs))
-            mine.pop("kd_weights", None), theirs.pop("kd_weights", None)
+            if mode == "replace":
+                mine.pop("kd_weights", None), theirs.pop("kd_weights", None)
         if mine != theirs:
-            raise SystemExit(f"reproduce_pool: {path} differs from the pooled runs in {key!r}, not only in the KD "
-                             f"weights ({mine} against {theirs}); it cannot replace their rows")
-    unknown = sorted(set(run["rows"]) - set(rows))
-    if unknown:
-        raise SystemExit(f"reproduce_pool: {path} has rows the pooled runs lack: {', '.join(unknown)}")
+            only = ", not only in the KD weights" if mode == "replace" else ""
+            raise SystemExit(f"reproduce_pool: {path} differs from the pooled runs in {key!r}{only} ({mine} against "
+                             f"{theirs}); its rows cannot {'replace' if mode == 'replace' else 'join'} theirs")
+    wrong = sorted(set(run["rows"]) - set(rows)) if mode == "replace" else sorted(set(run["rows"]) & set(rows))
+    if wrong:
+        what = "rows the pooled runs lack" if mode == "replace" else "rows the pooled runs already have (--replace)"
+        raise SystemExit(f"reproduce_pool: {path} has {what}: {', '.join(wrong)}")
     weights = run.get("finetune", {}).get("kd_weights", "paper")
-    return {**rows, **run["rows"]}, {m: f"{weights} ({path})" for m in run["rows"]}
+    source = f"replaced by the run with KD weights {weights} ({path})" if mode == "replace" else f"added from {path}"
+    return {**rows, **run["rows"]}, {m: source for m in run["rows"]}
 
 
 def main(cfg: argparse.Namespace) -> dict:
@@ -88,15 +97,16 @@ def main(cfg: argparse.Namespace) -> dict:
     rows = pool_rows(runs)
     a = runs[0]
     replaced: dict[str, str] = {}
-    for path in cfg.replace:
-        rows, now = replace_rows(rows, a, Path(path))
-        replaced.update(now)
+    for mode, paths in (("replace", cfg.replace), ("add", cfg.add)):
+        for path in paths:
+            rows, now = rows_from(rows, a, Path(path), mode)
+            replaced.update(now)
     curves = {f"seed {c['seed']}": c for r in runs for c in r.get("curves", {}).values()
               if c.get("method") == "diff-pruning@0.05"}
     v = rr.verdicts(rows, curves, a["teacher_metrics"], a["teacher_total_steps"], a.get("additivity"))
     result = {"benchmark": "reproduce_pool", "runs": [str(p) for p in cfg.runs],
               "commands": [r["command"] for r in runs], "teacher": a["teacher"], "teacher_metrics": a["teacher_metrics"],
-              "finetune": a["finetune"], "probe": a["probe"], "rows": rows, "verdicts": v, "replaced_rows": replaced,
+              "finetune": a["finetune"], "probe": a["probe"], "rows": rows, "verdicts": v, "row_sources": replaced,
               "written": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -120,7 +130,7 @@ def markdown(r: dict) -> str:
     lines = [f"Pooled over {len(r['runs'])} runs ({'; '.join(f'`{c}`' for c in r['commands'])}): {' or '.join(map(str, n))} seeds per row. "
              f"Mean ± std over the pooled seeds; verdicts by Welch's t-test, Holm-corrected within each claim "
              f"(alpha 0.05), with the difference of means (d, A minus B) and its 95% bootstrap interval." +
-             "".join(f" Row {m} replaced by the run with KD weights {w}." for m, w in r.get("replaced_rows", {}).items()),
+             "".join(f" Row {m} {w}." for m, w in r.get("row_sources", {}).items()),
              "",
              "### Channel pruning at ratio 0.3", ""]
     lines += rr.table(channel, r["teacher_metrics"], paper=True, minutes=False)
@@ -137,6 +147,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--docs", default="", help="RESULTS.md whose reproduce_pool block is refreshed")
     p.add_argument("--replace", nargs="*", default=[], metavar="RUN",
                    help="reproduce.json of a run differing only in --kd-weights: its rows replace the pooled ones")
+    p.add_argument("--add", nargs="*", default=[], metavar="RUN",
+                   help="reproduce.json of a run of the same settings whose rows the pooled runs lack")
     return p
 
 

@@ -55,7 +55,7 @@ def test_a_rerun_at_equal_kd_weights_replaces_rows_and_nothing_else_may_differ(t
     r = reproduce_pool.main(reproduce_pool.build_parser().parse_args(args))
     assert r["rows"]["taylor-first-order"]["fd_shapes"]["values"] == [20.0, 22.0]  # replaced, not pooled
     assert r["rows"]["diff-pruning@0.05"]["fd_shapes"]["values"] == [5.0, 5.5, 6.0]  # kept
-    assert list(r["replaced_rows"]) == ["taylor-first-order"] and "equal" in r["replaced_rows"]["taylor-first-order"]
+    assert list(r["row_sources"]) == ["taylor-first-order"] and "equal" in r["row_sources"]["taylor-first-order"]
     assert "replaced by the run with KD weights equal" in (tmp_path / "out" / "reproduce_pooled.md").read_text()
     for change, match in (({"probe": {**data["probe"], "skip_type": "quad"}}, "probe"),
                           ({"finetune": {**data["finetune"], "ema_warmup": True}}, "finetune"),
@@ -63,3 +63,21 @@ def test_a_rerun_at_equal_kd_weights_replaces_rows_and_nothing_else_may_differ(t
         b.write_text(json.dumps({**data, **change}))
         with pytest.raises(SystemExit, match=match):
             reproduce_pool.main(reproduce_pool.build_parser().parse_args(args))
+
+
+def test_a_run_of_the_same_settings_adds_the_rows_the_pooled_runs_lack(tmp_path):
+    a = run([0, 1, 2], [10.0, 11.0, 12.0], tmp_path / "a.json")
+    c = run([0, 1, 2], [30.0, 31.0, 32.0], tmp_path / "c.json")
+    data = json.loads(c.read_text())
+    data["rows"] = {"diff-pruning@0.2": {**data["rows"]["taylor"], "method": "diff-pruning@0.2"}}
+    c.write_text(json.dumps({**data, "study": "first"}))
+    args = [str(a), "--add", str(c), "--out", str(tmp_path / "out")]
+    r = reproduce_pool.main(reproduce_pool.build_parser().parse_args(args))
+    assert r["rows"]["diff-pruning@0.2"]["fd_shapes"]["values"] == [30.0, 31.0, 32.0]
+    assert r["rows"]["taylor-first-order"]["fd_shapes"]["values"] == [10.0, 11.0, 12.0]
+    assert "added from" in r["row_sources"]["diff-pruning@0.2"]
+    c.write_text(json.dumps({**data, "study": "first", "finetune": {**data["finetune"], "kd_weights": "equal"}}))
+    with pytest.raises(SystemExit, match="cannot join"):  # adding needs every setting equal, KD weights too
+        reproduce_pool.main(reproduce_pool.build_parser().parse_args(args))
+    with pytest.raises(SystemExit, match="already have"):
+        reproduce_pool.main(reproduce_pool.build_parser().parse_args([str(a), "--add", str(a), "--out", str(tmp_path)]))
