@@ -86,8 +86,9 @@ def load_unet(path: str, dtype: torch.dtype) -> torch.nn.Module:
     from models.checkpoint import read_checkpoint
     from models.sd.config import UNetConditionConfig
     from models.sd.unet import UNet2DConditionModel
+    from training.families import is_latent_config
     ckpt = read_checkpoint(cli.check_readable_file(path, "--unet"))
-    if not isinstance(ckpt.get("model_config"), dict) or "block_out_channels" not in ckpt["model_config"]:
+    if not is_latent_config(ckpt.get("model_config")):
         raise cli.UserError(f"--unet {path}: not a conditional latent U-Net checkpoint (its model_config has no "
                             "block_out_channels; a DDPM checkpoint is sampled by `python evaluate.py`)")
     config = UNetConditionConfig.from_dict(ckpt["model_config"])

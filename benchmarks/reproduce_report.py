@@ -230,20 +230,20 @@ def plots(results: Path, cells: dict, curves: dict, teacher: dict | None, key: s
         plt.close(fig)
 
 
-# The preset's settings a run can change by a flag that the command line above does not already show.
+# The settings a run can change by a flag that the command line above does not already show.
 FLAGGED = ("methods", "few_seeds", "few_seed_methods", "lr", "ema_decay", "ema_warmup", "batch_size", "sample_steps",
-           "skip_type", "clip_x0", "kd_weights", "measure_raw", "curve_methods", "curve_every", "sweep_ratios")
+           "skip_type", "clip_x0", "kd_weights", "measure_raw", "curve_methods", "curve_every", "sweep_ratios", "ratio")
 
 
 def off_preset_flags(cfg) -> str:
-    """The flags of ``cfg`` whose values differ from its study's preset (benchmarks/reproduce_config.py), as
-    command-line text, so the recorded command reruns the run it describes (e.g. a row rerun with
-    ``--methods ... --kd-weights equal``)."""
-    from benchmarks.reproduce_config import STUDIES
+    """The flags of ``cfg`` whose values differ from what the script gives its study with no flag (its preset,
+    benchmarks/reproduce_config.py), as command-line text, so the recorded command reruns the run it describes
+    (e.g. a row rerun with ``--methods ... --kd-weights equal``)."""
+    from benchmarks.reproduce import parse_args
 
-    preset, out = STUDIES[cfg.study], []
+    preset, out = vars(parse_args(["--study", cfg.study])), []
     for key in FLAGGED:
-        value, flag = getattr(cfg, key, preset[key]), "--" + key.replace("_", "-")
+        value, flag = getattr(cfg, key), "--" + key.replace("_", "-")
         if value == preset[key] or (isinstance(value, (list, tuple)) and list(value) == list(preset[key])):
             continue
         if isinstance(value, bool):
@@ -252,8 +252,6 @@ def off_preset_flags(cfg) -> str:
             out.append(" ".join([flag, *map(str, value)]))
         else:
             out.append(f"{flag} {value}")
-    if getattr(cfg, "ratio", 0.3) != 0.3:
-        out.append(f"--ratio {cfg.ratio}")
     return "".join(" " + o for o in out)
 
 

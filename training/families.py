@@ -77,10 +77,15 @@ class ImageFamily:
                               ("num_timesteps", "schedule", "beta_start", "beta_end", "loss_reduction")}}
 
 
+def is_latent_config(config: Any) -> bool:
+    """Whether a checkpoint's ``model_config`` is a conditional latent U-Net's (models/sd: it has
+    ``block_out_channels``) rather than a DDPM U-Net's (models/ddpm)."""
+    return isinstance(config, dict) and "block_out_channels" in config
+
+
 def config_from_dict(config: dict[str, Any]) -> UNetConditionConfig | ModelConfig:
-    """The model config of either family from a checkpoint's ``model_config`` dict (a latent U-Net's has
-    ``block_out_channels``)."""
-    return UNetConditionConfig.from_dict(config) if "block_out_channels" in config else ModelConfig.from_dict(config)
+    """The model config of either family from a checkpoint's ``model_config`` dict."""
+    return UNetConditionConfig.from_dict(config) if is_latent_config(config) else ModelConfig.from_dict(config)
 
 
 def model_from_config(config: dict[str, Any]) -> nn.Module:

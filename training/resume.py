@@ -58,9 +58,10 @@ def open_resume(cfg: TrainConfig, resume: str, ctx: Distributed, locks: list) ->
     # A run saved before ``ema_warmup`` existed was started without the warm-up: it continues without it.
     saved = TrainConfig(**{"ema_warmup": False, **meta["train_config"]})
     cfg = dataclasses.replace(saved, steps=cfg.steps if cfg.steps is not None else saved.steps, device=cfg.device)
-    if "block_out_channels" in ckpt.get("model_config", {}):  # a latent U-Net: its frozen parts live in --model
-        from training.latent import is_latent_model
+    from training.families import is_latent_config
+    from training.latent import is_latent_model
 
+    if is_latent_config(ckpt.get("model_config")):  # a latent U-Net: its frozen parts live in --model
         if not is_latent_model(cfg.model):
             raise UserError(f"--resume {resume}: the run's pipeline {cfg.model} (its --model) is no longer there; "
                             "its frozen VAE and text encoder are read from it: restore that folder first")
